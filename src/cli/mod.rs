@@ -1,0 +1,347 @@
+//! The `cohortql` command line: argument parsing, reading files, printing results and
+//! diagnostics, and exit codes (0 ok, 1 errors in a study, 2 usage or I/O errors).
+
+mod render;
+
+pub use render::render;
+
+use crate::compile::{compile_bytes, Compiled};
+use crate::diag::Diagnostic;
+use crate::syntax::source;
+use anstream::{eprint, print};
+use clap::{Parser, Subcommand};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// How many diagnostics are printed per file before the rest are only counted.
+const MAX_SHOWN: usize = 50;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cohortql",
+    version,
+    about = "Readable, exact cohort studies over OMOP CDM data"
+)]
+#[command(propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check study files and report every error and warning.
+    Check {
+        /// Study files (`-` reads standard input).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Print diagnostics as JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print study files in canonical layout.
+    Fmt {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Rewrite the files in place.
+        #[arg(long, conflicts_with = "check")]
+        write: bool,
+        /// Print nothing; exit 1 when a file is not in canonical layout.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Explain a study in plain English: population, windows, concept sets, endpoints.
+    Explain { file: PathBuf },
+    /// Print the sha256 of a study's meaning: layout and comments do not change it.
+    Hash {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the syntax tree of a study as JSON.
+    Parse { file: PathBuf },
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let outcome = match cli.command {
+        Command::Check { files, json } => check(&files, json),
+        Command::Fmt {
+            files,
+            write,
+            check,
+        } => fmt(&files, write, check),
+        Command::Explain { file } => explain(&file),
+        Command::Hash { files } => hash(&files),
+        Command::Parse { file } => parse(&file),
+    };
+    match outcome {
+        Ok(Status::Ok) => ExitCode::SUCCESS,
+        Ok(Status::StudyErrors) => ExitCode::from(1),
+        Err(message) => {
+            eprint!("{}", io_error(&message));
+            ExitCode::from(2)
+        }
+    }
+}
+
+enum Status {
+    Ok,
+    StudyErrors,
+}
+
+fn io_error(message: &str) -> String {
+    let style = anstyle::AnsiColor::Red.on_default().bold();
+    format!("{style}error{style:#}: {message}\n")
+}
+
+fn display(path: &Path) -> String {
+    if path == Path::new("-") {
+        "<stdin>".to_string()
+    } else {
+        path.display().to_string()
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    if path == Path::new("-") {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("cannot read standard input: {e}"))?;
+        return Ok(buf);
+    }
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read {}: {}", path.display(), plain_io(&e)))?;
+    if meta.is_dir() {
+        return Err(format!(
+            "{} is a directory, not a study file",
+            path.display()
+        ));
+    }
+    if meta.len() > source::MAX_FILE_BYTES as u64 {
+        return Err(format!(
+            "{} has {} bytes; study files may have at most {}",
+            path.display(),
+            meta.len(),
+            source::MAX_FILE_BYTES
+        ));
+    }
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {}", path.display(), plain_io(&e)))
+}
+
+fn plain_io(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_string(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        _ => e.to_string(),
+    }
+}
+
+fn load(path: &Path) -> Result<Compiled, String> {
+    Ok(compile_bytes(&read(path)?))
+}
+
+/// Prints a file's diagnostics to standard error; returns whether any was an error.
+fn report(path: &Path, compiled: &Compiled) -> bool {
+    let name = display(path);
+    let mut out = String::new();
+    for d in compiled.diagnostics.iter().take(MAX_SHOWN) {
+        out.push_str(&render(d, &name, &compiled.text));
+        out.push('\n');
+    }
+    let errors = compiled.diagnostics.iter().filter(|d| d.is_error()).count();
+    let warnings = compiled.diagnostics.len() - errors;
+    if compiled.diagnostics.len() > MAX_SHOWN {
+        out.push_str(&format!(
+            "… and {} more not shown\n",
+            compiled.diagnostics.len() - MAX_SHOWN
+        ));
+    }
+    if errors > 0 {
+        out.push_str(&format!(
+            "{name}: {} and {}\n",
+            count(errors, "error"),
+            count(warnings, "warning")
+        ));
+    }
+    eprint!("{out}");
+    errors > 0
+}
+
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+fn check(files: &[PathBuf], json: bool) -> Result<Status, String> {
+    let mut failed = false;
+    for path in files {
+        let compiled = load(path)?;
+        if json {
+            let mut stdout = std::io::stdout().lock();
+            for d in &compiled.diagnostics {
+                let (line, column) = d
+                    .span
+                    .map_or((0, 0), |s| source::line_col(&compiled.text, s.start));
+                let record = serde_json::json!({
+                    "file": display(path),
+                    "line": line,
+                    "column": column,
+                    "code": d.code.id(),
+                    "severity": if d.is_error() { "error" } else { "warning" },
+                    "message": d.message,
+                    "help": d.help,
+                });
+                writeln!(stdout, "{record}").map_err(|e| e.to_string())?;
+            }
+            failed |= compiled.has_errors();
+        } else {
+            failed |= report(path, &compiled);
+            if !compiled.has_errors() {
+                let warnings = compiled.diagnostics.len();
+                let note = if warnings == 0 {
+                    String::new()
+                } else {
+                    format!(" ({})", count(warnings, "warning"))
+                };
+                print!("{}: ok{note}\n", display(path));
+            }
+        }
+    }
+    Ok(if failed {
+        Status::StudyErrors
+    } else {
+        Status::Ok
+    })
+}
+
+fn fmt(files: &[PathBuf], write: bool, check_only: bool) -> Result<Status, String> {
+    let mut unformatted = false;
+    let mut failed = false;
+    for path in files {
+        let bytes = read(path)?;
+        let compiled = compile_bytes(&bytes);
+        let Some(file) = &compiled.file else {
+            report(path, &compiled);
+            failed = true;
+            continue;
+        };
+        let formatted = crate::fmt::format_study(file, &source::comments(&compiled.text));
+        if check_only {
+            if formatted.as_bytes() != bytes.as_slice() {
+                eprint!("{}: not in canonical layout\n", display(path));
+                unformatted = true;
+            }
+        } else if write && path != Path::new("-") {
+            if formatted.as_bytes() != bytes.as_slice() {
+                write_atomically(path, formatted.as_bytes())?;
+            }
+        } else {
+            print!("{formatted}");
+        }
+    }
+    Ok(if failed || unformatted {
+        Status::StudyErrors
+    } else {
+        Status::Ok
+    })
+}
+
+/// Writes through a temporary file in the same directory and a rename, so a failure leaves the
+/// original untouched.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), String> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.cohortql-{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            std::fs::set_permissions(&tmp, meta.permissions())?;
+        }
+        std::fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("cannot write {}: {}", path.display(), plain_io(&e))
+    })
+}
+
+fn checked(path: &Path) -> Result<Result<(Compiled, crate::study::Study), ()>, String> {
+    let mut compiled = load(path)?;
+    let failed = report(path, &compiled);
+    match compiled.study.take() {
+        Some(study) if !failed => Ok(Ok((compiled, study))),
+        _ => Ok(Err(())),
+    }
+}
+
+fn explain(path: &Path) -> Result<Status, String> {
+    match checked(path)? {
+        Ok((_, study)) => {
+            print!("{}", crate::explain::explain_study(&study));
+            Ok(Status::Ok)
+        }
+        Err(()) => Ok(Status::StudyErrors),
+    }
+}
+
+fn hash(files: &[PathBuf]) -> Result<Status, String> {
+    let mut failed = false;
+    for path in files {
+        match checked(path)? {
+            Ok((_, study)) => print!("{}  {}\n", crate::hash::study_hash(&study), display(path)),
+            Err(()) => failed = true,
+        }
+    }
+    Ok(if failed {
+        Status::StudyErrors
+    } else {
+        Status::Ok
+    })
+}
+
+fn parse(path: &Path) -> Result<Status, String> {
+    let compiled = load(path)?;
+    match &compiled.file {
+        Some(file) => {
+            let json = serde_json::to_string_pretty(file).map_err(|e| e.to_string())?;
+            print!("{json}\n");
+            Ok(Status::Ok)
+        }
+        None => {
+            report(path, &compiled);
+            Ok(Status::StudyErrors)
+        }
+    }
+}
+
+/// Keeps `Diagnostic` in this module's public face for the REPL to come.
+pub fn render_all(diagnostics: &[Diagnostic], path: &str, text: &str) -> String {
+    diagnostics
+        .iter()
+        .map(|d| render(d, path, text) + "\n")
+        .collect()
+}

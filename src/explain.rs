@@ -1,0 +1,569 @@
+//! Plain English for a checked study: what an ethics committee reads to know what it approves.
+//!
+//! Every window is spelled out as an inclusive range of days around its named anchor, and every
+//! concept set is listed with its codes.
+
+use crate::check::quantity_words;
+use crate::study::*;
+use std::fmt::Write;
+
+/// The whole explanation, as text with one blank line between parts.
+pub fn explain_study(study: &Study) -> String {
+    let x = Explainer { study };
+    let mut out = String::new();
+    write!(out, "Study: {}", study.title).unwrap();
+    if let Some(v) = &study.version {
+        write!(out, " (version {v})").unwrap();
+    }
+    out.push('\n');
+    if let Some(q) = &study.question {
+        writeln!(out, "Question: {q}").unwrap();
+    }
+    if let Some(d) = &study.description {
+        writeln!(out, "Description: {d}").unwrap();
+    }
+    if !study.authors.is_empty() {
+        writeln!(out, "Authors: {}", study.authors.join(", ")).unwrap();
+    }
+
+    out.push_str("\nConcept sets\n");
+    if study.concept_sets.is_empty() {
+        out.push_str("  (none: events are selected by domain only)\n");
+    }
+    for set in &study.concept_sets {
+        let domain = set
+            .domain
+            .map_or(String::new(), |d| format!(" ({})", d.keyword()));
+        writeln!(out, "  {}{domain}: {}.", set.name, x.concepts(&set.expr)).unwrap();
+    }
+
+    out.push_str("\nTime zero (index date)\n");
+    out.push_str(&indent(&x.index(&study.index)));
+
+    out.push_str("\nPopulation: attrition steps, applied in this order\n");
+    if study.steps.is_empty() {
+        out.push_str("  (none: everyone with an index date is included)\n");
+    }
+    for (i, step) in study.steps.iter().enumerate() {
+        let verb = if step.exclude {
+            "Exclude persons for whom"
+        } else {
+            "Keep persons for whom"
+        };
+        writeln!(out, "  {}. `{}`", i + 1, step.rule).unwrap();
+        writeln!(out, "     {verb} {}.", x.criterion(&step.criterion)).unwrap();
+    }
+
+    if !study.arms.is_empty() {
+        out.push_str("\nExposure arms\n");
+        out.push_str("  Each person joins the first arm, in this order, whose rule holds; persons in no arm leave the study (a final attrition step).\n");
+        for arm in &study.arms {
+            writeln!(out, "  {}: {}.", arm.name, x.criterion(&arm.criterion)).unwrap();
+        }
+    }
+
+    out.push_str("\nFollow-up\n");
+    out.push_str(&indent(&x.follow_up(&study.follow_up)));
+
+    if !study.covariates.is_empty() {
+        out.push_str("\nCovariates (one column each)\n");
+        for c in &study.covariates {
+            writeln!(out, "  {}: {}.", c.name, x.covariate(&c.value)).unwrap();
+        }
+    }
+
+    if !study.endpoints.is_empty() {
+        out.push_str("\nEndpoints\n");
+        for e in &study.endpoints {
+            let what = format!(
+                "{} starting {}",
+                x.query(&e.query, true),
+                x.window(&e.window)
+            );
+            match e.kind {
+                EndpointKind::TimeToEvent => writeln!(
+                    out,
+                    "  {0} (time to event): the first {what}. Columns `{0}` (1 if it happens, else 0) and `{0}_days` (days from follow-up start to the event, or to the end of follow-up when there is none; follow-up start is day 0).",
+                    e.name
+                )
+                .unwrap(),
+                EndpointKind::Binary => {
+                    writeln!(out, "  {} (binary): 1 if there is at least one {what}, else 0.", e.name).unwrap()
+                }
+            }
+        }
+    }
+
+    out.push_str("\nOutput and privacy\n");
+    if study.output.min_cell_count > 1 {
+        writeln!(
+            out,
+            "  Counts below {} are suppressed in every aggregate output, including attrition differences that would reveal them.",
+            study.output.min_cell_count
+        )
+        .unwrap();
+    } else {
+        out.push_str("  No small counts are suppressed.\n");
+    }
+    out.push_str(if study.output.pseudonymise_ids {
+        "  Person-level outputs carry pseudonymous ids, not the repository's person ids.\n"
+    } else {
+        "  Person-level outputs carry the repository's own person ids.\n"
+    });
+
+    out.push_str("\nConsent\n");
+    match &study.consent {
+        Consent::NotDeclared => out.push_str("  The study declares no consent rule: all records are used.\n"),
+        Consent::NotRequired => out.push_str("  The study declares that no consent is required: all records are used.\n"),
+        Consent::RequiredBy { query, from: None } => writeln!(
+            out,
+            "  Only persons with at least one {} (at any time) are studied; records of other persons are not used.",
+            x.query(query, false)
+        )
+        .unwrap(),
+        Consent::RequiredBy { query, from: Some(d) } => writeln!(
+            out,
+            "  Records dated on or after {d} (prospectively collected) are used only for persons with at least one {}; earlier records are used for everyone.",
+            x.query(query, false)
+        )
+        .unwrap(),
+    }
+    out
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("  {l}\n")).collect()
+}
+
+struct Explainer<'a> {
+    study: &'a Study,
+}
+
+fn plural(n: i64, word: &str) -> String {
+    if n.abs() == 1 {
+        format!("{} {word}", n.abs())
+    } else {
+        format!("{} {word}s", n.abs())
+    }
+}
+
+fn anchor_name(a: Anchor) -> &'static str {
+    match a {
+        Anchor::Index => "index",
+        Anchor::FollowUpStart => "follow-up start",
+        Anchor::FollowUpEnd => "follow-up end",
+        Anchor::Event => "the event",
+    }
+}
+
+/// `365 days before index`, `index`, `30 days after the event`.
+fn offset_words(d: i64, a: Anchor) -> String {
+    match d {
+        0 => format!("the day of {}", anchor_name(a)),
+        d if d < 0 => format!("{} before {}", plural(d, "day"), anchor_name(a)),
+        d => format!("{} after {}", plural(d, "day"), anchor_name(a)),
+    }
+}
+
+fn domain_noun(d: Domain, many: bool) -> String {
+    let (one, more) = match d {
+        Domain::Condition => ("condition record", "condition records"),
+        Domain::Drug => ("drug exposure", "drug exposures"),
+        Domain::Procedure => ("procedure", "procedures"),
+        Domain::Measurement => ("measurement", "measurements"),
+        Domain::Observation => ("observation record", "observation records"),
+        Domain::Visit => ("visit", "visits"),
+        Domain::Death => ("death record", "death records"),
+        Domain::Device => ("device exposure", "device exposures"),
+        Domain::Specimen => ("specimen", "specimens"),
+        Domain::ObservationPeriod => ("observation period", "observation periods"),
+        Domain::DrugEra => ("drug era", "drug eras"),
+        Domain::ConditionEra => ("condition era", "condition eras"),
+        Domain::Episode => ("episode", "episodes"),
+        Domain::ImageOccurrence => ("imaging study", "imaging studies"),
+        Domain::ImageFeature => ("image feature", "image features"),
+    };
+    if many { more } else { one }.to_string()
+}
+
+fn number(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+fn compare_words(op: CmpOp) -> &'static str {
+    match op {
+        CmpOp::Lt => "is less than",
+        CmpOp::Le => "is at most",
+        CmpOp::Eq => "is",
+        CmpOp::Ne => "is not",
+        CmpOp::Ge => "is at least",
+        CmpOp::Gt => "is more than",
+    }
+}
+
+fn number_test_words(t: &NumberTest) -> String {
+    match t {
+        NumberTest::Compare(op, v) => format!("{} {}", compare_words(*op), number(*v)),
+        NumberTest::Between(a, b) => {
+            format!("is from {} to {} (both included)", number(*a), number(*b))
+        }
+    }
+}
+
+impl Explainer<'_> {
+    fn concepts(&self, e: &ConceptExpr) -> String {
+        match e {
+            ConceptExpr::Concept { id, label: Some(l) } => format!("concept {id} \"{l}\""),
+            ConceptExpr::Concept { id, label: None } => format!("concept {id}"),
+            ConceptExpr::SourceCodes { vocabulary, codes } => {
+                let codes: Vec<String> = codes
+                    .iter()
+                    .map(|c| match c {
+                        CodePattern::Exact(c) => c.clone(),
+                        CodePattern::Prefix(p) => format!("every code starting {p}"),
+                        CodePattern::Range(a, b) => format!("{a} to {b} (with their sub-codes)"),
+                    })
+                    .collect();
+                format!("{vocabulary} codes {}", codes.join(", "))
+            }
+            ConceptExpr::Named(n) => format!("the concepts named \"{n}\""),
+            ConceptExpr::Set(i) => format!("`{}`", self.study.concept_sets[*i].name),
+            ConceptExpr::WithDescendants(inner) => {
+                format!("{} and all their descendants", self.concepts(inner))
+            }
+            ConceptExpr::Mapped(inner) => {
+                format!(
+                    "the standard concepts that {} map to (\"Maps to\")",
+                    self.concepts(inner)
+                )
+            }
+            ConceptExpr::Union(parts) if parts.is_empty() => "no concepts".to_string(),
+            ConceptExpr::Union(parts) => parts
+                .iter()
+                .map(|p| self.concepts(p))
+                .collect::<Vec<_>>()
+                .join("; or "),
+            ConceptExpr::Minus(a, b) => {
+                format!("{}, except {}", self.concepts(a), self.concepts(b))
+            }
+        }
+    }
+
+    fn concept_ref(&self, e: &ConceptExpr) -> String {
+        match e {
+            ConceptExpr::Set(i) => format!("`{}`", self.study.concept_sets[*i].name),
+            other => format!("[{}]", self.concepts(other)),
+        }
+    }
+
+    fn query(&self, q: &EventQuery, many: bool) -> String {
+        let mut out = domain_noun(q.domain, many);
+        if let Some(c) = &q.concepts {
+            write!(out, " in {}", self.concept_ref(c)).unwrap();
+        }
+        for f in &q.filters {
+            let text = match f {
+                EventFilter::Value(t) => format!("whose value {}", number_test_words(t)),
+                EventFilter::ValueIn(c) => {
+                    format!("whose value is a concept in {}", self.concept_ref(c))
+                }
+                EventFilter::AboveNormal => {
+                    "whose value is above its normal range (range_high)".to_string()
+                }
+                EventFilter::BelowNormal => {
+                    "whose value is below its normal range (range_low)".to_string()
+                }
+                EventFilter::UnitIn(c) => format!("with a unit in {}", self.concept_ref(c)),
+                EventFilter::Modality(m) => format!("of modality {}", m.join(" or ")),
+                EventFilter::KindIn(c) => format!("of an episode kind in {}", self.concept_ref(c)),
+                EventFilter::Duration(t) => {
+                    format!(
+                        "whose duration (start to end, both days counted) {} days",
+                        number_test_words(t)
+                    )
+                }
+                EventFilter::SameVisit => "in the same visit".to_string(),
+                EventFilter::Where(c) => format!("for which {}", self.criterion(c)),
+            };
+            out.push_str(", ");
+            out.push_str(&text);
+        }
+        out
+    }
+
+    /// An exact inclusive range of days, in words, with its anchor.
+    fn window(&self, w: &Window) -> String {
+        match *w {
+            Window::FollowUp => {
+                "during follow-up (from follow-up start to follow-up end, both days included)"
+                    .to_string()
+            }
+            Window::Days { anchor, start, end } => {
+                let a = anchor_name(anchor);
+                match (start, end) {
+                    (None, None) => format!("at any time (no limit relative to {a})"),
+                    (Some(s), Some(e)) if s == e => {
+                        format!("on day {s} relative to {a} ({})", offset_words(s, anchor))
+                    }
+                    (Some(s), Some(e)) => format!(
+                        "from day {s} to day {e} relative to {a} (from {} to {}, both days included)",
+                        offset_words(s, anchor),
+                        offset_words(e, anchor)
+                    ),
+                    (None, Some(e)) => format!(
+                        "on any day up to day {e} relative to {a} (up to and including {})",
+                        offset_words(e, anchor)
+                    ),
+                    (Some(s), None) => format!(
+                        "on any day from day {s} relative to {a} on (from {} onwards, that day included)",
+                        offset_words(s, anchor)
+                    ),
+                }
+            }
+        }
+    }
+
+    fn criterion(&self, c: &Criterion) -> String {
+        match c {
+            Criterion::All(parts) => parts.iter().map(|p| self.part(p)).collect::<Vec<_>>().join(" and "),
+            Criterion::Any(parts) => parts.iter().map(|p| self.part(p)).collect::<Vec<_>>().join(" or "),
+            Criterion::Not(inner) => format!("it is not true that {}", self.part(inner)),
+            Criterion::Events { count, query, window } => {
+                let many = !(count.n == 1 && count.op != CountOp::Exactly);
+                let n = match (count.op, count.n) {
+                    (CountOp::AtLeast, 1) => "there is at least one".to_string(),
+                    (CountOp::AtLeast, n) => format!("there are at least {n}"),
+                    (CountOp::AtMost, 0) | (CountOp::Exactly, 0) => "there is no".to_string(),
+                    (CountOp::AtMost, n) => format!("there are at most {n}"),
+                    (CountOp::Exactly, n) => format!("there are exactly {n}"),
+                };
+                let many = many && count.n != 0;
+                let distinct = match count.distinct {
+                    None => String::new(),
+                    Some(Distinct::Concepts) => " (counting distinct concepts)".to_string(),
+                    Some(Distinct::Days) => " (counting distinct days)".to_string(),
+                    Some(Distinct::Visits) => " (counting distinct visits)".to_string(),
+                };
+                format!("{n} {}{distinct} starting {}", self.query(query, many), self.window(window))
+            }
+            Criterion::Observation { anchor, start, end } => format!(
+                "one observation period covers every day from {} to {} (days {start} to {end} relative to {}, both included)",
+                offset_words(*start, *anchor),
+                offset_words(*end, *anchor),
+                anchor_name(*anchor)
+            ),
+            Criterion::Sex(ids) => {
+                let names: Vec<String> = ids
+                    .iter()
+                    .map(|id| match *id {
+                        MALE => "male (concept 8507)".to_string(),
+                        FEMALE => "female (concept 8532)".to_string(),
+                        UNKNOWN_SEX => "unknown (concept 8551)".to_string(),
+                        other => format!("concept {other}"),
+                    })
+                    .collect();
+                format!("sex is {}", names.join(" or "))
+            }
+            Criterion::Compare { quantity, test } => {
+                let q = quantity_description(*quantity);
+                let v = |v: &Value| match v {
+                    Value::Number(n) => number(*n),
+                    Value::Date(d) => d.to_string(),
+                };
+                match test {
+                    ValueTest::Compare(op, value) => format!("{q} {} {}", compare_words(*op), v(value)),
+                    ValueTest::Between(a, b) => format!("{q} is from {} to {} (both included)", v(a), v(b)),
+                }
+            }
+        }
+    }
+
+    fn part(&self, c: &Criterion) -> String {
+        match c {
+            Criterion::All(_) | Criterion::Any(_) => format!("({})", self.criterion(c)),
+            other => self.criterion(other),
+        }
+    }
+
+    fn index(&self, index: &IndexEvent) -> String {
+        let mut out = String::new();
+        let q = self.query(&index.query, false);
+        match index.occurrence {
+            Occurrence::First => write!(out, "Each person's index date is the start date of their first qualifying {q}.").unwrap(),
+            Occurrence::Last => write!(out, "Each person's index date is the start date of their last qualifying {q}.").unwrap(),
+            Occurrence::All => write!(
+                out,
+                "Every qualifying {q} is an entry with its start date as index date; a person may enter more than once."
+            )
+            .unwrap(),
+        }
+        out.push_str(
+            "\nA record qualifies when it lies in one of the person's observation periods",
+        );
+        let (before, after) = index.observation;
+        if (before, after) != (0, 0) {
+            write!(
+                out,
+                ", and that same period covers the {} before it and the {} after it",
+                plural(before, "day"),
+                plural(after, "day")
+            )
+            .unwrap();
+        }
+        match (index.from, index.until) {
+            (Some(f), Some(u)) => {
+                write!(out, ", and it is dated from {f} to {u} (both included)").unwrap()
+            }
+            (Some(f), None) => write!(out, ", and it is dated on or after {f}").unwrap(),
+            (None, Some(u)) => write!(out, ", and it is dated on or before {u}").unwrap(),
+            (None, None) => {}
+        }
+        out.push('.');
+        if index.occurrence != Occurrence::All {
+            out.push_str("\nRecords on the same day are ordered by record id, so the choice is deterministic.");
+        }
+        out.push('\n');
+        out
+    }
+
+    fn follow_up(&self, f: &FollowUp) -> String {
+        let mut out = String::new();
+        match f.start_offset {
+            0 => out.push_str("Follow-up starts on the index date (day 0).\n"),
+            d => writeln!(
+                out,
+                "Follow-up starts {} (day {d}).",
+                offset_words(d, Anchor::Index)
+            )
+            .unwrap(),
+        }
+        let exits: Vec<String> = f.exits.iter().map(|e| self.exit(e)).collect();
+        if exits.len() == 1 {
+            writeln!(out, "Follow-up ends at {}.", exits[0]).unwrap();
+        } else {
+            writeln!(
+                out,
+                "Follow-up ends at the earliest of: {}.",
+                exits.join("; ")
+            )
+            .unwrap();
+        }
+        out.push_str("It never extends past the end of the observation period that contains the index date; the end day is included.\n");
+        if let Some(d) = f.collapse_days {
+            writeln!(
+                out,
+                "Entries of one person whose follow-up periods overlap or are at most {} apart are merged into one.",
+                plural(d, "day")
+            )
+            .unwrap();
+        }
+        match (f.period_from, f.period_to) {
+            (None, None) => {}
+            (from, to) => {
+                let from = from.map_or("the earliest data".to_string(), |d| d.to_string());
+                let to = to.map_or("the latest data".to_string(), |d| d.to_string());
+                writeln!(
+                    out,
+                    "Follow-up is clipped to the study period from {from} to {to} (both included); entries left with no follow-up are dropped."
+                )
+                .unwrap();
+            }
+        }
+        out
+    }
+
+    fn exit(&self, e: &Exit) -> String {
+        match e {
+            Exit::ObservationEnd => "the end of the observation period that contains the index date".to_string(),
+            Exit::ExposureEnd { concepts, gap, extra } => format!(
+                "the end of continuous exposure to {}: drug exposures chained while the gap between one's end and the next one's start is at most {}, plus {} after the last one ends",
+                self.concept_ref(concepts),
+                plural(*gap, "day"),
+                plural(*extra, "day")
+            ),
+            Exit::Date(d) => format!("{d}"),
+            Exit::Offset { anchor, days } => format!("{} (day {days} relative to {})", offset_words(*days, *anchor), anchor_name(*anchor)),
+            Exit::Event(q) => format!("the first {} on or after follow-up start", self.query(q, false)),
+        }
+    }
+
+    fn covariate(&self, v: &CovariateValue) -> String {
+        match v {
+            CovariateValue::Sex => "sex (gender concept of the person)".to_string(),
+            CovariateValue::Quantity(q) => quantity_description(*q),
+            CovariateValue::Count {
+                distinct,
+                query,
+                window,
+            } => {
+                let what = match distinct {
+                    None => "the number of",
+                    Some(Distinct::Concepts) => "the number of distinct concepts among",
+                    Some(Distinct::Days) => "the number of distinct days with",
+                    Some(Distinct::Visits) => "the number of distinct visits with",
+                };
+                format!(
+                    "{what} {} starting {}",
+                    self.query(query, true),
+                    self.window(window)
+                )
+            }
+            CovariateValue::Aggregate {
+                aggregate,
+                concept,
+                query,
+                window,
+            } => {
+                let what = match aggregate {
+                    Aggregate::First => "the value of the earliest",
+                    Aggregate::Last => "the value of the latest",
+                    Aggregate::Min => "the smallest value among",
+                    Aggregate::Max => "the largest value among",
+                    Aggregate::Mean => "the mean value of",
+                };
+                let kind = if *concept { " (the value concept)" } else { "" };
+                let many = !matches!(aggregate, Aggregate::First | Aggregate::Last);
+                format!(
+                    "{what} {}{kind} starting {}; empty when there is none",
+                    self.query(query, many),
+                    self.window(window)
+                )
+            }
+            CovariateValue::DaysSince {
+                last,
+                query,
+                window,
+            } => format!(
+                "days from the {} {} starting {} to the index date; empty when there is none",
+                if *last { "latest" } else { "earliest" },
+                self.query(query, false),
+                self.window(window)
+            ),
+            CovariateValue::Flag(c) => format!("1 if {}, else 0", self.criterion(c)),
+            CovariateValue::Interaction(factors) => {
+                let names: Vec<&str> = factors
+                    .iter()
+                    .map(|&i| self.study.covariates[i].name.as_str())
+                    .collect();
+                format!("the product {}", names.join(" × "))
+            }
+        }
+    }
+}
+
+fn quantity_description(q: Quantity) -> String {
+    match q {
+        Quantity::Age(_) => format!("{} (completed years of age on that day)", quantity_words(q)),
+        Quantity::CalendarAge(_) => {
+            format!(
+                "{} (the year of that day minus the year of birth, as OHDSI computes age)",
+                quantity_words(q)
+            )
+        }
+        _ => quantity_words(q),
+    }
+}

@@ -1,0 +1,5 @@
+//! The `cohortql` executable.
+
+fn main() -> std::process::ExitCode {
+    cohortql::cli::main()
+}

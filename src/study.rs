@@ -1,0 +1,359 @@
+//! The typed study model: the one vocabulary every stage after checking speaks.
+//!
+//! A `Study` is resolved (names point at definitions), normalised (every window is an inclusive
+//! day range around a named anchor) and free of source positions, so two files that mean the
+//! same thing build equal models and hash alike. Later stages (explain, hash, lowering to query
+//! plans, the reference evaluator) need nothing else.
+
+use chrono::NaiveDate;
+use serde::Serialize;
+
+pub use crate::syntax::ast::{Aggregate, Anchor, CmpOp, CountOp, Distinct, Domain, Occurrence};
+
+/// A whole study.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Study {
+    pub title: String,
+    pub version: Option<String>,
+    pub question: Option<String>,
+    pub description: Option<String>,
+    pub authors: Vec<String>,
+    /// Named concept sets, in the order they are declared.
+    pub concept_sets: Vec<ConceptSet>,
+    /// Time zero: the event that defines each person's index date.
+    pub index: IndexEvent,
+    /// `require` and `exclude` lines, in file order: the attrition steps.
+    pub steps: Vec<Step>,
+    /// Exposure arms; a person is assigned to the first arm whose criterion holds.
+    pub arms: Vec<Arm>,
+    pub follow_up: FollowUp,
+    pub covariates: Vec<Covariate>,
+    pub endpoints: Vec<Endpoint>,
+    pub output: OutputPolicy,
+    pub consent: Consent,
+}
+
+/// `celecoxib = drug 1118084 "celecoxib" + descendants`: a named set of concepts.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ConceptSet {
+    pub name: String,
+    /// The domain the set was declared for, if any.
+    pub domain: Option<Domain>,
+    pub expr: ConceptExpr,
+}
+
+/// How a set of concept ids is obtained from the vocabulary.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum ConceptExpr {
+    /// One concept id; the label is the concept name as written, checked against the vocabulary.
+    Concept {
+        id: i64,
+        label: Option<String>,
+    },
+    /// The concepts of a source vocabulary whose codes match any of the patterns.
+    SourceCodes {
+        vocabulary: String,
+        codes: Vec<CodePattern>,
+    },
+    /// The concepts whose name is exactly this text (case-insensitive).
+    Named(String),
+    /// The named concept set with this position in `Study::concept_sets`.
+    Set(usize),
+    /// The concepts and all their descendants (`concept_ancestor`).
+    WithDescendants(Box<ConceptExpr>),
+    /// The standard concepts these concepts map to (`concept_relationship` "Maps to").
+    Mapped(Box<ConceptExpr>),
+    Union(Vec<ConceptExpr>),
+    /// The concepts of the left side that are not in the right side.
+    Minus(Box<ConceptExpr>, Box<ConceptExpr>),
+}
+
+/// A source code as written: exact (`K92.2`), prefix (`K92*`) or range (`M15-M19`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum CodePattern {
+    Exact(String),
+    Prefix(String),
+    /// Codes from `low` to `high` inclusive, where `high` also covers its sub-codes.
+    Range(String, String),
+}
+
+impl CodePattern {
+    /// Whether a source code matches the pattern (case-insensitive, dots kept).
+    pub fn matches(&self, code: &str) -> bool {
+        let code = code.to_ascii_uppercase();
+        match self {
+            CodePattern::Exact(c) => code == c.to_ascii_uppercase(),
+            CodePattern::Prefix(p) => code.starts_with(&p.to_ascii_uppercase()),
+            CodePattern::Range(low, high) => {
+                let (low, high) = (low.to_ascii_uppercase(), high.to_ascii_uppercase());
+                let head: String = code.chars().take(high.chars().count()).collect();
+                code >= low && head <= high
+            }
+        }
+    }
+}
+
+/// Records of one domain, of an optional concept set, that pass every filter.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EventQuery {
+    pub domain: Domain,
+    /// `None` means records of any concept.
+    pub concepts: Option<ConceptExpr>,
+    pub filters: Vec<EventFilter>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum EventFilter {
+    /// `value > 4`: the numeric value of a measurement, observation or image feature.
+    Value(NumberTest),
+    /// `value in her2_positive`: the value recorded as a concept.
+    ValueIn(ConceptExpr),
+    /// The value lies above the record's normal range (`range_high`).
+    AboveNormal,
+    /// The value lies below the record's normal range (`range_low`).
+    BelowNormal,
+    UnitIn(ConceptExpr),
+    /// The imaging modality, as DICOM codes (`MR`, `CT`, …).
+    Modality(Vec<String>),
+    /// The kind of an oncology episode (`episode_concept_id`).
+    KindIn(ConceptExpr),
+    /// Days from the record's start to its end, inclusive of both (a one-day record lasts 1 day).
+    Duration(NumberTest),
+    /// The record belongs to the same visit as the anchor event.
+    SameVisit,
+    /// A criterion evaluated relative to this record (anchor `event`).
+    Where(Box<Criterion>),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum NumberTest {
+    Compare(CmpOp, f64),
+    /// Inclusive at both ends.
+    Between(f64, f64),
+}
+
+/// A range of days around an anchor, inclusive of both ends; `None` is unbounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Window {
+    Days {
+        anchor: Anchor,
+        start: Option<i64>,
+        end: Option<i64>,
+    },
+    /// From follow-up start to follow-up end, both included.
+    FollowUp,
+}
+
+/// A condition on a person, or on an event inside `where`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum Criterion {
+    All(Vec<Criterion>),
+    Any(Vec<Criterion>),
+    Not(Box<Criterion>),
+    /// Enough records of `query` start inside `window`.
+    Events {
+        count: Count,
+        query: EventQuery,
+        window: Window,
+    },
+    /// One observation period covers every day of the window.
+    Observation {
+        anchor: Anchor,
+        start: i64,
+        end: i64,
+    },
+    /// Sex is one of these gender concept ids.
+    Sex(Vec<i64>),
+    Compare {
+        quantity: Quantity,
+        test: ValueTest,
+    },
+}
+
+/// How many matching records a criterion asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Count {
+    pub op: CountOp,
+    pub n: u64,
+    pub distinct: Option<Distinct>,
+}
+
+impl Count {
+    pub const EXISTS: Count = Count {
+        op: CountOp::AtLeast,
+        n: 1,
+        distinct: None,
+    };
+}
+
+pub use crate::syntax::ast::Quantity;
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum ValueTest {
+    Compare(CmpOp, Value),
+    Between(Value, Value),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub enum Value {
+    Number(f64),
+    Date(NaiveDate),
+}
+
+/// OMOP gender concepts.
+pub const MALE: i64 = 8507;
+pub const FEMALE: i64 = 8532;
+pub const UNKNOWN_SEX: i64 = 8551;
+
+/// `index = first drug in nsaids …`
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct IndexEvent {
+    pub occurrence: Occurrence,
+    pub query: EventQuery,
+    /// Only events dated on or after this day qualify.
+    pub from: Option<NaiveDate>,
+    /// Only events dated on or before this day qualify.
+    pub until: Option<NaiveDate>,
+    /// Days of observation required before (negative) and after the event, in one period.
+    /// Without `with continuous observation`, `[0, 0]`: the event lies in an observation period.
+    pub observation: (i64, i64),
+}
+
+/// One attrition step.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Step {
+    pub exclude: bool,
+    pub criterion: Criterion,
+    /// The rule as the study states it, in canonical layout (the attrition table's `rule`).
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Arm {
+    pub name: String,
+    pub criterion: Criterion,
+}
+
+/// When each person's time at risk starts and ends.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FollowUp {
+    /// Follow-up starts this many days after index (`from index + 1 day` is 1).
+    pub start_offset: i64,
+    /// Follow-up ends at the earliest of these, and never after the end of the observation
+    /// period that contains index.
+    pub exits: Vec<Exit>,
+    /// Entries of one person whose follow-up periods lie within this many days are merged.
+    pub collapse_days: Option<i64>,
+    /// Follow-up is clipped to these dates; entries left with no follow-up are dropped.
+    pub period_from: Option<NaiveDate>,
+    pub period_to: Option<NaiveDate>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum Exit {
+    ObservationEnd,
+    /// The end of continuous exposure: drug exposures of the set chained together when the gap
+    /// between one's end and the next's start is at most `gap` days, plus `extra` days.
+    ExposureEnd {
+        concepts: ConceptExpr,
+        gap: i64,
+        extra: i64,
+    },
+    Date(NaiveDate),
+    /// A fixed number of days after index or after follow-up start.
+    Offset {
+        anchor: Anchor,
+        days: i64,
+    },
+    /// The first such event on or after follow-up start.
+    Event(EventQuery),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Covariate {
+    pub name: String,
+    pub value: CovariateValue,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum CovariateValue {
+    Sex,
+    Quantity(Quantity),
+    Count {
+        distinct: Option<Distinct>,
+        query: EventQuery,
+        window: Window,
+    },
+    /// A value of matching records; `concept` takes `value_as_concept_id` instead of the number.
+    Aggregate {
+        aggregate: Aggregate,
+        concept: bool,
+        query: EventQuery,
+        window: Window,
+    },
+    /// Days from the first or last matching record to index.
+    DaysSince {
+        last: bool,
+        query: EventQuery,
+        window: Window,
+    },
+    /// 1 when the criterion holds, else 0.
+    Flag(Criterion),
+    /// The product of these covariates (positions in `Study::covariates`).
+    Interaction(Vec<usize>),
+}
+
+/// What kind of column a covariate is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ValueKind {
+    Number,
+    Flag,
+    Category,
+    Date,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Endpoint {
+    pub name: String,
+    pub kind: EndpointKind,
+    pub query: EventQuery,
+    pub window: Window,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum EndpointKind {
+    /// Event flag and days from follow-up start to the first event, or to the end of follow-up.
+    TimeToEvent,
+    /// Whether at least one event starts in the window.
+    Binary,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct OutputPolicy {
+    /// Counts below this are suppressed in every aggregate output.
+    pub min_cell_count: u64,
+    pub pseudonymise_ids: bool,
+}
+
+impl Default for OutputPolicy {
+    fn default() -> Self {
+        OutputPolicy {
+            min_cell_count: 5,
+            pseudonymise_ids: true,
+        }
+    }
+}
+
+/// Which data a person's consent governs.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum Consent {
+    /// The study declares no rule: all data are used.
+    NotDeclared,
+    /// The study declares that no consent is needed (e.g. retrospective use under a legal basis).
+    NotRequired,
+    /// Data (all, or recorded from `from` on) count only for persons with such a record.
+    RequiredBy {
+        query: EventQuery,
+        from: Option<NaiveDate>,
+    },
+}

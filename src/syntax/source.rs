@@ -1,0 +1,115 @@
+//! Study text as it arrives: decoding bytes safely, and finding the comments `fmt` must keep.
+
+use super::ast::Span;
+use crate::diag::{Code, Diagnostic};
+
+/// Study files larger than this are refused before parsing.
+pub const MAX_FILE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Decodes a study file. On failure the text is still returned (lossily decoded) so the
+/// diagnostic can be shown against it.
+pub fn decode(bytes: &[u8]) -> Result<String, (String, Diagnostic)> {
+    if bytes.len() > MAX_FILE_BYTES {
+        let d = Diagnostic::new(
+            Code::TooLarge,
+            format!(
+                "the file has {} bytes; study files may have at most {MAX_FILE_BYTES}",
+                bytes.len()
+            ),
+        )
+        .help(
+            "is this really a study file? Concept lists belong in the vocabulary, not in the study",
+        );
+        return Err((String::new(), d));
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => {
+            if let Some(at) = text.find('\0') {
+                let d = Diagnostic::new(
+                    Code::BinaryFile,
+                    "the file contains a NUL byte: it is not a text file",
+                )
+                .at(Span::new(at, at + 1))
+                .label("NUL byte")
+                .help("study files are plain UTF-8 text; check that the right file was given");
+                return Err((text.replace('\0', "\u{2400}"), d));
+            }
+            Ok(text.to_string())
+        }
+        Err(e) => {
+            let at = e.valid_up_to();
+            let lossy = String::from_utf8_lossy(bytes).into_owned();
+            let d = Diagnostic::new(
+                Code::InvalidUtf8,
+                format!("the file is not valid UTF-8 text (byte {at})"),
+            )
+            .at(Span::new(at, at + '\u{FFFD}'.len_utf8()))
+            .label("not UTF-8")
+            .help("save the study file as UTF-8");
+            Err((lossy, d))
+        }
+    }
+}
+
+/// A `--` comment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Comment {
+    pub span: Span,
+    /// The comment text after `--`, trimmed at the end.
+    pub text: String,
+    /// Whether only white space stands before it on its line.
+    pub own_line: bool,
+}
+
+/// Every comment in the text, in order, skipping `--` inside quoted text.
+pub fn comments(text: &str) -> Vec<Comment> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut in_string = false;
+    let mut line_start = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'\n' {
+            line_start = i + 1;
+            in_string = false;
+        } else if in_string {
+            if b == b'\\' {
+                i += 1;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if b == b'-' && bytes.get(i + 1) == Some(&b'-') {
+            let end = text[i..].find('\n').map_or(text.len(), |n| i + n);
+            let own_line = text[line_start..i].trim().is_empty();
+            out.push(Comment {
+                span: Span::new(i, end),
+                text: text[i + 2..end].trim_end().to_string(),
+                own_line,
+            });
+            i = end;
+            continue;
+        }
+        i += 1;
+    }
+    out
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = floor_char_boundary(text, offset.min(text.len()));
+    let before = &text[..offset];
+    let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |n| n + 1);
+    let col = text[line_start..offset].chars().count() + 1;
+    (line, col)
+}
+
+pub fn floor_char_boundary(text: &str, mut offset: usize) -> usize {
+    while offset > 0 && !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    offset
+}
