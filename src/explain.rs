@@ -233,7 +233,12 @@ impl Explainer<'_> {
             ConceptExpr::Named(n) => format!("the concepts named \"{n}\""),
             ConceptExpr::Set(i) => format!("`{}`", self.study.concept_sets[*i].name),
             ConceptExpr::WithDescendants(inner) => {
-                format!("{} and all their descendants", self.concepts(inner))
+                let whose = if matches!(**inner, ConceptExpr::Concept { .. }) {
+                    "its"
+                } else {
+                    "their"
+                };
+                format!("{} and all {whose} descendants", self.concepts(inner))
             }
             ConceptExpr::Mapped(inner) => {
                 format!(
@@ -348,7 +353,8 @@ impl Explainer<'_> {
                     Some(Distinct::Days) => " (counting distinct days)".to_string(),
                     Some(Distinct::Visits) => " (counting distinct visits)".to_string(),
                 };
-                format!("{n} {}{distinct} starting {}", self.query(query, many), self.window(window))
+                let comma = if query.filters.is_empty() { "" } else { "," };
+                format!("{n} {}{distinct}{comma} starting {}", self.query(query, many), self.window(window))
             }
             Criterion::Observation { anchor, start, end } => format!(
                 "one observation period covers every day from {} to {} (days {start} to {end} relative to {}, both included)",

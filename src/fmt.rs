@@ -83,15 +83,21 @@ fn layout(file: &StudyFile) -> Vec<Line> {
                         .domain
                         .as_ref()
                         .map_or(String::new(), |d| format!("{} ", d.node.keyword()));
-                    lines.push(item(
-                        format!(
-                            "{:w$} = {domain}{}",
-                            d.name.node,
-                            concept_expr_text(&d.expr),
-                            w = width
-                        ),
-                        d.span,
-                    ));
+                    let head = format!("{:w$} = {domain}", d.name.node, w = width);
+                    let one_line = format!("{head}{}", concept_expr_text(&d.expr));
+                    let text = if fits(&one_line) {
+                        one_line
+                    } else {
+                        // One term a line, each operator under the `=`.
+                        let under = " ".repeat(width + 1);
+                        let mut t = format!("{head}{}", concept_term_text(&d.expr.first));
+                        for (op, term) in &d.expr.rest {
+                            let op = if *op == SetOp::Union { "|" } else { "-" };
+                            write!(t, "\n{under}{op} {}", concept_term_text(term)).unwrap();
+                        }
+                        t
+                    };
+                    lines.push(item(text, d.span));
                 }
             }
             SectionKind::Population(p) => {
@@ -196,6 +202,13 @@ fn layout(file: &StudyFile) -> Vec<Line> {
     lines
 }
 
+/// Statements longer than this are broken over several lines where the language allows.
+const MAX_LINE: usize = 100;
+
+fn fits(text: &str) -> bool {
+    2 + text.chars().count() <= MAX_LINE
+}
+
 fn item(text: String, span: Span) -> Line {
     Line {
         indent: 1,
@@ -212,6 +225,10 @@ fn name_width<'a>(names: impl Iterator<Item = &'a Name>) -> usize {
         .filter(|&w| w <= 24)
         .max()
         .unwrap_or(0)
+}
+
+fn last_line_width(text: &str) -> usize {
+    text.rsplit('\n').next().unwrap_or("").chars().count()
 }
 
 /// End-of-line comments are aligned up to this column.
@@ -247,7 +264,7 @@ fn attach_and_render(lines: Vec<Line>, comments: &[Comment]) -> String {
         if i == lines.len() || (i > 0 && lines[i].blank_before) {
             let width = (group_start..i)
                 .filter(|&j| !trailing[j].is_empty())
-                .map(|j| 2 * lines[j].indent + lines[j].text.chars().count())
+                .map(|j| 2 * lines[j].indent + last_line_width(&lines[j].text))
                 .filter(|&w| w <= MAX_COMMENT_COLUMN)
                 .max()
                 .unwrap_or(0);
@@ -265,10 +282,10 @@ fn attach_and_render(lines: Vec<Line>, comments: &[Comment]) -> String {
             writeln!(out, "{pad}--{c}").unwrap();
         }
         out.push_str(&pad);
-        out.push_str(&line.text);
+        out.push_str(&line.text.replace('\n', &format!("\n{pad}")));
         if !trailing[i].is_empty() {
             let joined: Vec<String> = trailing[i].iter().map(|c| format!("--{c}")).collect();
-            let used = 2 * line.indent + line.text.chars().count();
+            let used = 2 * line.indent + last_line_width(&line.text);
             let gap = comment_column[i].saturating_sub(used) + 2;
             write!(out, "{}{}", " ".repeat(gap), joined.join(" ")).unwrap();
         }
@@ -574,8 +591,23 @@ fn index_text(index: &IndexDef) -> String {
         });
     }
     out.push_str(&event_query_text(&index.query));
-    for option in &index.options {
-        out.push(' ');
+    if index.options.is_empty() {
+        return out;
+    }
+    let options: Vec<String> = index.options.iter().map(entry_option_text).collect();
+    let one_line = format!("{out} {}", options.join(" "));
+    if fits(&one_line) {
+        return one_line;
+    }
+    for option in options {
+        write!(out, "\n  {option}").unwrap();
+    }
+    out
+}
+
+fn entry_option_text(option: &EntryOption) -> String {
+    let mut out = String::new();
+    {
         match &option.kind {
             EntryOptionKind::Between(a, b) => {
                 write!(out, "between {} and {}", a.node, b.node).unwrap()
@@ -639,7 +671,12 @@ fn follow_up_text(i: &FollowUpItem) -> String {
         FollowUpKind::Until { exits, earliest } => {
             let list: Vec<String> = exits.iter().map(exit_text).collect();
             if *earliest || list.len() > 1 {
-                format!("until earliest of {}", list.join(", "))
+                let one_line = format!("until earliest of {}", list.join(", "));
+                if fits(&one_line) {
+                    one_line
+                } else {
+                    format!("until earliest of {}", list.join(",\n                  "))
+                }
             } else {
                 format!("until {}", list.join(""))
             }

@@ -68,7 +68,7 @@ pub enum ConceptExpr {
     Minus(Box<ConceptExpr>, Box<ConceptExpr>),
 }
 
-/// A source code as written: exact (`K92.2`), prefix (`K92*`) or range (`M15-M19`).
+/// A source code as written: exact (`K92.2`), prefix (`K92*`) or range (`M15..M19`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum CodePattern {
     Exact(String),

@@ -33,6 +33,10 @@ pub const VOCABULARIES: &[(&str, &str)] = &[
     ("snomed", "SNOMED"),
 ];
 
+/// Vocabularies whose codes never contain `-`, where `M15-M19` can only be a mistaken range.
+const HYPHENLESS_VOCABULARIES: &[&str] =
+    &["ICD10", "ICD10CM", "ICD10GM", "ICD9CM", "CIM10", "ICDO3"];
+
 /// The largest concept id OMOP allows (`concept_id` is a 32-bit integer).
 pub const MAX_CONCEPT_ID: i64 = i32::MAX as i64;
 
@@ -227,7 +231,10 @@ impl<'a> Checker<'a> {
                         vocabulary.node.clone()
                     }
                 };
-                let codes = codes.iter().filter_map(|c| self.code_pattern(c)).collect();
+                let codes = codes
+                    .iter()
+                    .filter_map(|c| self.code_pattern(&vocabulary_id, c))
+                    .collect();
                 ConceptExpr::SourceCodes {
                     vocabulary: vocabulary_id,
                     codes,
@@ -309,7 +316,11 @@ impl<'a> Checker<'a> {
         e
     }
 
-    fn code_pattern(&mut self, code: &ast::Spanned<String>) -> Option<CodePattern> {
+    fn code_pattern(
+        &mut self,
+        vocabulary: &str,
+        code: &ast::Spanned<String>,
+    ) -> Option<CodePattern> {
         let c = code.node.trim();
         let bad = |why: &str| {
             Diagnostic::new(
@@ -330,9 +341,9 @@ impl<'a> Checker<'a> {
             }
             return Some(CodePattern::Prefix(prefix.to_string()));
         }
-        if let Some((low, high)) = c.split_once('-') {
-            if low.is_empty() || high.is_empty() || high.contains('-') {
-                self.push(bad("a range has one `-` between two codes"));
+        if let Some((low, high)) = c.split_once("..") {
+            if low.is_empty() || high.is_empty() || high.contains("..") {
+                self.push(bad("a range has one `..` between two codes"));
                 return None;
             }
             if low.to_ascii_uppercase() > high.to_ascii_uppercase() {
@@ -345,12 +356,34 @@ impl<'a> Checker<'a> {
             self.push(bad("`*` may only end a prefix"));
             return None;
         }
+        if HYPHENLESS_VOCABULARIES.contains(&vocabulary) && c.contains('-') {
+            let (low, high) = c.split_once('-').unwrap_or((c, c));
+            self.push(
+                Diagnostic::new(
+                    Code::InvalidCode,
+                    format!("{vocabulary} codes have no `-`: `{c}` matches no code"),
+                )
+                .at(code.span)
+                .label("not a code")
+                .help(format!(
+                    "for the codes from {low} to {high}, write the range \"{low}..{high}\""
+                )),
+            );
+            return None;
+        }
         Some(CodePattern::Exact(c.to_string()))
     }
 }
 
 /// Whether a set declared for `declared` may be used with events of `used`.
 fn domains_agree(declared: Domain, used: Domain) -> bool {
+    // Episodes point at a disease or at a treatment (`episode_object_concept_id`).
+    if used == Domain::Episode {
+        return matches!(
+            declared,
+            Domain::Condition | Domain::Drug | Domain::Procedure | Domain::Episode
+        );
+    }
     let family = |d: Domain| match d {
         Domain::DrugEra => Domain::Drug,
         Domain::ConditionEra => Domain::Condition,
