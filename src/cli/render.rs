@@ -10,7 +10,7 @@ use anstyle::{AnsiColor, Style};
 use std::fmt::Write;
 
 /// How many characters of a source line are shown around a span.
-const SHOWN_CHARS: usize = 100;
+const SHOWN_CHARS: usize = 120;
 
 const ERROR: Style = AnsiColor::Red.on_default().bold();
 const WARNING: Style = AnsiColor::Yellow.on_default().bold();
@@ -95,6 +95,10 @@ fn excerpt(text: &str, span: Span) -> (String, usize, usize) {
     let after: Vec<char> = clean(&text[end..line_end]).chars().collect();
     let inside_text: Vec<char> = clean(&text[start..end]).chars().collect();
 
+    if before.len() + inside_text.len() + after.len() <= SHOWN_CHARS {
+        let shown: String = before.iter().chain(&inside_text).chain(&after).collect();
+        return (shown, before.len(), inside.max(1));
+    }
     // Keep up to SHOWN_CHARS characters: some context before the span, the span, some after.
     let lead = before.len().min(SHOWN_CHARS / 3);
     let span_shown = inside_text.len().min(SHOWN_CHARS / 2);

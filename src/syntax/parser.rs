@@ -87,6 +87,26 @@ fn syntax_error(error: pest::error::Error<Rule>, text: &str) -> Diagnostic {
         ErrorVariant::CustomError { message } => (message.clone(), None),
     };
     let (found, len) = token_at(text, at);
+    let word = text[at.min(text.len())..at.min(text.len()) + len].to_ascii_lowercase();
+    let positives: &[Rule] = match &error.variant {
+        ErrorVariant::ParsingError { positives, .. } => positives,
+        ErrorVariant::CustomError { .. } => &[],
+    };
+    let help = if super::KEYWORDS.contains(&word.as_str())
+        && positives.iter().any(|r| {
+            matches!(
+                r,
+                Rule::concept_ref | Rule::vocabulary_name | Rule::concept_expr | Rule::concept_term
+            )
+        }) {
+        Some(format!(
+            "`{word}` is a keyword, so it cannot name a concept set; rename the set, e.g. `{word}_codes`"
+        ))
+    } else if WINDOW_WORDS.contains(&word.as_str()) && !positives.contains(&Rule::window) {
+        Some("no window can stand here: the index event is the event itself (limit it with `between`, `from`, `until` or `with continuous observation`), and elsewhere a window comes after the event and its filters".to_string())
+    } else {
+        help
+    };
     let mut d = Diagnostic::new(Code::Syntax, format!("expected {expected}, found {found}"))
         .at(Span::new(at, at + len))
         .label("unexpected here");
@@ -95,6 +115,9 @@ fn syntax_error(error: pest::error::Error<Rule>, text: &str) -> Diagnostic {
     }
     d
 }
+
+/// Words that start a window.
+const WINDOW_WORDS: &[&str] = &["on", "before", "after", "[", "within", "during", "any"];
 
 /// A short description of the token starting at `at`, and its length in bytes.
 fn token_at(text: &str, at: usize) -> (String, usize) {
@@ -126,7 +149,24 @@ fn describe_expected(rules: &[Rule]) -> (String, Option<String>) {
             words.push(w);
         }
     }
+    // Section keywords are always possible after a statement; name them last, as one item.
+    let sections = [
+        "`concepts`",
+        "`population`",
+        "`exposure`",
+        "`follow-up`",
+        "`covariates`",
+        "`endpoints`",
+        "`endpoint`",
+        "`output`",
+        "`consent`",
+    ];
+    let had_sections = words.iter().any(|w| sections.contains(&w.as_str()));
+    words.retain(|w| !sections.contains(&w.as_str()));
     words.sort();
+    if had_sections {
+        words.push("a new section".to_string());
+    }
     let help = if rules
         .iter()
         .any(|r| matches!(r, Rule::window | Rule::bracket_window))
@@ -156,7 +196,7 @@ fn rule_words(rule: Rule) -> String {
     let words = match rule {
         Rule::EOI => "end of file or a section (`concepts`, `population`, …)",
         Rule::name | Rule::name_chars => "a name",
-        Rule::concept_ref => "a concept set name",
+        Rule::concept_ref | Rule::vocabulary_name => "a concept set name",
         Rule::string => "a quoted text",
         Rule::integer => "a whole number",
         Rule::number => "a number",
