@@ -225,6 +225,8 @@ pub struct Step {
     pub exclude: bool,
     pub criterion: Criterion,
     /// The rule as the study states it, in canonical layout (the attrition table's `rule`).
+    /// Not part of the hash: `[-365, -1] days` and `365 days before index` mean the same.
+    #[serde(skip_serializing)]
     pub rule: String,
 }
 

@@ -114,20 +114,27 @@ impl<'a> Checker<'a> {
                     concept_defs.extend(defs.iter());
                     "concepts"
                 }
+                // A repeated section is reported below; the first one is the one checked.
                 SectionKind::Population(p) => {
-                    population = Some((p, section.span));
+                    population = population.or(Some((p, section.span)));
                     "population"
                 }
                 SectionKind::Arms(a) => {
-                    arm_defs = a;
+                    if !seen.contains_key("exposure arms") {
+                        arm_defs = a;
+                    }
                     "exposure arms"
                 }
                 SectionKind::FollowUp(f) => {
-                    follow_up_items = f;
+                    if !seen.contains_key("follow-up") {
+                        follow_up_items = f;
+                    }
                     "follow-up"
                 }
                 SectionKind::Covariates(c) => {
-                    covariate_defs = c;
+                    if !seen.contains_key("covariates") {
+                        covariate_defs = c;
+                    }
                     "covariates"
                 }
                 SectionKind::Endpoints { defs, single } => {
@@ -138,11 +145,13 @@ impl<'a> Checker<'a> {
                     "endpoints"
                 }
                 SectionKind::Output(o) => {
-                    output_items = o;
+                    if !seen.contains_key("output") {
+                        output_items = o;
+                    }
                     "output"
                 }
                 SectionKind::Consent(c) => {
-                    consent_rule = Some(c);
+                    consent_rule = consent_rule.or(Some(c));
                     "consent"
                 }
             };

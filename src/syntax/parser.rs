@@ -37,6 +37,7 @@ fn only_comments(text: &str) -> bool {
 fn check_nesting(text: &str) -> Result<(), Diagnostic> {
     let bytes = text.as_bytes();
     let mut depth = 0usize;
+    let mut nots = 0usize;
     let mut i = 0;
     let mut in_string = false;
     while i < bytes.len() {
@@ -69,7 +70,30 @@ fn check_nesting(text: &str) -> Result<(), Diagnostic> {
                     }
                 }
                 b')' => depth = depth.saturating_sub(1),
-                _ => {}
+                b if b.is_ascii_alphanumeric() || b == b'_' => {
+                    let start = i;
+                    while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_')
+                    {
+                        i += 1;
+                    }
+                    if text[start..i].eq_ignore_ascii_case("not") {
+                        nots += 1;
+                        if nots > MAX_NESTING {
+                            return Err(Diagnostic::new(
+                                Code::TooDeep,
+                                format!("more than {MAX_NESTING} `not` in a row"),
+                            )
+                            .at(Span::new(start, i))
+                            .label("too many here")
+                            .help("two `not` cancel out: keep one or none"));
+                        }
+                    } else {
+                        nots = 0;
+                    }
+                    continue;
+                }
+                b if b.is_ascii_whitespace() => {}
+                _ => nots = 0,
             }
         }
         i += 1;
@@ -92,13 +116,30 @@ fn syntax_error(error: pest::error::Error<Rule>, text: &str) -> Diagnostic {
         ErrorVariant::ParsingError { positives, .. } => positives,
         ErrorVariant::CustomError { .. } => &[],
     };
-    let help = if super::KEYWORDS.contains(&word.as_str())
+    let rest_of_line = text[at.min(text.len())..].split('\n').next().unwrap_or("");
+    if rest_of_line.starts_with('"') && !closes_string(&rest_of_line[1..]) {
+        return Diagnostic::new(Code::Syntax, "this quoted text is not closed on its line")
+            .at(Span::new(at, at + 1))
+            .label("opened here")
+            .help("close it with `\"` on the same line; quoted text cannot span lines (write \\n for a line break)");
+    }
+    let help = if word == "-"
+        && positives
+            .iter()
+            .any(|r| matches!(r, Rule::concept_expr | Rule::concept_term))
+    {
+        Some(
+            "concept ids are never negative; to remove concepts from a set, write `set - 4123`"
+                .to_string(),
+        )
+    } else if super::KEYWORDS.contains(&word.as_str())
         && positives.iter().any(|r| {
             matches!(
                 r,
                 Rule::concept_ref | Rule::vocabulary_name | Rule::concept_expr | Rule::concept_term
             )
-        }) {
+        })
+    {
         Some(format!(
             "`{word}` is a keyword, so it cannot name a concept set; rename the set, e.g. `{word}_codes`"
         ))
@@ -114,6 +155,18 @@ fn syntax_error(error: pest::error::Error<Rule>, text: &str) -> Diagnostic {
         d = d.help(h);
     }
     d
+}
+
+fn closes_string(rest: &str) -> bool {
+    let mut escaped = false;
+    for c in rest.chars() {
+        match c {
+            '\\' if !escaped => escaped = true,
+            '"' if !escaped => return true,
+            _ => escaped = false,
+        }
+    }
+    false
 }
 
 /// Words that start a window.
@@ -194,7 +247,8 @@ fn rule_words(rule: Rule) -> String {
         return format!("`{}`", kw.replace('_', "-"));
     }
     let words = match rule {
-        Rule::EOI => "end of file or a section (`concepts`, `population`, …)",
+        Rule::EOI => "the end of the file",
+        Rule::concept_modifier | Rule::descendants_mod => "`+ descendants` or `mapped`",
         Rule::name | Rule::name_chars => "a name",
         Rule::concept_ref | Rule::vocabulary_name => "a concept set name",
         Rule::string => "a quoted text",

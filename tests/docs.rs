@@ -1,0 +1,144 @@
+//! Every study in the documentation is checked: plain `study` blocks must check clean, and
+//! `study error=CODE` blocks in docs/errors.md must produce that code. Their diagnostics are
+//! snapshotted, so a change in any message shows up in review.
+
+use cohortql::compile::compile_text;
+use cohortql::diag::{Code, Severity};
+use std::path::{Path, PathBuf};
+
+struct Block {
+    file: String,
+    line: usize,
+    expect: Option<String>,
+    text: String,
+}
+
+fn study_blocks(path: &Path) -> Vec<Block> {
+    let content = std::fs::read_to_string(path).unwrap();
+    let mut blocks = Vec::new();
+    let mut current: Option<Block> = None;
+    for (n, line) in content.lines().enumerate() {
+        if let Some(block) = current.as_mut() {
+            if line.trim_start() == "```" {
+                blocks.push(current.take().unwrap());
+            } else {
+                block.text.push_str(line);
+                block.text.push('\n');
+            }
+        } else if let Some(info) = line.trim_start().strip_prefix("```study") {
+            let expect = info.trim().strip_prefix("error=").map(str::to_string);
+            current = Some(Block {
+                file: path.display().to_string(),
+                line: n + 1,
+                expect,
+                text: String::new(),
+            });
+        }
+    }
+    assert!(current.is_none(), "{}: unclosed code block", path.display());
+    blocks
+}
+
+fn documents() -> Vec<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut docs = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            docs.push(path);
+        }
+    }
+    docs.sort();
+    docs
+}
+
+fn plain(diagnostics: &[cohortql::diag::Diagnostic], text: &str) -> String {
+    let rendered = cohortql::cli::render_all(diagnostics, "example.study", text);
+    anstream::adapter::strip_str(&rendered).to_string()
+}
+
+#[test]
+fn every_study_block_in_the_docs_checks_as_it_says() {
+    let mut clean = 0;
+    let mut failing = 0;
+    for doc in documents() {
+        for block in study_blocks(&doc) {
+            let where_ = format!("{}:{}", block.file, block.line);
+            let compiled = compile_text(block.text.clone());
+            match &block.expect {
+                None => {
+                    assert!(
+                        compiled.diagnostics.is_empty(),
+                        "{where_}: a documented study has diagnostics:\n{}",
+                        plain(&compiled.diagnostics, &block.text)
+                    );
+                    clean += 1;
+                }
+                Some(code) => {
+                    assert!(
+                        compiled.diagnostics.iter().any(|d| d.code.id() == code),
+                        "{where_}: expected {code}, got:\n{}",
+                        plain(&compiled.diagnostics, &block.text)
+                    );
+                    if code.starts_with('W') {
+                        assert!(
+                            !compiled.has_errors(),
+                            "{where_}: a warning example has errors"
+                        );
+                    }
+                    failing += 1;
+                }
+            }
+        }
+    }
+    assert!(clean >= 40, "only {clean} clean study blocks found");
+    assert!(failing >= 30, "only {failing} error examples found");
+}
+
+#[test]
+fn every_diagnostic_code_is_documented_with_an_example() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let errors = root.join("docs/errors.md");
+    let text = std::fs::read_to_string(&errors).unwrap();
+    let examples: Vec<String> = study_blocks(&errors)
+        .into_iter()
+        .filter_map(|b| b.expect)
+        .collect();
+    // These concern the bytes of a file, which a Markdown block cannot hold; tests/cli.rs covers them.
+    let byte_level = [Code::InvalidUtf8, Code::BinaryFile, Code::TooLarge];
+    for code in Code::ALL {
+        assert!(
+            text.contains(&format!("### {}: {}", code.id(), code.title())),
+            "docs/errors.md lacks a section for {}",
+            code.id()
+        );
+        if !byte_level.contains(&code) {
+            assert!(
+                examples.iter().any(|e| e == code.id()),
+                "docs/errors.md has no example for {}",
+                code.id()
+            );
+        }
+        assert_eq!(
+            code.severity() == Severity::Warning,
+            code.id().starts_with('W')
+        );
+    }
+    let mut ids: Vec<&str> = Code::ALL.iter().map(|c| c.id()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), Code::ALL.len(), "two codes share an id");
+}
+
+#[test]
+fn error_examples_render_as_snapshotted() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for block in study_blocks(&root.join("docs/errors.md")) {
+        let Some(code) = block.expect else { continue };
+        let compiled = compile_text(block.text.clone());
+        insta::assert_snapshot!(
+            format!("diagnostic_{code}"),
+            plain(&compiled.diagnostics, &block.text)
+        );
+    }
+}
