@@ -9,6 +9,9 @@
 //!
 //! Each stage is a function of its input alone; diagnostics are values, rendered only by `cli`.
 
+// Diagnostics are large values made rarely, on the error path: boxing them buys nothing.
+#![allow(clippy::result_large_err, clippy::large_enum_variant)]
+
 pub mod check;
 pub mod cli;
 pub mod compile;

@@ -400,8 +400,7 @@ impl<'a> Checker<'a> {
         let mut start: Option<(i64, Span)> = None;
         let mut exits: Option<(Vec<Exit>, Span)> = None;
         let mut collapse: Option<(i64, Span)> = None;
-        let mut period: Option<((Option<chrono::NaiveDate>, Option<chrono::NaiveDate>), Span)> =
-            None;
+        let mut period: Option<(DateRange, Span)> = None;
         for item in items {
             match &item.kind {
                 ast::FollowUpKind::From(point) => {
@@ -841,6 +840,7 @@ impl<'a> Checker<'a> {
 }
 
 type NaiveDateSpan = chrono::NaiveDate;
+type DateRange = (Option<chrono::NaiveDate>, Option<chrono::NaiveDate>);
 
 fn duplicate_setting(what: &str, at: Span, first: Span) -> Diagnostic {
     Diagnostic::new(Code::DuplicateSetting, format!("{what} is given twice"))

@@ -267,7 +267,7 @@ fn rule_words(rule: Rule) -> String {
         Rule::header_key => "`version`, `question`, `description` or `author`",
         Rule::sex_value => "`male`, `female`, `unknown` or a concept id",
         Rule::quantity => "`age at`, `calendar age at`, `year of` or `date of`",
-        _ => return format!("{}", name.replace('_', " ")),
+        _ => return name.replace('_', " "),
     };
     words.to_string()
 }
