@@ -15,9 +15,12 @@
 pub mod check;
 pub mod cli;
 pub mod compile;
+pub mod demo;
 pub mod diag;
 pub mod explain;
 pub mod fmt;
 pub mod hash;
+pub mod repo;
 pub mod study;
 pub mod syntax;
+pub mod synth;

@@ -1,6 +1,7 @@
 //! The `cohortql` command line: argument parsing, reading files, printing results and
 //! diagnostics, and exit codes (0 ok, 1 errors in a study, 2 usage or I/O errors).
 
+mod data;
 mod render;
 
 pub use render::render;
@@ -60,6 +61,45 @@ enum Command {
     },
     /// Print the syntax tree of a study as JSON.
     Parse { file: PathBuf },
+    /// Generate a synthetic OMOP CDM repository (oncology and imaging), deterministically.
+    Synth {
+        /// How many persons.
+        #[arg(long, default_value_t = 10_000)]
+        persons: u64,
+        /// The random seed: the same arguments give byte-identical files.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The directory to create (it must not exist, or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value_t = FormatArg::Parquet)]
+        format: FormatArg,
+    },
+    /// Work with OMOP repositories.
+    Repo {
+        #[command(subcommand)]
+        command: RepoCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum RepoCommand {
+    /// Report a repository's tables and check its data quality.
+    Check {
+        /// The repository directory; without it, the built-in demo repository.
+        dir: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print where the built-in demo repository is cached, generating it if needed.
+    Demo,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum FormatArg {
+    Parquet,
+    Csv,
 }
 
 /// Runs the command line and returns the process exit code.
@@ -85,6 +125,18 @@ pub fn main() -> ExitCode {
         Command::Explain { file } => explain(&file),
         Command::Hash { files } => hash(&files),
         Command::Parse { file } => parse(&file),
+        Command::Synth {
+            persons,
+            seed,
+            out,
+            format,
+        } => data::synth(persons, seed, &out, format),
+        Command::Repo {
+            command: RepoCommand::Check { dir, json },
+        } => data::repo_check(dir.as_deref(), json),
+        Command::Repo {
+            command: RepoCommand::Demo,
+        } => data::demo(),
     };
     match outcome {
         Ok(Status::Ok) => ExitCode::SUCCESS,
@@ -96,7 +148,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-enum Status {
+pub(crate) enum Status {
     Ok,
     StudyErrors,
 }

@@ -1,0 +1,270 @@
+//! The OMOP repository: a directory with one Parquet, CSV or gzipped CSV file per table,
+//! validated and registered as tables of a DataFusion session.
+
+pub mod files;
+pub mod quality;
+pub mod schema;
+pub mod write;
+
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{Column as DfColumn, ScalarValue};
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::{cast, lit, Expr};
+use datafusion::prelude::{CsvReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
+use files::{Format, Source, TableFile};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// A problem with a repository that stops it from being used.
+#[derive(Debug, Clone)]
+pub enum RepoError {
+    Io {
+        path: PathBuf,
+        message: String,
+    },
+    NotADirectory(PathBuf),
+    MissingTable {
+        table: &'static str,
+        dir: PathBuf,
+    },
+    AmbiguousTable {
+        table: &'static str,
+        paths: Vec<PathBuf>,
+    },
+    MissingColumns {
+        path: PathBuf,
+        table: &'static str,
+        columns: Vec<&'static str>,
+    },
+    WrongTypes {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+    Unreadable {
+        path: PathBuf,
+        message: String,
+    },
+    /// Data that cannot be read as its column's type: garbage dates, ragged rows, bad bytes.
+    BadData {
+        path: PathBuf,
+        column: Option<String>,
+        message: String,
+    },
+    Engine(String),
+}
+
+impl fmt::Display for RepoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RepoError::Io { path, message } => write!(f, "cannot read {}: {message}", path.display()),
+            RepoError::NotADirectory(p) => {
+                write!(f, "{} is not a directory: a repository is a directory with one file per OMOP table", p.display())
+            }
+            RepoError::MissingTable { table, dir } => write!(
+                f,
+                "{} has no `{table}` table: expected {table}.parquet, {table}.csv or {table}.csv.gz",
+                dir.display()
+            ),
+            RepoError::AmbiguousTable { table, paths } => {
+                let names: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+                write!(f, "table `{table}` has several files ({}): keep one", names.join(", "))
+            }
+            RepoError::MissingColumns { path, table, columns } => write!(
+                f,
+                "{} lacks the {table} column{} {}",
+                path.display(),
+                if columns.len() == 1 { "" } else { "s" },
+                columns.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ")
+            ),
+            RepoError::WrongTypes { path, problems } => {
+                write!(f, "{} has columns of the wrong type: {}", path.display(), problems.join("; "))
+            }
+            RepoError::Unreadable { path, message } => write!(f, "cannot read {}: {message}", path.display()),
+            RepoError::BadData { path, column: Some(c), message } => {
+                write!(f, "{}, column `{c}`: {message}", path.display())
+            }
+            RepoError::BadData { path, column: None, message } => write!(f, "{}: {message}", path.display()),
+            RepoError::Engine(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl std::error::Error for RepoError {}
+
+/// An opened repository: which tables it has, in which files.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    pub dir: PathBuf,
+    pub files: Vec<TableFile>,
+}
+
+impl Repository {
+    /// Finds and validates the table files of a directory; reads headers, not data.
+    pub fn open(dir: &Path) -> Result<Repository, Vec<RepoError>> {
+        let (files, mut problems) = files::discover(dir).map_err(|e| vec![e])?;
+        for table in schema::TABLES.iter().filter(|t| t.essential) {
+            let has_file = files.iter().any(|f| f.table.name == table.name);
+            let has_problem = problems
+                .iter()
+                .any(|p| problem_table(p) == Some(table.name));
+            if !has_file && !has_problem {
+                problems.push(RepoError::MissingTable {
+                    table: table.name,
+                    dir: dir.to_path_buf(),
+                });
+            }
+        }
+        if problems.is_empty() {
+            Ok(Repository {
+                dir: dir.to_path_buf(),
+                files,
+            })
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn file(&self, table: &str) -> Option<&TableFile> {
+        self.files.iter().find(|f| f.table.name == table)
+    }
+
+    /// A DataFusion session with every OMOP table registered under its own name. Tables the
+    /// repository lacks are registered empty, so a study that reads them finds no records.
+    pub async fn session(&self) -> Result<SessionContext, RepoError> {
+        let config = SessionConfig::new()
+            .with_target_partitions(2)
+            .with_information_schema(false);
+        let ctx = SessionContext::new_with_config(config);
+        for table in schema::TABLES {
+            match self.file(table.name) {
+                Some(file) => register_file(&ctx, file).await?,
+                None => {
+                    let empty =
+                        MemTable::try_new(table.arrow_schema(), vec![vec![]]).map_err(engine)?;
+                    ctx.register_table(table.name, Arc::new(empty))
+                        .map_err(engine)?;
+                }
+            }
+        }
+        Ok(ctx)
+    }
+}
+
+fn problem_table(p: &RepoError) -> Option<&'static str> {
+    match p {
+        RepoError::MissingColumns { table, .. } | RepoError::AmbiguousTable { table, .. } => {
+            Some(table)
+        }
+        RepoError::Unreadable { path, .. } | RepoError::WrongTypes { path, .. } => {
+            let name = path.file_name()?.to_str()?;
+            schema::TABLES
+                .iter()
+                .find(|t| name.split('.').next() == Some(t.name))
+                .map(|t| t.name)
+        }
+        _ => None,
+    }
+}
+
+pub(crate) fn engine(e: DataFusionError) -> RepoError {
+    RepoError::Engine(clean_engine_message(&e.to_string()))
+}
+
+/// Engine messages carry layers of prefixes ("External error: Arrow error: …"); keep the cause.
+pub fn clean_engine_message(message: &str) -> String {
+    let mut m = message.trim();
+    for prefix in [
+        "External error: ",
+        "Arrow error: ",
+        "Execution error: ",
+        "Parser error: ",
+        "ParquetError: ",
+        "Csv error: ",
+        "Cast error: ",
+        "Io error: ",
+        "IO error: ",
+        "Parquet error: ",
+        "External: ",
+    ] {
+        while let Some(rest) = m.strip_prefix(prefix) {
+            m = rest.trim();
+        }
+    }
+    let m = m
+        .split("\nThis issue was likely caused by")
+        .next()
+        .unwrap_or(m);
+    let lower = m.to_ascii_lowercase();
+    if lower.contains("invalid utf-8") || lower.contains("invalid utf8") {
+        format!("{m} (the file must be UTF-8 text)")
+    } else if lower.contains("unexpected end of file")
+        || lower.contains("corrupt deflate stream")
+        || lower.contains("invalid gzip header")
+    {
+        format!("{m} (the compressed file is truncated or damaged)")
+    } else if lower.contains("incorrect number of fields") {
+        format!("{m} (every row must have as many fields as the header)")
+    } else {
+        m.to_string()
+    }
+}
+
+async fn register_file(ctx: &SessionContext, file: &TableFile) -> Result<(), RepoError> {
+    let path = file.path.to_str().ok_or_else(|| RepoError::Unreadable {
+        path: file.path.clone(),
+        message: "the path is not valid UTF-8".to_string(),
+    })?;
+    let frame = match file.format {
+        Format::Parquet => ctx.read_parquet(path, ParquetReadOptions::default().file_extension(".parquet")).await,
+        Format::Csv | Format::CsvGz => {
+            // Every column is read as text and converted below, so that a bad value is reported
+            // with its column rather than as a failure to parse the whole row.
+            let text_schema = datafusion::arrow::datatypes::Schema::new(
+                file.file_columns
+                    .iter()
+                    .map(|c| datafusion::arrow::datatypes::Field::new(c, DataType::Utf8, true))
+                    .collect::<Vec<_>>(),
+            );
+            let compression = if file.format == Format::CsvGz {
+                datafusion::datasource::file_format::file_compression_type::FileCompressionType::GZIP
+            } else {
+                datafusion::datasource::file_format::file_compression_type::FileCompressionType::UNCOMPRESSED
+            };
+            let options = CsvReadOptions::new()
+                .has_header(true)
+                .schema(&text_schema)
+                .file_extension(file.format.extension())
+                .file_compression_type(compression)
+                .null_regex(Some("^$".to_string()));
+            ctx.read_csv(path, options).await
+        }
+    }
+    .map_err(|e| RepoError::Unreadable { path: file.path.clone(), message: clean_engine_message(&e.to_string()) })?;
+    let projection: Vec<Expr> = file
+        .sources
+        .iter()
+        .map(|(column, source)| {
+            let target = column.kind.arrow();
+            match source {
+                Source::Present {
+                    file_name,
+                    file_type,
+                } => {
+                    let e = Expr::Column(DfColumn::from_name(file_name.clone()));
+                    if *file_type == target {
+                        e.alias(column.name)
+                    } else {
+                        cast(e, target).alias(column.name)
+                    }
+                }
+                Source::Absent => cast(lit(ScalarValue::Null), target).alias(column.name),
+            }
+        })
+        .collect();
+    let view = frame.select(projection).map_err(engine)?;
+    ctx.register_table(file.table.name, view.into_view())
+        .map_err(engine)?;
+    Ok(())
+}

@@ -1,0 +1,397 @@
+//! `repo check`: the schema report and data-quality checks in the spirit of OHDSI's Data
+//! Quality Dashboard, run as queries on the registered tables.
+
+use super::schema::{EventColumns, EVENT_TABLES, TABLES};
+use super::{clean_engine_message, RepoError, Repository};
+use datafusion::arrow::array::{Array, Int64Array};
+use datafusion::prelude::SessionContext;
+use serde::Serialize;
+
+/// One table as found in the repository.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableReport {
+    pub table: String,
+    /// The file, or `None` when the repository has no such table (it reads as empty).
+    pub file: Option<String>,
+    pub rows: u64,
+    pub persons: Option<u64>,
+    /// Columns of the file that the OMOP schema does not know (ignored).
+    pub extra_columns: Vec<String>,
+    /// Optional columns the file lacks (read as empty).
+    pub absent_columns: Vec<String>,
+}
+
+/// One data-quality check on one table.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    pub check: String,
+    pub table: String,
+    pub description: String,
+    pub failing: u64,
+    pub rows: u64,
+    pub percent: f64,
+}
+
+/// Everything `repo check` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub directory: String,
+    pub cdm_version: Option<String>,
+    pub persons: u64,
+    pub tables: Vec<TableReport>,
+    /// Problems that make the repository unusable: missing tables or columns, unreadable data.
+    pub errors: Vec<String>,
+    pub checks: Vec<CheckResult>,
+}
+
+impl Report {
+    pub fn warnings(&self) -> impl Iterator<Item = &CheckResult> {
+        self.checks.iter().filter(|c| c.failing > 0)
+    }
+}
+
+/// Checks a repository: schema first, then data quality on every readable table.
+pub async fn check_repository(repo: &Repository) -> Report {
+    let mut report = Report {
+        directory: repo.dir.display().to_string(),
+        cdm_version: None,
+        persons: 0,
+        tables: Vec::new(),
+        errors: Vec::new(),
+        checks: Vec::new(),
+    };
+    let ctx = match repo.session().await {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            report.errors.push(e.to_string());
+            return report;
+        }
+    };
+    let mut readable: Vec<&str> = Vec::new();
+    for table in TABLES {
+        let file = repo.file(table.name);
+        let has_person = table.column("person_id").is_some();
+        let path = file.map(|f| f.path.clone()).unwrap_or_default();
+        // Reading every column once finds any value that does not convert; CSV tables are then
+        // kept in memory, since the checks below read each table many times.
+        if let Err(message) = read_all(&ctx, table.name, file).await {
+            // Counting rows reads every row but converts no value: a failure there is the file's.
+            let column = match query_counts(&ctx, &format!("SELECT count(*) FROM {}", table.name))
+                .await
+            {
+                Err(_) => None,
+                Ok(_) => {
+                    find_bad_column(&ctx, table.name, table.columns.iter().map(|c| c.name)).await
+                }
+            };
+            report.errors.push(
+                RepoError::BadData {
+                    path,
+                    column,
+                    message,
+                }
+                .to_string(),
+            );
+            continue;
+        }
+        let sql = if has_person {
+            format!(
+                "SELECT count(*), count(DISTINCT person_id) FROM {}",
+                table.name
+            )
+        } else {
+            format!("SELECT count(*), CAST(NULL AS BIGINT) FROM {}", table.name)
+        };
+        let converted = query_counts(&ctx, &sql).await;
+        match converted {
+            Ok(counts) => {
+                readable.push(table.name);
+                report.tables.push(TableReport {
+                    table: table.name.to_string(),
+                    file: file.map(|f| f.path.display().to_string()),
+                    rows: counts[0].unwrap_or(0),
+                    persons: counts[1],
+                    extra_columns: file.map(|f| f.extra_columns.clone()).unwrap_or_default(),
+                    absent_columns: file
+                        .map(|f| {
+                            f.sources
+                                .iter()
+                                .filter(|(_, s)| matches!(s, super::files::Source::Absent))
+                                .map(|(c, _)| c.name.to_string())
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                });
+            }
+            Err(message) => report.errors.push(
+                RepoError::BadData {
+                    path,
+                    column: None,
+                    message,
+                }
+                .to_string(),
+            ),
+        }
+    }
+    if let Some(person) = report.tables.iter().find(|t| t.table == "person") {
+        report.persons = person.rows;
+    }
+    if let Ok(rows) = query_strings(&ctx, "SELECT cdm_version FROM cdm_source LIMIT 1").await {
+        report.cdm_version = rows.into_iter().next().flatten();
+    }
+    if !report.errors.is_empty() {
+        return report;
+    }
+    let has_vocabulary = report
+        .tables
+        .iter()
+        .any(|t| t.table == "concept" && t.rows > 0);
+    let rows_of = |name: &str| {
+        report
+            .tables
+            .iter()
+            .find(|t| t.table == name)
+            .map_or(0, |t| t.rows)
+    };
+    let mut checks = Vec::new();
+    for ev in EVENT_TABLES
+        .iter()
+        .filter(|e| readable.contains(&e.table) && rows_of(e.table) > 0)
+    {
+        for (check, description, sql) in event_checks(ev, has_vocabulary) {
+            checks.push((check, ev.table, description, sql, rows_of(ev.table)));
+        }
+    }
+    if rows_of("observation_period") > 0 {
+        checks.push((
+            "end_before_start",
+            "observation_period",
+            "observation periods that end before they start".to_string(),
+            "SELECT count(*) FROM observation_period WHERE observation_period_end_date < observation_period_start_date".to_string(),
+            rows_of("observation_period"),
+        ));
+        checks.push((
+            "orphan_person_id",
+            "observation_period",
+            "observation periods of a person_id absent from person".to_string(),
+            "SELECT count(*) FROM observation_period o LEFT ANTI JOIN person p ON o.person_id = p.person_id".to_string(),
+            rows_of("observation_period"),
+        ));
+    }
+    checks.push((
+        "duplicate_person_id",
+        "person",
+        "rows of person whose person_id is not unique".to_string(),
+        "SELECT count(*) FROM person WHERE person_id IN (SELECT person_id FROM person GROUP BY person_id HAVING count(*) > 1)".to_string(),
+        rows_of("person"),
+    ));
+    checks.push((
+        "no_observation_period",
+        "person",
+        "persons without any observation period".to_string(),
+        "SELECT count(*) FROM person p LEFT ANTI JOIN observation_period o ON p.person_id = o.person_id".to_string(),
+        rows_of("person"),
+    ));
+    if has_vocabulary {
+        checks.push((
+            "unknown_concept",
+            "person",
+            "persons whose gender_concept_id is not in the vocabulary".to_string(),
+            "SELECT count(*) FROM person p LEFT ANTI JOIN concept c ON p.gender_concept_id = c.concept_id WHERE p.gender_concept_id <> 0".to_string(),
+            rows_of("person"),
+        ));
+    }
+    for (check, table, description, sql, rows) in checks {
+        match query_counts(&ctx, &sql).await {
+            Ok(counts) => {
+                let failing = counts[0].unwrap_or(0);
+                report.checks.push(CheckResult {
+                    check: check.to_string(),
+                    table: table.to_string(),
+                    description,
+                    failing,
+                    rows,
+                    percent: if rows == 0 {
+                        0.0
+                    } else {
+                        (failing as f64) * 100.0 / rows as f64
+                    },
+                });
+            }
+            Err(message) => report
+                .errors
+                .push(format!("the check {check} on {table} failed: {message}")),
+        }
+    }
+    report
+}
+
+fn event_checks(ev: &EventColumns, has_vocabulary: bool) -> Vec<(&'static str, String, String)> {
+    let t = ev.table;
+    let start = ev.start;
+    let mut out = vec![
+        (
+            "orphan_person_id",
+            format!("{t} rows of a person_id absent from person"),
+            format!("SELECT count(*) FROM {t} e LEFT ANTI JOIN person p ON e.person_id = p.person_id"),
+        ),
+        (
+            "outside_observation",
+            format!("{t} rows whose {start} lies in none of the person's observation periods"),
+            format!(
+                "SELECT count(*) FROM {t} e WHERE NOT EXISTS (SELECT 1 FROM observation_period o WHERE o.person_id = e.person_id AND e.{start} >= o.observation_period_start_date AND e.{start} <= o.observation_period_end_date)"
+            ),
+        ),
+        (
+            "before_birth",
+            format!("{t} rows dated before the person's birth"),
+            format!(
+                "SELECT count(*) FROM {t} e JOIN person p ON e.person_id = p.person_id WHERE e.{start} < make_date(p.year_of_birth, coalesce(p.month_of_birth, 1), coalesce(p.day_of_birth, 1))"
+            ),
+        ),
+    ];
+    if t != "death" {
+        out.push((
+            "after_death",
+            format!("{t} rows dated more than 60 days after the person's death"),
+            format!(
+                "SELECT count(*) FROM {t} e JOIN death d ON e.person_id = d.person_id WHERE e.{start} > d.death_date + INTERVAL '60 days'"
+            ),
+        ));
+    }
+    if let Some(end) = ev.end {
+        out.push((
+            "end_before_start",
+            format!("{t} rows whose {end} is before {start}"),
+            format!("SELECT count(*) FROM {t} WHERE {end} < {start}"),
+        ));
+    }
+    if has_vocabulary {
+        for column in ev.standard_concepts {
+            out.push((
+                "unknown_concept",
+                format!("{t} rows whose {column} is not in the vocabulary"),
+                format!(
+                    "SELECT count(*) FROM {t} e LEFT ANTI JOIN concept c ON e.{column} = c.concept_id WHERE e.{column} IS NOT NULL AND e.{column} <> 0"
+                ),
+            ));
+            out.push((
+                "non_standard_concept",
+                format!("{t} rows whose {column} is not a standard concept"),
+                format!(
+                    "SELECT count(*) FROM {t} e JOIN concept c ON e.{column} = c.concept_id WHERE e.{column} <> 0 AND (c.standard_concept IS NULL OR c.standard_concept <> 'S')"
+                ),
+            ));
+        }
+    }
+    out
+}
+
+/// Reads every value of a table. CSV tables are parsed again by every query, so once read
+/// without error their rows are kept in memory.
+async fn read_all(
+    ctx: &SessionContext,
+    table: &str,
+    file: Option<&super::files::TableFile>,
+) -> Result<(), String> {
+    if file.is_none_or(|f| f.format == super::files::Format::Parquet) {
+        let columns = super::schema::table(table).map_or(Vec::new(), |t| {
+            t.columns
+                .iter()
+                .map(|c| format!("count({})", c.name))
+                .collect()
+        });
+        return query_counts(ctx, &format!("SELECT {} FROM {table}", columns.join(", ")))
+            .await
+            .map(|_| ());
+    }
+    let frame = ctx
+        .table(table)
+        .await
+        .map_err(|e| clean_engine_message(&e.to_string()))?;
+    let schema = std::sync::Arc::new(frame.schema().as_arrow().clone());
+    let batches = frame
+        .collect()
+        .await
+        .map_err(|e| clean_engine_message(&e.to_string()))?;
+    let memory = datafusion::datasource::MemTable::try_new(schema, vec![batches])
+        .map_err(|e| e.to_string())?;
+    ctx.deregister_table(table).map_err(|e| e.to_string())?;
+    ctx.register_table(table, std::sync::Arc::new(memory))
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Runs a query returning one row of integers.
+async fn query_counts(ctx: &SessionContext, sql: &str) -> Result<Vec<Option<u64>>, String> {
+    let frame = ctx
+        .sql(sql)
+        .await
+        .map_err(|e| clean_engine_message(&e.to_string()))?;
+    let batches = frame
+        .collect()
+        .await
+        .map_err(|e| clean_engine_message(&e.to_string()))?;
+    let batch = batches
+        .into_iter()
+        .find(|b| b.num_rows() > 0)
+        .ok_or("the query returned no row")?;
+    Ok((0..batch.num_columns())
+        .map(|i| {
+            let col = batch.column(i);
+            let col = datafusion::arrow::compute::cast(
+                col,
+                &datafusion::arrow::datatypes::DataType::Int64,
+            )
+            .ok()?;
+            let ints = col.as_any().downcast_ref::<Int64Array>()?;
+            if ints.is_null(0) {
+                None
+            } else {
+                Some(ints.value(0).max(0) as u64)
+            }
+        })
+        .collect())
+}
+
+async fn query_strings(ctx: &SessionContext, sql: &str) -> Result<Vec<Option<String>>, String> {
+    let frame = ctx.sql(sql).await.map_err(|e| e.to_string())?;
+    let batches = frame.collect().await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for b in batches {
+        let col = datafusion::arrow::compute::cast(
+            b.column(0),
+            &datafusion::arrow::datatypes::DataType::Utf8,
+        )
+        .map_err(|e| e.to_string())?;
+        let strings = col
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::StringArray>()
+            .ok_or("not text")?;
+        for i in 0..strings.len() {
+            out.push(if strings.is_null(i) {
+                None
+            } else {
+                Some(strings.value(i).to_string())
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The first column of a table that cannot be read, to name it in the error.
+async fn find_bad_column(
+    ctx: &SessionContext,
+    table: &str,
+    columns: impl Iterator<Item = &str>,
+) -> Option<String> {
+    for column in columns {
+        if query_counts(ctx, &format!("SELECT count({column}) FROM {table}"))
+            .await
+            .is_err()
+        {
+            return Some(column.to_string());
+        }
+    }
+    None
+}
