@@ -133,9 +133,15 @@ impl Repository {
     /// A DataFusion session with every OMOP table registered under its own name. Tables the
     /// repository lacks are registered empty, so a study that reads them finds no records.
     pub async fn session(&self) -> Result<SessionContext, RepoError> {
+        // Text is read as plain Utf8 from every format, so tables have the same schema whether
+        // they come from Parquet or CSV.
         let config = SessionConfig::new()
             .with_target_partitions(2)
-            .with_information_schema(false);
+            .with_information_schema(false)
+            .set_bool(
+                "datafusion.execution.parquet.schema_force_view_types",
+                false,
+            );
         let ctx = SessionContext::new_with_config(config);
         for table in schema::TABLES {
             match self.file(table.name) {
@@ -201,6 +207,7 @@ pub fn clean_engine_message(message: &str) -> String {
         format!("{m} (the file must be UTF-8 text)")
     } else if lower.contains("unexpected end of file")
         || lower.contains("corrupt deflate stream")
+        || lower.contains("incomplete deflate stream")
         || lower.contains("invalid gzip header")
     {
         format!("{m} (the compressed file is truncated or damaged)")

@@ -305,6 +305,8 @@ impl Person {
         Some(self.procedures.len() - 1)
     }
 
+    // The arguments are the columns of one measurement row.
+    #[allow(clippy::too_many_arguments)]
     fn measure(
         &mut self,
         concept: i64,
