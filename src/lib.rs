@@ -20,6 +20,7 @@ pub mod diag;
 pub mod explain;
 pub mod fmt;
 pub mod hash;
+pub mod reference;
 pub mod repo;
 pub mod study;
 pub mod syntax;
