@@ -42,6 +42,8 @@ pub struct Record {
     pub modality: Option<String>,
     /// Episodes: `episode_concept_id`.
     pub kind: Option<i64>,
+    /// Drug exposures: days supplied, for a missing end date.
+    pub days_supply: Option<i64>,
 }
 
 impl Record {
@@ -68,6 +70,7 @@ impl Record {
             range_high: None,
             modality: None,
             kind: None,
+            days_supply: None,
         }
     }
 }

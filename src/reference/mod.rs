@@ -2,7 +2,8 @@
 //! loops and sets, written to be obviously correct rather than fast. Tests use it as the oracle
 //! that the query engine must agree with.
 //!
-//! This part evaluates concept sets, time zero, the attrition steps and the exposure arms.
+//! `evaluate_population` gives time zero, the attrition steps and the exposure arms;
+//! `evaluate_study` adds consent, follow-up and the dataset of covariates and endpoints.
 
 pub mod data;
 
@@ -22,6 +23,8 @@ pub struct Entry {
     pub period: (NaiveDate, NaiveDate),
     /// The exposure arm, when the study has arms.
     pub arm: Option<String>,
+    /// Follow-up start and end, both included, once follow-up is decided.
+    pub follow_up: Option<(NaiveDate, NaiveDate)>,
 }
 
 /// One row of the attrition table: persons remaining after the step.
@@ -61,6 +64,164 @@ pub fn evaluate_population(study: &Study, data: &Data) -> Population {
         attrition.push(row("assigned to an exposure arm", &entries));
     }
     Population { entries, attrition }
+}
+
+/// One covariate value: a number (flags are 0 or 1, sex its concept id), a date, or empty.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Cell {
+    Number(f64),
+    Date(NaiveDate),
+    Empty,
+}
+
+/// One endpoint of one entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// 1 when the event happens, else 0.
+    pub event: u8,
+    /// Time to event: days from follow-up start to the event or to the end of follow-up.
+    pub days: Option<i64>,
+}
+
+/// One row of the dataset.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DatasetRow {
+    pub entry: Entry,
+    pub covariates: Vec<Cell>,
+    pub endpoints: Vec<Outcome>,
+}
+
+/// Everything a study gives on some data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Evaluation {
+    pub rows: Vec<DatasetRow>,
+    pub attrition: Vec<AttritionRow>,
+}
+
+/// Evaluates a whole study: consent, population, follow-up, covariates and endpoints.
+pub fn evaluate_study(study: &Study, data: &Data) -> Evaluation {
+    let consented = apply_consent(study, data);
+    let data = &consented;
+    let mut population = evaluate_population(study, data);
+    let ev = Evaluator::new(study, data);
+    for e in &mut population.entries {
+        e.follow_up = ev.follow_up(e);
+    }
+    population.entries.retain(|e| e.follow_up.is_some());
+    population
+        .attrition
+        .push(row("follow-up of at least one day", &population.entries));
+    let mut entries = population.entries;
+    if let Some(days) = study.follow_up.collapse_days {
+        entries = collapse(entries, days);
+    }
+    let rows = entries
+        .into_iter()
+        .map(|entry| {
+            let at = ev.at_index(&entry);
+            let covariates: Vec<Cell> = {
+                let mut cells: Vec<Cell> = Vec::with_capacity(study.covariates.len());
+                for c in &study.covariates {
+                    let cell = match &c.value {
+                        CovariateValue::Interaction(factors) => {
+                            let mut product = Some(1.0);
+                            for &i in factors {
+                                product = match (product, &cells[i]) {
+                                    (Some(p), Cell::Number(x)) => Some(p * x),
+                                    _ => None,
+                                };
+                            }
+                            product.map_or(Cell::Empty, Cell::Number)
+                        }
+                        other => ev.covariate(other, &at),
+                    };
+                    cells.push(cell);
+                }
+                cells
+            };
+            let at = At {
+                follow_up: entry.follow_up,
+                ..at
+            };
+            let endpoints = study
+                .endpoints
+                .iter()
+                .map(|e| ev.endpoint(e, &at))
+                .collect();
+            DatasetRow {
+                entry,
+                covariates,
+                endpoints,
+            }
+        })
+        .collect();
+    Evaluation {
+        rows,
+        attrition: population.attrition,
+    }
+}
+
+/// The data as the consent rule lets the study see them. Without consent (a `consent` record at
+/// any time), a person is left out entirely, or, for a rule from a date on, loses the records
+/// and observation from that date.
+fn apply_consent(study: &Study, data: &Data) -> Data {
+    let Consent::RequiredBy { query, from } = &study.consent else {
+        return data.clone();
+    };
+    let ev = Evaluator::new(study, data);
+    let consenting: BTreeSet<i64> = data
+        .persons
+        .iter()
+        .filter(|p| {
+            let at = At {
+                person: p,
+                index: None,
+                index_visit: None,
+                event: None,
+                follow_up: None,
+            };
+            !ev.matching(query, &at).is_empty()
+        })
+        .map(|p| p.id)
+        .collect();
+    let mut out = data.clone();
+    match from {
+        None => {
+            out.persons.retain(|p| consenting.contains(&p.id));
+            out.periods.retain(|p| consenting.contains(&p.person));
+            out.records.retain(|r| consenting.contains(&r.person));
+        }
+        Some(day) => {
+            out.records
+                .retain(|r| consenting.contains(&r.person) || r.start < *day);
+            for p in &mut out.periods {
+                if !consenting.contains(&p.person) && p.end >= *day {
+                    p.end = *day - Duration::days(1);
+                }
+            }
+            out.periods.retain(|p| p.start <= p.end);
+        }
+    }
+    out
+}
+
+/// Merges entries of one person whose follow-up periods overlap or are at most `days` apart;
+/// the merged entry keeps the first one's index.
+fn collapse(mut entries: Vec<Entry>, days: i64) -> Vec<Entry> {
+    entries.sort_by_key(|e| (e.person, e.follow_up, e.index, e.record));
+    let mut out: Vec<Entry> = Vec::new();
+    for e in entries {
+        let (start, end) = e.follow_up.expect("follow-up is decided before collapsing");
+        if let Some(last) = out.last_mut() {
+            let (last_start, last_end) = last.follow_up.expect("decided");
+            if last.person == e.person && (start - last_end).num_days() <= days {
+                last.follow_up = Some((last_start, last_end.max(end)));
+                continue;
+            }
+        }
+        out.push(e);
+    }
+    out
 }
 
 fn row(rule: &str, entries: &[Entry]) -> AttritionRow {
@@ -350,6 +511,207 @@ impl<'a> Evaluator<'a> {
         }
     }
 
+    /// Follow-up start and end, or `None` when no day is left.
+    fn follow_up(&self, e: &Entry) -> Option<(NaiveDate, NaiveDate)> {
+        let fu = &self.study.follow_up;
+        let mut start = e.index + Duration::days(fu.start_offset);
+        let at = At {
+            follow_up: None,
+            ..self.at_index(e)
+        };
+        let mut end = e.period.1;
+        for exit in &fu.exits {
+            let date = match exit {
+                Exit::ObservationEnd => Some(e.period.1),
+                Exit::Date(d) => Some(*d),
+                Exit::Offset {
+                    anchor: Anchor::FollowUpStart,
+                    days,
+                } => Some(start + Duration::days(*days)),
+                Exit::Offset { days, .. } => Some(e.index + Duration::days(*days)),
+                Exit::Event(query) => self
+                    .matching(query, &at)
+                    .into_iter()
+                    .map(|r| r.start)
+                    .filter(|d| *d >= start)
+                    .min(),
+                Exit::ExposureEnd {
+                    concepts,
+                    gap,
+                    extra,
+                } => Some(self.exposure_end(e, concepts, *gap) + Duration::days(*extra)),
+            };
+            if let Some(d) = date {
+                end = end.min(d);
+            }
+        }
+        if let Some(from) = fu.period_from {
+            start = start.max(from);
+        }
+        if let Some(to) = fu.period_to {
+            end = end.min(to);
+        }
+        (start <= end).then_some((start, end))
+    }
+
+    /// The end of the continuous exposure that contains the index date: the person's drug
+    /// exposures of the set, chained while the gap from one's end to the next one's start is at
+    /// most `gap` days. Without such exposure on the index date, the index date itself.
+    fn exposure_end(&self, e: &Entry, concepts: &ConceptExpr, gap: i64) -> NaiveDate {
+        let set = self.concepts(concepts);
+        let mut spans: Vec<(NaiveDate, NaiveDate)> = self
+            .records_of(e.person, Domain::Drug)
+            .into_iter()
+            .filter(|r| r.concept.is_some_and(|c| set.contains(&c)))
+            .map(|r| {
+                let end = r.end.unwrap_or_else(|| match r.days_supply {
+                    Some(d) if d > 0 => r.start + Duration::days(d),
+                    _ => r.start + Duration::days(1),
+                });
+                (r.start, end.max(r.start))
+            })
+            .collect();
+        spans.sort();
+        let mut eras: Vec<(NaiveDate, NaiveDate)> = Vec::new();
+        for (s, end) in spans {
+            match eras.last_mut() {
+                Some(last) if (s - last.1).num_days() <= gap => last.1 = last.1.max(end),
+                _ => eras.push((s, end)),
+            }
+        }
+        eras.into_iter()
+            .find(|(s, end)| *s <= e.index && e.index <= *end)
+            .map_or(e.index, |era| era.1)
+    }
+
+    fn covariate(&self, value: &CovariateValue, at: &At<'a>) -> Cell {
+        let in_window = |query: &EventQuery, window: &Window| -> Vec<&Record> {
+            let mut found: Vec<&Record> = self
+                .matching(query, at)
+                .into_iter()
+                .filter(|r| self.in_window(window, r.start, at))
+                .collect();
+            found.sort_by_key(|r| (r.start, r.id));
+            found
+        };
+        match value {
+            CovariateValue::Sex => Cell::Number(at.person.gender as f64),
+            CovariateValue::Quantity(q) => {
+                let anchor = match q {
+                    Quantity::Age(a)
+                    | Quantity::CalendarAge(a)
+                    | Quantity::Year(a)
+                    | Quantity::Date(a) => *a,
+                };
+                match self.anchor_date(anchor, at) {
+                    None => Cell::Empty,
+                    Some(d) => match q {
+                        Quantity::Age(_) => Cell::Number(age_in_years(at.person, d) as f64),
+                        Quantity::CalendarAge(_) => {
+                            Cell::Number((d.year() - at.person.year_of_birth) as f64)
+                        }
+                        Quantity::Year(_) => Cell::Number(d.year() as f64),
+                        Quantity::Date(_) => Cell::Date(d),
+                    },
+                }
+            }
+            CovariateValue::Count {
+                distinct,
+                query,
+                window,
+            } => {
+                let found = in_window(query, window);
+                let n = match distinct {
+                    None => found.len(),
+                    Some(Distinct::Concepts) => found
+                        .iter()
+                        .filter_map(|r| r.concept)
+                        .collect::<BTreeSet<_>>()
+                        .len(),
+                    Some(Distinct::Days) => {
+                        found.iter().map(|r| r.start).collect::<BTreeSet<_>>().len()
+                    }
+                    Some(Distinct::Visits) => found
+                        .iter()
+                        .filter_map(|r| r.visit)
+                        .collect::<BTreeSet<_>>()
+                        .len(),
+                };
+                Cell::Number(n as f64)
+            }
+            CovariateValue::Aggregate {
+                aggregate,
+                concept,
+                query,
+                window,
+            } => {
+                let values: Vec<f64> = in_window(query, window)
+                    .into_iter()
+                    .filter_map(|r| {
+                        if *concept {
+                            r.value_concept.map(|c| c as f64)
+                        } else {
+                            r.number
+                        }
+                    })
+                    .collect();
+                let v = match aggregate {
+                    Aggregate::First => values.first().copied(),
+                    Aggregate::Last => values.last().copied(),
+                    Aggregate::Min => values.iter().copied().reduce(f64::min),
+                    Aggregate::Max => values.iter().copied().reduce(f64::max),
+                    Aggregate::Mean => (!values.is_empty())
+                        .then(|| values.iter().sum::<f64>() / values.len() as f64),
+                };
+                v.map_or(Cell::Empty, Cell::Number)
+            }
+            CovariateValue::DaysSince {
+                last,
+                query,
+                window,
+            } => {
+                let found = in_window(query, window);
+                let r = if *last { found.last() } else { found.first() };
+                match (r, at.index) {
+                    (Some(r), Some(i)) => Cell::Number((i - r.start).num_days() as f64),
+                    _ => Cell::Empty,
+                }
+            }
+            CovariateValue::Flag(c) => Cell::Number(if self.holds(c, at) { 1.0 } else { 0.0 }),
+            CovariateValue::Interaction(_) => {
+                unreachable!("interactions are computed from the other cells")
+            }
+        }
+    }
+
+    fn endpoint(&self, endpoint: &Endpoint, at: &At<'a>) -> Outcome {
+        let found: Vec<NaiveDate> = self
+            .matching(&endpoint.query, at)
+            .into_iter()
+            .filter(|r| self.in_window(&endpoint.window, r.start, at))
+            .map(|r| r.start)
+            .collect();
+        match endpoint.kind {
+            EndpointKind::Binary => Outcome {
+                event: u8::from(!found.is_empty()),
+                days: None,
+            },
+            EndpointKind::TimeToEvent => {
+                let (start, end) = at.follow_up.expect("follow-up is decided before endpoints");
+                match found.into_iter().min() {
+                    Some(d) => Outcome {
+                        event: 1,
+                        days: Some((d - start).num_days()),
+                    },
+                    None => Outcome {
+                        event: 0,
+                        days: Some((end - start).num_days()),
+                    },
+                }
+            }
+        }
+    }
+
     /// Qualifying index events: in an observation period (with the observation the study asks
     /// for) and within the calendar limits; then the first, last or all of each person's.
     fn index_entries(&self) -> Vec<Entry> {
@@ -396,6 +758,7 @@ impl<'a> Evaluator<'a> {
                     visit: r.visit,
                     period: (p.start, p.end),
                     arm: None,
+                    follow_up: None,
                 });
             }
         }
