@@ -10,6 +10,9 @@ use cohortql::study::Domain;
 use serde::Deserialize;
 use serde_json::Value;
 
+/// Per row, per endpoint: (event, days).
+type Outcomes = Vec<Vec<(u8, Option<i64>)>>;
+
 #[derive(Deserialize)]
 struct Spec {
     description: String,
@@ -31,7 +34,7 @@ struct Spec {
     follow_up: Option<Vec<(String, String)>>,
     covariates: Option<Vec<Vec<Value>>>,
     /// Per row, per endpoint: [event, days or null].
-    endpoints: Option<Vec<Vec<(u8, Option<i64>)>>>,
+    endpoints: Option<Outcomes>,
     #[serde(default)]
     variants: Vec<Variant>,
 }
@@ -215,7 +218,7 @@ fn the_reference_evaluator_meets_every_spec() {
             }
         }
         if let Some(want) = &spec.endpoints {
-            let got: Vec<Vec<(u8, Option<i64>)>> = evaluation
+            let got: Outcomes = evaluation
                 .rows
                 .iter()
                 .map(|r| r.endpoints.iter().map(|o| (o.event, o.days)).collect())
