@@ -3,6 +3,7 @@
 
 pub mod files;
 pub mod quality;
+pub mod rows;
 pub mod schema;
 pub mod write;
 
