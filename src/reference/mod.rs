@@ -456,22 +456,7 @@ impl<'a> Evaluator<'a> {
                     .into_iter()
                     .filter(|r| self.in_window(window, r.start, at))
                     .collect();
-                let n = match count.distinct {
-                    None => found.len(),
-                    Some(Distinct::Concepts) => found
-                        .iter()
-                        .filter_map(|r| r.concept)
-                        .collect::<BTreeSet<_>>()
-                        .len(),
-                    Some(Distinct::Days) => {
-                        found.iter().map(|r| r.start).collect::<BTreeSet<_>>().len()
-                    }
-                    Some(Distinct::Visits) => found
-                        .iter()
-                        .filter_map(|r| r.visit)
-                        .collect::<BTreeSet<_>>()
-                        .len(),
-                } as u64;
+                let n = count_records(&found, count.distinct) as u64;
                 match count.op {
                     CountOp::AtLeast => n >= count.n,
                     CountOp::AtMost => n <= count.n,
@@ -621,22 +606,7 @@ impl<'a> Evaluator<'a> {
                 window,
             } => {
                 let found = in_window(query, window);
-                let n = match distinct {
-                    None => found.len(),
-                    Some(Distinct::Concepts) => found
-                        .iter()
-                        .filter_map(|r| r.concept)
-                        .collect::<BTreeSet<_>>()
-                        .len(),
-                    Some(Distinct::Days) => {
-                        found.iter().map(|r| r.start).collect::<BTreeSet<_>>().len()
-                    }
-                    Some(Distinct::Visits) => found
-                        .iter()
-                        .filter_map(|r| r.visit)
-                        .collect::<BTreeSet<_>>()
-                        .len(),
-                };
+                let n = count_records(&found, *distinct);
                 Cell::Number(n as f64)
             }
             CovariateValue::Aggregate {
@@ -763,6 +733,25 @@ impl<'a> Evaluator<'a> {
             }
         }
         entries
+    }
+}
+
+/// How many records, or distinct concepts, days or visits among them (records without a
+/// concept or visit count for none).
+fn count_records(found: &[&Record], distinct: Option<Distinct>) -> usize {
+    match distinct {
+        None => found.len(),
+        Some(Distinct::Concepts) => found
+            .iter()
+            .filter_map(|r| r.concept)
+            .collect::<BTreeSet<_>>()
+            .len(),
+        Some(Distinct::Days) => found.iter().map(|r| r.start).collect::<BTreeSet<_>>().len(),
+        Some(Distinct::Visits) => found
+            .iter()
+            .filter_map(|r| r.visit)
+            .collect::<BTreeSet<_>>()
+            .len(),
     }
 }
 

@@ -146,6 +146,19 @@ fn uniform(rng: &mut ChaCha8Rng, low: i32, high: i32) -> i32 {
     }
 }
 
+/// A category from 1 to `weights.len()`, drawn with these weights (summing to 1).
+fn category(rng: &mut ChaCha8Rng, weights: &[f64]) -> i64 {
+    let x: f64 = rng.random();
+    let mut acc = 0.0;
+    for (i, w) in weights.iter().enumerate() {
+        acc += w;
+        if x < acc {
+            return i as i64 + 1;
+        }
+    }
+    weights.len() as i64
+}
+
 fn round(x: f64, places: i32) -> f64 {
     let f = 10f64.powi(places);
     (x * f).round() / f
@@ -578,25 +591,16 @@ impl Person {
         }
     }
 
-    fn stage(&self, rng: &mut ChaCha8Rng, weights: [f64; 4]) -> i64 {
-        let x: f64 = rng.random();
-        let mut acc = 0.0;
-        for (i, w) in weights.iter().enumerate() {
-            acc += w;
-            if x < acc {
-                return i as i64 + 1;
-            }
-        }
-        4
-    }
-
-    fn breast_cancer(&mut self, rng: &mut ChaCha8Rng) -> Option<(Day, f64, i64)> {
-        let d = self.observed_day(rng, 120, 365)?;
-        let (concept, source) = if rng.random_bool(0.6) {
-            (v::BREAST_UOQ, v::ICD10_C50_4)
-        } else {
-            (v::BREAST_CENTRAL, v::ICD10_C50_1)
-        };
+    /// A first diagnosis of cancer: the condition, its first-occurrence episode, and a stage
+    /// drawn with these weights for stages 1 to 4, recorded as a measurement and returned.
+    fn diagnose(
+        &mut self,
+        concept: i64,
+        source: i64,
+        d: Day,
+        stage_weights: &[f64],
+        rng: &mut ChaCha8Rng,
+    ) -> i64 {
         self.condition(concept, source, d, v::OUTPATIENT, rng);
         self.episodes.push(Episode {
             kind: v::FIRST_OCCURRENCE,
@@ -604,7 +608,7 @@ impl Person {
             start: d,
             end: None,
         });
-        let stage = self.stage(rng, [0.3, 0.35, 0.25, 0.1]);
+        let stage = category(rng, stage_weights);
         self.measure(
             v::STAGE_GROUP,
             d,
@@ -614,6 +618,17 @@ impl Person {
             None,
             rng,
         );
+        stage
+    }
+
+    fn breast_cancer(&mut self, rng: &mut ChaCha8Rng) -> Option<(Day, f64, i64)> {
+        let d = self.observed_day(rng, 120, 365)?;
+        let (concept, source) = if rng.random_bool(0.6) {
+            (v::BREAST_UOQ, v::ICD10_C50_4)
+        } else {
+            (v::BREAST_CENTRAL, v::ICD10_C50_1)
+        };
+        let stage = self.diagnose(concept, source, d, &[0.3, 0.35, 0.25, 0.1], rng);
         let her2 = rng.random_bool(0.2);
         let er = rng.random_bool(0.7);
         let status = |b: bool| Some(if b { v::POSITIVE } else { v::NEGATIVE });
@@ -775,16 +790,7 @@ impl Person {
         } else {
             [0.25, 0.4, 0.2, 0.12, 0.03]
         };
-        let x: f64 = rng.random();
-        let mut acc = 0.0;
-        let mut pirads = 5;
-        for (i, w) in pirads_weights.iter().enumerate() {
-            acc += w;
-            if x < acc {
-                pirads = i as i64 + 1;
-                break;
-            }
-        }
+        let pirads = category(rng, &pirads_weights);
         let adc_entropy = round(normal(rng, 4.0 + 0.35 * pirads as f64, 0.4), 4);
         if !self.image(
             v::MODALITY_MR,
@@ -851,23 +857,7 @@ impl Person {
         } else {
             (v::NSCLC, v::ICD10_C34_1)
         };
-        self.condition(concept, source, d, v::OUTPATIENT, rng);
-        self.episodes.push(Episode {
-            kind: v::FIRST_OCCURRENCE,
-            object: concept,
-            start: d,
-            end: None,
-        });
-        let stage = self.stage(rng, [0.2, 0.15, 0.3, 0.35]);
-        self.measure(
-            v::STAGE_GROUP,
-            d,
-            Some(stage as f64),
-            None,
-            Some(v::SCORE),
-            None,
-            rng,
-        );
+        let stage = self.diagnose(concept, source, d, &[0.2, 0.15, 0.3, 0.35], rng);
         let entropy = round(normal(rng, 4.5, 0.7), 4);
         let contrast = round(normal(rng, 2.5, 0.9).exp(), 3);
         let sphericity = round(normal(rng, 0.6, 0.12).clamp(0.1, 0.98), 4);
