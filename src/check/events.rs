@@ -627,10 +627,7 @@ impl Checker<'_> {
                     .collect(),
             ),
             CriterionKind::Compare { quantity, test } => {
-                let anchor = match quantity.node {
-                    Quantity::Age(a) | Quantity::CalendarAge(a) | Quantity::Year(a) | Quantity::Date(a) => a,
-                };
-                self.anchor(&Spanned::new(anchor, quantity.span), scope);
+                self.anchor(&Spanned::new(quantity.node.anchor(), quantity.span), scope);
                 let test = self.value_test(quantity, test);
                 Criterion::Compare { quantity: quantity.node, test }
             }

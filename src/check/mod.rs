@@ -291,7 +291,7 @@ impl<'a> Checker<'a> {
         let mut until = None;
         let mut observation: Option<((i64, i64), Span)> = None;
         let set_date = |this: &mut Self,
-                        slot: &mut Option<(NaiveDateSpan, Span)>,
+                        slot: &mut Option<(chrono::NaiveDate, Span)>,
                         d: &Spanned<String>,
                         at: Span| {
             let date = this.date(d);
@@ -572,13 +572,7 @@ impl<'a> Checker<'a> {
             let value = match &def.value {
                 ast::CovariateValue::Sex => CovariateValue::Sex,
                 ast::CovariateValue::Quantity(q) => {
-                    let a = match q.node {
-                        Quantity::Age(a)
-                        | Quantity::CalendarAge(a)
-                        | Quantity::Year(a)
-                        | Quantity::Date(a) => a,
-                    };
-                    self.anchor(&Spanned::new(a, q.span), scope);
+                    self.anchor(&Spanned::new(q.node.anchor(), q.span), scope);
                     CovariateValue::Quantity(q.node)
                 }
                 ast::CovariateValue::Count {
@@ -648,11 +642,8 @@ impl<'a> Checker<'a> {
                     window: self.required_window(window.as_ref(), def.span, scope),
                 },
                 ast::CovariateValue::Flag(c) => CovariateValue::Flag(self.criterion(c, scope)),
-                ast::CovariateValue::Interaction(names) => {
-                    // Resolved below, once every covariate's kind is known.
-                    let _ = names;
-                    CovariateValue::Interaction(Vec::new())
-                }
+                // Resolved below, once every covariate's kind is known.
+                ast::CovariateValue::Interaction(_) => CovariateValue::Interaction(Vec::new()),
             };
             built.push(Covariate {
                 name: def.name.node.clone(),
@@ -839,7 +830,6 @@ impl<'a> Checker<'a> {
     }
 }
 
-type NaiveDateSpan = chrono::NaiveDate;
 type DateRange = (Option<chrono::NaiveDate>, Option<chrono::NaiveDate>);
 
 fn duplicate_setting(what: &str, at: Span, first: Span) -> Diagnostic {

@@ -390,7 +390,7 @@ fn parse(path: &Path) -> Result<Status, String> {
     }
 }
 
-/// Keeps `Diagnostic` in this module's public face for the REPL to come.
+/// Several diagnostics rendered one after another, each followed by a blank line.
 pub fn render_all(diagnostics: &[Diagnostic], path: &str, text: &str) -> String {
     diagnostics
         .iter()

@@ -473,27 +473,24 @@ impl<'a> Evaluator<'a> {
                 }
             },
             Criterion::Sex(ids) => ids.contains(&at.person.gender),
-            Criterion::Compare { quantity, test } => {
-                let anchor = match quantity {
-                    Quantity::Age(a)
-                    | Quantity::CalendarAge(a)
-                    | Quantity::Year(a)
-                    | Quantity::Date(a) => *a,
-                };
-                let Some(date) = self.anchor_date(anchor, at) else {
-                    return false;
-                };
-                let value = match quantity {
-                    Quantity::Age(_) => Value::Number(age_in_years(at.person, date) as f64),
-                    Quantity::CalendarAge(_) => {
-                        Value::Number((date.year() - at.person.year_of_birth) as f64)
-                    }
-                    Quantity::Year(_) => Value::Number(date.year() as f64),
-                    Quantity::Date(_) => Value::Date(date),
-                };
-                value_passes(test, value)
-            }
+            Criterion::Compare { quantity, test } => self
+                .quantity_value(*quantity, at)
+                .is_some_and(|v| value_passes(test, v)),
         }
+    }
+
+    /// A person's age, year or date on the quantity's anchor; `None` when the anchor has no
+    /// date here.
+    fn quantity_value(&self, quantity: Quantity, at: &At<'a>) -> Option<Value> {
+        let date = self.anchor_date(quantity.anchor(), at)?;
+        Some(match quantity {
+            Quantity::Age(_) => Value::Number(age_in_years(at.person, date) as f64),
+            Quantity::CalendarAge(_) => {
+                Value::Number((date.year() - at.person.year_of_birth) as f64)
+            }
+            Quantity::Year(_) => Value::Number(date.year() as f64),
+            Quantity::Date(_) => Value::Date(date),
+        })
     }
 
     /// Follow-up start and end, or `None` when no day is left.
@@ -581,25 +578,11 @@ impl<'a> Evaluator<'a> {
         };
         match value {
             CovariateValue::Sex => Cell::Number(at.person.gender as f64),
-            CovariateValue::Quantity(q) => {
-                let anchor = match q {
-                    Quantity::Age(a)
-                    | Quantity::CalendarAge(a)
-                    | Quantity::Year(a)
-                    | Quantity::Date(a) => *a,
-                };
-                match self.anchor_date(anchor, at) {
-                    None => Cell::Empty,
-                    Some(d) => match q {
-                        Quantity::Age(_) => Cell::Number(age_in_years(at.person, d) as f64),
-                        Quantity::CalendarAge(_) => {
-                            Cell::Number((d.year() - at.person.year_of_birth) as f64)
-                        }
-                        Quantity::Year(_) => Cell::Number(d.year() as f64),
-                        Quantity::Date(_) => Cell::Date(d),
-                    },
-                }
-            }
+            CovariateValue::Quantity(q) => match self.quantity_value(*q, at) {
+                Some(Value::Number(n)) => Cell::Number(n),
+                Some(Value::Date(d)) => Cell::Date(d),
+                None => Cell::Empty,
+            },
             CovariateValue::Count {
                 distinct,
                 query,

@@ -420,6 +420,17 @@ pub enum Quantity {
     Date(Anchor),
 }
 
+impl Quantity {
+    /// The date the quantity is measured on.
+    pub fn anchor(self) -> Anchor {
+        match self {
+            Quantity::Age(a) | Quantity::CalendarAge(a) | Quantity::Year(a) | Quantity::Date(a) => {
+                a
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub enum LiteralTest {
     Compare {
