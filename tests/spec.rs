@@ -1,12 +1,19 @@
 //! Spec tests: the semantics of the language, one construct per file in tests/spec/, as tiny
 //! input tables, a study, and what it must give: entries, attrition, follow-up, covariates and
-//! endpoints. Every engine runs them; here, the reference evaluator.
+//! endpoints. Both engines run them: the reference evaluator and the DataFusion plans.
 
 use chrono::NaiveDate;
 use cohortql::compile::compile_text;
 use cohortql::reference::data::{Concept, Data, Period, Person, Record};
-use cohortql::reference::{evaluate_study, Cell, Evaluation};
-use cohortql::study::Domain;
+use cohortql::reference::{evaluate_study, Cell};
+use cohortql::repo::rows::write_rows;
+use cohortql::repo::write::OutputFormat;
+use cohortql::repo::Repository;
+use cohortql::run::execute;
+use cohortql::study::{Domain, EndpointKind, Study};
+use datafusion::arrow::array::{Array, RecordBatch, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -123,35 +130,166 @@ fn data(spec: &Spec) -> Data {
     }
 }
 
-/// Runs a study on the data and compares entries (person, index date, and where given the
-/// index record and the arm).
-fn run(name: &str, study_text: &str, data: &Data, expected: &[Vec<Value>]) -> Evaluation {
+/// What an engine gives for a study, in the shape the specs state it.
+struct Got {
+    /// Per row: person, index date, index record, arm.
+    entries: Vec<(i64, String, i64, Option<String>)>,
+    /// Persons after each attrition row, the follow-up row last.
+    attrition: Vec<usize>,
+    follow_up: Vec<(String, String)>,
+    covariates: Vec<Vec<Value>>,
+    endpoints: Outcomes,
+}
+
+fn checked(name: &str, study_text: &str) -> Study {
     let compiled = compile_text(study_text.to_string());
-    let study = compiled.study.unwrap_or_else(|| {
+    compiled.study.unwrap_or_else(|| {
         panic!(
             "{name}: the study does not check: {:?}",
             compiled.diagnostics
         )
+    })
+}
+
+fn by_reference(study: &Study, data: &Data) -> Got {
+    let evaluation = evaluate_study(study, data);
+    Got {
+        entries: evaluation
+            .rows
+            .iter()
+            .map(|r| {
+                let e = &r.entry;
+                (e.person, e.index.to_string(), e.record, e.arm.clone())
+            })
+            .collect(),
+        attrition: evaluation.attrition.iter().map(|r| r.persons).collect(),
+        follow_up: evaluation
+            .rows
+            .iter()
+            .map(|r| {
+                let (s, e) = r.entry.follow_up.unwrap();
+                (s.to_string(), e.to_string())
+            })
+            .collect(),
+        covariates: evaluation
+            .rows
+            .iter()
+            .map(|r| r.covariates.iter().map(cell).collect())
+            .collect(),
+        endpoints: evaluation
+            .rows
+            .iter()
+            .map(|r| r.endpoints.iter().map(|o| (o.event, o.days)).collect())
+            .collect(),
+    }
+}
+
+/// Every value of a column as JSON: numbers, dates as text, or null.
+fn values(batches: &[RecordBatch], column: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    for b in batches {
+        let a = b.column(column);
+        let numeric = a.data_type().is_numeric();
+        let text = cast(a, &DataType::Utf8).unwrap();
+        let text = text.as_any().downcast_ref::<StringArray>().unwrap();
+        for i in 0..text.len() {
+            out.push(if text.is_null(i) {
+                Value::Null
+            } else if numeric {
+                serde_json::json!(text.value(i).parse::<f64>().unwrap())
+            } else {
+                Value::from(text.value(i))
+            });
+        }
+    }
+    out
+}
+
+fn by_datafusion(study: &Study, data: &Data) -> Got {
+    let dir = tempfile::tempdir().unwrap();
+    write_rows(data, dir.path(), OutputFormat::Parquet).unwrap();
+    let repo = Repository::open(dir.path()).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let run = runtime.block_on(async {
+        let ctx = repo.session().await.unwrap();
+        execute(study, &ctx, &|_| {}).await
     });
-    let evaluation = evaluate_study(&study, data);
-    let got: Vec<Vec<Value>> = evaluation
-        .rows
+    let run = run.unwrap_or_else(|e| panic!("the study does not run: {e}"));
+    let d = &run.dataset;
+    if std::env::var("SPEC_DEBUG").is_ok() {
+        eprintln!("{}", datafusion::arrow::util::pretty::pretty_format_batches(d).unwrap());
+    }
+    let number = |v: &Value| v.as_f64().unwrap() as i64;
+    let text = |v: &Value| v.as_str().unwrap().to_string();
+    let (person, index, record) = (values(d, 0), values(d, 1), values(d, 2));
+    let (start, end) = (values(d, 3), values(d, 4));
+    let mut next = 5;
+    let arm = if study.arms.is_empty() {
+        vec![Value::Null; person.len()]
+    } else {
+        next += 1;
+        values(d, 5)
+    };
+    let covariates: Vec<Vec<Value>> = (0..study.covariates.len())
+        .map(|i| values(d, next + i))
+        .collect();
+    next += study.covariates.len();
+    let mut endpoints: Vec<Vec<(u8, Option<i64>)>> = vec![Vec::new(); person.len()];
+    for e in &study.endpoints {
+        let event = values(d, next);
+        let days = if e.kind == EndpointKind::TimeToEvent {
+            next += 1;
+            values(d, next)
+        } else {
+            vec![Value::Null; person.len()]
+        };
+        next += 1;
+        for (row, (ev, dy)) in endpoints.iter_mut().zip(event.iter().zip(&days)) {
+            row.push((number(ev) as u8, dy.as_f64().map(|x| x as i64)));
+        }
+    }
+    Got {
+        entries: (0..person.len())
+            .map(|i| {
+                (
+                    number(&person[i]),
+                    text(&index[i]),
+                    number(&record[i]),
+                    arm[i].as_str().map(String::from),
+                )
+            })
+            .collect(),
+        attrition: run.attrition.iter().map(|a| a.persons as usize).collect(),
+        follow_up: (0..person.len()).map(|i| (text(&start[i]), text(&end[i]))).collect(),
+        covariates: (0..person.len())
+            .map(|row| covariates.iter().map(|c| c[row].clone()).collect())
+            .collect(),
+        endpoints,
+    }
+}
+
+/// Compares an engine's entries (person, index date, and where given the index record and the
+/// arm) with the expected ones.
+fn check_entries(name: &str, got: &Got, expected: &[Vec<Value>]) {
+    let got: Vec<Vec<Value>> = got
+        .entries
         .iter()
-        .map(|r| &r.entry)
         .zip(expected.iter().chain(std::iter::repeat(&Vec::new())))
-        .map(|(e, want)| {
-            let mut row = vec![Value::from(e.person), Value::from(e.index.to_string())];
+        .map(|((person, index, record, arm), want)| {
+            let mut row = vec![Value::from(*person), Value::from(index.clone())];
             if want.len() > 2 {
-                row.push(Value::from(e.record));
+                row.push(Value::from(*record));
             }
             if want.len() > 3 {
-                row.push(e.arm.clone().map_or(Value::Null, Value::from));
+                row.push(arm.clone().map_or(Value::Null, Value::from));
             }
             row
         })
         .collect();
     assert_eq!(got, expected, "{name}: entries");
-    evaluation
 }
 
 fn cell(c: &Cell) -> Value {
@@ -169,8 +307,40 @@ fn numbers_equal(a: &Value, b: &Value) -> bool {
     }
 }
 
-#[test]
-fn the_reference_evaluator_meets_every_spec() {
+fn check_spec(name: &str, spec: &Spec, data: &Data, engine: &dyn Fn(&Study, &Data) -> Got) {
+    let got = engine(&checked(name, &spec.study), data);
+    check_entries(name, &got, &spec.entries);
+    let (last, steps) = got.attrition.split_last().unwrap();
+    assert_eq!(
+        steps,
+        spec.attrition.as_slice(),
+        "{name}: persons after each step"
+    );
+    assert_eq!(*last, spec.followed, "{name}: persons with follow-up");
+    if let Some(want) = &spec.follow_up {
+        assert_eq!(&got.follow_up, want, "{name}: follow-up");
+    }
+    if let Some(want) = &spec.covariates {
+        assert_eq!(got.covariates.len(), want.len(), "{name}: rows");
+        for ((got, want), entry) in got.covariates.iter().zip(want).zip(&got.entries) {
+            assert!(
+                got.len() == want.len() && got.iter().zip(want).all(|(a, b)| numbers_equal(a, b)),
+                "{name}: covariates of person {}: got {got:?}, want {want:?}",
+                entry.0
+            );
+        }
+    }
+    if let Some(want) = &spec.endpoints {
+        assert_eq!(&got.endpoints, want, "{name}: endpoints");
+    }
+    for (i, v) in spec.variants.iter().enumerate() {
+        let name = format!("{name} variant {i}");
+        let got = engine(&checked(&name, &v.study), data);
+        check_entries(&name, &got, &v.entries);
+    }
+}
+
+fn specs() -> Vec<(String, Spec)> {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/spec");
     let mut files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
@@ -179,54 +349,28 @@ fn the_reference_evaluator_meets_every_spec() {
         .collect();
     files.sort();
     assert!(files.len() >= 12, "spec files are missing");
-    for path in files {
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let spec: Spec = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(!spec.description.is_empty());
-        let data = data(&spec);
-        let evaluation = run(&name, &spec.study, &data, &spec.entries);
-        let persons: Vec<usize> = evaluation.attrition.iter().map(|r| r.persons).collect();
-        let (last, steps) = persons.split_last().unwrap();
-        assert_eq!(
-            steps,
-            spec.attrition.as_slice(),
-            "{name}: persons after each step"
-        );
-        assert_eq!(*last, spec.followed, "{name}: persons with follow-up");
-        if let Some(want) = &spec.follow_up {
-            let got: Vec<(String, String)> = evaluation
-                .rows
-                .iter()
-                .map(|r| {
-                    let (s, e) = r.entry.follow_up.unwrap();
-                    (s.to_string(), e.to_string())
-                })
-                .collect();
-            assert_eq!(&got, want, "{name}: follow-up");
-        }
-        if let Some(want) = &spec.covariates {
-            assert_eq!(evaluation.rows.len(), want.len(), "{name}: rows");
-            for (row, want) in evaluation.rows.iter().zip(want) {
-                let got: Vec<Value> = row.covariates.iter().map(cell).collect();
-                assert!(
-                    got.len() == want.len()
-                        && got.iter().zip(want).all(|(a, b)| numbers_equal(a, b)),
-                    "{name}: covariates of person {}: got {got:?}, want {want:?}",
-                    row.entry.person
-                );
-            }
-        }
-        if let Some(want) = &spec.endpoints {
-            let got: Outcomes = evaluation
-                .rows
-                .iter()
-                .map(|r| r.endpoints.iter().map(|o| (o.event, o.days)).collect())
-                .collect();
-            assert_eq!(&got, want, "{name}: endpoints");
-        }
-        for (i, v) in spec.variants.iter().enumerate() {
-            run(&format!("{name} variant {i}"), &v.study, &data, &v.entries);
-        }
+    files
+        .into_iter()
+        .map(|path| {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let spec: Spec = serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(!spec.description.is_empty());
+            (name, spec)
+        })
+        .collect()
+}
+
+#[test]
+fn the_reference_evaluator_meets_every_spec() {
+    for (name, spec) in specs() {
+        check_spec(&name, &spec, &data(&spec), &by_reference);
+    }
+}
+
+#[test]
+fn the_datafusion_engine_meets_every_spec() {
+    for (name, spec) in specs() {
+        check_spec(&name, &spec, &data(&spec), &by_datafusion);
     }
 }

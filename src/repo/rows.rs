@@ -1,7 +1,9 @@
-//! Reading a whole repository into the reference evaluator's plain rows, for tests that compare
-//! engines on real data. Small repositories only: everything is held in memory.
+//! Between a repository and the reference evaluator's plain rows, for tests that compare engines:
+//! reading a whole (small) repository into rows, and writing rows as a repository.
 
+use super::write::{Cell, OutputFormat, TableWriter, WriteError};
 use super::{clean_engine_message, RepoError};
+use std::path::Path;
 use crate::reference::data::{Concept, Data, Period, Person, Record};
 use crate::study::Domain;
 use chrono::NaiveDate;
@@ -217,4 +219,124 @@ pub async fn load_rows(ctx: &SessionContext) -> Result<Data, RepoError> {
         data.maps_to.extend((0..b.num_rows()).filter_map(|k| Some((a[k]?, d[k]?))));
     }
     Ok(data)
+}
+
+/// Writes plain rows as a repository: the inverse of `load_rows`, so that tests can give both
+/// engines the same data. Image occurrences get a DICOM concept for each modality; image
+/// features, which live in three tables, are not written.
+pub fn write_rows(data: &Data, dir: &Path, format: OutputFormat) -> Result<(), WriteError> {
+    use super::schema::{domain_source, TABLES};
+    let table = |name: &str| {
+        TABLES
+            .iter()
+            .find(|t| t.name == name)
+            .expect("an OMOP table")
+    };
+    let date = |d: NaiveDate| Cell::Date((d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32);
+    let int = |v: Option<i64>| v.map_or(Cell::Null, Cell::Int);
+    let float = |v: Option<f64>| v.map_or(Cell::Null, Cell::Float);
+
+    let mut w = TableWriter::create(dir, table("person"), format)?;
+    let layout = w.layout(&["person_id", "gender_concept_id", "year_of_birth", "month_of_birth", "day_of_birth"]);
+    for p in &data.persons {
+        w.push_named(&layout, &[Cell::Int(p.id), Cell::Int(p.gender), Cell::Int(p.year_of_birth as i64), int(p.month_of_birth.map(i64::from)), int(p.day_of_birth.map(i64::from))])?;
+    }
+    w.finish()?;
+
+    let mut w = TableWriter::create(dir, table("observation_period"), format)?;
+    let layout = w.layout(&["observation_period_id", "person_id", "observation_period_start_date", "observation_period_end_date"]);
+    for (i, p) in data.periods.iter().enumerate() {
+        w.push_named(&layout, &[Cell::Int(i as i64 + 1), Cell::Int(p.person), date(p.start), date(p.end)])?;
+    }
+    w.finish()?;
+
+    let mut modalities: Vec<String> = data
+        .records
+        .iter()
+        .filter(|r| r.domain == Domain::ImageOccurrence)
+        .filter_map(|r| r.modality.clone())
+        .collect();
+    modalities.sort();
+    modalities.dedup();
+    let modality_id = |code: &str| 2_100_000_000 + modalities.iter().position(|m| m == code).expect("listed") as i64;
+
+    for domain in Domain::ALL {
+        if domain == Domain::ObservationPeriod || domain == Domain::ImageFeature {
+            if domain == Domain::ImageFeature && data.records.iter().any(|r| r.domain == domain) {
+                return Err(WriteError("image features cannot be written from plain rows".into()));
+            }
+            continue;
+        }
+        let records = data.records.iter().filter(|r| r.domain == domain);
+        if domain == Domain::ImageOccurrence {
+            let mut w = TableWriter::create(dir, table("image_occurrence"), format)?;
+            let layout = w.layout(&["image_occurrence_id", "person_id", "anatomic_site_concept_id", "image_occurrence_date", "visit_occurrence_id", "modality_concept_id"]);
+            for r in records {
+                w.push_named(&layout, &[Cell::Int(r.id), Cell::Int(r.person), int(r.concept), date(r.start), int(r.visit), int(r.modality.as_deref().map(modality_id))])?;
+            }
+            w.finish()?;
+            continue;
+        }
+        let source = domain_source(domain).expect("one table");
+        let mut w = TableWriter::create(dir, table(source.table), format)?;
+        // Deaths have no id column: their id is not written.
+        let skip_id = domain == Domain::Death;
+        let present: Vec<(usize, &str)> = source
+            .columns
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !(skip_id && *i == 0))
+            .filter_map(|(i, c)| c.map(|c| (i, c)))
+            .collect();
+        // A visit is its own visit: its id column is written once, as the id.
+        let mut present = present;
+        let mut seen = std::collections::BTreeSet::new();
+        present.retain(|(_, c)| seen.insert(*c));
+        let names: Vec<&str> = present.iter().map(|(_, c)| *c).collect();
+        let layout = w.layout(&names);
+        for r in records {
+            let all = [
+                Cell::Int(r.id),
+                Cell::Int(r.person),
+                int(r.concept),
+                date(r.start),
+                r.end.map_or(Cell::Null, date),
+                int(r.visit),
+                float(r.number),
+                int(r.value_concept),
+                int(r.unit),
+                float(r.range_low),
+                float(r.range_high),
+                r.modality.clone().map_or(Cell::Null, Cell::Text),
+                int(r.kind),
+                int(r.days_supply),
+            ];
+            let cells: Vec<Cell> = present.iter().map(|(i, _)| all[*i].clone()).collect();
+            w.push_named(&layout, &cells)?;
+        }
+        w.finish()?;
+    }
+
+    let mut w = TableWriter::create(dir, table("concept"), format)?;
+    let layout = w.layout(&["concept_id", "concept_name", "domain_id", "vocabulary_id", "concept_code", "standard_concept"]);
+    for c in &data.concepts {
+        w.push_named(&layout, &[Cell::Int(c.id), Cell::Text(c.name.clone()), Cell::Str(""), Cell::Text(c.vocabulary.clone()), Cell::Text(c.code.clone()), Cell::Str("S")])?;
+    }
+    for m in &modalities {
+        w.push_named(&layout, &[Cell::Int(modality_id(m)), Cell::Text(m.clone()), Cell::Str("Meas Value"), Cell::Str("DICOM"), Cell::Text(m.clone()), Cell::Str("S")])?;
+    }
+    w.finish()?;
+    let mut w = TableWriter::create(dir, table("concept_ancestor"), format)?;
+    let layout = w.layout(&["ancestor_concept_id", "descendant_concept_id"]);
+    for (a, d) in &data.ancestors {
+        w.push_named(&layout, &[Cell::Int(*a), Cell::Int(*d)])?;
+    }
+    w.finish()?;
+    let mut w = TableWriter::create(dir, table("concept_relationship"), format)?;
+    let layout = w.layout(&["concept_id_1", "concept_id_2", "relationship_id"]);
+    for (a, b) in &data.maps_to {
+        w.push_named(&layout, &[Cell::Int(*a), Cell::Int(*b), Cell::Str("Maps to")])?;
+    }
+    w.finish()?;
+    Ok(())
 }

@@ -1,0 +1,388 @@
+//! Criteria as plans. A criterion is evaluated at the rows of a context (persons, entries, or
+//! the records a `where` looks at); each test on events becomes an aggregate per context row,
+//! left-joined onto the context, and the criterion a boolean expression over those columns.
+
+use super::records::{date_lit, PersonCols, Rec};
+use super::{c, filter, keep, names, project, Planner};
+use crate::study::*;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::Result;
+use datafusion::functions::expr_fn::{coalesce, date_part, upper};
+use datafusion::functions_aggregate::expr_fn::{count, count_distinct};
+use datafusion::logical_expr::{
+    cast, in_subquery, lit, not, Expr, JoinType, LogicalPlan, LogicalPlanBuilder,
+};
+use std::sync::Arc;
+
+/// The rows a criterion is evaluated at, and which of their columns hold what.
+#[derive(Clone, Debug)]
+pub(super) struct Ctx {
+    /// The rows, with columns attached by criteria evaluated so far.
+    pub plan: LogicalPlan,
+    /// The rows as they were before any attachment: what aggregates are computed from, so that
+    /// the plan grows linearly with the number of criteria.
+    pub base: LogicalPlan,
+    /// Columns that identify a row.
+    pub key: Vec<String>,
+    pub person: String,
+    pub gender: String,
+    pub year_of_birth: String,
+    pub month_of_birth: String,
+    pub day_of_birth: String,
+    pub index: Option<String>,
+    pub index_visit: Option<String>,
+    pub event: Option<String>,
+    pub event_visit: Option<String>,
+    pub follow_up: Option<(String, String)>,
+}
+
+impl Ctx {
+    /// Persons, before any index date: criteria in the index event's own filters.
+    pub fn of_persons(plan: LogicalPlan, cols: &PersonCols) -> Ctx {
+        Ctx {
+            base: plan.clone(),
+            plan,
+            key: vec![cols.id.clone()],
+            person: cols.id.clone(),
+            gender: cols.gender.clone(),
+            year_of_birth: cols.year.clone(),
+            month_of_birth: cols.month.clone(),
+            day_of_birth: cols.day.clone(),
+            index: None,
+            index_visit: None,
+            event: None,
+            event_visit: None,
+            follow_up: None,
+        }
+    }
+
+    /// Starts a new context whose rows are `plan`'s (its base is the plan as it is now).
+    pub fn rebased(&self, plan: LogicalPlan) -> Ctx {
+        Ctx {
+            base: plan.clone(),
+            plan,
+            ..self.clone()
+        }
+    }
+
+    fn anchor(&self, anchor: Anchor) -> Option<Expr> {
+        match anchor {
+            Anchor::Index => self.index.as_deref().map(c),
+            Anchor::Event => self.event.as_deref().map(c),
+            Anchor::FollowUpStart => self.follow_up.as_ref().map(|f| c(&f.0)),
+            Anchor::FollowUpEnd => self.follow_up.as_ref().map(|f| c(&f.1)),
+        }
+    }
+}
+
+impl Planner<'_> {
+    /// The records of a query for each context row, before any window: the context's columns
+    /// and the records' (`Rec`).
+    pub(super) fn matching(&mut self, query: &EventQuery, ctx: &Ctx) -> Result<(LogicalPlan, Rec)> {
+        let modality = query
+            .filters
+            .iter()
+            .any(|f| matches!(f, EventFilter::Modality(_)));
+        let (mut records, rec) = self.records(query.domain, modality)?;
+        if let Some(concepts) = &query.concepts {
+            let set = self.concepts(concepts)?;
+            records = filter(records, in_subquery(c(&rec.concept), Arc::new(set)))?;
+        }
+        for f in &query.filters {
+            if let Some(test) = self.record_test(f, &rec)? {
+                records = filter(records, test)?;
+            }
+        }
+        let left = self.aliased(ctx.base.clone())?;
+        let right = self.aliased(records)?;
+        let mut joined = LogicalPlanBuilder::from(left)
+            .join(
+                right,
+                JoinType::Inner,
+                (vec![ctx.person.as_str()], vec![rec.person.as_str()]),
+                None,
+            )?
+            .build()?;
+        for f in &query.filters {
+            match f {
+                EventFilter::SameVisit => {
+                    let anchor_visit = if ctx.event.is_some() {
+                        ctx.event_visit.as_deref()
+                    } else {
+                        ctx.index_visit.as_deref()
+                    };
+                    let test = match anchor_visit {
+                        Some(v) => c(&rec.visit).eq(c(v)),
+                        None => lit(false),
+                    };
+                    joined = filter(joined, test)?;
+                }
+                EventFilter::Where(criterion) => {
+                    let columns = names(&joined);
+                    let mut nested = ctx.rebased(joined);
+                    nested.key.extend([rec.id.clone(), rec.start.clone()]);
+                    nested.event = Some(rec.start.clone());
+                    nested.event_visit = Some(rec.visit.clone());
+                    let holds = self.condition(criterion, &mut nested)?;
+                    joined = keep(filter(nested.plan, holds)?, &columns)?;
+                }
+                _ => {}
+            }
+        }
+        Ok((joined, rec))
+    }
+
+    /// A filter that looks at the record alone; `None` for those that need the context.
+    fn record_test(&mut self, f: &EventFilter, rec: &Rec) -> Result<Option<Expr>> {
+        let in_set = |p: &mut Self, column: &str, set: &ConceptExpr| -> Result<Expr> {
+            Ok(in_subquery(c(column), Arc::new(p.concepts(set)?)))
+        };
+        Ok(Some(match f {
+            EventFilter::Value(test) => number_test(test, c(&rec.number)),
+            EventFilter::ValueIn(set) => in_set(self, &rec.value_concept, set)?,
+            EventFilter::AboveNormal => c(&rec.number).gt(c(&rec.high)),
+            EventFilter::BelowNormal => c(&rec.number).lt(c(&rec.low)),
+            EventFilter::UnitIn(set) => in_set(self, &rec.unit, set)?,
+            EventFilter::Modality(codes) => upper(c(&rec.modality)).in_list(
+                codes.iter().map(|m| lit(m.to_ascii_uppercase())).collect(),
+                false,
+            ),
+            EventFilter::KindIn(set) => in_set(self, &rec.kind, set)?,
+            EventFilter::Duration(test) => {
+                let days = (coalesce(vec![c(&rec.end), c(&rec.start)]) - c(&rec.start)) + lit(1i64);
+                number_test(test, days)
+            }
+            EventFilter::SameVisit | EventFilter::Where(_) => return Ok(None),
+        }))
+    }
+
+    /// Whether a record's date lies in a window of the context; false when the window's anchor
+    /// has no date here.
+    pub(super) fn in_window(&self, window: &Window, date: Expr, ctx: &Ctx) -> Expr {
+        match *window {
+            Window::FollowUp => match &ctx.follow_up {
+                Some((s, e)) => date.clone().gt_eq(c(s)).and(date.lt_eq(c(e))),
+                None => lit(false),
+            },
+            Window::Days { anchor, start, end } => match ctx.anchor(anchor) {
+                None => lit(false),
+                Some(a) => {
+                    let offset = date - a;
+                    let mut test = lit(true);
+                    if let Some(s) = start {
+                        test = test.and(offset.clone().gt_eq(lit(s)));
+                    }
+                    if let Some(e) = end {
+                        test = test.and(offset.lt_eq(lit(e)));
+                    }
+                    test
+                }
+            },
+        }
+    }
+
+    /// The query's records inside the window, for each context row.
+    pub(super) fn found(
+        &mut self,
+        query: &EventQuery,
+        window: &Window,
+        ctx: &Ctx,
+    ) -> Result<(LogicalPlan, Rec)> {
+        let (rows, rec) = self.matching(query, ctx)?;
+        let inside = self.in_window(window, c(&rec.start), ctx);
+        Ok((filter(rows, inside)?, rec))
+    }
+
+    /// Aggregates `rows` (which carry the context's key) per context row and left-joins the
+    /// results onto the context; returns the new columns' names.
+    pub(super) fn attach(
+        &mut self,
+        ctx: &mut Ctx,
+        rows: LogicalPlan,
+        aggregates: Vec<Expr>,
+    ) -> Result<Vec<String>> {
+        let outputs: Vec<String> = aggregates.iter().map(|_| self.fresh("agg")).collect();
+        let renamed: Vec<String> = ctx.key.iter().map(|k| self.fresh(k)).collect();
+        let aggregated = LogicalPlanBuilder::from(rows)
+            .aggregate(
+                ctx.key.iter().map(|k| c(k)).collect::<Vec<_>>(),
+                aggregates
+                    .into_iter()
+                    .zip(&outputs)
+                    .map(|(e, n)| e.alias(n))
+                    .collect::<Vec<_>>(),
+            )?
+            .build()?;
+        let mut exprs: Vec<Expr> = ctx
+            .key
+            .iter()
+            .zip(&renamed)
+            .map(|(k, r)| c(k).alias(r))
+            .collect();
+        exprs.extend(outputs.iter().map(|n| c(n)));
+        let aggregated = project(aggregated, exprs)?;
+        let mut columns = names(&ctx.plan);
+        let left = self.aliased(ctx.plan.clone())?;
+        let right = self.aliased(aggregated)?;
+        let joined = LogicalPlanBuilder::from(left)
+            .join(
+                right,
+                JoinType::Left,
+                (
+                    ctx.key.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+                    renamed.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
+                ),
+                None,
+            )?
+            .build()?;
+        columns.extend(outputs.iter().cloned());
+        ctx.plan = keep(joined, &columns)?;
+        Ok(outputs)
+    }
+
+    /// How many of the query's records (or distinct concepts, days or visits) lie in the
+    /// window, as a column of the context (0 when none).
+    pub(super) fn count_in_window(
+        &mut self,
+        ctx: &mut Ctx,
+        query: &EventQuery,
+        window: &Window,
+        distinct: Option<Distinct>,
+    ) -> Result<Expr> {
+        let (rows, rec) = self.found(query, window, ctx)?;
+        let counted = match distinct {
+            None => count(lit(1i64)),
+            Some(Distinct::Concepts) => count_distinct(c(&rec.concept)),
+            Some(Distinct::Days) => count_distinct(c(&rec.start)),
+            Some(Distinct::Visits) => count_distinct(c(&rec.visit)),
+        };
+        let n = self.attach(ctx, rows, vec![counted])?.remove(0);
+        Ok(coalesce(vec![c(&n), lit(0i64)]))
+    }
+
+    /// A criterion as a boolean expression over the context's columns (never NULL), attaching
+    /// what it needs to `ctx.plan`.
+    pub(super) fn condition(&mut self, criterion: &Criterion, ctx: &mut Ctx) -> Result<Expr> {
+        Ok(match criterion {
+            Criterion::All(parts) => {
+                let mut all = lit(true);
+                for p in parts {
+                    all = all.and(self.condition(p, ctx)?);
+                }
+                all
+            }
+            Criterion::Any(parts) => {
+                let mut any = lit(false);
+                for p in parts {
+                    any = any.or(self.condition(p, ctx)?);
+                }
+                any
+            }
+            Criterion::Not(inner) => not(self.condition(inner, ctx)?),
+            Criterion::Events {
+                count,
+                query,
+                window,
+            } => {
+                if count.op == CountOp::AtLeast && count.n == 0 {
+                    return Ok(lit(true));
+                }
+                let n = self.count_in_window(ctx, query, window, count.distinct)?;
+                let wanted = lit(count.n as i64);
+                match count.op {
+                    CountOp::AtLeast => n.gt_eq(wanted),
+                    CountOp::AtMost => n.lt_eq(wanted),
+                    CountOp::Exactly => n.eq(wanted),
+                }
+            }
+            Criterion::Observation { anchor, start, end } => {
+                let Some(a) = ctx.anchor(*anchor) else {
+                    return Ok(lit(false));
+                };
+                let (periods, p) = self.periods()?;
+                let left = self.aliased(ctx.base.clone())?;
+                let right = self.aliased(periods)?;
+                let covering = LogicalPlanBuilder::from(left)
+                    .join(
+                        right,
+                        JoinType::Inner,
+                        (vec![ctx.person.as_str()], vec![p.person.as_str()]),
+                        None,
+                    )?
+                    .filter(
+                        (a.clone() - c(&p.start))
+                            .gt_eq(lit(-*start))
+                            .and((c(&p.end) - a).gt_eq(lit(*end))),
+                    )?
+                    .build()?;
+                let n = self.attach(ctx, covering, vec![count(lit(1i64))])?.remove(0);
+                coalesce(vec![c(&n), lit(0i64)]).gt_eq(lit(1i64))
+            }
+            Criterion::Sex(ids) => coalesce(vec![
+                c(&ctx.gender).in_list(ids.iter().map(|i| lit(*i)).collect(), false),
+                lit(false),
+            ]),
+            Criterion::Compare { quantity, test } => match self.quantity(*quantity, ctx) {
+                None => lit(false),
+                Some(q) => coalesce(vec![value_test(test, q), lit(false)]),
+            },
+        })
+    }
+
+    /// A person's age, year or date on the quantity's anchor, or `None` without that anchor.
+    pub(super) fn quantity(&self, quantity: Quantity, ctx: &Ctx) -> Option<Expr> {
+        let date = ctx.anchor(quantity.anchor())?;
+        let part = |p: &str, d: Expr| cast(date_part(lit(p), d), DataType::Int64);
+        Some(match quantity {
+            Quantity::Age(_) => {
+                // Completed years: a missing month or day of birth counts as 1.
+                let month = coalesce(vec![c(&ctx.month_of_birth), lit(1i64)]);
+                let day = coalesce(vec![c(&ctx.day_of_birth), lit(1i64)]);
+                let (m, d) = (part("month", date.clone()), part("day", date.clone()));
+                let before_birthday = m.clone().lt(month.clone()).or(m.eq(month).and(d.lt(day)));
+                part("year", date) - c(&ctx.year_of_birth)
+                    - datafusion::logical_expr::when(before_birthday, lit(1i64))
+                        .otherwise(lit(0i64))
+                        .expect("a CASE with one branch")
+            }
+            Quantity::CalendarAge(_) => part("year", date) - c(&ctx.year_of_birth),
+            Quantity::Year(_) => part("year", date),
+            Quantity::Date(_) => date,
+        })
+    }
+}
+
+fn compare(op: CmpOp, a: Expr, b: Expr) -> Expr {
+    match op {
+        CmpOp::Lt => a.lt(b),
+        CmpOp::Le => a.lt_eq(b),
+        CmpOp::Eq => a.eq(b),
+        CmpOp::Ne => a.not_eq(b),
+        CmpOp::Ge => a.gt_eq(b),
+        CmpOp::Gt => a.gt(b),
+    }
+}
+
+pub(super) fn number_test(test: &NumberTest, v: Expr) -> Expr {
+    match *test {
+        NumberTest::Compare(op, x) => compare(op, v, lit(x)),
+        NumberTest::Between(low, high) => v.clone().gt_eq(lit(low)).and(v.lt_eq(lit(high))),
+    }
+}
+
+fn value_lit(v: Value) -> Expr {
+    match v {
+        Value::Number(x) => lit(x),
+        Value::Date(d) => date_lit(d),
+    }
+}
+
+fn value_test(test: &ValueTest, v: Expr) -> Expr {
+    match test {
+        ValueTest::Compare(op, x) => compare(*op, v, value_lit(*x)),
+        ValueTest::Between(low, high) => v
+            .clone()
+            .gt_eq(value_lit(*low))
+            .and(v.lt_eq(value_lit(*high))),
+    }
+}

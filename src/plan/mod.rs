@@ -1,0 +1,108 @@
+//! Lowering a checked `Study` to DataFusion logical plans, built with `LogicalPlanBuilder` and
+//! `Expr` (never SQL text).
+//!
+//! A study runs in stages, each a plan over the previous stage's table, so an engine can keep
+//! every intermediate result once instead of recomputing it inside every criterion:
+//!
+//! ```text
+//!  entries     index events with their observation period and the person's birth and sex
+//!  population  entries with one flag per attrition step and the exposure arm
+//!  follow_up   survivors with follow-up start and end (entries with no day left dropped)
+//!  cohort      follow-up, with entries of a person merged when the study collapses them
+//!  dataset     one row per cohort entry: covariates and endpoints
+//! ```
+//!
+//! Dates stay dates; day arithmetic is `date + integer` and `date - date`, which DataFusion,
+//! PostgreSQL and DuckDB read alike.
+
+mod criteria;
+mod records;
+mod stages;
+
+use crate::study::Study;
+use datafusion::common::{Column, Result};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
+use datafusion::prelude::SessionContext;
+use std::collections::BTreeMap;
+
+pub use stages::*;
+
+/// The tables the stages write, in order, and the names later stages read them by.
+pub const ENTRIES: &str = "cohortql_entries";
+pub const POPULATION: &str = "cohortql_population";
+pub const FOLLOW_UP: &str = "cohortql_follow_up";
+pub const COHORT: &str = "cohortql_cohort";
+
+/// Builds the plans of one study over the tables of one session.
+pub struct Planner<'a> {
+    study: &'a Study,
+    tables: BTreeMap<String, LogicalPlan>,
+    fresh: usize,
+    /// Persons whose consent lets the study use their data, once built.
+    consenting: Option<LogicalPlan>,
+    /// Set while the consent records themselves are read, which the rule does not filter.
+    reading_consent: bool,
+}
+
+impl<'a> Planner<'a> {
+    /// Reads the OMOP tables' scans from a session with a repository registered.
+    pub async fn new(study: &'a Study, ctx: &SessionContext) -> Result<Planner<'a>> {
+        let mut tables = BTreeMap::new();
+        for table in crate::repo::schema::TABLES {
+            let plan = ctx.table(table.name).await?.into_unoptimized_plan();
+            tables.insert(table.name.to_string(), plan);
+        }
+        Ok(Planner {
+            study,
+            tables,
+            fresh: 0,
+            consenting: None,
+            reading_consent: false,
+        })
+    }
+
+    /// A column name no other relation of this study uses.
+    fn fresh(&mut self, base: &str) -> String {
+        self.fresh += 1;
+        format!("q{}_{base}", self.fresh)
+    }
+
+    /// Names a plan so that it reads as a derived table when unparsed to SQL.
+    fn aliased(&mut self, plan: LogicalPlan) -> Result<LogicalPlan> {
+        self.fresh += 1;
+        LogicalPlanBuilder::from(plan)
+            .alias(format!("t{}", self.fresh))?
+            .build()
+    }
+
+    fn table(&self, name: &str) -> LogicalPlan {
+        self.tables[name].clone()
+    }
+}
+
+/// An unqualified column reference.
+fn c(name: &str) -> Expr {
+    Expr::Column(Column::new_unqualified(name))
+}
+
+/// The unqualified names of a plan's output columns.
+fn names(plan: &LogicalPlan) -> Vec<String> {
+    plan.schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect()
+}
+
+fn project(plan: LogicalPlan, exprs: Vec<Expr>) -> Result<LogicalPlan> {
+    LogicalPlanBuilder::from(plan).project(exprs)?.build()
+}
+
+fn filter(plan: LogicalPlan, predicate: Expr) -> Result<LogicalPlan> {
+    LogicalPlanBuilder::from(plan).filter(predicate)?.build()
+}
+
+/// Keeps only these columns of a plan.
+fn keep(plan: LogicalPlan, columns: &[String]) -> Result<LogicalPlan> {
+    project(plan, columns.iter().map(|n| c(n)).collect())
+}

@@ -1,0 +1,608 @@
+//! The stages of a study as plans: entries, population (with attrition), follow-up, cohort and
+//! dataset. Each stage reads the previous one's table, whose columns are named here.
+
+use super::criteria::Ctx;
+use super::records::date_lit;
+use super::{c, filter, keep, names, project, Planner};
+use crate::study::*;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::{Result, ScalarValue};
+use datafusion::functions::expr_fn::{coalesce, greatest, least};
+use datafusion::functions_aggregate::expr_fn::{avg, count, count_distinct, max, min, sum};
+use datafusion::functions_aggregate::min_max::max_udaf;
+use datafusion::functions_aggregate::sum::sum_udaf;
+use datafusion::functions_window::expr_fn::row_number;
+use datafusion::logical_expr::expr::WindowFunction;
+use datafusion::logical_expr::{
+    cast, lit, when, Expr, ExprFunctionExt, JoinType, LogicalPlan, LogicalPlanBuilder, SortExpr,
+    WindowFrame, WindowFrameBound, WindowFrameUnits, WindowFunctionDefinition,
+};
+
+/// The columns of the entries stage; later stages add theirs after these.
+pub const PERSON: &str = "person_id";
+pub const INDEX_RECORD: &str = "index_record_id";
+pub const INDEX_DATE: &str = "index_date";
+pub const INDEX_VISIT: &str = "index_visit_id";
+pub const PERIOD_START: &str = "period_start";
+pub const PERIOD_END: &str = "period_end";
+pub const GENDER: &str = "gender_concept_id";
+pub const YEAR_OF_BIRTH: &str = "year_of_birth";
+pub const MONTH_OF_BIRTH: &str = "month_of_birth";
+pub const DAY_OF_BIRTH: &str = "day_of_birth";
+/// The exposure arm (population stage on).
+pub const ARM: &str = "arm";
+pub const FOLLOW_UP_START: &str = "follow_up_start";
+pub const FOLLOW_UP_END: &str = "follow_up_end";
+
+const ENTRY_COLUMNS: [&str; 10] = [
+    PERSON,
+    INDEX_RECORD,
+    INDEX_DATE,
+    INDEX_VISIT,
+    PERIOD_START,
+    PERIOD_END,
+    GENDER,
+    YEAR_OF_BIRTH,
+    MONTH_OF_BIRTH,
+    DAY_OF_BIRTH,
+];
+
+/// The name of the population stage's flag for step `i` (0-based): true when the entry passes.
+pub fn step_column(i: usize) -> String {
+    format!("step_{}", i + 1)
+}
+
+/// The attrition plan's columns for row `i`.
+pub fn attrition_columns(i: usize) -> (String, String) {
+    (format!("persons_{i}"), format!("entries_{i}"))
+}
+
+fn strings(columns: &[&str]) -> Vec<String> {
+    columns.iter().map(|s| s.to_string()).collect()
+}
+
+/// A context whose rows are a stage's entries.
+fn entry_ctx(plan: LogicalPlan, follow_up: bool) -> Ctx {
+    Ctx {
+        base: plan.clone(),
+        plan,
+        key: strings(&[PERSON, INDEX_RECORD, INDEX_DATE]),
+        person: PERSON.into(),
+        gender: GENDER.into(),
+        year_of_birth: YEAR_OF_BIRTH.into(),
+        month_of_birth: MONTH_OF_BIRTH.into(),
+        day_of_birth: DAY_OF_BIRTH.into(),
+        index: Some(INDEX_DATE.into()),
+        index_visit: Some(INDEX_VISIT.into()),
+        event: None,
+        event_visit: None,
+        follow_up: follow_up.then(|| (FOLLOW_UP_START.into(), FOLLOW_UP_END.into())),
+    }
+}
+
+fn asc(name: &str) -> SortExpr {
+    c(name).sort(true, false)
+}
+
+fn desc(name: &str) -> SortExpr {
+    c(name).sort(false, true)
+}
+
+fn rows_frame(end: WindowFrameBound) -> WindowFrame {
+    WindowFrame::new_bounds(
+        WindowFrameUnits::Rows,
+        WindowFrameBound::Preceding(ScalarValue::UInt64(None)),
+        end,
+    )
+}
+
+/// An aggregate function used over a window.
+fn windowed(
+    function: WindowFunctionDefinition,
+    arg: Expr,
+    partition: Vec<Expr>,
+    order: Vec<SortExpr>,
+    frame: Option<WindowFrame>,
+) -> Result<Expr> {
+    let mut builder = Expr::from(WindowFunction::new(function, vec![arg])).partition_by(partition);
+    if !order.is_empty() {
+        builder = builder.order_by(order);
+    }
+    if let Some(frame) = frame {
+        builder = builder.window_frame(frame);
+    }
+    builder.build()
+}
+
+fn with_window(plan: LogicalPlan, exprs: Vec<Expr>) -> Result<LogicalPlan> {
+    LogicalPlanBuilder::from(plan).window(exprs)?.build()
+}
+
+/// Groups ordered spans of each partition into islands: a span starts a new island when it
+/// begins more than `gap` days after every earlier span ended. Adds the island number.
+fn islands(
+    plan: LogicalPlan,
+    partition: &str,
+    start: &str,
+    end: &str,
+    order: Vec<SortExpr>,
+    gap: i64,
+    island: &str,
+    scratch: &str,
+) -> Result<LogicalPlan> {
+    let columns = names(&plan);
+    let previous_end = windowed(
+        WindowFunctionDefinition::AggregateUDF(max_udaf()),
+        c(end),
+        vec![c(partition)],
+        order.clone(),
+        Some(rows_frame(WindowFrameBound::Preceding(ScalarValue::UInt64(Some(1))))),
+    )?
+    .alias(scratch);
+    let plan = with_window(plan, vec![previous_end])?;
+    let starts = when(
+        c(scratch)
+            .is_null()
+            .or((c(start) - c(scratch)).gt(lit(gap))),
+        lit(1i64),
+    )
+    .otherwise(lit(0i64))?;
+    let number = windowed(
+        WindowFunctionDefinition::AggregateUDF(sum_udaf()),
+        starts,
+        vec![c(partition)],
+        order,
+        Some(rows_frame(WindowFrameBound::CurrentRow)),
+    )?
+    .alias(island);
+    let plan = with_window(plan, vec![number])?;
+    let mut keep_columns = columns;
+    keep_columns.push(island.to_string());
+    keep(plan, &keep_columns)
+}
+
+impl Planner<'_> {
+    /// Qualifying index events: in an observation period (with the observation the study asks
+    /// for) and within the calendar limits; then each person's first, last or all of them.
+    pub fn entries(&mut self) -> Result<LogicalPlan> {
+        let index = self.study.index.clone();
+        let (persons, pc) = self.persons()?;
+        let ctx = Ctx::of_persons(persons, &pc);
+        let (mut rows, rec) = self.matching(&index.query, &ctx)?;
+        if let Some(from) = index.from {
+            rows = filter(rows, c(&rec.start).gt_eq(date_lit(from)))?;
+        }
+        if let Some(until) = index.until {
+            rows = filter(rows, c(&rec.start).lt_eq(date_lit(until)))?;
+        }
+        let (periods, p) = self.periods()?;
+        let (before, after) = index.observation;
+        let left = self.aliased(rows)?;
+        let right = self.aliased(periods)?;
+        let rows = LogicalPlanBuilder::from(left)
+            .join(
+                right,
+                JoinType::Inner,
+                (vec![rec.person.as_str()], vec![p.person.as_str()]),
+                None,
+            )?
+            .filter(
+                (c(&rec.start) - c(&p.start))
+                    .gt_eq(lit(-before))
+                    .and((c(&p.end) - c(&rec.start)).gt_eq(lit(after))),
+            )?
+            .build()?;
+        // One period per event, should periods overlap: the earliest.
+        let first_period = self.fresh("period_rank");
+        let rows = with_window(
+            rows,
+            vec![row_number()
+                .partition_by(vec![c(&rec.person), c(&rec.id), c(&rec.start)])
+                .order_by(vec![asc(&p.start), asc(&p.end)])
+                .build()?
+                .alias(&first_period)],
+        )?;
+        let mut rows = filter(rows, c(&first_period).eq(lit(1u64)))?;
+        if index.occurrence != Occurrence::All {
+            let rank = self.fresh("event_rank");
+            let order = if index.occurrence == Occurrence::First {
+                vec![asc(&rec.start), asc(&rec.id)]
+            } else {
+                vec![desc(&rec.start), desc(&rec.id)]
+            };
+            rows = with_window(
+                rows,
+                vec![row_number()
+                    .partition_by(vec![c(&rec.person)])
+                    .order_by(order)
+                    .build()?
+                    .alias(&rank)],
+            )?;
+            rows = filter(rows, c(&rank).eq(lit(1u64)))?;
+        }
+        project(
+            rows,
+            vec![
+                c(&rec.person).alias(PERSON),
+                c(&rec.id).alias(INDEX_RECORD),
+                c(&rec.start).alias(INDEX_DATE),
+                c(&rec.visit).alias(INDEX_VISIT),
+                c(&p.start).alias(PERIOD_START),
+                c(&p.end).alias(PERIOD_END),
+                c(&pc.gender).alias(GENDER),
+                c(&pc.year).alias(YEAR_OF_BIRTH),
+                c(&pc.month).alias(MONTH_OF_BIRTH),
+                c(&pc.day).alias(DAY_OF_BIRTH),
+            ],
+        )
+    }
+
+    /// Entries with a flag per attrition step (true: the entry passes it) and the arm of the
+    /// first exposure arm whose criterion holds (NULL when none does, or without arms).
+    pub fn population(&mut self, entries: LogicalPlan) -> Result<LogicalPlan> {
+        let mut ctx = entry_ctx(entries, false);
+        let mut outputs: Vec<Expr> = ENTRY_COLUMNS.iter().map(|n| c(n)).collect();
+        for (i, step) in self.study.steps.iter().enumerate() {
+            let holds = self.condition(&step.criterion, &mut ctx)?;
+            let passes = if step.exclude { datafusion::logical_expr::not(holds) } else { holds };
+            outputs.push(passes.alias(step_column(i)));
+        }
+        let mut arms = Vec::new();
+        for a in &self.study.arms {
+            arms.push((self.condition(&a.criterion, &mut ctx)?, a.name.clone()));
+        }
+        let mut arm = cast(lit(ScalarValue::Null), DataType::Utf8);
+        for (holds, name) in arms.into_iter().rev() {
+            arm = when(holds, lit(name)).otherwise(arm)?;
+        }
+        outputs.push(arm.alias(ARM));
+        project(ctx.plan, outputs)
+    }
+
+    /// One row: persons and entries remaining after each attrition row (see `attrition_rules`).
+    pub fn attrition(&self, population: LogicalPlan) -> Result<LogicalPlan> {
+        let mut passed = lit(true);
+        let mut aggregates = Vec::new();
+        let mut add = |i: usize, cond: Expr| -> Result<()> {
+            let (persons, entries) = attrition_columns(i);
+            aggregates.push(count_distinct(when(cond.clone(), c(PERSON)).end()?).alias(persons));
+            aggregates.push(
+                cast(sum(when(cond, lit(1i64)).otherwise(lit(0i64))?), DataType::Int64).alias(entries),
+            );
+            Ok(())
+        };
+        add(0, passed.clone())?;
+        for i in 0..self.study.steps.len() {
+            passed = passed.and(c(&step_column(i)));
+            add(i + 1, passed.clone())?;
+        }
+        if !self.study.arms.is_empty() {
+            add(self.study.steps.len() + 1, passed.and(c(ARM).is_not_null()))?;
+        }
+        LogicalPlanBuilder::from(population)
+            .aggregate(Vec::<Expr>::new(), aggregates)?
+            .build()
+    }
+
+    /// The rules of the attrition plan's rows, in order (the follow-up row comes after them).
+    pub fn attrition_rules(&self) -> Vec<String> {
+        let mut rules = vec!["qualifying index event".to_string()];
+        rules.extend(self.study.steps.iter().map(|s| s.rule.clone()));
+        if !self.study.arms.is_empty() {
+            rules.push("assigned to an exposure arm".to_string());
+        }
+        rules
+    }
+
+    /// Entries that pass every step and, with arms, have one.
+    pub fn survivors(&self, population: LogicalPlan) -> Result<LogicalPlan> {
+        let mut passes = lit(true);
+        for i in 0..self.study.steps.len() {
+            passes = passes.and(c(&step_column(i)));
+        }
+        if !self.study.arms.is_empty() {
+            passes = passes.and(c(ARM).is_not_null());
+        }
+        let mut columns = strings(&ENTRY_COLUMNS);
+        columns.push(ARM.into());
+        keep(filter(population, passes)?, &columns)
+    }
+
+    /// Survivors with follow-up start and end; entries left without a day are dropped.
+    pub fn follow_up(&mut self, survivors: LogicalPlan) -> Result<LogicalPlan> {
+        let fu = self.study.follow_up.clone();
+        let columns = names(&survivors);
+        let mut ctx = entry_ctx(survivors, false);
+        let start = c(INDEX_DATE) + lit(fu.start_offset);
+        let mut ends = vec![c(PERIOD_END)];
+        for exit in &fu.exits {
+            ends.push(match exit {
+                Exit::ObservationEnd => c(PERIOD_END),
+                Exit::Date(d) => date_lit(*d),
+                Exit::Offset {
+                    anchor: Anchor::FollowUpStart,
+                    days,
+                } => start.clone() + lit(*days),
+                Exit::Offset { days, .. } => c(INDEX_DATE) + lit(*days),
+                Exit::Event(query) => {
+                    let (rows, rec) = self.matching(query, &ctx)?;
+                    let rows = filter(rows, c(&rec.start).gt_eq(start.clone()))?;
+                    let first = self.attach(&mut ctx, rows, vec![min(c(&rec.start))])?.remove(0);
+                    c(&first)
+                }
+                Exit::ExposureEnd {
+                    concepts,
+                    gap,
+                    extra,
+                } => {
+                    let era_end = self.exposure_era_end(&mut ctx, concepts, *gap)?;
+                    coalesce(vec![era_end, c(INDEX_DATE)]) + lit(*extra)
+                }
+            });
+        }
+        let mut start = start;
+        let mut end = least(ends);
+        if let Some(from) = fu.period_from {
+            start = greatest(vec![start, date_lit(from)]);
+        }
+        if let Some(to) = fu.period_to {
+            end = least(vec![end, date_lit(to)]);
+        }
+        let mut outputs: Vec<Expr> = columns.iter().map(|n| c(n)).collect();
+        outputs.push(start.alias(FOLLOW_UP_START));
+        outputs.push(end.alias(FOLLOW_UP_END));
+        let plan = project(ctx.plan, outputs)?;
+        filter(plan, c(FOLLOW_UP_START).lt_eq(c(FOLLOW_UP_END)))
+    }
+
+    /// The end of the continuous exposure to the drugs that contains the index date, as a
+    /// column of the context (NULL without exposure on the index date). Exposures chain when
+    /// the gap from one's end to the next one's start is at most `gap` days.
+    fn exposure_era_end(&mut self, ctx: &mut Ctx, concepts: &ConceptExpr, gap: i64) -> Result<Expr> {
+        let (records, rec) = self.records(Domain::Drug, false)?;
+        let set = self.concepts(concepts)?;
+        let records = filter(
+            records,
+            datafusion::logical_expr::in_subquery(c(&rec.concept), std::sync::Arc::new(set)),
+        )?;
+        let (span_start, span_end) = (self.fresh("span_start"), self.fresh("span_end"));
+        let supplied = when(c(&rec.days_supply).gt(lit(0i64)), c(&rec.days_supply)).otherwise(lit(1i64))?;
+        let spans = project(
+            records,
+            vec![
+                c(&rec.person),
+                c(&rec.start).alias(&span_start),
+                greatest(vec![
+                    coalesce(vec![c(&rec.end), c(&rec.start) + supplied]),
+                    c(&rec.start),
+                ])
+                .alias(&span_end),
+            ],
+        )?;
+        let (island, scratch) = (self.fresh("era"), self.fresh("previous_end"));
+        let spans = islands(
+            spans,
+            &rec.person,
+            &span_start,
+            &span_end,
+            vec![asc(&span_start), asc(&span_end)],
+            gap,
+            &island,
+            &scratch,
+        )?;
+        let (era_person, era_start, era_end) =
+            (self.fresh("era_person"), self.fresh("era_start"), self.fresh("era_end"));
+        let eras = LogicalPlanBuilder::from(spans)
+            .aggregate(
+                vec![c(&rec.person), c(&island)],
+                vec![min(c(&span_start)).alias(&era_start), max(c(&span_end)).alias(&era_end)],
+            )?
+            .project(vec![c(&rec.person).alias(&era_person), c(&era_start), c(&era_end)])?
+            .build()?;
+        let left = self.aliased(ctx.base.clone())?;
+        let right = self.aliased(eras)?;
+        let containing = LogicalPlanBuilder::from(left)
+            .join(right, JoinType::Inner, (vec![PERSON], vec![era_person.as_str()]), None)?
+            .filter(
+                c(&era_start)
+                    .lt_eq(c(INDEX_DATE))
+                    .and(c(INDEX_DATE).lt_eq(c(&era_end))),
+            )?
+            .build()?;
+        let end = self.attach(ctx, containing, vec![max(c(&era_end))])?.remove(0);
+        Ok(c(&end))
+    }
+
+    /// Follow-up entries, with a person's entries merged when the study collapses them: those
+    /// whose follow-up lies within the collapse distance of the previous one's end. The merged
+    /// entry keeps the first one's index and ends at the latest end.
+    pub fn cohort(&mut self, follow_up: LogicalPlan) -> Result<LogicalPlan> {
+        let Some(days) = self.study.follow_up.collapse_days else {
+            return Ok(follow_up);
+        };
+        let columns = names(&follow_up);
+        let order = vec![
+            asc(FOLLOW_UP_START),
+            asc(FOLLOW_UP_END),
+            asc(INDEX_DATE),
+            asc(INDEX_RECORD),
+        ];
+        let (group, scratch) = (self.fresh("group"), self.fresh("previous_end"));
+        let plan = islands(
+            follow_up,
+            PERSON,
+            FOLLOW_UP_START,
+            FOLLOW_UP_END,
+            order.clone(),
+            days,
+            &group,
+            &scratch,
+        )?;
+        let (rank, group_end) = (self.fresh("rank"), self.fresh("group_end"));
+        // One window node per ordering: DataFusion plans each node with one sort.
+        let plan = with_window(
+            plan,
+            vec![row_number()
+                .partition_by(vec![c(PERSON), c(&group)])
+                .order_by(order)
+                .build()?
+                .alias(&rank)],
+        )?;
+        let plan = with_window(
+            plan,
+            vec![windowed(
+                WindowFunctionDefinition::AggregateUDF(max_udaf()),
+                c(FOLLOW_UP_END),
+                vec![c(PERSON), c(&group)],
+                vec![],
+                None,
+            )?
+            .alias(&group_end)],
+        )?;
+        let plan = filter(plan, c(&rank).eq(lit(1u64)))?;
+        let outputs: Vec<Expr> = columns
+            .iter()
+            .map(|n| {
+                if n == FOLLOW_UP_END {
+                    c(&group_end).alias(FOLLOW_UP_END)
+                } else {
+                    c(n)
+                }
+            })
+            .collect();
+        project(plan, outputs)
+    }
+
+    /// The OMOP cohort table: one row per cohort entry, from index to the end of follow-up.
+    pub fn cohort_table(&self, cohort: LogicalPlan) -> Result<LogicalPlan> {
+        LogicalPlanBuilder::from(cohort)
+            .sort(vec![asc(PERSON), asc(INDEX_DATE), asc(INDEX_RECORD)])?
+            .project(vec![
+                lit(1i64).alias("cohort_definition_id"),
+                c(PERSON).alias("subject_id"),
+                c(INDEX_DATE).alias("cohort_start_date"),
+                c(FOLLOW_UP_END).alias("cohort_end_date"),
+            ])?
+            .build()
+    }
+
+    /// One row per cohort entry: the person, index, follow-up, arm, covariates and endpoints.
+    pub fn dataset(&mut self, cohort: LogicalPlan) -> Result<LogicalPlan> {
+        let ctx = entry_ctx(cohort, true);
+        let mut at_index = Ctx {
+            follow_up: None,
+            ..ctx
+        };
+        let mut outputs: Vec<Expr> = [PERSON, INDEX_DATE, INDEX_RECORD, FOLLOW_UP_START, FOLLOW_UP_END]
+            .iter()
+            .map(|n| c(n))
+            .collect();
+        if !self.study.arms.is_empty() {
+            outputs.push(c(ARM));
+        }
+        let mut values: Vec<Expr> = Vec::new();
+        for covariate in &self.study.covariates {
+            let value = self.covariate(&covariate.value, &values, &mut at_index)?;
+            values.push(value.clone());
+            outputs.push(value.alias(&covariate.name));
+        }
+        let mut ctx = Ctx {
+            follow_up: Some((FOLLOW_UP_START.into(), FOLLOW_UP_END.into())),
+            ..at_index
+        };
+        for endpoint in &self.study.endpoints {
+            let (rows, rec) = self.found(&endpoint.query, &endpoint.window, &ctx)?;
+            match endpoint.kind {
+                EndpointKind::Binary => {
+                    let n = self.attach(&mut ctx, rows, vec![count(lit(1i64))])?.remove(0);
+                    outputs.push(
+                        when(c(&n).gt(lit(0i64)), lit(1i64))
+                            .otherwise(lit(0i64))?
+                            .alias(&endpoint.name),
+                    );
+                }
+                EndpointKind::TimeToEvent => {
+                    let first = self.attach(&mut ctx, rows, vec![min(c(&rec.start))])?.remove(0);
+                    outputs.push(
+                        when(c(&first).is_not_null(), lit(1i64))
+                            .otherwise(lit(0i64))?
+                            .alias(format!("{}_event", endpoint.name)),
+                    );
+                    outputs.push(
+                        (coalesce(vec![c(&first), c(FOLLOW_UP_END)]) - c(FOLLOW_UP_START))
+                            .alias(format!("{}_days", endpoint.name)),
+                    );
+                }
+            }
+        }
+        LogicalPlanBuilder::from(ctx.plan)
+            .project(outputs)?
+            .sort(vec![asc(PERSON), asc(INDEX_DATE), asc(INDEX_RECORD)])?
+            .build()
+    }
+
+    /// A covariate's value for each context row; `earlier` are the previous covariates' values.
+    fn covariate(&mut self, value: &CovariateValue, earlier: &[Expr], ctx: &mut Ctx) -> Result<Expr> {
+        Ok(match value {
+            CovariateValue::Sex => c(&ctx.gender),
+            CovariateValue::Quantity(q) => match self.quantity(*q, ctx) {
+                Some(e) => e,
+                None => cast(lit(ScalarValue::Null), DataType::Int64),
+            },
+            CovariateValue::Count {
+                distinct,
+                query,
+                window,
+            } => self.count_in_window(ctx, query, window, *distinct)?,
+            CovariateValue::Aggregate {
+                aggregate,
+                concept,
+                query,
+                window,
+            } => {
+                let (rows, rec) = self.found(query, window, ctx)?;
+                let column = if *concept { &rec.value_concept } else { &rec.number };
+                let v = cast(c(column), DataType::Float64);
+                let rows = filter(rows, c(column).is_not_null())?;
+                let (rows, aggregated) = match aggregate {
+                    Aggregate::First | Aggregate::Last => {
+                        let rank = self.fresh("rank");
+                        let order = if *aggregate == Aggregate::First {
+                            vec![asc(&rec.start), asc(&rec.id)]
+                        } else {
+                            vec![desc(&rec.start), desc(&rec.id)]
+                        };
+                        let ranked = with_window(
+                            rows,
+                            vec![row_number()
+                                .partition_by(ctx.key.iter().map(|k| c(k)).collect())
+                                .order_by(order)
+                                .build()?
+                                .alias(&rank)],
+                        )?;
+                        (filter(ranked, c(&rank).eq(lit(1u64)))?, max(v))
+                    }
+                    Aggregate::Min => (rows, min(v)),
+                    Aggregate::Max => (rows, max(v)),
+                    Aggregate::Mean => (rows, avg(v)),
+                };
+                let out = self.attach(ctx, rows, vec![aggregated])?.remove(0);
+                c(&out)
+            }
+            CovariateValue::DaysSince { last, query, window } => {
+                let (rows, rec) = self.found(query, window, ctx)?;
+                let date = if *last { max(c(&rec.start)) } else { min(c(&rec.start)) };
+                let out = self.attach(ctx, rows, vec![date])?.remove(0);
+                c(INDEX_DATE) - c(&out)
+            }
+            CovariateValue::Flag(criterion) => {
+                when(self.condition(criterion, ctx)?, lit(1i64)).otherwise(lit(0i64))?
+            }
+            CovariateValue::Interaction(factors) => factors
+                .iter()
+                .map(|&i| cast(earlier[i].clone(), DataType::Float64))
+                .reduce(|a, b| a * b)
+                .unwrap_or(lit(1.0)),
+        })
+    }
+}

@@ -1,0 +1,220 @@
+//! Running a study on a repository: each stage's plan executed in turn and kept in memory as the
+//! table the next stage reads, then the outputs written (`output`).
+
+pub mod output;
+
+use crate::plan::{self, Planner};
+use crate::repo::clean_engine_message;
+use crate::study::Study;
+use datafusion::arrow::array::{Array, Int64Array};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::Result as DfResult;
+use datafusion::datasource::MemTable;
+use datafusion::error::DataFusionError;
+use datafusion::functions_aggregate::expr_fn::{count, count_distinct};
+use datafusion::logical_expr::{col, lit, LogicalPlan, LogicalPlanBuilder};
+use datafusion::physical_plan::displayable;
+use datafusion::prelude::SessionContext;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One row of the attrition table: entries and persons remaining after a rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attrition {
+    pub rule: String,
+    pub persons: u64,
+    pub entries: u64,
+}
+
+/// What running a study gives.
+#[derive(Clone, Debug)]
+pub struct Execution {
+    pub attrition: Vec<Attrition>,
+    /// The OMOP cohort table rows.
+    pub cohort: Vec<RecordBatch>,
+    pub cohort_schema: SchemaRef,
+    /// One row per cohort entry, sorted by person, index date and index record.
+    pub dataset: Vec<RecordBatch>,
+    pub dataset_schema: SchemaRef,
+    /// How long each stage took.
+    pub timings: Vec<(&'static str, Duration)>,
+}
+
+impl Execution {
+    /// Persons in the final cohort.
+    pub fn persons(&self) -> u64 {
+        self.attrition.last().map_or(0, |a| a.persons)
+    }
+}
+
+fn engine(e: DataFusionError) -> String {
+    clean_engine_message(&e.to_string())
+}
+
+/// Registers (or replaces) a stage's table.
+fn register(
+    ctx: &SessionContext,
+    name: &str,
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> DfResult<LogicalPlan> {
+    let partitions = ctx.copied_config().target_partitions().max(1);
+    let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
+    for (i, b) in batches.into_iter().enumerate() {
+        parts[i % partitions].push(b);
+    }
+    let table: Arc<dyn datafusion::catalog::TableProvider> =
+        Arc::new(MemTable::try_new(schema, parts)?);
+    ctx.deregister_table(name)?;
+    ctx.register_table(name, table.clone())?;
+    LogicalPlanBuilder::scan(name, datafusion::datasource::provider_as_source(table), None)?.build()
+}
+
+async fn collect(ctx: &SessionContext, plan: LogicalPlan) -> DfResult<(SchemaRef, Vec<RecordBatch>)> {
+    let frame = ctx.execute_logical_plan(plan).await?;
+    let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+    let batches = frame.collect().await?;
+    let schema = batches.first().map_or(schema, |b| b.schema());
+    Ok((schema, batches))
+}
+
+/// Executes a stage and keeps its result as the named table; returns a scan of it.
+async fn materialise(ctx: &SessionContext, name: &str, plan: LogicalPlan) -> DfResult<LogicalPlan> {
+    let (schema, batches) = collect(ctx, plan).await?;
+    register(ctx, name, schema, batches)
+}
+
+fn int_at(batches: &[RecordBatch], column: &str) -> u64 {
+    batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .and_then(|b| {
+            let a = cast(b.column_by_name(column)?, &DataType::Int64).ok()?;
+            let a = a.as_any().downcast_ref::<Int64Array>()?.clone();
+            (!a.is_null(0)).then(|| a.value(0) as u64)
+        })
+        .unwrap_or(0)
+}
+
+/// Runs every stage of a study in a session with a repository registered. `progress` is told
+/// the name of each stage as it starts.
+pub async fn execute(
+    study: &Study,
+    ctx: &SessionContext,
+    progress: &dyn Fn(&str),
+) -> Result<Execution, String> {
+    let mut timings = Vec::new();
+    let mut clock = Instant::now();
+    let mut lap = |name: &'static str, timings: &mut Vec<(&'static str, Duration)>| {
+        timings.push((name, clock.elapsed()));
+        clock = Instant::now();
+    };
+    let mut planner = Planner::new(study, ctx).await.map_err(engine)?;
+    progress("index events");
+    let entries = planner.entries().map_err(engine)?;
+    lap("plan", &mut timings);
+    let entries = materialise(ctx, plan::ENTRIES, entries).await.map_err(engine)?;
+    lap("entries", &mut timings);
+    progress("attrition steps");
+    let population = planner.population(entries).map_err(engine)?;
+    let population = materialise(ctx, plan::POPULATION, population).await.map_err(engine)?;
+    let counts = planner.attrition(population.clone()).map_err(engine)?;
+    let (_, counts) = collect(ctx, counts).await.map_err(engine)?;
+    let mut attrition: Vec<Attrition> = planner
+        .attrition_rules()
+        .into_iter()
+        .enumerate()
+        .map(|(i, rule)| {
+            let (persons, entries) = plan::attrition_columns(i);
+            Attrition {
+                rule,
+                persons: int_at(&counts, &persons),
+                entries: int_at(&counts, &entries),
+            }
+        })
+        .collect();
+    lap("population", &mut timings);
+    progress("follow-up");
+    let survivors = planner.survivors(population).map_err(engine)?;
+    let follow_up = planner.follow_up(survivors).map_err(engine)?;
+    let follow_up = materialise(ctx, plan::FOLLOW_UP, follow_up).await.map_err(engine)?;
+    let followed = LogicalPlanBuilder::from(follow_up.clone())
+        .aggregate(
+            Vec::<datafusion::logical_expr::Expr>::new(),
+            vec![
+                count_distinct(col(plan::PERSON)).alias("persons"),
+                count(lit(1i64)).alias("entries"),
+            ],
+        )
+        .and_then(|b| b.build())
+        .map_err(engine)?;
+    let (_, followed) = collect(ctx, followed).await.map_err(engine)?;
+    attrition.push(Attrition {
+        rule: "follow-up of at least one day".to_string(),
+        persons: int_at(&followed, "persons"),
+        entries: int_at(&followed, "entries"),
+    });
+    let cohort = planner.cohort(follow_up).map_err(engine)?;
+    let cohort = materialise(ctx, plan::COHORT, cohort).await.map_err(engine)?;
+    lap("follow-up", &mut timings);
+    progress("covariates and endpoints");
+    let table = planner.cohort_table(cohort.clone()).map_err(engine)?;
+    let (cohort_schema, cohort_rows) = collect(ctx, table).await.map_err(engine)?;
+    let dataset = planner.dataset(cohort).map_err(engine)?;
+    let (dataset_schema, dataset_rows) = collect(ctx, dataset).await.map_err(engine)?;
+    lap("dataset", &mut timings);
+    Ok(Execution {
+        attrition,
+        cohort: cohort_rows,
+        cohort_schema,
+        dataset: dataset_rows,
+        dataset_schema,
+        timings,
+    })
+}
+
+/// The plans of every stage, without running them: each stage reads an empty table with the
+/// previous stage's columns. For `plan` and `sql`.
+pub async fn stage_plans(study: &Study, ctx: &SessionContext) -> Result<Vec<(&'static str, LogicalPlan)>, String> {
+    let mut planner = Planner::new(study, ctx).await.map_err(engine)?;
+    let empty = |name: &str, plan: &LogicalPlan| -> DfResult<LogicalPlan> {
+        register(ctx, name, Arc::new(plan.schema().as_arrow().clone()), vec![])
+    };
+    let mut build = || -> DfResult<Vec<(&'static str, LogicalPlan)>> {
+        let mut out = Vec::new();
+        let entries = planner.entries()?;
+        let entries_scan = empty(plan::ENTRIES, &entries)?;
+        out.push((plan::ENTRIES, entries));
+        let population = planner.population(entries_scan)?;
+        let population_scan = empty(plan::POPULATION, &population)?;
+        out.push((plan::POPULATION, population));
+        out.push(("attrition", planner.attrition(population_scan.clone())?));
+        let survivors = planner.survivors(population_scan)?;
+        let follow_up = planner.follow_up(survivors)?;
+        let follow_up_scan = empty(plan::FOLLOW_UP, &follow_up)?;
+        out.push((plan::FOLLOW_UP, follow_up));
+        let cohort = planner.cohort(follow_up_scan)?;
+        let cohort_scan = empty(plan::COHORT, &cohort)?;
+        out.push((plan::COHORT, cohort));
+        out.push(("cohort", planner.cohort_table(cohort_scan.clone())?));
+        out.push(("dataset", planner.dataset(cohort_scan)?));
+        Ok(out)
+    };
+    build().map_err(engine)
+}
+
+/// The logical, optimised and physical plans of a stage, as text.
+pub async fn explain_plan(ctx: &SessionContext, plan: &LogicalPlan) -> Result<(String, String, String), String> {
+    let logical = plan.display_indent().to_string();
+    let optimised = ctx.state().optimize(plan).map_err(engine)?;
+    let physical = ctx
+        .state()
+        .create_physical_plan(plan)
+        .await
+        .map_err(engine)?;
+    let optimised = optimised.display_indent().to_string();
+    let physical = displayable(physical.as_ref()).indent(true).to_string();
+    Ok((logical, optimised, physical))
+}
