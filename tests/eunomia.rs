@@ -87,3 +87,174 @@ fn eunomia_cohorts_agree_with_hand_written_sql() {
         assert!(expected > 100, "{name}: only {expected} persons");
     }
 }
+
+fn cohortql(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cohortql"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap()
+}
+
+/// Runs a study on Eunomia with the command line; returns its output directory.
+fn run_on_eunomia(study: &str, out: &std::path::Path) {
+    let output = cohortql(&[
+        "run",
+        &format!("studies/eunomia/{study}.study"),
+        "--repo",
+        "tests/data/eunomia-gibleed",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{study}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn csv_column(path: &std::path::Path, column: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let i = header.iter().position(|h| *h == column).unwrap();
+    lines
+        .map(|l| l.split(',').nth(i).unwrap().to_string())
+        .collect()
+}
+
+/// Persons after each attrition row, from run.json.
+fn attrition_persons(out: &std::path::Path) -> Vec<u64> {
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    run["attrition"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["persons"].as_u64().unwrap())
+        .collect()
+}
+
+/// OHDSI's results for its four test cohorts on Eunomia GiBleed, generated from the Circe JSON
+/// in shared/data/eunomia-gibleed/cohorts by CohortGenerator (as published in the HadesExtras
+/// vignette "Using CohortTableHandler"): entries and subjects per cohort, and how many subjects
+/// lie in each combination of cohorts.
+const CIRCE_COUNTS: [(&str, usize); 4] = [
+    ("celecoxib", 1800),
+    ("celecoxib_age40", 569),
+    ("celecoxib_age40_male", 266),
+    ("celecoxib_censored", 1750),
+];
+const CIRCE_OVERLAP: [(&str, usize); 6] = [
+    ("1", 35),
+    ("1-2", 7),
+    ("1-2-3", 8),
+    ("1-2-3-4", 258),
+    ("1-2-4", 296),
+    ("1-4", 1196),
+];
+
+#[test]
+fn running_the_eunomia_studies_reproduces_ohdsi_circe_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cohorts_of: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+    for (k, (study, expected)) in CIRCE_COUNTS.iter().enumerate() {
+        let out = dir.path().join(study);
+        run_on_eunomia(study, &out);
+        let subjects = csv_column(&out.join("cohort.csv"), "subject_id");
+        assert_eq!(subjects.len(), *expected, "{study}: cohort entries");
+        let distinct: std::collections::BTreeSet<&String> = subjects.iter().collect();
+        assert_eq!(distinct.len(), *expected, "{study}: cohort subjects");
+        for s in distinct {
+            cohorts_of.entry(s.clone()).or_default().push(k + 1);
+        }
+        // Circe's inclusion-rule attrition: everyone, then each rule in turn.
+        let want: &[u64] = match *study {
+            "celecoxib_age40" => &[1800, 569, 569],
+            "celecoxib_age40_male" => &[1800, 569, 266, 266],
+            "celecoxib_censored" => &[1800, 1750],
+            _ => &[1800, 1800],
+        };
+        assert_eq!(attrition_persons(&out), want, "{study}: attrition");
+        let run: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+        assert_eq!(run["persons"], *expected, "{study}: run.json persons");
+        assert_eq!(run["rows"]["cohort"], *expected);
+        assert_eq!(run["study_hash"].as_str().unwrap().len(), 64);
+        assert_eq!(run["data_fingerprint"].as_str().unwrap().len(), 64);
+    }
+    let mut overlap: std::collections::BTreeMap<String, usize> = Default::default();
+    for ids in cohorts_of.values() {
+        let key: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+        *overlap.entry(key.join("-")).or_default() += 1;
+    }
+    let want: std::collections::BTreeMap<String, usize> = CIRCE_OVERLAP
+        .iter()
+        .map(|(k, n)| (k.to_string(), *n))
+        .collect();
+    assert_eq!(overlap, want, "subjects per combination of cohorts");
+}
+
+#[test]
+fn the_gi_bleed_new_user_study_on_eunomia() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("gi");
+    run_on_eunomia("gi_bleed_new_users", &out);
+    assert_eq!(attrition_persons(&out), [2630; 7]);
+    let arms = csv_column(&out.join("dataset.csv"), "arm");
+    let events = csv_column(&out.join("dataset.csv"), "gi_bleed");
+    let count = |arm: &str, event: &str| {
+        arms.iter()
+            .zip(&events)
+            .filter(|(a, e)| *a == arm && *e == event)
+            .count()
+    };
+    assert_eq!(
+        [count("celecoxib", "1"), count("celecoxib", "0")],
+        [355, 1445]
+    );
+    assert_eq!(
+        [count("diclofenac", "1"), count("diclofenac", "0")],
+        [124, 706]
+    );
+    // Pseudonymised: no person ids, no record ids.
+    let header = std::fs::read_to_string(out.join("dataset.csv")).unwrap();
+    let header = header.lines().next().unwrap();
+    assert!(header.starts_with("person,index_date,"), "{header}");
+    assert!(!header.contains("record"), "{header}");
+}
+
+#[test]
+fn two_runs_give_byte_identical_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    run_on_eunomia("celecoxib_age40_male", &a);
+    run_on_eunomia("celecoxib_age40_male", &b);
+    for name in [
+        "cohort.parquet",
+        "cohort.csv",
+        "dataset.parquet",
+        "dataset.csv",
+        "attrition.parquet",
+        "attrition.csv",
+        "study.study",
+    ] {
+        let (x, y) = (
+            std::fs::read(a.join(name)).unwrap(),
+            std::fs::read(b.join(name)).unwrap(),
+        );
+        assert!(!x.is_empty(), "{name} is empty");
+        assert!(x == y, "{name} differs between two runs");
+    }
+    // A second run into the same directory replaces the first one's outputs.
+    run_on_eunomia("celecoxib", &a);
+    assert_eq!(
+        csv_column(&a.join("cohort.csv"), "subject_id").len(),
+        1800
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 2, "{leftovers:?}");
+}

@@ -11,7 +11,7 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+pub(super) fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -70,7 +70,7 @@ pub(super) fn synth(
     Ok(Status::Ok)
 }
 
-fn demo_repository() -> Result<PathBuf, String> {
+pub(super) fn demo_repository() -> Result<PathBuf, String> {
     let dir = demo::demo_dir();
     if dir.join("person.parquet").is_file() {
         return Ok(dir);

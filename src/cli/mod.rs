@@ -3,6 +3,7 @@
 
 mod data;
 mod render;
+mod run;
 
 pub use render::render;
 
@@ -75,6 +76,30 @@ enum Command {
         #[arg(long, value_enum, default_value_t = FormatArg::Parquet)]
         format: FormatArg,
     },
+    /// Run a study on a repository: writes the cohort, the dataset and the attrition table.
+    Run {
+        study: PathBuf,
+        /// The repository directory; without it, the built-in demo repository.
+        #[arg(long)]
+        repo: Option<PathBuf>,
+        /// Where to write the outputs (default: output/<study name>). A previous run's outputs
+        /// there are replaced.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print each stage's logical, optimised and physical query plan.
+    Plan {
+        study: PathBuf,
+        /// Plan against this repository's files (default: empty OMOP tables).
+        #[arg(long)]
+        repo: Option<PathBuf>,
+    },
+    /// Write a study as a SQL script for a database holding the OMOP tables.
+    Sql {
+        study: PathBuf,
+        #[arg(long, value_enum, default_value_t = DialectArg::Postgres)]
+        dialect: DialectArg,
+    },
     /// Work with OMOP repositories.
     Repo {
         #[command(subcommand)]
@@ -94,6 +119,28 @@ enum RepoCommand {
     },
     /// Print where the built-in demo repository is cached, generating it if needed.
     Demo,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum DialectArg {
+    Postgres,
+    Mysql,
+    Sqlite,
+    Duckdb,
+    Bigquery,
+}
+
+impl From<DialectArg> for crate::run::Dialect {
+    fn from(d: DialectArg) -> Self {
+        use crate::run::Dialect;
+        match d {
+            DialectArg::Postgres => Dialect::Postgres,
+            DialectArg::Mysql => Dialect::Mysql,
+            DialectArg::Sqlite => Dialect::Sqlite,
+            DialectArg::Duckdb => Dialect::Duckdb,
+            DialectArg::Bigquery => Dialect::Bigquery,
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -131,6 +178,9 @@ pub fn main() -> ExitCode {
             out,
             format,
         } => data::synth(persons, seed, &out, format),
+        Command::Run { study, repo, out } => run::run(&study, repo.as_deref(), out.as_deref()),
+        Command::Plan { study, repo } => run::plan(&study, repo.as_deref()),
+        Command::Sql { study, dialect } => run::sql(&study, dialect.into()),
         Command::Repo {
             command: RepoCommand::Check { dir, json },
         } => data::repo_check(dir.as_deref(), json),
@@ -341,7 +391,7 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), String> {
     })
 }
 
-fn checked(path: &Path) -> Result<Result<(Compiled, crate::study::Study), ()>, String> {
+pub(crate) fn checked(path: &Path) -> Result<Result<(Compiled, crate::study::Study), ()>, String> {
     let mut compiled = load(path)?;
     let failed = report(path, &compiled);
     match compiled.study.take() {

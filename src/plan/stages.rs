@@ -526,7 +526,7 @@ impl Planner<'_> {
                     outputs.push(
                         when(c(&first).is_not_null(), lit(1i64))
                             .otherwise(lit(0i64))?
-                            .alias(format!("{}_event", endpoint.name)),
+                            .alias(&endpoint.name),
                     );
                     outputs.push(
                         (coalesce(vec![c(&first), c(FOLLOW_UP_END)]) - c(FOLLOW_UP_START))

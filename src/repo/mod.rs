@@ -136,14 +136,7 @@ impl Repository {
     pub async fn session(&self) -> Result<SessionContext, RepoError> {
         // Text is read as plain Utf8 from every format, so tables have the same schema whether
         // they come from Parquet or CSV.
-        let config = SessionConfig::new()
-            .with_target_partitions(2)
-            .with_information_schema(false)
-            .set_bool(
-                "datafusion.execution.parquet.schema_force_view_types",
-                false,
-            );
-        let ctx = SessionContext::new_with_config(config);
+        let ctx = SessionContext::new_with_config(session_config());
         for table in schema::TABLES {
             match self.file(table.name) {
                 Some(file) => register_file(&ctx, file).await?,
@@ -157,6 +150,24 @@ impl Repository {
         }
         Ok(ctx)
     }
+}
+
+fn session_config() -> SessionConfig {
+    SessionConfig::new()
+        .with_target_partitions(2)
+        .with_information_schema(false)
+        .set_bool("datafusion.execution.parquet.schema_force_view_types", false)
+}
+
+/// A session with every OMOP table registered empty: enough to plan a study, or to write it as
+/// SQL, without any data.
+pub fn empty_session() -> Result<SessionContext, RepoError> {
+    let ctx = SessionContext::new_with_config(session_config());
+    for table in schema::TABLES {
+        let empty = MemTable::try_new(table.arrow_schema(), vec![vec![]]).map_err(engine)?;
+        ctx.register_table(table.name, Arc::new(empty)).map_err(engine)?;
+    }
+    Ok(ctx)
 }
 
 fn problem_table(p: &RepoError) -> Option<&'static str> {

@@ -1,0 +1,294 @@
+//! Writing a run's outputs: the OMOP cohort table, the analysis dataset and the attrition table
+//! as Parquet and CSV, the study text, and `run.json` tying them to the study and the data.
+//! Everything is written to a temporary sibling directory renamed into place at the end, so a
+//! failed or interrupted run leaves no partial outputs; the same inputs give the same bytes.
+
+use super::{Attrition, Execution};
+use crate::repo::Repository;
+use crate::study::{OutputPolicy, Study};
+use datafusion::arrow::array::{
+    Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, StringBuilder,
+};
+use datafusion::arrow::compute::{cast, concat_batches};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// What a run was, for `run.json`.
+pub struct RunInfo<'a> {
+    pub study: &'a Study,
+    pub study_path: &'a Path,
+    pub study_text: &'a str,
+    pub study_hash: &'a str,
+    pub repository: &'a Path,
+    pub data_fingerprint: &'a str,
+}
+
+/// Rows written per output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    pub cohort: usize,
+    pub dataset: usize,
+    pub attrition: usize,
+}
+
+/// A count as it may be published: `None` when it is below the minimum cell count (and not 0).
+pub fn publishable(count: u64, policy: &OutputPolicy) -> Option<u64> {
+    (count == 0 || count >= policy.min_cell_count).then_some(count)
+}
+
+/// sha256 over the files of the repository's tables (names and contents), in table order: the
+/// data snapshot a run read.
+pub fn data_fingerprint(repo: &Repository) -> Result<String, String> {
+    let mut files: Vec<&crate::repo::files::TableFile> = repo.files.iter().collect();
+    files.sort_by_key(|f| f.table.name);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for f in files {
+        hasher.update(f.table.name.as_bytes());
+        hasher.update([0]);
+        let mut file = std::fs::File::open(&f.path)
+            .map_err(|e| format!("cannot read {}: {e}", f.path.display()))?;
+        loop {
+            let n = file
+                .read(&mut buf)
+                .map_err(|e| format!("cannot read {}: {e}", f.path.display()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A person's pseudonym in a study's outputs: keyed by the study, so the same person cannot be
+/// linked across studies from the outputs alone; reversing it needs the repository.
+fn pseudonym(study_hash: &str, person: i64) -> String {
+    let mut h = Sha256::new();
+    h.update(study_hash.as_bytes());
+    h.update(b":");
+    h.update(person.to_string().as_bytes());
+    hex(&h.finalize()[..8])
+}
+
+/// The dataset as published: with pseudonymous ids, person ids become pseudonyms and the index
+/// record id (an internal id of the repository) is left out.
+fn published_dataset(
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    policy: &OutputPolicy,
+    study_hash: &str,
+) -> Result<RecordBatch, String> {
+    let all = concat_batches(schema, batches).map_err(|e| e.to_string())?;
+    if !policy.pseudonymise_ids {
+        return Ok(all);
+    }
+    let mut fields: Vec<Field> = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for (field, column) in schema.fields().iter().zip(all.columns()) {
+        match field.name().as_str() {
+            "person_id" => {
+                let ids = cast(column, &DataType::Int64).map_err(|e| e.to_string())?;
+                let ids = ids.as_any().downcast_ref::<Int64Array>().expect("int64");
+                let mut b = StringBuilder::new();
+                for i in 0..ids.len() {
+                    b.append_value(pseudonym(study_hash, ids.value(i)));
+                }
+                fields.push(Field::new("person", DataType::Utf8, false));
+                columns.push(Arc::new(b.finish()));
+            }
+            "index_record_id" => {}
+            _ => {
+                fields.push(field.as_ref().clone());
+                columns.push(column.clone());
+            }
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
+}
+
+fn attrition_batch(rows: &[Attrition], policy: &OutputPolicy) -> RecordBatch {
+    let persons: Vec<Option<u64>> = rows.iter().map(|r| publishable(r.persons, policy)).collect();
+    let entries: Vec<Option<u64>> = rows.iter().map(|r| publishable(r.entries, policy)).collect();
+    let suppressed: Vec<bool> = persons
+        .iter()
+        .zip(&entries)
+        .map(|(p, e)| p.is_none() || e.is_none())
+        .collect();
+    let schema = Schema::new(vec![
+        Field::new("step", DataType::Int64, false),
+        Field::new("rule", DataType::Utf8, false),
+        Field::new("persons", DataType::Int64, true),
+        Field::new("entries", DataType::Int64, true),
+        Field::new("suppressed", DataType::Boolean, false),
+    ]);
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(Int64Array::from_iter_values(0..rows.len() as i64)),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.rule.as_str()))),
+            Arc::new(Int64Array::from_iter(persons.iter().map(|p| p.map(|x| x as i64)))),
+            Arc::new(Int64Array::from_iter(entries.iter().map(|p| p.map(|x| x as i64)))),
+            Arc::new(BooleanArray::from(suppressed)),
+        ],
+    )
+    .expect("columns of equal length")
+}
+
+fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<(), String> {
+    let fail = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
+    let file = BufWriter::new(std::fs::File::create(path).map_err(|e| fail(&e))?);
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+        .set_created_by("cohortql".to_string())
+        .build();
+    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| fail(&e))?;
+    w.write(batch).map_err(|e| fail(&e))?;
+    w.close().map_err(|e| fail(&e))?;
+    Ok(())
+}
+
+fn write_csv(path: &Path, batch: &RecordBatch) -> Result<(), String> {
+    let fail = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
+    let file = BufWriter::new(std::fs::File::create(path).map_err(|e| fail(&e))?);
+    let mut w = datafusion::arrow::csv::WriterBuilder::new()
+        .with_header(true)
+        .build(file);
+    w.write(batch).map_err(|e| fail(&e))?;
+    w.into_inner().flush().map_err(|e| fail(&e))?;
+    Ok(())
+}
+
+fn write_table(dir: &Path, name: &str, batch: &RecordBatch) -> Result<(), String> {
+    write_parquet(&dir.join(format!("{name}.parquet")), batch)?;
+    write_csv(&dir.join(format!("{name}.csv")), batch)
+}
+
+/// The `run.json` record.
+fn run_record(info: &RunInfo, run: &Execution, written: &Written) -> serde_json::Value {
+    let policy = &info.study.output;
+    let attrition: Vec<serde_json::Value> = run
+        .attrition
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            json!({
+                "step": i,
+                "rule": a.rule,
+                "persons": publishable(a.persons, policy),
+                "entries": publishable(a.entries, policy),
+            })
+        })
+        .collect();
+    let timings: serde_json::Map<String, serde_json::Value> = run
+        .timings
+        .iter()
+        .map(|(name, d)| (format!("{name}_ms"), json!(d.as_millis() as u64)))
+        .collect();
+    json!({
+        "study": {
+            "file": info.study_path.display().to_string(),
+            "title": info.study.title,
+            "version": info.study.version,
+        },
+        "study_hash": info.study_hash,
+        "repository": info.repository.display().to_string(),
+        "data_fingerprint": info.data_fingerprint,
+        "tool_version": env!("CARGO_PKG_VERSION"),
+        "persons": publishable(run.persons(), policy),
+        "attrition": attrition,
+        "rows": {
+            "cohort": written.cohort,
+            "dataset": written.dataset,
+            "attrition": written.attrition,
+        },
+        "output_policy": {
+            "min_cell_count": policy.min_cell_count,
+            "pseudonymise_ids": policy.pseudonymise_ids,
+        },
+        "timings": timings,
+    })
+}
+
+/// Writes every output of a run into `out`, replacing a previous run's outputs there.
+pub fn write_outputs(out: &Path, info: &RunInfo, run: &Execution) -> Result<Written, String> {
+    if out.exists() {
+        let is_dir = out.is_dir();
+        let empty = is_dir && std::fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(false);
+        if !is_dir || !(empty || out.join("run.json").is_file()) {
+            return Err(format!(
+                "{} exists and does not hold a previous run's outputs: choose another --out",
+                out.display()
+            ));
+        }
+    }
+    let tmp = sibling(out, "partial");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+    let result = (|| {
+        let cohort = concat_batches(&run.cohort_schema, &run.cohort).map_err(|e| e.to_string())?;
+        write_table(&tmp, "cohort", &cohort)?;
+        let dataset = published_dataset(
+            &run.dataset_schema,
+            &run.dataset,
+            &info.study.output,
+            info.study_hash,
+        )?;
+        write_table(&tmp, "dataset", &dataset)?;
+        let attrition = attrition_batch(&run.attrition, &info.study.output);
+        write_table(&tmp, "attrition", &attrition)?;
+        std::fs::write(tmp.join("study.study"), info.study_text)
+            .map_err(|e| format!("cannot write the study copy: {e}"))?;
+        let written = Written {
+            cohort: cohort.num_rows(),
+            dataset: dataset.num_rows(),
+            attrition: attrition.num_rows(),
+        };
+        let record = serde_json::to_string_pretty(&run_record(info, run, &written))
+            .expect("a JSON value serialises");
+        std::fs::write(tmp.join("run.json"), record + "\n")
+            .map_err(|e| format!("cannot write run.json: {e}"))?;
+        Ok(written)
+    })();
+    let written = match result {
+        Ok(w) => w,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    let old = sibling(out, "previous");
+    if out.exists() {
+        std::fs::rename(out, &old).map_err(|e| format!("cannot replace {}: {e}", out.display()))?;
+    }
+    if let Err(e) = std::fs::rename(&tmp, out) {
+        let _ = std::fs::rename(&old, out);
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(format!("cannot move the outputs to {}: {e}", out.display()));
+    }
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(written)
+}
+
+fn sibling(out: &Path, what: &str) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".to_string());
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    parent.join(format!(".{name}.{what}-{}", std::process::id()))
+}

@@ -1,0 +1,137 @@
+//! Commands that run or compile a study: `run`, `plan`, `sql`.
+
+use super::data::{demo_repository, runtime};
+use super::{checked, Status};
+use crate::hash::study_hash;
+use crate::repo::{empty_session, Repository};
+use crate::run::output::{data_fingerprint, publishable, write_outputs, RunInfo};
+use crate::run::{execute, explain_plan, sql_script, stage_plans, Dialect};
+use anstream::{eprintln, println};
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+fn open(dir: Option<&Path>) -> Result<(PathBuf, Repository), String> {
+    let dir = match dir {
+        Some(d) => d.to_path_buf(),
+        None => demo_repository()?,
+    };
+    match Repository::open(&dir) {
+        Ok(repo) => Ok((dir, repo)),
+        Err(problems) => Err(problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")),
+    }
+}
+
+/// Where a study's outputs go by default: `output/<study file name without extension>`.
+fn default_out(study: &Path) -> PathBuf {
+    let stem = study
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "study".to_string());
+    PathBuf::from("output").join(stem)
+}
+
+pub(super) fn run(study_path: &Path, repo: Option<&Path>, out: Option<&Path>) -> Result<Status, String> {
+    let Ok((compiled, study)) = checked(study_path)? else {
+        return Ok(Status::StudyErrors);
+    };
+    let (dir, repo) = open(repo)?;
+    let out = out.map_or_else(|| default_out(study_path), Path::to_path_buf);
+    let hash = study_hash(&study);
+    let started = Instant::now();
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("a valid template"));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    // The fingerprint reads every file once; it runs beside the queries.
+    let fingerprint = std::thread::scope(|scope| {
+        let fingerprint = scope.spawn(|| data_fingerprint(&repo));
+        let run = runtime()?.block_on(async {
+            let ctx = repo.session().await.map_err(|e| e.to_string())?;
+            execute(&study, &ctx, &|stage| spinner.set_message(stage.to_string())).await
+        });
+        let fingerprint = fingerprint.join().map_err(|_| "the data fingerprint failed".to_string())?;
+        Ok::<_, String>((run?, fingerprint?))
+    });
+    spinner.finish_and_clear();
+    let (execution, fingerprint) = fingerprint?;
+    let info = RunInfo {
+        study: &study,
+        study_path,
+        study_text: &compiled.text,
+        study_hash: &hash,
+        repository: &dir,
+        data_fingerprint: &fingerprint,
+    };
+    let written = write_outputs(&out, &info, &execution)?;
+    let policy = &study.output;
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(["step", "rule", "persons", "entries"]);
+    let shown = |n: u64| publishable(n, policy).map_or(format!("<{}", policy.min_cell_count), |n| n.to_string());
+    for (i, a) in execution.attrition.iter().enumerate() {
+        t.add_row(vec![
+            Cell::new(i).set_alignment(CellAlignment::Right),
+            Cell::new(&a.rule),
+            Cell::new(shown(a.persons)).set_alignment(CellAlignment::Right),
+            Cell::new(shown(a.entries)).set_alignment(CellAlignment::Right),
+        ]);
+    }
+    println!("{}", study.title);
+    println!("{t}");
+    println!(
+        "{} persons, {} cohort entries, {} dataset rows in {:.1} s",
+        shown(execution.persons()),
+        written.cohort,
+        written.dataset,
+        started.elapsed().as_secs_f64()
+    );
+    println!("Outputs: {} (cohort, dataset and attrition as Parquet and CSV; run.json)", out.display());
+    Ok(Status::Ok)
+}
+
+pub(super) fn plan(study_path: &Path, repo: Option<&Path>) -> Result<Status, String> {
+    let Ok((_, study)) = checked(study_path)? else {
+        return Ok(Status::StudyErrors);
+    };
+    let repo = match repo {
+        Some(d) => Some(open(Some(d))?.1),
+        None => None,
+    };
+    let text = runtime()?.block_on(async {
+        let ctx = match &repo {
+            Some(r) => r.session().await,
+            None => empty_session(),
+        }
+        .map_err(|e| e.to_string())?;
+        let mut text = String::new();
+        for (name, plan) in stage_plans(&study, &ctx).await? {
+            let (logical, optimised, physical) = explain_plan(&ctx, &plan).await?;
+            text.push_str(&format!(
+                "== {name} ==\n-- logical plan\n{logical}\n-- optimised logical plan\n{optimised}\n-- physical plan\n{physical}\n"
+            ));
+        }
+        Ok::<_, String>(text)
+    })?;
+    print!("{text}");
+    Ok(Status::Ok)
+}
+
+pub(super) fn sql(study_path: &Path, dialect: Dialect) -> Result<Status, String> {
+    let Ok((_, study)) = checked(study_path)? else {
+        return Ok(Status::StudyErrors);
+    };
+    let script = runtime()?.block_on(async {
+        let ctx = empty_session().map_err(|e| e.to_string())?;
+        sql_script(&study, &ctx, dialect).await
+    })?;
+    print!("{script}");
+    if script.is_empty() {
+        eprintln!("no SQL was produced");
+    }
+    Ok(Status::Ok)
+}
