@@ -248,10 +248,7 @@ fn two_runs_give_byte_identical_outputs() {
     }
     // A second run into the same directory replaces the first one's outputs.
     run_on_eunomia("celecoxib", &a);
-    assert_eq!(
-        csv_column(&a.join("cohort.csv"), "subject_id").len(),
-        1800
-    );
+    assert_eq!(csv_column(&a.join("cohort.csv"), "subject_id").len(), 1800);
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())

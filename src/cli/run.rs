@@ -36,7 +36,11 @@ fn default_out(study: &Path) -> PathBuf {
     PathBuf::from("output").join(stem)
 }
 
-pub(super) fn run(study_path: &Path, repo: Option<&Path>, out: Option<&Path>) -> Result<Status, String> {
+pub(super) fn run(
+    study_path: &Path,
+    repo: Option<&Path>,
+    out: Option<&Path>,
+) -> Result<Status, String> {
     let Ok((compiled, study)) = checked(study_path)? else {
         return Ok(Status::StudyErrors);
     };
@@ -45,16 +49,23 @@ pub(super) fn run(study_path: &Path, repo: Option<&Path>, out: Option<&Path>) ->
     let hash = study_hash(&study);
     let started = Instant::now();
     let spinner = ProgressBar::new_spinner();
-    spinner.set_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("a valid template"));
+    spinner.set_style(
+        ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("a valid template"),
+    );
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     // The fingerprint reads every file once; it runs beside the queries.
     let fingerprint = std::thread::scope(|scope| {
         let fingerprint = scope.spawn(|| data_fingerprint(&repo));
         let run = runtime()?.block_on(async {
             let ctx = repo.session().await.map_err(|e| e.to_string())?;
-            execute(&study, &ctx, &|stage| spinner.set_message(stage.to_string())).await
+            execute(&study, &ctx, &|stage| {
+                spinner.set_message(stage.to_string())
+            })
+            .await
         });
-        let fingerprint = fingerprint.join().map_err(|_| "the data fingerprint failed".to_string())?;
+        let fingerprint = fingerprint
+            .join()
+            .map_err(|_| "the data fingerprint failed".to_string())?;
         Ok::<_, String>((run?, fingerprint?))
     });
     spinner.finish_and_clear();
@@ -72,7 +83,9 @@ pub(super) fn run(study_path: &Path, repo: Option<&Path>, out: Option<&Path>) ->
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED)
         .set_header(["step", "rule", "persons", "entries"]);
-    let shown = |n: u64| publishable(n, policy).map_or(format!("<{}", policy.min_cell_count), |n| n.to_string());
+    let shown = |n: u64| {
+        publishable(n, policy).map_or(format!("<{}", policy.min_cell_count), |n| n.to_string())
+    };
     for (i, a) in execution.attrition.iter().enumerate() {
         t.add_row(vec![
             Cell::new(i).set_alignment(CellAlignment::Right),
@@ -90,7 +103,10 @@ pub(super) fn run(study_path: &Path, repo: Option<&Path>, out: Option<&Path>) ->
         written.dataset,
         started.elapsed().as_secs_f64()
     );
-    println!("Outputs: {} (cohort, dataset and attrition as Parquet and CSV; run.json)", out.display());
+    println!(
+        "Outputs: {} (cohort, dataset and attrition as Parquet and CSV; run.json)",
+        out.display()
+    );
     Ok(Status::Ok)
 }
 

@@ -315,7 +315,9 @@ impl Planner<'_> {
                             .and((c(&p.end) - a).gt_eq(lit(*end))),
                     )?
                     .build()?;
-                let n = self.attach(ctx, covering, vec![count(lit(1i64))])?.remove(0);
+                let n = self
+                    .attach(ctx, covering, vec![count(lit(1i64))])?
+                    .remove(0);
                 coalesce(vec![c(&n), lit(0i64)]).gt_eq(lit(1i64))
             }
             Criterion::Sex(ids) => coalesce(vec![
@@ -340,7 +342,8 @@ impl Planner<'_> {
                 let day = coalesce(vec![c(&ctx.day_of_birth), lit(1i64)]);
                 let (m, d) = (part("month", date.clone()), part("day", date.clone()));
                 let before_birthday = m.clone().lt(month.clone()).or(m.eq(month).and(d.lt(day)));
-                part("year", date) - c(&ctx.year_of_birth)
+                part("year", date)
+                    - c(&ctx.year_of_birth)
                     - datafusion::logical_expr::when(before_birthday, lit(1i64))
                         .otherwise(lit(0i64))
                         .expect("a CASE with one branch")

@@ -106,8 +106,19 @@ impl Planner<'_> {
     fn raw_records(&mut self, domain: Domain, modality: bool) -> Result<(LogicalPlan, Rec)> {
         let rec = self.rec_names();
         let names = [
-            &rec.id, &rec.person, &rec.concept, &rec.start, &rec.end, &rec.visit, &rec.number,
-            &rec.value_concept, &rec.unit, &rec.low, &rec.high, &rec.modality, &rec.kind,
+            &rec.id,
+            &rec.person,
+            &rec.concept,
+            &rec.start,
+            &rec.end,
+            &rec.visit,
+            &rec.number,
+            &rec.value_concept,
+            &rec.unit,
+            &rec.low,
+            &rec.high,
+            &rec.modality,
+            &rec.kind,
             &rec.days_supply,
         ];
         let (plan, columns) = match domain {
@@ -141,13 +152,22 @@ impl Planner<'_> {
             .collect();
         let plan = project(plan, exprs)?;
         // Records without a person or a start date cannot be placed in time: no criterion sees them.
-        let plan = filter(plan, c(&rec.person).is_not_null().and(c(&rec.start).is_not_null()))?;
+        let plan = filter(
+            plan,
+            c(&rec.person)
+                .is_not_null()
+                .and(c(&rec.start).is_not_null()),
+        )?;
         Ok((plan, rec))
     }
 
     /// Image occurrences (dated by the image, the modality a DICOM code) and image features
     /// (dated by their image, valued by their measurement).
-    fn imaging(&mut self, domain: Domain, modality: bool) -> Result<(LogicalPlan, Vec<Option<Expr>>)> {
+    fn imaging(
+        &mut self,
+        domain: Domain,
+        modality: bool,
+    ) -> Result<(LogicalPlan, Vec<Option<Expr>>)> {
         let io = |n: &str| Some(qualified("image_occurrence", n));
         let mut builder = LogicalPlanBuilder::from(self.table("image_occurrence"));
         let mut columns = if domain == Domain::ImageFeature {
@@ -248,7 +268,9 @@ impl Planner<'_> {
         )?;
         let plan = filter(plan, c(&cols.id).is_not_null())?;
         let plan = match self.consent_rule()? {
-            Some((consenting, None)) => filter(plan, in_subquery(c(&cols.id), Arc::new(consenting)))?,
+            Some((consenting, None)) => {
+                filter(plan, in_subquery(c(&cols.id), Arc::new(consenting)))?
+            }
             _ => plan,
         };
         Ok((plan, cols))
@@ -288,8 +310,8 @@ impl Planner<'_> {
             Some(day) => {
                 let (plan, flag) = self.with_consent_flag(plan, &cols.person, consenting)?;
                 let last_day = date_lit(day - Duration::days(1));
-                let end = when(c(&flag), c(&cols.end))
-                    .otherwise(least(vec![c(&cols.end), last_day]))?;
+                let end =
+                    when(c(&flag), c(&cols.end)).otherwise(least(vec![c(&cols.end), last_day]))?;
                 let plan = project(
                     plan,
                     vec![
@@ -337,7 +359,12 @@ impl Planner<'_> {
         let left = self.aliased(plan)?;
         let right = self.aliased(consenting)?;
         let joined = LogicalPlanBuilder::from(left)
-            .join(right, JoinType::Left, (vec![person], vec![consenting_person.as_str()]), None)?
+            .join(
+                right,
+                JoinType::Left,
+                (vec![person], vec![consenting_person.as_str()]),
+                None,
+            )?
             .build()?;
         let mut exprs: Vec<Expr> = columns.iter().map(|n| c(n)).collect();
         exprs.push(c(&consenting_person).is_not_null().alias(&flag));
@@ -378,11 +405,9 @@ impl Planner<'_> {
     pub(super) fn concepts(&mut self, expr: &ConceptExpr) -> Result<LogicalPlan> {
         let concept = |n: &str| qualified("concept", n);
         let plan = match expr {
-            ConceptExpr::Concept { id, .. } => {
-                LogicalPlanBuilder::values(vec![vec![lit(*id)]])?
-                    .project(vec![c("column1").alias("concept_id")])?
-                    .build()?
-            }
+            ConceptExpr::Concept { id, .. } => LogicalPlanBuilder::values(vec![vec![lit(*id)]])?
+                .project(vec![c("column1").alias("concept_id")])?
+                .build()?,
             ConceptExpr::SourceCodes { vocabulary, codes } => {
                 let code = upper(concept("concept_code"));
                 let matches = codes
@@ -410,7 +435,10 @@ impl Planner<'_> {
                 let base = self.concepts(inner)?;
                 let a = |n: &str| qualified("concept_ancestor", n);
                 let descendants = LogicalPlanBuilder::from(self.table("concept_ancestor"))
-                    .filter(in_subquery(a("ancestor_concept_id"), Arc::new(base.clone())))?
+                    .filter(in_subquery(
+                        a("ancestor_concept_id"),
+                        Arc::new(base.clone()),
+                    ))?
                     .project(vec![a("descendant_concept_id").alias("concept_id")])?
                     .build()?;
                 LogicalPlanBuilder::from(base)

@@ -136,7 +136,9 @@ fn islands(
         c(end),
         vec![c(partition)],
         order.clone(),
-        Some(rows_frame(WindowFrameBound::Preceding(ScalarValue::UInt64(Some(1))))),
+        Some(rows_frame(WindowFrameBound::Preceding(
+            ScalarValue::UInt64(Some(1)),
+        ))),
     )?
     .alias(scratch);
     let plan = with_window(plan, vec![previous_end])?;
@@ -244,7 +246,11 @@ impl Planner<'_> {
         let mut outputs: Vec<Expr> = ENTRY_COLUMNS.iter().map(|n| c(n)).collect();
         for (i, step) in self.study.steps.iter().enumerate() {
             let holds = self.condition(&step.criterion, &mut ctx)?;
-            let passes = if step.exclude { datafusion::logical_expr::not(holds) } else { holds };
+            let passes = if step.exclude {
+                datafusion::logical_expr::not(holds)
+            } else {
+                holds
+            };
             outputs.push(passes.alias(step_column(i)));
         }
         let mut arms = Vec::new();
@@ -267,7 +273,11 @@ impl Planner<'_> {
             let (persons, entries) = attrition_columns(i);
             aggregates.push(count_distinct(when(cond.clone(), c(PERSON)).end()?).alias(persons));
             aggregates.push(
-                cast(sum(when(cond, lit(1i64)).otherwise(lit(0i64))?), DataType::Int64).alias(entries),
+                cast(
+                    sum(when(cond, lit(1i64)).otherwise(lit(0i64))?),
+                    DataType::Int64,
+                )
+                .alias(entries),
             );
             Ok(())
         };
@@ -327,7 +337,9 @@ impl Planner<'_> {
                 Exit::Event(query) => {
                     let (rows, rec) = self.matching(query, &ctx)?;
                     let rows = filter(rows, c(&rec.start).gt_eq(start.clone()))?;
-                    let first = self.attach(&mut ctx, rows, vec![min(c(&rec.start))])?.remove(0);
+                    let first = self
+                        .attach(&mut ctx, rows, vec![min(c(&rec.start))])?
+                        .remove(0);
                     c(&first)
                 }
                 Exit::ExposureEnd {
@@ -358,7 +370,12 @@ impl Planner<'_> {
     /// The end of the continuous exposure to the drugs that contains the index date, as a
     /// column of the context (NULL without exposure on the index date). Exposures chain when
     /// the gap from one's end to the next one's start is at most `gap` days.
-    fn exposure_era_end(&mut self, ctx: &mut Ctx, concepts: &ConceptExpr, gap: i64) -> Result<Expr> {
+    fn exposure_era_end(
+        &mut self,
+        ctx: &mut Ctx,
+        concepts: &ConceptExpr,
+        gap: i64,
+    ) -> Result<Expr> {
         let (records, rec) = self.records(Domain::Drug, false)?;
         let set = self.concepts(concepts)?;
         let records = filter(
@@ -366,7 +383,8 @@ impl Planner<'_> {
             datafusion::logical_expr::in_subquery(c(&rec.concept), std::sync::Arc::new(set)),
         )?;
         let (span_start, span_end) = (self.fresh("span_start"), self.fresh("span_end"));
-        let supplied = when(c(&rec.days_supply).gt(lit(0i64)), c(&rec.days_supply)).otherwise(lit(1i64))?;
+        let supplied =
+            when(c(&rec.days_supply).gt(lit(0i64)), c(&rec.days_supply)).otherwise(lit(1i64))?;
         let spans = project(
             records,
             vec![
@@ -390,26 +408,43 @@ impl Planner<'_> {
             &island,
             &scratch,
         )?;
-        let (era_person, era_start, era_end) =
-            (self.fresh("era_person"), self.fresh("era_start"), self.fresh("era_end"));
+        let (era_person, era_start, era_end) = (
+            self.fresh("era_person"),
+            self.fresh("era_start"),
+            self.fresh("era_end"),
+        );
         let eras = LogicalPlanBuilder::from(spans)
             .aggregate(
                 vec![c(&rec.person), c(&island)],
-                vec![min(c(&span_start)).alias(&era_start), max(c(&span_end)).alias(&era_end)],
+                vec![
+                    min(c(&span_start)).alias(&era_start),
+                    max(c(&span_end)).alias(&era_end),
+                ],
             )?
-            .project(vec![c(&rec.person).alias(&era_person), c(&era_start), c(&era_end)])?
+            .project(vec![
+                c(&rec.person).alias(&era_person),
+                c(&era_start),
+                c(&era_end),
+            ])?
             .build()?;
         let left = self.aliased(ctx.base.clone())?;
         let right = self.aliased(eras)?;
         let containing = LogicalPlanBuilder::from(left)
-            .join(right, JoinType::Inner, (vec![PERSON], vec![era_person.as_str()]), None)?
+            .join(
+                right,
+                JoinType::Inner,
+                (vec![PERSON], vec![era_person.as_str()]),
+                None,
+            )?
             .filter(
                 c(&era_start)
                     .lt_eq(c(INDEX_DATE))
                     .and(c(INDEX_DATE).lt_eq(c(&era_end))),
             )?
             .build()?;
-        let end = self.attach(ctx, containing, vec![max(c(&era_end))])?.remove(0);
+        let end = self
+            .attach(ctx, containing, vec![max(c(&era_end))])?
+            .remove(0);
         Ok(c(&end))
     }
 
@@ -493,10 +528,16 @@ impl Planner<'_> {
             follow_up: None,
             ..ctx
         };
-        let mut outputs: Vec<Expr> = [PERSON, INDEX_DATE, INDEX_RECORD, FOLLOW_UP_START, FOLLOW_UP_END]
-            .iter()
-            .map(|n| c(n))
-            .collect();
+        let mut outputs: Vec<Expr> = [
+            PERSON,
+            INDEX_DATE,
+            INDEX_RECORD,
+            FOLLOW_UP_START,
+            FOLLOW_UP_END,
+        ]
+        .iter()
+        .map(|n| c(n))
+        .collect();
         if !self.study.arms.is_empty() {
             outputs.push(c(ARM));
         }
@@ -514,7 +555,9 @@ impl Planner<'_> {
             let (rows, rec) = self.found(&endpoint.query, &endpoint.window, &ctx)?;
             match endpoint.kind {
                 EndpointKind::Binary => {
-                    let n = self.attach(&mut ctx, rows, vec![count(lit(1i64))])?.remove(0);
+                    let n = self
+                        .attach(&mut ctx, rows, vec![count(lit(1i64))])?
+                        .remove(0);
                     outputs.push(
                         when(c(&n).gt(lit(0i64)), lit(1i64))
                             .otherwise(lit(0i64))?
@@ -522,7 +565,9 @@ impl Planner<'_> {
                     );
                 }
                 EndpointKind::TimeToEvent => {
-                    let first = self.attach(&mut ctx, rows, vec![min(c(&rec.start))])?.remove(0);
+                    let first = self
+                        .attach(&mut ctx, rows, vec![min(c(&rec.start))])?
+                        .remove(0);
                     outputs.push(
                         when(c(&first).is_not_null(), lit(1i64))
                             .otherwise(lit(0i64))?
@@ -542,7 +587,12 @@ impl Planner<'_> {
     }
 
     /// A covariate's value for each context row; `earlier` are the previous covariates' values.
-    fn covariate(&mut self, value: &CovariateValue, earlier: &[Expr], ctx: &mut Ctx) -> Result<Expr> {
+    fn covariate(
+        &mut self,
+        value: &CovariateValue,
+        earlier: &[Expr],
+        ctx: &mut Ctx,
+    ) -> Result<Expr> {
         Ok(match value {
             CovariateValue::Sex => c(&ctx.gender),
             CovariateValue::Quantity(q) => match self.quantity(*q, ctx) {
@@ -561,7 +611,11 @@ impl Planner<'_> {
                 window,
             } => {
                 let (rows, rec) = self.found(query, window, ctx)?;
-                let column = if *concept { &rec.value_concept } else { &rec.number };
+                let column = if *concept {
+                    &rec.value_concept
+                } else {
+                    &rec.number
+                };
                 let v = cast(c(column), DataType::Float64);
                 let rows = filter(rows, c(column).is_not_null())?;
                 let (rows, aggregated) = match aggregate {
@@ -589,9 +643,17 @@ impl Planner<'_> {
                 let out = self.attach(ctx, rows, vec![aggregated])?.remove(0);
                 c(&out)
             }
-            CovariateValue::DaysSince { last, query, window } => {
+            CovariateValue::DaysSince {
+                last,
+                query,
+                window,
+            } => {
                 let (rows, rec) = self.found(query, window, ctx)?;
-                let date = if *last { max(c(&rec.start)) } else { min(c(&rec.start)) };
+                let date = if *last {
+                    max(c(&rec.start))
+                } else {
+                    min(c(&rec.start))
+                };
                 let out = self.attach(ctx, rows, vec![date])?.remove(0);
                 c(INDEX_DATE) - c(&out)
             }

@@ -156,7 +156,10 @@ fn session_config() -> SessionConfig {
     SessionConfig::new()
         .with_target_partitions(2)
         .with_information_schema(false)
-        .set_bool("datafusion.execution.parquet.schema_force_view_types", false)
+        .set_bool(
+            "datafusion.execution.parquet.schema_force_view_types",
+            false,
+        )
 }
 
 /// A session with every OMOP table registered empty: enough to plan a study, or to write it as
@@ -165,7 +168,8 @@ pub fn empty_session() -> Result<SessionContext, RepoError> {
     let ctx = SessionContext::new_with_config(session_config());
     for table in schema::TABLES {
         let empty = MemTable::try_new(table.arrow_schema(), vec![vec![]]).map_err(engine)?;
-        ctx.register_table(table.name, Arc::new(empty)).map_err(engine)?;
+        ctx.register_table(table.name, Arc::new(empty))
+            .map_err(engine)?;
     }
     Ok(ctx)
 }

@@ -3,7 +3,6 @@
 
 use super::write::{Cell, OutputFormat, TableWriter, WriteError};
 use super::{clean_engine_message, RepoError};
-use std::path::Path;
 use crate::reference::data::{Concept, Data, Period, Person, Record};
 use crate::study::Domain;
 use chrono::NaiveDate;
@@ -14,6 +13,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::SessionContext;
+use std::path::Path;
 
 /// The query giving each domain's records with the columns the evaluator uses, in this order:
 /// id, person, concept, start, end, visit, number, value concept, unit, range low, range high,
@@ -232,21 +232,51 @@ pub fn write_rows(data: &Data, dir: &Path, format: OutputFormat) -> Result<(), W
             .find(|t| t.name == name)
             .expect("an OMOP table")
     };
-    let date = |d: NaiveDate| Cell::Date((d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32);
+    let date = |d: NaiveDate| {
+        Cell::Date((d - NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch")).num_days() as i32)
+    };
     let int = |v: Option<i64>| v.map_or(Cell::Null, Cell::Int);
     let float = |v: Option<f64>| v.map_or(Cell::Null, Cell::Float);
 
     let mut w = TableWriter::create(dir, table("person"), format)?;
-    let layout = w.layout(&["person_id", "gender_concept_id", "year_of_birth", "month_of_birth", "day_of_birth"]);
+    let layout = w.layout(&[
+        "person_id",
+        "gender_concept_id",
+        "year_of_birth",
+        "month_of_birth",
+        "day_of_birth",
+    ]);
     for p in &data.persons {
-        w.push_named(&layout, &[Cell::Int(p.id), Cell::Int(p.gender), Cell::Int(p.year_of_birth as i64), int(p.month_of_birth.map(i64::from)), int(p.day_of_birth.map(i64::from))])?;
+        w.push_named(
+            &layout,
+            &[
+                Cell::Int(p.id),
+                Cell::Int(p.gender),
+                Cell::Int(p.year_of_birth as i64),
+                int(p.month_of_birth.map(i64::from)),
+                int(p.day_of_birth.map(i64::from)),
+            ],
+        )?;
     }
     w.finish()?;
 
     let mut w = TableWriter::create(dir, table("observation_period"), format)?;
-    let layout = w.layout(&["observation_period_id", "person_id", "observation_period_start_date", "observation_period_end_date"]);
+    let layout = w.layout(&[
+        "observation_period_id",
+        "person_id",
+        "observation_period_start_date",
+        "observation_period_end_date",
+    ]);
     for (i, p) in data.periods.iter().enumerate() {
-        w.push_named(&layout, &[Cell::Int(i as i64 + 1), Cell::Int(p.person), date(p.start), date(p.end)])?;
+        w.push_named(
+            &layout,
+            &[
+                Cell::Int(i as i64 + 1),
+                Cell::Int(p.person),
+                date(p.start),
+                date(p.end),
+            ],
+        )?;
     }
     w.finish()?;
 
@@ -258,21 +288,42 @@ pub fn write_rows(data: &Data, dir: &Path, format: OutputFormat) -> Result<(), W
         .collect();
     modalities.sort();
     modalities.dedup();
-    let modality_id = |code: &str| 2_100_000_000 + modalities.iter().position(|m| m == code).expect("listed") as i64;
+    let modality_id = |code: &str| {
+        2_100_000_000 + modalities.iter().position(|m| m == code).expect("listed") as i64
+    };
 
     for domain in Domain::ALL {
         if domain == Domain::ObservationPeriod || domain == Domain::ImageFeature {
             if domain == Domain::ImageFeature && data.records.iter().any(|r| r.domain == domain) {
-                return Err(WriteError("image features cannot be written from plain rows".into()));
+                return Err(WriteError(
+                    "image features cannot be written from plain rows".into(),
+                ));
             }
             continue;
         }
         let records = data.records.iter().filter(|r| r.domain == domain);
         if domain == Domain::ImageOccurrence {
             let mut w = TableWriter::create(dir, table("image_occurrence"), format)?;
-            let layout = w.layout(&["image_occurrence_id", "person_id", "anatomic_site_concept_id", "image_occurrence_date", "visit_occurrence_id", "modality_concept_id"]);
+            let layout = w.layout(&[
+                "image_occurrence_id",
+                "person_id",
+                "anatomic_site_concept_id",
+                "image_occurrence_date",
+                "visit_occurrence_id",
+                "modality_concept_id",
+            ]);
             for r in records {
-                w.push_named(&layout, &[Cell::Int(r.id), Cell::Int(r.person), int(r.concept), date(r.start), int(r.visit), int(r.modality.as_deref().map(modality_id))])?;
+                w.push_named(
+                    &layout,
+                    &[
+                        Cell::Int(r.id),
+                        Cell::Int(r.person),
+                        int(r.concept),
+                        date(r.start),
+                        int(r.visit),
+                        int(r.modality.as_deref().map(modality_id)),
+                    ],
+                )?;
             }
             w.finish()?;
             continue;
@@ -318,12 +369,39 @@ pub fn write_rows(data: &Data, dir: &Path, format: OutputFormat) -> Result<(), W
     }
 
     let mut w = TableWriter::create(dir, table("concept"), format)?;
-    let layout = w.layout(&["concept_id", "concept_name", "domain_id", "vocabulary_id", "concept_code", "standard_concept"]);
+    let layout = w.layout(&[
+        "concept_id",
+        "concept_name",
+        "domain_id",
+        "vocabulary_id",
+        "concept_code",
+        "standard_concept",
+    ]);
     for c in &data.concepts {
-        w.push_named(&layout, &[Cell::Int(c.id), Cell::Text(c.name.clone()), Cell::Str(""), Cell::Text(c.vocabulary.clone()), Cell::Text(c.code.clone()), Cell::Str("S")])?;
+        w.push_named(
+            &layout,
+            &[
+                Cell::Int(c.id),
+                Cell::Text(c.name.clone()),
+                Cell::Str(""),
+                Cell::Text(c.vocabulary.clone()),
+                Cell::Text(c.code.clone()),
+                Cell::Str("S"),
+            ],
+        )?;
     }
     for m in &modalities {
-        w.push_named(&layout, &[Cell::Int(modality_id(m)), Cell::Text(m.clone()), Cell::Str("Meas Value"), Cell::Str("DICOM"), Cell::Text(m.clone()), Cell::Str("S")])?;
+        w.push_named(
+            &layout,
+            &[
+                Cell::Int(modality_id(m)),
+                Cell::Text(m.clone()),
+                Cell::Str("Meas Value"),
+                Cell::Str("DICOM"),
+                Cell::Text(m.clone()),
+                Cell::Str("S"),
+            ],
+        )?;
     }
     w.finish()?;
     let mut w = TableWriter::create(dir, table("concept_ancestor"), format)?;
@@ -335,7 +413,10 @@ pub fn write_rows(data: &Data, dir: &Path, format: OutputFormat) -> Result<(), W
     let mut w = TableWriter::create(dir, table("concept_relationship"), format)?;
     let layout = w.layout(&["concept_id_1", "concept_id_2", "relationship_id"]);
     for (a, b) in &data.maps_to {
-        w.push_named(&layout, &[Cell::Int(*a), Cell::Int(*b), Cell::Str("Maps to")])?;
+        w.push_named(
+            &layout,
+            &[Cell::Int(*a), Cell::Int(*b), Cell::Str("Maps to")],
+        )?;
     }
     w.finish()?;
     Ok(())

@@ -1,9 +1,9 @@
 //! The OMOP CDM v5.4 tables a study can touch, and the Medical Imaging extension (MI-CDM,
 //! Park et al. 2024), with their published column names and types.
 
+use crate::study::Domain;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use std::sync::Arc;
-use crate::study::Domain;
 
 /// The kind of value a column holds, as the CDM specification names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -680,39 +680,188 @@ pub struct DomainSource {
 }
 
 pub fn domain_source(domain: Domain) -> Option<DomainSource> {
-    let simple = |table, id, concept, start, end: Option<&'static str>, visit: Option<&'static str>| DomainSource {
-        table,
-        columns: [Some(id), Some("person_id"), Some(concept), Some(start), end, visit, None, None, None, None, None, None, None, None],
-    };
+    let simple =
+        |table, id, concept, start, end: Option<&'static str>, visit: Option<&'static str>| {
+            DomainSource {
+                table,
+                columns: [
+                    Some(id),
+                    Some("person_id"),
+                    Some(concept),
+                    Some(start),
+                    end,
+                    visit,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                ],
+            }
+        };
     let visit = Some("visit_occurrence_id");
     Some(match domain {
-        Domain::Condition => simple("condition_occurrence", "condition_occurrence_id", "condition_concept_id", "condition_start_date", Some("condition_end_date"), visit),
-        Domain::Procedure => simple("procedure_occurrence", "procedure_occurrence_id", "procedure_concept_id", "procedure_date", Some("procedure_end_date"), visit),
-        Domain::Visit => simple("visit_occurrence", "visit_occurrence_id", "visit_concept_id", "visit_start_date", Some("visit_end_date"), visit),
-        Domain::Death => simple("death", "person_id", "cause_concept_id", "death_date", None, None),
-        Domain::Device => simple("device_exposure", "device_exposure_id", "device_concept_id", "device_exposure_start_date", Some("device_exposure_end_date"), visit),
-        Domain::Specimen => simple("specimen", "specimen_id", "specimen_concept_id", "specimen_date", None, None),
-        Domain::DrugEra => simple("drug_era", "drug_era_id", "drug_concept_id", "drug_era_start_date", Some("drug_era_end_date"), None),
-        Domain::ConditionEra => simple("condition_era", "condition_era_id", "condition_concept_id", "condition_era_start_date", Some("condition_era_end_date"), None),
+        Domain::Condition => simple(
+            "condition_occurrence",
+            "condition_occurrence_id",
+            "condition_concept_id",
+            "condition_start_date",
+            Some("condition_end_date"),
+            visit,
+        ),
+        Domain::Procedure => simple(
+            "procedure_occurrence",
+            "procedure_occurrence_id",
+            "procedure_concept_id",
+            "procedure_date",
+            Some("procedure_end_date"),
+            visit,
+        ),
+        Domain::Visit => simple(
+            "visit_occurrence",
+            "visit_occurrence_id",
+            "visit_concept_id",
+            "visit_start_date",
+            Some("visit_end_date"),
+            visit,
+        ),
+        Domain::Death => simple(
+            "death",
+            "person_id",
+            "cause_concept_id",
+            "death_date",
+            None,
+            None,
+        ),
+        Domain::Device => simple(
+            "device_exposure",
+            "device_exposure_id",
+            "device_concept_id",
+            "device_exposure_start_date",
+            Some("device_exposure_end_date"),
+            visit,
+        ),
+        Domain::Specimen => simple(
+            "specimen",
+            "specimen_id",
+            "specimen_concept_id",
+            "specimen_date",
+            None,
+            None,
+        ),
+        Domain::DrugEra => simple(
+            "drug_era",
+            "drug_era_id",
+            "drug_concept_id",
+            "drug_era_start_date",
+            Some("drug_era_end_date"),
+            None,
+        ),
+        Domain::ConditionEra => simple(
+            "condition_era",
+            "condition_era_id",
+            "condition_concept_id",
+            "condition_era_start_date",
+            Some("condition_era_end_date"),
+            None,
+        ),
         Domain::ObservationPeriod => DomainSource {
             table: "observation_period",
-            columns: [Some("observation_period_id"), Some("person_id"), None, Some("observation_period_start_date"), Some("observation_period_end_date"), None, None, None, None, None, None, None, None, None],
+            columns: [
+                Some("observation_period_id"),
+                Some("person_id"),
+                None,
+                Some("observation_period_start_date"),
+                Some("observation_period_end_date"),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+            ],
         },
         Domain::Drug => DomainSource {
             table: "drug_exposure",
-            columns: [Some("drug_exposure_id"), Some("person_id"), Some("drug_concept_id"), Some("drug_exposure_start_date"), Some("drug_exposure_end_date"), visit, None, None, None, None, None, None, None, Some("days_supply")],
+            columns: [
+                Some("drug_exposure_id"),
+                Some("person_id"),
+                Some("drug_concept_id"),
+                Some("drug_exposure_start_date"),
+                Some("drug_exposure_end_date"),
+                visit,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                Some("days_supply"),
+            ],
         },
         Domain::Measurement => DomainSource {
             table: "measurement",
-            columns: [Some("measurement_id"), Some("person_id"), Some("measurement_concept_id"), Some("measurement_date"), None, visit, Some("value_as_number"), Some("value_as_concept_id"), Some("unit_concept_id"), Some("range_low"), Some("range_high"), None, None, None],
+            columns: [
+                Some("measurement_id"),
+                Some("person_id"),
+                Some("measurement_concept_id"),
+                Some("measurement_date"),
+                None,
+                visit,
+                Some("value_as_number"),
+                Some("value_as_concept_id"),
+                Some("unit_concept_id"),
+                Some("range_low"),
+                Some("range_high"),
+                None,
+                None,
+                None,
+            ],
         },
         Domain::Observation => DomainSource {
             table: "observation",
-            columns: [Some("observation_id"), Some("person_id"), Some("observation_concept_id"), Some("observation_date"), None, visit, Some("value_as_number"), Some("value_as_concept_id"), Some("unit_concept_id"), None, None, None, None, None],
+            columns: [
+                Some("observation_id"),
+                Some("person_id"),
+                Some("observation_concept_id"),
+                Some("observation_date"),
+                None,
+                visit,
+                Some("value_as_number"),
+                Some("value_as_concept_id"),
+                Some("unit_concept_id"),
+                None,
+                None,
+                None,
+                None,
+                None,
+            ],
         },
         Domain::Episode => DomainSource {
             table: "episode",
-            columns: [Some("episode_id"), Some("person_id"), Some("episode_object_concept_id"), Some("episode_start_date"), Some("episode_end_date"), None, None, None, None, None, None, None, Some("episode_concept_id"), None],
+            columns: [
+                Some("episode_id"),
+                Some("person_id"),
+                Some("episode_object_concept_id"),
+                Some("episode_start_date"),
+                Some("episode_end_date"),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                Some("episode_concept_id"),
+                None,
+            ],
         },
         // The imaging domains join other tables.
         Domain::ImageOccurrence | Domain::ImageFeature => return None,

@@ -69,10 +69,18 @@ fn register(
         Arc::new(MemTable::try_new(schema, parts)?);
     ctx.deregister_table(name)?;
     ctx.register_table(name, table.clone())?;
-    LogicalPlanBuilder::scan(name, datafusion::datasource::provider_as_source(table), None)?.build()
+    LogicalPlanBuilder::scan(
+        name,
+        datafusion::datasource::provider_as_source(table),
+        None,
+    )?
+    .build()
 }
 
-async fn collect(ctx: &SessionContext, plan: LogicalPlan) -> DfResult<(SchemaRef, Vec<RecordBatch>)> {
+async fn collect(
+    ctx: &SessionContext,
+    plan: LogicalPlan,
+) -> DfResult<(SchemaRef, Vec<RecordBatch>)> {
     let frame = ctx.execute_logical_plan(plan).await?;
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
     let batches = frame.collect().await?;
@@ -115,11 +123,15 @@ pub async fn execute(
     progress("index events");
     let entries = planner.entries().map_err(engine)?;
     lap("plan", &mut timings);
-    let entries = materialise(ctx, plan::ENTRIES, entries).await.map_err(engine)?;
+    let entries = materialise(ctx, plan::ENTRIES, entries)
+        .await
+        .map_err(engine)?;
     lap("entries", &mut timings);
     progress("attrition steps");
     let population = planner.population(entries).map_err(engine)?;
-    let population = materialise(ctx, plan::POPULATION, population).await.map_err(engine)?;
+    let population = materialise(ctx, plan::POPULATION, population)
+        .await
+        .map_err(engine)?;
     let counts = planner.attrition(population.clone()).map_err(engine)?;
     let (_, counts) = collect(ctx, counts).await.map_err(engine)?;
     let mut attrition: Vec<Attrition> = planner
@@ -139,7 +151,9 @@ pub async fn execute(
     progress("follow-up");
     let survivors = planner.survivors(population).map_err(engine)?;
     let follow_up = planner.follow_up(survivors).map_err(engine)?;
-    let follow_up = materialise(ctx, plan::FOLLOW_UP, follow_up).await.map_err(engine)?;
+    let follow_up = materialise(ctx, plan::FOLLOW_UP, follow_up)
+        .await
+        .map_err(engine)?;
     let followed = LogicalPlanBuilder::from(follow_up.clone())
         .aggregate(
             Vec::<datafusion::logical_expr::Expr>::new(),
@@ -157,7 +171,9 @@ pub async fn execute(
         entries: int_at(&followed, "entries"),
     });
     let cohort = planner.cohort(follow_up).map_err(engine)?;
-    let cohort = materialise(ctx, plan::COHORT, cohort).await.map_err(engine)?;
+    let cohort = materialise(ctx, plan::COHORT, cohort)
+        .await
+        .map_err(engine)?;
     lap("follow_up", &mut timings);
     progress("covariates and endpoints");
     let table = planner.cohort_table(cohort.clone()).map_err(engine)?;
@@ -177,10 +193,18 @@ pub async fn execute(
 
 /// The plans of every stage, without running them: each stage reads an empty table with the
 /// previous stage's columns. For `plan` and `sql`.
-pub async fn stage_plans(study: &Study, ctx: &SessionContext) -> Result<Vec<(&'static str, LogicalPlan)>, String> {
+pub async fn stage_plans(
+    study: &Study,
+    ctx: &SessionContext,
+) -> Result<Vec<(&'static str, LogicalPlan)>, String> {
     let mut planner = Planner::new(study, ctx).await.map_err(engine)?;
     let empty = |name: &str, plan: &LogicalPlan| -> DfResult<LogicalPlan> {
-        register(ctx, name, Arc::new(plan.schema().as_arrow().clone()), vec![])
+        register(
+            ctx,
+            name,
+            Arc::new(plan.schema().as_arrow().clone()),
+            vec![],
+        )
     };
     let mut build = || -> DfResult<Vec<(&'static str, LogicalPlan)>> {
         let mut out = Vec::new();
@@ -206,7 +230,10 @@ pub async fn stage_plans(study: &Study, ctx: &SessionContext) -> Result<Vec<(&'s
 }
 
 /// The logical, optimised and physical plans of a stage, as text.
-pub async fn explain_plan(ctx: &SessionContext, plan: &LogicalPlan) -> Result<(String, String, String), String> {
+pub async fn explain_plan(
+    ctx: &SessionContext,
+    plan: &LogicalPlan,
+) -> Result<(String, String, String), String> {
     let logical = plan.display_indent().to_string();
     let optimised = ctx.state().optimize(plan).map_err(engine)?;
     let physical = ctx
@@ -231,7 +258,11 @@ pub enum Dialect {
 
 /// A study as a SQL script: one `CREATE TEMPORARY TABLE … AS SELECT` per stage, then the
 /// attrition, cohort and dataset queries. Each statement is unparsed from the stage's plan.
-pub async fn sql_script(study: &Study, ctx: &SessionContext, dialect: Dialect) -> Result<String, String> {
+pub async fn sql_script(
+    study: &Study,
+    ctx: &SessionContext,
+    dialect: Dialect,
+) -> Result<String, String> {
     use datafusion::sql::unparser::dialect as d;
     use datafusion::sql::unparser::Unparser;
     let stages = stage_plans(study, ctx).await?;

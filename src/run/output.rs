@@ -119,8 +119,14 @@ fn published_dataset(
 }
 
 fn attrition_batch(rows: &[Attrition], policy: &OutputPolicy) -> RecordBatch {
-    let persons: Vec<Option<u64>> = rows.iter().map(|r| publishable(r.persons, policy)).collect();
-    let entries: Vec<Option<u64>> = rows.iter().map(|r| publishable(r.entries, policy)).collect();
+    let persons: Vec<Option<u64>> = rows
+        .iter()
+        .map(|r| publishable(r.persons, policy))
+        .collect();
+    let entries: Vec<Option<u64>> = rows
+        .iter()
+        .map(|r| publishable(r.entries, policy))
+        .collect();
     let suppressed: Vec<bool> = persons
         .iter()
         .zip(&entries)
@@ -137,9 +143,15 @@ fn attrition_batch(rows: &[Attrition], policy: &OutputPolicy) -> RecordBatch {
         Arc::new(schema),
         vec![
             Arc::new(Int64Array::from_iter_values(0..rows.len() as i64)),
-            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.rule.as_str()))),
-            Arc::new(Int64Array::from_iter(persons.iter().map(|p| p.map(|x| x as i64)))),
-            Arc::new(Int64Array::from_iter(entries.iter().map(|p| p.map(|x| x as i64)))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.rule.as_str()),
+            )),
+            Arc::new(Int64Array::from_iter(
+                persons.iter().map(|p| p.map(|x| x as i64)),
+            )),
+            Arc::new(Int64Array::from_iter(
+                entries.iter().map(|p| p.map(|x| x as i64)),
+            )),
             Arc::new(BooleanArray::from(suppressed)),
         ],
     )
@@ -150,7 +162,9 @@ fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<(), String> {
     let fail = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
     let file = BufWriter::new(std::fs::File::create(path).map_err(|e| fail(&e))?);
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("valid level"),
+        ))
         .set_created_by("cohortql".to_string())
         .build();
     let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| fail(&e))?;
@@ -225,7 +239,10 @@ fn run_record(info: &RunInfo, run: &Execution, written: &Written) -> serde_json:
 pub fn write_outputs(out: &Path, info: &RunInfo, run: &Execution) -> Result<Written, String> {
     if out.exists() {
         let is_dir = out.is_dir();
-        let empty = is_dir && std::fs::read_dir(out).map(|mut d| d.next().is_none()).unwrap_or(false);
+        let empty = is_dir
+            && std::fs::read_dir(out)
+                .map(|mut d| d.next().is_none())
+                .unwrap_or(false);
         if !is_dir || !(empty || out.join("run.json").is_file()) {
             return Err(format!(
                 "{} exists and does not hold a previous run's outputs: choose another --out",

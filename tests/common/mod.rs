@@ -1,0 +1,180 @@
+//! What the spec and engine-agreement tests share: running a study on the reference evaluator
+//! or on DataFusion, and reading either result in one shape.
+#![allow(dead_code)]
+
+use cohortql::compile::compile_text;
+use cohortql::reference::data::Data;
+use cohortql::reference::{evaluate_study, Cell};
+use cohortql::repo::rows::write_rows;
+use cohortql::repo::write::OutputFormat;
+use cohortql::repo::Repository;
+use cohortql::run::execute;
+use cohortql::study::{EndpointKind, Study};
+use datafusion::arrow::array::{Array, RecordBatch, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use serde_json::Value;
+
+/// Per row, per endpoint: (event, days).
+pub type Outcomes = Vec<Vec<(u8, Option<i64>)>>;
+
+/// What an engine gives for a study, in the shape the specs state it.
+#[derive(Debug, PartialEq)]
+pub struct Got {
+    /// Per row: person, index date, index record, arm.
+    pub entries: Vec<(i64, String, i64, Option<String>)>,
+    /// Persons after each attrition row, the follow-up row last.
+    pub attrition: Vec<usize>,
+    pub follow_up: Vec<(String, String)>,
+    pub covariates: Vec<Vec<Value>>,
+    pub endpoints: Outcomes,
+}
+
+pub fn checked(name: &str, study_text: &str) -> Study {
+    let compiled = compile_text(study_text.to_string());
+    compiled.study.unwrap_or_else(|| {
+        panic!(
+            "{name}: the study does not check: {:?}",
+            compiled.diagnostics
+        )
+    })
+}
+
+pub fn by_reference(study: &Study, data: &Data) -> Got {
+    let evaluation = evaluate_study(study, data);
+    Got {
+        entries: evaluation
+            .rows
+            .iter()
+            .map(|r| {
+                let e = &r.entry;
+                (e.person, e.index.to_string(), e.record, e.arm.clone())
+            })
+            .collect(),
+        attrition: evaluation.attrition.iter().map(|r| r.persons).collect(),
+        follow_up: evaluation
+            .rows
+            .iter()
+            .map(|r| {
+                let (s, e) = r.entry.follow_up.unwrap();
+                (s.to_string(), e.to_string())
+            })
+            .collect(),
+        covariates: evaluation
+            .rows
+            .iter()
+            .map(|r| r.covariates.iter().map(cell).collect())
+            .collect(),
+        endpoints: evaluation
+            .rows
+            .iter()
+            .map(|r| r.endpoints.iter().map(|o| (o.event, o.days)).collect())
+            .collect(),
+    }
+}
+
+/// Every value of a column as JSON: numbers, dates as text, or null.
+pub fn values(batches: &[RecordBatch], column: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    for b in batches {
+        let a = b.column(column);
+        let numeric = a.data_type().is_numeric();
+        let text = cast(a, &DataType::Utf8).unwrap();
+        let text = text.as_any().downcast_ref::<StringArray>().unwrap();
+        for i in 0..text.len() {
+            out.push(if text.is_null(i) {
+                Value::Null
+            } else if numeric {
+                serde_json::json!(text.value(i).parse::<f64>().unwrap())
+            } else {
+                Value::from(text.value(i))
+            });
+        }
+    }
+    out
+}
+
+/// Writes the rows as a repository and runs the study there with DataFusion.
+pub fn by_datafusion(study: &Study, data: &Data) -> Got {
+    let dir = tempfile::tempdir().unwrap();
+    write_rows(data, dir.path(), OutputFormat::Parquet).unwrap();
+    on_repository(study, dir.path())
+}
+
+/// Runs the study with DataFusion on a repository.
+pub fn on_repository(study: &Study, dir: &std::path::Path) -> Got {
+    let repo = Repository::open(dir).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let run = runtime.block_on(async {
+        let ctx = repo.session().await.unwrap();
+        execute(study, &ctx, &|_| {}).await
+    });
+    let run = run.unwrap_or_else(|e| panic!("the study does not run: {e}"));
+    let d = &run.dataset;
+    if std::env::var("SPEC_DEBUG").is_ok() {
+        eprintln!(
+            "{}",
+            datafusion::arrow::util::pretty::pretty_format_batches(d).unwrap()
+        );
+    }
+    let number = |v: &Value| v.as_f64().unwrap() as i64;
+    let text = |v: &Value| v.as_str().unwrap().to_string();
+    let (person, index, record) = (values(d, 0), values(d, 1), values(d, 2));
+    let (start, end) = (values(d, 3), values(d, 4));
+    let mut next = 5;
+    let arm = if study.arms.is_empty() {
+        vec![Value::Null; person.len()]
+    } else {
+        next += 1;
+        values(d, 5)
+    };
+    let covariates: Vec<Vec<Value>> = (0..study.covariates.len())
+        .map(|i| values(d, next + i))
+        .collect();
+    next += study.covariates.len();
+    let mut endpoints: Vec<Vec<(u8, Option<i64>)>> = vec![Vec::new(); person.len()];
+    for e in &study.endpoints {
+        let event = values(d, next);
+        let days = if e.kind == EndpointKind::TimeToEvent {
+            next += 1;
+            values(d, next)
+        } else {
+            vec![Value::Null; person.len()]
+        };
+        next += 1;
+        for (row, (ev, dy)) in endpoints.iter_mut().zip(event.iter().zip(&days)) {
+            row.push((number(ev) as u8, dy.as_f64().map(|x| x as i64)));
+        }
+    }
+    Got {
+        entries: (0..person.len())
+            .map(|i| {
+                (
+                    number(&person[i]),
+                    text(&index[i]),
+                    number(&record[i]),
+                    arm[i].as_str().map(String::from),
+                )
+            })
+            .collect(),
+        attrition: run.attrition.iter().map(|a| a.persons as usize).collect(),
+        follow_up: (0..person.len())
+            .map(|i| (text(&start[i]), text(&end[i])))
+            .collect(),
+        covariates: (0..person.len())
+            .map(|row| covariates.iter().map(|c| c[row].clone()).collect())
+            .collect(),
+        endpoints,
+    }
+}
+
+pub fn cell(c: &Cell) -> Value {
+    match c {
+        Cell::Number(x) => serde_json::json!(x),
+        Cell::Date(d) => Value::from(d.to_string()),
+        Cell::Empty => Value::Null,
+    }
+}
