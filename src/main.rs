@@ -1,5 +1,15 @@
 //! The `cohortql` executable.
 
+/// Query plans of large studies are deep trees, and planning, optimising and unparsing them
+/// recurses once per level: the work runs on threads with room for that.
+const STACK_BYTES: usize = 256 << 20;
+
 fn main() -> std::process::ExitCode {
-    cohortql::cli::main()
+    std::thread::Builder::new()
+        .name("cohortql".into())
+        .stack_size(STACK_BYTES)
+        .spawn(cohortql::cli::main)
+        .expect("a thread can be started")
+        .join()
+        .unwrap_or(std::process::ExitCode::from(101))
 }

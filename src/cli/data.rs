@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 pub(super) fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Deep plans recurse deeply while they execute, as in planning (see main.rs).
+        .thread_stack_size(64 << 20)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the query runtime: {e}"))

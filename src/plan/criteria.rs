@@ -3,7 +3,7 @@
 //! left-joined onto the context, and the criterion a boolean expression over those columns.
 
 use super::records::{date_lit, PersonCols, Rec};
-use super::{c, filter, keep, names, project, Planner};
+use super::{aggregate, c, filter, keep, names, project, Planner};
 use crate::study::*;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
@@ -203,16 +203,15 @@ impl Planner<'_> {
     ) -> Result<Vec<String>> {
         let outputs: Vec<String> = aggregates.iter().map(|_| self.fresh("agg")).collect();
         let renamed: Vec<String> = ctx.key.iter().map(|k| self.fresh(k)).collect();
-        let aggregated = LogicalPlanBuilder::from(rows)
-            .aggregate(
-                ctx.key.iter().map(|k| c(k)).collect::<Vec<_>>(),
-                aggregates
-                    .into_iter()
-                    .zip(&outputs)
-                    .map(|(e, n)| e.alias(n))
-                    .collect::<Vec<_>>(),
-            )?
-            .build()?;
+        let aggregated = aggregate(
+            rows,
+            ctx.key.iter().map(|k| c(k)).collect(),
+            aggregates
+                .into_iter()
+                .zip(&outputs)
+                .map(|(e, n)| e.alias(n))
+                .collect(),
+        )?;
         let mut exprs: Vec<Expr> = ctx
             .key
             .iter()

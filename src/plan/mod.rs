@@ -47,6 +47,7 @@ pub struct Planner<'a> {
 impl<'a> Planner<'a> {
     /// Reads the OMOP tables' scans from a session with a repository registered.
     pub async fn new(study: &'a Study, ctx: &SessionContext) -> Result<Planner<'a>> {
+        DERIVED.with(|d| d.set(0));
         let mut tables = BTreeMap::new();
         for table in crate::repo::schema::TABLES {
             let plan = ctx.table(table.name).await?.into_unoptimized_plan();
@@ -94,12 +95,46 @@ fn names(plan: &LogicalPlan) -> Vec<String> {
         .collect()
 }
 
+thread_local! {
+    /// Numbers the derived tables of the plans being built; reset per `Planner`, so the same
+    /// study always gives the same SQL.
+    static DERIVED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// The plan as an input for another operator: a named derived table unless it is a table, a
+/// named subquery or a join (which SQL reads as they are). Operators are built over such inputs
+/// so that column references resolve to a name the SQL unparser keeps, and every plan unparses
+/// to valid SQL.
+fn sub(plan: LogicalPlan) -> Result<LogicalPlanBuilder> {
+    match plan {
+        LogicalPlan::TableScan(_)
+        | LogicalPlan::SubqueryAlias(_)
+        | LogicalPlan::Join(_)
+        | LogicalPlan::EmptyRelation(_) => Ok(LogicalPlanBuilder::from(plan)),
+        other => {
+            let n = DERIVED.with(|d| {
+                d.set(d.get() + 1);
+                d.get()
+            });
+            LogicalPlanBuilder::from(other).alias(format!("d{n}"))
+        }
+    }
+}
+
 fn project(plan: LogicalPlan, exprs: Vec<Expr>) -> Result<LogicalPlan> {
-    LogicalPlanBuilder::from(plan).project(exprs)?.build()
+    sub(plan)?.project(exprs)?.build()
 }
 
 fn filter(plan: LogicalPlan, predicate: Expr) -> Result<LogicalPlan> {
-    LogicalPlanBuilder::from(plan).filter(predicate)?.build()
+    sub(plan)?.filter(predicate)?.build()
+}
+
+fn with_window(plan: LogicalPlan, exprs: Vec<Expr>) -> Result<LogicalPlan> {
+    sub(plan)?.window(exprs)?.build()
+}
+
+fn aggregate(plan: LogicalPlan, group: Vec<Expr>, aggregates: Vec<Expr>) -> Result<LogicalPlan> {
+    sub(plan)?.aggregate(group, aggregates)?.build()
 }
 
 /// Keeps only these columns of a plan.

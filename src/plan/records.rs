@@ -390,8 +390,7 @@ impl Planner<'_> {
             let (persons, cols) = self.persons()?;
             let ctx = super::criteria::Ctx::of_persons(persons, &cols);
             let (found, _) = self.matching(&query, &ctx)?;
-            LogicalPlanBuilder::from(found)
-                .project(vec![c(&cols.id).alias("person")])?
+            super::sub(project(found, vec![c(&cols.id).alias("person")])?)?
                 .distinct()?
                 .build()
         })();
@@ -405,8 +404,9 @@ impl Planner<'_> {
     pub(super) fn concepts(&mut self, expr: &ConceptExpr) -> Result<LogicalPlan> {
         let concept = |n: &str| qualified("concept", n);
         let plan = match expr {
-            ConceptExpr::Concept { id, .. } => LogicalPlanBuilder::values(vec![vec![lit(*id)]])?
-                .project(vec![c("column1").alias("concept_id")])?
+            // `SELECT id AS concept_id`: a one-row relation every SQL dialect can read.
+            ConceptExpr::Concept { id, .. } => LogicalPlanBuilder::empty(true)
+                .project(vec![lit(*id).alias("concept_id")])?
                 .build()?,
             ConceptExpr::SourceCodes { vocabulary, codes } => {
                 let code = upper(concept("concept_code"));

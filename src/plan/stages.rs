@@ -3,7 +3,7 @@
 
 use super::criteria::Ctx;
 use super::records::date_lit;
-use super::{c, filter, keep, names, project, Planner};
+use super::{aggregate, c, filter, keep, names, project, with_window, Planner};
 use crate::study::*;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, ScalarValue};
@@ -112,10 +112,6 @@ fn windowed(
         builder = builder.window_frame(frame);
     }
     builder.build()
-}
-
-fn with_window(plan: LogicalPlan, exprs: Vec<Expr>) -> Result<LogicalPlan> {
-    LogicalPlanBuilder::from(plan).window(exprs)?.build()
 }
 
 /// Groups ordered spans of each partition into islands: a span starts a new island when it
@@ -289,9 +285,7 @@ impl Planner<'_> {
         if !self.study.arms.is_empty() {
             add(self.study.steps.len() + 1, passed.and(c(ARM).is_not_null()))?;
         }
-        LogicalPlanBuilder::from(population)
-            .aggregate(Vec::<Expr>::new(), aggregates)?
-            .build()
+        aggregate(population, vec![], aggregates)
     }
 
     /// The rules of the attrition plan's rows, in order (the follow-up row comes after them).
@@ -413,20 +407,22 @@ impl Planner<'_> {
             self.fresh("era_start"),
             self.fresh("era_end"),
         );
-        let eras = LogicalPlanBuilder::from(spans)
-            .aggregate(
-                vec![c(&rec.person), c(&island)],
-                vec![
-                    min(c(&span_start)).alias(&era_start),
-                    max(c(&span_end)).alias(&era_end),
-                ],
-            )?
-            .project(vec![
+        let eras = aggregate(
+            spans,
+            vec![c(&rec.person), c(&island)],
+            vec![
+                min(c(&span_start)).alias(&era_start),
+                max(c(&span_end)).alias(&era_end),
+            ],
+        )?;
+        let eras = project(
+            eras,
+            vec![
                 c(&rec.person).alias(&era_person),
                 c(&era_start),
                 c(&era_end),
-            ])?
-            .build()?;
+            ],
+        )?;
         let left = self.aliased(ctx.base.clone())?;
         let right = self.aliased(eras)?;
         let containing = LogicalPlanBuilder::from(left)
@@ -510,13 +506,21 @@ impl Planner<'_> {
 
     /// The OMOP cohort table: one row per cohort entry, from index to the end of follow-up.
     pub fn cohort_table(&self, cohort: LogicalPlan) -> Result<LogicalPlan> {
-        LogicalPlanBuilder::from(cohort)
-            .sort(vec![asc(PERSON), asc(INDEX_DATE), asc(INDEX_RECORD)])?
-            .project(vec![
+        let table = project(
+            cohort,
+            vec![
                 lit(1i64).alias("cohort_definition_id"),
                 c(PERSON).alias("subject_id"),
                 c(INDEX_DATE).alias("cohort_start_date"),
                 c(FOLLOW_UP_END).alias("cohort_end_date"),
+            ],
+        )?;
+        // Sorted last: SQL keeps no order from inside a derived table.
+        super::sub(table)?
+            .sort(vec![
+                asc("subject_id"),
+                asc("cohort_start_date"),
+                asc("cohort_end_date"),
             ])?
             .build()
     }
@@ -580,8 +584,7 @@ impl Planner<'_> {
                 }
             }
         }
-        LogicalPlanBuilder::from(ctx.plan)
-            .project(outputs)?
+        super::sub(project(ctx.plan, outputs)?)?
             .sort(vec![asc(PERSON), asc(INDEX_DATE), asc(INDEX_RECORD)])?
             .build()
     }

@@ -246,6 +246,61 @@ pub async fn explain_plan(
     Ok((logical, optimised, physical))
 }
 
+/// Drops the qualifiers of derived tables (`"t12".`, `"d3".`) and stage tables
+/// (`"cohortql_entries".`) from column references. Every column a study's plans create has a
+/// name unique in its query, so an unqualified reference
+/// resolves the same in any scope; the unparser, which merges nested selects, sometimes keeps a
+/// qualifier whose derived table it merged away. Columns of the OMOP tables keep theirs.
+fn unqualified(sql: &str) -> String {
+    let bytes = sql.as_bytes();
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let quote = bytes[i];
+        if quote == b'"' || quote == b'`' {
+            let mut k = i + 1;
+            while k < bytes.len() && bytes[k] != quote {
+                k += 1;
+            }
+            let end = (k + 1).min(bytes.len());
+            // `"d12".`, `"t3".` and `"cohortql_population".` qualify columns of derived tables
+            // and stage tables; any other quoted name is copied whole.
+            let name = &sql[i + 1..k.min(bytes.len())];
+            let derived = |p: char| {
+                name.strip_prefix(p)
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            };
+            let qualifies = end < bytes.len() && bytes[end] == b'.';
+            if qualifies && (derived('d') || derived('t') || name.starts_with("cohortql_")) {
+                i = end + 1;
+                continue;
+            }
+            out.push_str(&sql[i..end]);
+            i = end;
+        } else if quote == b'\'' {
+            let mut k = i + 1;
+            while k < bytes.len() {
+                if bytes[k] == b'\'' {
+                    if k + 1 < bytes.len() && bytes[k + 1] == b'\'' {
+                        k += 2;
+                        continue;
+                    }
+                    break;
+                }
+                k += 1;
+            }
+            let end = (k + 1).min(bytes.len());
+            out.push_str(&sql[i..end]);
+            i = end;
+        } else {
+            let ch = sql[i..].chars().next().expect("in bounds");
+            out.push(ch);
+            i += ch.len_utf8();
+        }
+    }
+    out
+}
+
 /// SQL dialects `sql` can write.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
@@ -288,7 +343,7 @@ pub async fn sql_script(
         dialect
     );
     for (name, plan) in stages {
-        let statement = unparser.plan_to_sql(&plan).map_err(engine)?;
+        let statement = unqualified(&unparser.plan_to_sql(&plan).map_err(engine)?.to_string());
         if name.starts_with("cohortql_") {
             let create = if dialect == Dialect::Bigquery {
                 "CREATE TEMP TABLE"
