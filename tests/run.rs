@@ -1,0 +1,297 @@
+//! `cohortql run`, `plan` and `sql` from the command line: outputs, the default demo
+//! repository, and every way a run can fail leaving nothing half-written behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cohortql");
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn cohortql(args: &[&str], cache: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(root())
+        .env("COHORTQL_CACHE_DIR", cache)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn all_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A copy of Eunomia with some tables, for breaking.
+fn eunomia_copy(dir: &Path) -> PathBuf {
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    for table in ["person", "observation_period", "drug_era", "concept"] {
+        std::fs::copy(
+            root().join(format!("tests/data/eunomia-gibleed/{table}.csv.gz")),
+            repo.join(format!("{table}.csv.gz")),
+        )
+        .unwrap();
+    }
+    repo
+}
+
+#[test]
+fn run_on_the_demo_repository_prints_attrition_and_writes_every_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let o = cohortql(
+        &[
+            "run",
+            "studies/lung_ct_radiomics_os.study",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &dir.path().join("cache"),
+    );
+    let text = all_text(&o);
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    assert!(text.contains("qualifying index event"), "{text}");
+    assert!(text.contains("follow-up of at least one day"), "{text}");
+    for f in [
+        "cohort.parquet",
+        "cohort.csv",
+        "dataset.parquet",
+        "dataset.csv",
+        "attrition.parquet",
+        "attrition.csv",
+        "run.json",
+        "study.study",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let cohort = std::fs::read_to_string(out.join("cohort.csv")).unwrap();
+    assert!(
+        cohort.starts_with("cohort_definition_id,subject_id,cohort_start_date,cohort_end_date\n")
+    );
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    for key in [
+        "study_hash",
+        "data_fingerprint",
+        "tool_version",
+        "persons",
+        "attrition",
+        "rows",
+        "timings",
+    ] {
+        assert!(!run[key].is_null(), "run.json lacks {key}: {run}");
+    }
+    let persons = run["persons"].as_u64().unwrap();
+    assert!(persons > 20, "{run}");
+    assert_eq!(run["rows"]["dataset"].as_u64().unwrap(), persons);
+    // The hash is the one `cohortql hash` gives for the study.
+    let hash = cohortql(
+        &["hash", "studies/lung_ct_radiomics_os.study"],
+        &dir.path().join("cache"),
+    );
+    assert!(String::from_utf8_lossy(&hash.stdout).starts_with(run["study_hash"].as_str().unwrap()));
+    // The study text is kept as it was run.
+    assert_eq!(
+        std::fs::read(out.join("study.study")).unwrap(),
+        std::fs::read(root().join("studies/lung_ct_radiomics_os.study")).unwrap()
+    );
+    // Endpoints and covariates are columns of the dataset.
+    let dataset = std::fs::read_to_string(out.join("dataset.csv")).unwrap();
+    let header = dataset.lines().next().unwrap();
+    assert!(
+        header.starts_with("person,index_date,follow_up_start,follow_up_end"),
+        "{header}"
+    );
+    assert!(header.contains(",os,os_days,"), "{header}");
+}
+
+#[test]
+fn small_counts_are_suppressed_in_aggregate_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let study = dir.path().join("tiny.study");
+    std::fs::write(
+        &study,
+        "study \"tiny\"\nconcepts\n  celecoxib = drug 1118084 \"celecoxib\"\npopulation\n  index = first drug era in celecoxib\n  require year of index = 1959\noutput\n  min cell count 10\n  person ids original\nconsent\n  not required\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let o = cohortql(
+        &[
+            "run",
+            study.to_str().unwrap(),
+            "--repo",
+            "tests/data/eunomia-gibleed",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &dir.path().join("cache"),
+    );
+    let text = all_text(&o);
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    let attrition = std::fs::read_to_string(out.join("attrition.csv")).unwrap();
+    let rows: Vec<&str> = attrition.lines().collect();
+    assert_eq!(rows[0], "step,rule,persons,entries,suppressed");
+    assert_eq!(rows[1], "0,qualifying index event,1800,1800,false");
+    // Fewer than 10 persons started celecoxib in 1959: the count is withheld everywhere.
+    assert!(rows[2].ends_with(",,,true"), "{attrition}");
+    assert!(text.contains("<10"), "{text}");
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    assert!(run["persons"].is_null(), "{run}");
+    // Row-level outputs stay within the site and are complete.
+    let cohort = std::fs::read_to_string(out.join("cohort.csv")).unwrap();
+    let n = cohort.lines().count() - 1;
+    assert!(n > 0 && n < 10, "{cohort}");
+}
+
+#[test]
+fn a_study_with_errors_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let study = dir.path().join("bad.study");
+    std::fs::write(
+        &study,
+        "study \"x\"\npopulation\n  index = first drug in nothing\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let o = cohortql(
+        &[
+            "run",
+            study.to_str().unwrap(),
+            "--repo",
+            "tests/data/eunomia-gibleed",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &dir.path().join("cache"),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", all_text(&o));
+    assert!(all_text(&o).contains("E0"), "{}", all_text(&o));
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_broken_repository_is_reported_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = eunomia_copy(dir.path());
+    std::fs::remove_file(repo.join("person.csv.gz")).unwrap();
+    let out = dir.path().join("out");
+    let study = "studies/eunomia/celecoxib.study";
+    let o = cohortql(
+        &[
+            "run",
+            study,
+            "--repo",
+            repo.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &dir.path().join("cache"),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", all_text(&o));
+    assert!(
+        all_text(&o).contains("no `person` table"),
+        "{}",
+        all_text(&o)
+    );
+    assert!(!out.exists());
+
+    // Bad values are found while the study runs: the error names the file and the column.
+    let repo = eunomia_copy(&dir.path().join("second"));
+    let text = "drug_era_id,person_id,drug_concept_id,drug_era_start_date,drug_era_end_date\n1,6,1118084,2001-02-30,2002-01-01\n";
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, text.as_bytes()).unwrap();
+    std::fs::write(repo.join("drug_era.csv.gz"), gz.finish().unwrap()).unwrap();
+    let o = cohortql(
+        &[
+            "run",
+            study,
+            "--repo",
+            repo.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &dir.path().join("cache"),
+    );
+    let text = all_text(&o);
+    assert_eq!(o.status.code(), Some(2), "{text}");
+    assert!(text.contains("2001-02-30"), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+    assert!(!out.exists());
+    let siblings: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        siblings
+            .iter()
+            .all(|n| !n.to_string_lossy().starts_with('.')),
+        "{siblings:?}"
+    );
+}
+
+#[test]
+fn outputs_never_overwrite_a_directory_that_is_not_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("precious");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("notes.txt"), "keep me").unwrap();
+    let o = cohortql(
+        &[
+            "run",
+            "studies/eunomia/celecoxib.study",
+            "--repo",
+            "tests/data/eunomia-gibleed",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &dir.path().join("cache"),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", all_text(&o));
+    assert!(all_text(&o).contains("does not hold a previous run"));
+    assert_eq!(
+        std::fs::read_to_string(out.join("notes.txt")).unwrap(),
+        "keep me"
+    );
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+}
+
+#[test]
+fn plan_prints_every_stage_and_sql_every_dialect() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let o = cohortql(&["plan", "studies/prostate_mri_pirads.study"], &cache);
+    let text = all_text(&o);
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    for stage in [
+        "cohortql_entries",
+        "cohortql_population",
+        "attrition",
+        "cohortql_follow_up",
+        "cohortql_cohort",
+        "cohort",
+        "dataset",
+    ] {
+        assert!(text.contains(&format!("== {stage} ==")), "{stage}");
+    }
+    assert!(text.contains("-- physical plan"));
+    assert!(text.contains("TableScan: procedure_occurrence"), "{text}");
+    let o = cohortql(
+        &[
+            "sql",
+            "studies/prostate_mri_pirads.study",
+            "--dialect",
+            "oracle",
+        ],
+        &cache,
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(all_text(&o).contains("postgres"));
+}
