@@ -4,7 +4,9 @@
 //!  study text ─parse─▶ StudyFile (syntax tree, spans) ─check─▶ Study (typed, resolved)
 //!                          │                                      │
 //!                          └─fmt─▶ canonical text                 ├─explain─▶ plain English
-//!                                                                 └─hash────▶ sha256 of meaning
+//!                                                                 ├─hash────▶ sha256 of meaning
+//!                                                                 ├─plan────▶ DataFusion plans ─run─▶ outputs
+//!                                                                 └─reference evaluator (tests' oracle)
 //! ```
 //!
 //! Each stage is a function of its input alone; diagnostics are values, rendered only by `cli`.
