@@ -41,7 +41,10 @@ pub(super) fn run(
     repo: Option<&Path>,
     out: Option<&Path>,
 ) -> Result<Status, String> {
-    let Ok((compiled, study)) = checked(study_path)? else {
+    let started = Instant::now();
+    let checked = checked(study_path)?;
+    let check_time = started.elapsed();
+    let Ok((compiled, study)) = checked else {
         return Ok(Status::StudyErrors);
     };
     let (dir, repo) = open(repo)?;
@@ -77,6 +80,7 @@ pub(super) fn run(
         study_hash: &hash,
         repository: &dir,
         data_fingerprint: &fingerprint,
+        check_time,
     };
     let written = write_outputs(&out, &info, &execution)?;
     let policy = &study.output;

@@ -2,6 +2,7 @@
 //! the records a `where` looks at); each test on events becomes an aggregate per context row,
 //! left-joined onto the context, and the criterion a boolean expression over those columns.
 
+use super::days::days_between;
 use super::records::{date_lit, PersonCols, Rec};
 use super::{aggregate, c, filter, keep, names, project, Planner};
 use crate::study::*;
@@ -149,7 +150,8 @@ impl Planner<'_> {
             ),
             EventFilter::KindIn(set) => in_set(self, &rec.kind, set)?,
             EventFilter::Duration(test) => {
-                let days = (coalesce(vec![c(&rec.end), c(&rec.start)]) - c(&rec.start)) + lit(1i64);
+                let days = days_between(coalesce(vec![c(&rec.end), c(&rec.start)]), c(&rec.start))
+                    + lit(1i64);
                 number_test(test, days)
             }
             EventFilter::SameVisit | EventFilter::Where(_) => return Ok(None),
@@ -167,7 +169,7 @@ impl Planner<'_> {
             Window::Days { anchor, start, end } => match ctx.anchor(anchor) {
                 None => lit(false),
                 Some(a) => {
-                    let offset = date - a;
+                    let offset = days_between(date, a);
                     let mut test = lit(true);
                     if let Some(s) = start {
                         test = test.and(offset.clone().gt_eq(lit(s)));
@@ -309,9 +311,9 @@ impl Planner<'_> {
                         None,
                     )?
                     .filter(
-                        (a.clone() - c(&p.start))
+                        days_between(a.clone(), c(&p.start))
                             .gt_eq(lit(-*start))
-                            .and((c(&p.end) - a).gt_eq(lit(*end))),
+                            .and(days_between(c(&p.end), a).gt_eq(lit(*end))),
                     )?
                     .build()?;
                 let n = self

@@ -12,10 +12,11 @@
 //!  dataset     one row per cohort entry: covariates and endpoints
 //! ```
 //!
-//! Dates stay dates; day arithmetic is `date + integer` and `date - date`, which DataFusion,
-//! PostgreSQL and DuckDB read alike.
+//! Dates stay dates; day arithmetic is two functions (`days::days_add`, `days::days_between`)
+//! that every SQL dialect writes its own way.
 
 mod criteria;
+pub mod days;
 mod records;
 mod stages;
 

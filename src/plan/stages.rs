@@ -2,6 +2,7 @@
 //! dataset. Each stage reads the previous one's table, whose columns are named here.
 
 use super::criteria::Ctx;
+use super::days::{days_add, days_between};
 use super::records::date_lit;
 use super::{aggregate, c, filter, keep, names, project, with_window, Planner};
 use crate::study::*;
@@ -141,7 +142,7 @@ fn islands(
     let starts = when(
         c(scratch)
             .is_null()
-            .or((c(start) - c(scratch)).gt(lit(gap))),
+            .or(days_between(c(start), c(scratch)).gt(lit(gap))),
         lit(1i64),
     )
     .otherwise(lit(0i64))?;
@@ -185,9 +186,9 @@ impl Planner<'_> {
                 None,
             )?
             .filter(
-                (c(&rec.start) - c(&p.start))
+                days_between(c(&rec.start), c(&p.start))
                     .gt_eq(lit(-before))
-                    .and((c(&p.end) - c(&rec.start)).gt_eq(lit(after))),
+                    .and(days_between(c(&p.end), c(&rec.start)).gt_eq(lit(after))),
             )?
             .build()?;
         // One period per event, should periods overlap: the earliest.
@@ -317,7 +318,7 @@ impl Planner<'_> {
         let fu = self.study.follow_up.clone();
         let columns = names(&survivors);
         let mut ctx = entry_ctx(survivors, false);
-        let start = c(INDEX_DATE) + lit(fu.start_offset);
+        let start = days_add(c(INDEX_DATE), lit(fu.start_offset));
         let mut ends = vec![c(PERIOD_END)];
         for exit in &fu.exits {
             ends.push(match exit {
@@ -326,8 +327,8 @@ impl Planner<'_> {
                 Exit::Offset {
                     anchor: Anchor::FollowUpStart,
                     days,
-                } => start.clone() + lit(*days),
-                Exit::Offset { days, .. } => c(INDEX_DATE) + lit(*days),
+                } => days_add(start.clone(), lit(*days)),
+                Exit::Offset { days, .. } => days_add(c(INDEX_DATE), lit(*days)),
                 Exit::Event(query) => {
                     let (rows, rec) = self.matching(query, &ctx)?;
                     let rows = filter(rows, c(&rec.start).gt_eq(start.clone()))?;
@@ -342,7 +343,7 @@ impl Planner<'_> {
                     extra,
                 } => {
                     let era_end = self.exposure_era_end(&mut ctx, concepts, *gap)?;
-                    coalesce(vec![era_end, c(INDEX_DATE)]) + lit(*extra)
+                    days_add(coalesce(vec![era_end, c(INDEX_DATE)]), lit(*extra))
                 }
             });
         }
@@ -385,7 +386,7 @@ impl Planner<'_> {
                 c(&rec.person),
                 c(&rec.start).alias(&span_start),
                 greatest(vec![
-                    coalesce(vec![c(&rec.end), c(&rec.start) + supplied]),
+                    coalesce(vec![c(&rec.end), days_add(c(&rec.start), supplied)]),
                     c(&rec.start),
                 ])
                 .alias(&span_end),
@@ -578,8 +579,11 @@ impl Planner<'_> {
                             .alias(&endpoint.name),
                     );
                     outputs.push(
-                        (coalesce(vec![c(&first), c(FOLLOW_UP_END)]) - c(FOLLOW_UP_START))
-                            .alias(format!("{}_days", endpoint.name)),
+                        days_between(
+                            coalesce(vec![c(&first), c(FOLLOW_UP_END)]),
+                            c(FOLLOW_UP_START),
+                        )
+                        .alias(format!("{}_days", endpoint.name)),
                     );
                 }
             }
@@ -658,7 +662,7 @@ impl Planner<'_> {
                     min(c(&rec.start))
                 };
                 let out = self.attach(ctx, rows, vec![date])?.remove(0);
-                c(INDEX_DATE) - c(&out)
+                days_between(c(INDEX_DATE), c(&out))
             }
             CovariateValue::Flag(criterion) => {
                 when(self.condition(criterion, ctx)?, lit(1i64)).otherwise(lit(0i64))?

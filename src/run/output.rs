@@ -28,6 +28,8 @@ pub struct RunInfo<'a> {
     pub study_hash: &'a str,
     pub repository: &'a Path,
     pub data_fingerprint: &'a str,
+    /// Time spent reading, parsing and checking the study.
+    pub check_time: std::time::Duration,
 }
 
 /// Rows written per output.
@@ -205,11 +207,15 @@ fn run_record(info: &RunInfo, run: &Execution, written: &Written) -> serde_json:
             })
         })
         .collect();
-    let timings: serde_json::Map<String, serde_json::Value> = run
+    let mut timings: serde_json::Map<String, serde_json::Value> = run
         .timings
         .iter()
-        .map(|(name, d)| (format!("{name}_ms"), json!(d.as_millis() as u64)))
+        .map(|(name, d)| (format!("{name}_ms"), json!(d.as_secs_f64() * 1e3)))
         .collect();
+    timings.insert(
+        "check_ms".into(),
+        json!(info.check_time.as_secs_f64() * 1e3),
+    );
     json!({
         "study": {
             "file": info.study_path.display().to_string(),

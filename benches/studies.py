@@ -1,0 +1,131 @@
+"""Times `cohortql run` on every study against DuckDB over the same Parquet files.
+
+For each study it measures, each in a fresh process, best of --repeat runs:
+  cohortql    `cohortql run` (release build): wall time and peak memory (GNU time);
+              parse + check and planning time from run.json
+  duckdb-gen  the study as `cohortql sql --dialect duckdb` writes it, run by DuckDB
+  duckdb-hand the study written by hand as SQL (benches/sql/<study>.sql), where there is one
+  scan        the scan floor: DuckDB reading the columns the study reads (from `cohortql plan`)
+and prints ratios: cohortql / duckdb (below 1.0 is faster) and cohortql / scan floor.
+Not a test: run it through benches/studies.sh, which builds and generates what it needs.
+"""
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+DUCKDB_RUNNER = r"""
+import duckdb, sys, time, os
+repo, script_path, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+con = duckdb.connect()
+con.execute("SET threads = 2")
+for f in sorted(os.listdir(repo)):
+    if f.endswith(".parquet"):
+        con.execute(f"CREATE VIEW {f[:-8]} AS SELECT * FROM read_parquet('{os.path.join(repo, f)}')")
+script = open(script_path).read()
+started = time.perf_counter()
+rows = 0
+# Results are materialised inside DuckDB (not converted to Python objects).
+def query(sql, n):
+    con.execute(f"CREATE TEMP TABLE result_{n} AS {sql}")
+    return con.execute(f"SELECT count(*) FROM result_{n}").fetchone()[0]
+if mode == "script":
+    for n, statement in enumerate(script.split(";\n\n")):
+        body = "\n".join(l for l in statement.splitlines() if not l.startswith("--")).strip()
+        if not body:
+            continue
+        if body.upper().startswith("CREATE"):
+            con.execute(body)
+        else:
+            rows = query(body, n)
+else:
+    body = "\n".join(l for l in script.splitlines() if not l.startswith("--")).strip()
+    rows = query(body, 0)
+print(time.perf_counter() - started, rows)
+"""
+
+
+def timed(cmd, cwd=None):
+    """Runs cmd under GNU time; returns (wall seconds, peak MiB, stdout)."""
+    with tempfile.NamedTemporaryFile("r") as t:
+        started = time.perf_counter()
+        out = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", t.name] + cmd, cwd=cwd,
+                             capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if out.returncode != 0:
+            sys.exit(f"failed: {' '.join(cmd)}\n{out.stderr}")
+        kib = int(t.read().split()[-1])
+    return wall, kib / 1024, out.stdout
+
+
+def best(n, f):
+    results = [f() for _ in range(n)]
+    return min(results, key=lambda r: r[0])
+
+
+def scanned_columns(binary, study, repo):
+    """Table -> columns the study's optimised plans read."""
+    plan = subprocess.run([binary, "plan", study, "--repo", repo], capture_output=True, text=True, check=True).stdout
+    columns = {}
+    for table, cols in re.findall(r"TableScan: (\w+) projection=\[([^\]]*)\]", plan):
+        if table.startswith("cohortql_"):
+            continue
+        names = [c.strip().split(".")[-1] for c in cols.split(",") if c.strip()]
+        columns.setdefault(table, set()).update(names)
+    return columns
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--bin", required=True)
+    p.add_argument("--repo", required=True)
+    p.add_argument("--python", default=sys.executable)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("studies", nargs="+")
+    a = p.parse_args()
+    work = tempfile.mkdtemp()
+    runner = os.path.join(work, "runner.py")
+    open(runner, "w").write(DUCKDB_RUNNER)
+    header = f"{'study':<26} {'persons':>8} {'cohortql s':>10} {'MiB':>6} {'check+plan ms':>13} " \
+             f"{'duckdb-gen s':>12} {'ratio':>6} {'duckdb-hand s':>13} {'ratio':>6} {'scan s':>7} {'ratio':>6}"
+    print(header)
+    for study in a.studies:
+        name = os.path.splitext(os.path.basename(study))[0]
+        out = os.path.join(work, "out-" + name)
+        wall, mib, _ = best(a.repeat, lambda: timed([a.bin, "run", study, "--repo", a.repo, "--out", out]))
+        run = json.load(open(os.path.join(out, "run.json")))
+        persons = run["rows"]["dataset"]
+        front = run["timings"]["check_ms"] + run["timings"]["plan_ms"]
+        script = os.path.join(work, name + ".sql")
+        open(script, "w").write(subprocess.run([a.bin, "sql", study, "--dialect", "duckdb"],
+                                               capture_output=True, text=True, check=True).stdout)
+        gen = best(a.repeat, lambda: timed([a.python, runner, a.repo, script, "script"]))
+        gen_s, gen_rows = (float(x) for x in gen[2].split())
+        hand_path = os.path.join(os.path.dirname(__file__), "sql", name + ".sql")
+        hand_s = None
+        if os.path.exists(hand_path):
+            hand = best(a.repeat, lambda: timed([a.python, runner, a.repo, hand_path, "query"]))
+            hand_s, hand_rows = (float(x) for x in hand[2].split())
+            if int(hand_rows) != persons and "cohort_definition_id" not in open(hand_path).read():
+                print(f"  note: hand SQL gives {int(hand_rows)} rows, cohortql {persons}")
+        columns = scanned_columns(a.bin, study, a.repo)
+        scan_sql = os.path.join(work, name + "-scan.sql")
+        parts = [f"SELECT {', '.join(f'count({c})' for c in sorted(cols))} FROM {t}" for t, cols in sorted(columns.items())]
+        open(scan_sql, "w").write(";\n\n".join(parts) + ";\n\n")
+        scan = best(a.repeat, lambda: timed([a.python, runner, a.repo, scan_sql, "script"]))
+        scan_s = float(scan[2].split()[0])
+        # DuckDB's own time excludes its process start; ours includes it, as a user sees it.
+        fmt = lambda x: "-" if x is None else f"{x:.2f}"
+        ratio = lambda x: "-" if not x else f"{wall / x:.2f}"
+        print(f"{name:<26} {persons:>8} {wall:>10.2f} {mib:>6.0f} {front:>13.1f} "
+              f"{gen_s:>12.2f} {ratio(gen_s):>6} {fmt(hand_s):>13} {ratio(hand_s):>6} {scan_s:>7.2f} {ratio(scan_s):>6}")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
