@@ -69,14 +69,11 @@ def best(n, f):
 
 
 def scanned_columns(binary, study, repo):
-    """Table -> columns the study's optimised plans read."""
+    """Table -> columns the study reads: the Parquet scans of its physical plans."""
     plan = subprocess.run([binary, "plan", study, "--repo", repo], capture_output=True, text=True, check=True).stdout
     columns = {}
-    for table, cols in re.findall(r"TableScan: (\w+) projection=\[([^\]]*)\]", plan):
-        if table.startswith("cohortql_"):
-            continue
-        names = [c.strip().split(".")[-1] for c in cols.split(",") if c.strip()]
-        columns.setdefault(table, set()).update(names)
+    for table, cols in re.findall(r"DataSourceExec: file_groups=\{.*?/(\w+)\.parquet.*?\}, projection=\[([^\]]*)\]", plan):
+        columns.setdefault(table, set()).update(c.strip() for c in cols.split(",") if c.strip())
     return columns
 
 

@@ -90,9 +90,13 @@ enum Command {
     /// Print each stage's logical, optimised and physical query plan.
     Plan {
         study: PathBuf,
-        /// Plan against this repository's files (default: empty OMOP tables).
+        /// Plan against this repository's files (default: empty OMOP tables; with --analyze,
+        /// the demo repository).
         #[arg(long)]
         repo: Option<PathBuf>,
+        /// Run the study and show each stage's plan with the rows and time of every operator.
+        #[arg(long)]
+        analyze: bool,
     },
     /// Write a study as a SQL script for a database holding the OMOP tables.
     Sql {
@@ -179,7 +183,11 @@ pub fn main() -> ExitCode {
             format,
         } => data::synth(persons, seed, &out, format),
         Command::Run { study, repo, out } => run::run(&study, repo.as_deref(), out.as_deref()),
-        Command::Plan { study, repo } => run::plan(&study, repo.as_deref()),
+        Command::Plan {
+            study,
+            repo,
+            analyze,
+        } => run::plan(&study, repo.as_deref(), analyze),
         Command::Sql { study, dialect } => run::sql(&study, dialect.into()),
         Command::Repo {
             command: RepoCommand::Check { dir, json },

@@ -5,7 +5,7 @@ use super::{checked, Status};
 use crate::hash::study_hash;
 use crate::repo::{empty_session, Repository};
 use crate::run::output::{data_fingerprint, publishable, write_outputs, RunInfo};
-use crate::run::{execute, explain_plan, sql_script, stage_plans, Dialect};
+use crate::run::{execute, execute_analysed, explain_plan, sql_script, stage_plans, Dialect};
 use anstream::{eprintln, println};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -114,10 +114,25 @@ pub(super) fn run(
     Ok(Status::Ok)
 }
 
-pub(super) fn plan(study_path: &Path, repo: Option<&Path>) -> Result<Status, String> {
+pub(super) fn plan(
+    study_path: &Path,
+    repo: Option<&Path>,
+    analyze: bool,
+) -> Result<Status, String> {
     let Ok((_, study)) = checked(study_path)? else {
         return Ok(Status::StudyErrors);
     };
+    if analyze {
+        let (_, repo) = open(repo)?;
+        let stages = runtime()?.block_on(async {
+            let ctx = repo.session().await.map_err(|e| e.to_string())?;
+            execute_analysed(&study, &ctx, &|_| {}).await
+        })?;
+        for (name, text) in stages.1 {
+            print!("== {name} ==\n{text}\n");
+        }
+        return Ok(Status::Ok);
+    }
     let repo = match repo {
         Some(d) => Some(open(Some(d))?.1),
         None => None,
@@ -129,7 +144,7 @@ pub(super) fn plan(study_path: &Path, repo: Option<&Path>) -> Result<Status, Str
         }
         .map_err(|e| e.to_string())?;
         let mut text = String::new();
-        for (name, plan) in stage_plans(&study, &ctx).await? {
+        for (name, plan) in stage_plans(&study, &ctx, false).await? {
             let (logical, optimised, physical) = explain_plan(&ctx, &plan).await?;
             text.push_str(&format!(
                 "== {name} ==\n-- logical plan\n{logical}\n-- optimised logical plan\n{optimised}\n-- physical plan\n{physical}\n"

@@ -191,34 +191,41 @@ impl Planner<'_> {
                     .and(days_between(c(&p.end), c(&rec.start)).gt_eq(lit(after))),
             )?
             .build()?;
-        // One period per event, should periods overlap: the earliest.
-        let first_period = self.fresh("period_rank");
-        let rows = with_window(
-            rows,
-            vec![row_number()
-                .partition_by(vec![c(&rec.person), c(&rec.id), c(&rec.start)])
-                .order_by(vec![asc(&p.start), asc(&p.end)])
-                .build()?
-                .alias(&first_period)],
-        )?;
-        let mut rows = filter(rows, c(&first_period).eq(lit(1u64)))?;
-        if index.occurrence != Occurrence::All {
-            let rank = self.fresh("event_rank");
-            let order = if index.occurrence == Occurrence::First {
-                vec![asc(&rec.start), asc(&rec.id)]
-            } else {
-                vec![desc(&rec.start), desc(&rec.id)]
-            };
-            rows = with_window(
+        // One row per entry: each person's first or last event, or every event; with the
+        // earliest period that qualifies, should periods overlap.
+        let columns: Vec<String> = [
+            &rec.person,
+            &rec.id,
+            &rec.start,
+            &rec.visit,
+            &p.start,
+            &p.end,
+            &pc.gender,
+            &pc.year,
+            &pc.month,
+            &pc.day,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let periods = [asc(&p.start), asc(&p.end)];
+        let rows = match index.occurrence {
+            Occurrence::All => self.first_rows(
                 rows,
-                vec![row_number()
-                    .partition_by(vec![c(&rec.person)])
-                    .order_by(order)
-                    .build()?
-                    .alias(&rank)],
-            )?;
-            rows = filter(rows, c(&rank).eq(lit(1u64)))?;
-        }
+                &[rec.person.clone(), rec.id.clone(), rec.start.clone()],
+                periods.to_vec(),
+                &columns,
+            )?,
+            Occurrence::First | Occurrence::Last => {
+                let mut order = if index.occurrence == Occurrence::First {
+                    vec![asc(&rec.start), asc(&rec.id)]
+                } else {
+                    vec![desc(&rec.start), desc(&rec.id)]
+                };
+                order.extend(periods);
+                self.first_rows(rows, &[rec.person.clone()], order, &columns)?
+            }
+        };
         project(
             rows,
             vec![
@@ -627,21 +634,15 @@ impl Planner<'_> {
                 let rows = filter(rows, c(column).is_not_null())?;
                 let (rows, aggregated) = match aggregate {
                     Aggregate::First | Aggregate::Last => {
-                        let rank = self.fresh("rank");
                         let order = if *aggregate == Aggregate::First {
                             vec![asc(&rec.start), asc(&rec.id)]
                         } else {
                             vec![desc(&rec.start), desc(&rec.id)]
                         };
-                        let ranked = with_window(
-                            rows,
-                            vec![row_number()
-                                .partition_by(ctx.key.iter().map(|k| c(k)).collect())
-                                .order_by(order)
-                                .build()?
-                                .alias(&rank)],
-                        )?;
-                        (filter(ranked, c(&rank).eq(lit(1u64)))?, max(v))
+                        let mut columns = ctx.key.clone();
+                        columns.push(column.clone());
+                        let first = self.first_rows(rows, &ctx.key, order, &columns)?;
+                        (first, max(v))
                     }
                     Aggregate::Min => (rows, min(v)),
                     Aggregate::Max => (rows, max(v)),

@@ -78,10 +78,28 @@ fn register(
     .build()
 }
 
+/// Where `EXPLAIN ANALYZE` output of each executed plan goes, when asked for.
+type Analysis = std::sync::Mutex<Option<Vec<(String, String)>>>;
+
 async fn collect(
     ctx: &SessionContext,
+    analysis: &Analysis,
+    name: &str,
     plan: LogicalPlan,
 ) -> DfResult<(SchemaRef, Vec<RecordBatch>)> {
+    let wanted = analysis.lock().expect("not poisoned").is_some();
+    if wanted {
+        let explained = ctx
+            .execute_logical_plan(plan.clone())
+            .await?
+            .explain(false, true)?
+            .collect()
+            .await?;
+        let text = datafusion::arrow::util::pretty::pretty_format_batches(&explained)?.to_string();
+        if let Some(a) = analysis.lock().expect("not poisoned").as_mut() {
+            a.push((name.to_string(), text));
+        }
+    }
     let frame = ctx.execute_logical_plan(plan).await?;
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
     let batches = frame.collect().await?;
@@ -90,8 +108,13 @@ async fn collect(
 }
 
 /// Executes a stage and keeps its result as the named table; returns a scan of it.
-async fn materialise(ctx: &SessionContext, name: &str, plan: LogicalPlan) -> DfResult<LogicalPlan> {
-    let (schema, batches) = collect(ctx, plan).await?;
+async fn materialise(
+    ctx: &SessionContext,
+    analysis: &Analysis,
+    name: &str,
+    plan: LogicalPlan,
+) -> DfResult<LogicalPlan> {
+    let (schema, batches) = collect(ctx, analysis, name, plan).await?;
     register(ctx, name, schema, batches)
 }
 
@@ -114,6 +137,31 @@ pub async fn execute(
     ctx: &SessionContext,
     progress: &dyn Fn(&str),
 ) -> Result<Execution, String> {
+    run_stages(study, ctx, progress, &Analysis::new(None)).await
+}
+
+/// Runs a study as `execute` does, and gives each stage's plan as `EXPLAIN ANALYZE` shows it:
+/// with the rows and time of every operator.
+pub async fn execute_analysed(
+    study: &Study,
+    ctx: &SessionContext,
+    progress: &dyn Fn(&str),
+) -> Result<(Execution, Vec<(String, String)>), String> {
+    let analysis = Analysis::new(Some(Vec::new()));
+    let run = run_stages(study, ctx, progress, &analysis).await?;
+    let stages = analysis
+        .into_inner()
+        .expect("not poisoned")
+        .unwrap_or_default();
+    Ok((run, stages))
+}
+
+async fn run_stages(
+    study: &Study,
+    ctx: &SessionContext,
+    progress: &dyn Fn(&str),
+    analysis: &Analysis,
+) -> Result<Execution, String> {
     let mut timings = Vec::new();
     let mut clock = Instant::now();
     let mut lap = |name: &'static str, timings: &mut Vec<(&'static str, Duration)>| {
@@ -135,17 +183,19 @@ pub async fn execute(
     let setup = started.elapsed();
     progress("index events");
     let entries = planned!(planner.entries());
-    let entries = materialise(ctx, plan::ENTRIES, entries)
+    let entries = materialise(ctx, analysis, plan::ENTRIES, entries)
         .await
         .map_err(engine)?;
     lap("entries", &mut timings);
     progress("attrition steps");
     let population = planned!(planner.population(entries));
-    let population = materialise(ctx, plan::POPULATION, population)
+    let population = materialise(ctx, analysis, plan::POPULATION, population)
         .await
         .map_err(engine)?;
     let counts = planned!(planner.attrition(population.clone()));
-    let (_, counts) = collect(ctx, counts).await.map_err(engine)?;
+    let (_, counts) = collect(ctx, analysis, "attrition", counts)
+        .await
+        .map_err(engine)?;
     let mut attrition: Vec<Attrition> = planner
         .attrition_rules()
         .into_iter()
@@ -163,7 +213,7 @@ pub async fn execute(
     progress("follow-up");
     let survivors = planned!(planner.survivors(population));
     let follow_up = planned!(planner.follow_up(survivors));
-    let follow_up = materialise(ctx, plan::FOLLOW_UP, follow_up)
+    let follow_up = materialise(ctx, analysis, plan::FOLLOW_UP, follow_up)
         .await
         .map_err(engine)?;
     let followed = LogicalPlanBuilder::from(follow_up.clone())
@@ -176,22 +226,28 @@ pub async fn execute(
         )
         .and_then(|b| b.build())
         .map_err(engine)?;
-    let (_, followed) = collect(ctx, followed).await.map_err(engine)?;
+    let (_, followed) = collect(ctx, analysis, "followed", followed)
+        .await
+        .map_err(engine)?;
     attrition.push(Attrition {
         rule: "follow-up of at least one day".to_string(),
         persons: int_at(&followed, "persons"),
         entries: int_at(&followed, "entries"),
     });
     let cohort = planned!(planner.cohort(follow_up));
-    let cohort = materialise(ctx, plan::COHORT, cohort)
+    let cohort = materialise(ctx, analysis, plan::COHORT, cohort)
         .await
         .map_err(engine)?;
     lap("follow_up", &mut timings);
     progress("covariates and endpoints");
     let table = planned!(planner.cohort_table(cohort.clone()));
-    let (cohort_schema, cohort_rows) = collect(ctx, table).await.map_err(engine)?;
+    let (cohort_schema, cohort_rows) = collect(ctx, analysis, "cohort", table)
+        .await
+        .map_err(engine)?;
     let dataset = planned!(planner.dataset(cohort));
-    let (dataset_schema, dataset_rows) = collect(ctx, dataset).await.map_err(engine)?;
+    let (dataset_schema, dataset_rows) = collect(ctx, analysis, "dataset", dataset)
+        .await
+        .map_err(engine)?;
     lap("dataset", &mut timings);
     timings.insert(0, ("plan", setup + planning));
     Ok(Execution {
@@ -205,12 +261,16 @@ pub async fn execute(
 }
 
 /// The plans of every stage, without running them: each stage reads an empty table with the
-/// previous stage's columns. For `plan` and `sql`.
+/// previous stage's columns. For `plan`, and with `portable` for `sql`.
 pub async fn stage_plans(
     study: &Study,
     ctx: &SessionContext,
+    portable: bool,
 ) -> Result<Vec<(&'static str, LogicalPlan)>, String> {
     let mut planner = Planner::new(study, ctx).await.map_err(engine)?;
+    if portable {
+        planner = planner.portable_sql();
+    }
     let empty = |name: &str, plan: &LogicalPlan| -> DfResult<LogicalPlan> {
         register(
             ctx,
@@ -333,7 +393,7 @@ pub async fn sql_script(
 ) -> Result<String, String> {
     use datafusion::sql::unparser::dialect as d;
     use datafusion::sql::unparser::Unparser;
-    let stages = stage_plans(study, ctx).await?;
+    let stages = stage_plans(study, ctx, true).await?;
     let (postgres, mysql, sqlite, duckdb, bigquery) = (
         d::PostgreSqlDialect {},
         d::MySqlDialect {},
