@@ -144,7 +144,7 @@ pub(super) fn plan(
         }
         .map_err(|e| e.to_string())?;
         let mut text = String::new();
-        for (name, plan) in stage_plans(&study, &ctx, false).await? {
+        for (name, plan) in stage_plans(&study, &ctx).await? {
             let (logical, optimised, physical) = explain_plan(&ctx, &plan).await?;
             text.push_str(&format!(
                 "== {name} ==\n-- logical plan\n{logical}\n-- optimised logical plan\n{optimised}\n-- physical plan\n{physical}\n"

@@ -22,7 +22,7 @@ mod stages;
 
 use crate::study::Study;
 use datafusion::common::{Column, Result};
-use datafusion::logical_expr::{Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
 use datafusion::prelude::SessionContext;
 use std::collections::BTreeMap;
 
@@ -39,8 +39,6 @@ pub struct Planner<'a> {
     study: &'a Study,
     tables: BTreeMap<String, LogicalPlan>,
     fresh: usize,
-    /// Build plans that unparse to portable SQL (see `first_rows`).
-    portable: bool,
     /// Persons whose consent lets the study use their data, once built.
     consenting: Option<LogicalPlan>,
     /// Set while the consent records themselves are read, which the rule does not filter.
@@ -62,51 +60,48 @@ impl<'a> Planner<'a> {
             fresh: 0,
             consenting: None,
             reading_consent: false,
-            portable: false,
         })
     }
 
-    /// Plans built from now on unparse to SQL every dialect runs, at some cost in speed: `sql`
-    /// asks for them, `run` does not.
-    pub fn portable_sql(mut self) -> Self {
-        self.portable = true;
-        self
-    }
-
-    /// The first row of each group of `partition` in `order` (whose last keys must make rows
-    /// unique), with `columns`. The engine takes each column's `first_value` in one hash
-    /// aggregate; portable SQL numbers the rows of each group and keeps the first, which every
-    /// database can run but costs a sort and a window per group.
+    /// The first row of each group of `partition` in `order` (keys that are never NULL and
+    /// make rows unique, with the partition's columns), with `columns`. The rows are sorted
+    /// once, by the partition and then the order, and a row is kept when the one before it
+    /// belongs to another group (`lag`). One window over all rows, not one per group: engines
+    /// pay per window partition, and groups here are many and small.
     fn first_rows(
         &mut self,
         plan: LogicalPlan,
         partition: &[String],
-        order: Vec<datafusion::logical_expr::SortExpr>,
+        order: &[(String, bool)],
         columns: &[String],
     ) -> Result<LogicalPlan> {
-        if self.portable {
-            let rank = self.fresh("rank");
-            let ranked = with_window(
-                plan,
-                vec![datafusion::functions_window::expr_fn::row_number()
-                    .partition_by(partition.iter().map(|p| c(p)).collect())
-                    .order_by(order)
+        use datafusion::logical_expr::{lit, ExprFunctionExt};
+        let mut sort: Vec<datafusion::logical_expr::SortExpr> =
+            partition.iter().map(|p| c(p).sort(true, false)).collect();
+        sort.extend(
+            order
+                .iter()
+                .map(|(k, ascending)| c(k).sort(*ascending, false)),
+        );
+        let mut previous = Vec::new();
+        let mut lags = Vec::new();
+        for p in partition {
+            let name = self.fresh("previous");
+            lags.push(
+                datafusion::functions_window::expr_fn::lag(c(p), Some(1), None)
+                    .order_by(sort.clone())
                     .build()?
-                    .alias(&rank)],
-            )?;
-            let first = filter(ranked, c(&rank).eq(datafusion::logical_expr::lit(1u64)))?;
-            return keep(first, columns);
+                    .alias(&name),
+            );
+            previous.push((p, name));
         }
-        let firsts: Vec<Expr> = columns
+        let windowed = with_window(plan, lags)?;
+        let starts_group = previous
             .iter()
-            .filter(|col| !partition.contains(col))
-            .map(|col| {
-                datafusion::functions_aggregate::expr_fn::first_value(c(col), order.clone())
-                    .alias(col.as_str())
-            })
-            .collect();
-        let grouped = aggregate(plan, partition.iter().map(|p| c(p)).collect(), firsts)?;
-        keep(grouped, columns)
+            .map(|(p, prev)| c(prev).is_null().or(c(prev).not_eq(c(p))))
+            .reduce(Expr::or)
+            .unwrap_or(lit(true));
+        keep(filter(windowed, starts_group)?, columns)
     }
 
     /// A column name no other relation of this study uses.

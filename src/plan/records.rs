@@ -147,6 +147,13 @@ impl Planner<'_> {
                     Some(e) => cast(e, t),
                     None => null(t),
                 };
+                // A record without an id (which OMOP forbids) is record 0, as deaths are: ties
+                // between records are broken by id, which therefore must not be NULL.
+                let e = if *name == rec.id {
+                    datafusion::functions::expr_fn::coalesce(vec![e, lit(0i64)])
+                } else {
+                    e
+                };
                 e.alias(name.as_str())
             })
             .collect();

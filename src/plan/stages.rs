@@ -85,10 +85,6 @@ fn asc(name: &str) -> SortExpr {
     c(name).sort(true, false)
 }
 
-fn desc(name: &str) -> SortExpr {
-    c(name).sort(false, true)
-}
-
 fn rows_frame(end: WindowFrameBound) -> WindowFrame {
     WindowFrame::new_bounds(
         WindowFrameUnits::Rows,
@@ -208,22 +204,19 @@ impl Planner<'_> {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let periods = [asc(&p.start), asc(&p.end)];
+        let periods = [(p.start.clone(), true), (p.end.clone(), true)];
         let rows = match index.occurrence {
             Occurrence::All => self.first_rows(
                 rows,
                 &[rec.person.clone(), rec.id.clone(), rec.start.clone()],
-                periods.to_vec(),
+                &periods,
                 &columns,
             )?,
             Occurrence::First | Occurrence::Last => {
-                let mut order = if index.occurrence == Occurrence::First {
-                    vec![asc(&rec.start), asc(&rec.id)]
-                } else {
-                    vec![desc(&rec.start), desc(&rec.id)]
-                };
+                let first = index.occurrence == Occurrence::First;
+                let mut order = vec![(rec.start.clone(), first), (rec.id.clone(), first)];
                 order.extend(periods);
-                self.first_rows(rows, &[rec.person.clone()], order, &columns)?
+                self.first_rows(rows, &[rec.person.clone()], &order, &columns)?
             }
         };
         project(
@@ -634,15 +627,12 @@ impl Planner<'_> {
                 let rows = filter(rows, c(column).is_not_null())?;
                 let (rows, aggregated) = match aggregate {
                     Aggregate::First | Aggregate::Last => {
-                        let order = if *aggregate == Aggregate::First {
-                            vec![asc(&rec.start), asc(&rec.id)]
-                        } else {
-                            vec![desc(&rec.start), desc(&rec.id)]
-                        };
+                        let first = *aggregate == Aggregate::First;
+                        let order = [(rec.start.clone(), first), (rec.id.clone(), first)];
                         let mut columns = ctx.key.clone();
                         columns.push(column.clone());
-                        let first = self.first_rows(rows, &ctx.key, order, &columns)?;
-                        (first, max(v))
+                        let chosen = self.first_rows(rows, &ctx.key, &order, &columns)?;
+                        (chosen, max(v))
                     }
                     Aggregate::Min => (rows, min(v)),
                     Aggregate::Max => (rows, max(v)),

@@ -261,16 +261,12 @@ async fn run_stages(
 }
 
 /// The plans of every stage, without running them: each stage reads an empty table with the
-/// previous stage's columns. For `plan`, and with `portable` for `sql`.
+/// previous stage's columns. For `plan` and `sql`.
 pub async fn stage_plans(
     study: &Study,
     ctx: &SessionContext,
-    portable: bool,
 ) -> Result<Vec<(&'static str, LogicalPlan)>, String> {
     let mut planner = Planner::new(study, ctx).await.map_err(engine)?;
-    if portable {
-        planner = planner.portable_sql();
-    }
     let empty = |name: &str, plan: &LogicalPlan| -> DfResult<LogicalPlan> {
         register(
             ctx,
@@ -393,7 +389,7 @@ pub async fn sql_script(
 ) -> Result<String, String> {
     use datafusion::sql::unparser::dialect as d;
     use datafusion::sql::unparser::Unparser;
-    let stages = stage_plans(study, ctx, true).await?;
+    let stages = stage_plans(study, ctx).await?;
     let (postgres, mysql, sqlite, duckdb, bigquery) = (
         d::PostgreSqlDialect {},
         d::MySqlDialect {},
