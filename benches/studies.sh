@@ -3,7 +3,7 @@
 # used only here) over the same Parquet files, and against the scan floor. Not a test: it
 # prints measurements.
 #   bash benches/studies.sh                 (100,000 and 1,000,000 persons)
-#   bash benches/studies.sh 20000           (other sizes)
+#   bash benches/studies.sh 20000           (other sizes; BENCH_REPEAT=1 for one run each)
 # Repositories are generated once into $COHORTQL_BENCH_DIR (default target/bench).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,5 +26,6 @@ for n in "${sizes[@]}"; do
   [ -f "$repo/person.parquet" ] || "$bin" synth --persons "$n" --seed 1 --out "$repo" > /dev/null
   echo "== $n persons ($("$bench/venv/bin/python" -c 'import duckdb; print("DuckDB", duckdb.__version__)'), $(nproc) cores)"
   "$bench/venv/bin/python" benches/studies.py --bin "$bin" --repo "$repo" --python "$bench/venv/bin/python" \
+    --repeat "${BENCH_REPEAT:-3}" \
     studies/*.study studies/eunomia/*.study
 done

@@ -12,7 +12,6 @@ use datafusion::functions::expr_fn::{coalesce, greatest, least};
 use datafusion::functions_aggregate::expr_fn::{avg, count, count_distinct, max, min, sum};
 use datafusion::functions_aggregate::min_max::max_udaf;
 use datafusion::functions_aggregate::sum::sum_udaf;
-use datafusion::functions_window::expr_fn::row_number;
 use datafusion::logical_expr::expr::WindowFunction;
 use datafusion::logical_expr::{
     cast, lit, when, Expr, ExprFunctionExt, JoinType, LogicalPlan, LogicalPlanBuilder, SortExpr,
@@ -111,52 +110,99 @@ fn windowed(
     builder.build()
 }
 
-/// Groups ordered spans of each partition into islands: a span starts a new island when it
-/// begins more than `gap` days after every earlier span ended. Adds the island number.
-fn islands(
-    plan: LogicalPlan,
-    partition: &str,
-    start: &str,
-    end: &str,
-    order: Vec<SortExpr>,
-    gap: i64,
-    island: &str,
-    scratch: &str,
-) -> Result<LogicalPlan> {
-    let columns = names(&plan);
-    let previous_end = windowed(
-        WindowFunctionDefinition::AggregateUDF(max_udaf()),
-        c(end),
-        vec![c(partition)],
-        order.clone(),
-        Some(rows_frame(WindowFrameBound::Preceding(
-            ScalarValue::UInt64(Some(1)),
-        ))),
-    )?
-    .alias(scratch);
-    let plan = with_window(plan, vec![previous_end])?;
-    let starts = when(
-        c(scratch)
-            .is_null()
-            .or(days_between(c(start), c(scratch)).gt(lit(gap))),
-        lit(1i64),
-    )
-    .otherwise(lit(0i64))?;
-    let number = windowed(
-        WindowFunctionDefinition::AggregateUDF(sum_udaf()),
-        starts,
-        vec![c(partition)],
-        order,
-        Some(rows_frame(WindowFrameBound::CurrentRow)),
-    )?
-    .alias(island);
-    let plan = with_window(plan, vec![number])?;
-    let mut keep_columns = columns;
-    keep_columns.push(island.to_string());
-    keep(plan, &keep_columns)
-}
+/// Days since 1970-01-01 plus this, to make every date's day number positive and below
+/// `DAY_SPAN` (dates within some 1,400 years of 1970).
+const DAY_OFFSET: i64 = 1 << 19;
+/// Day numbers of one island fit below this; islands are numbered above it.
+const DAY_SPAN: i64 = 1 << 20;
 
 impl Planner<'_> {
+    /// Groups each person's spans, in `order` (after the person), into islands: a span starts a
+    /// new island when it begins more than `gap` days after every earlier span of the person
+    /// ended. Adds the island's number, unique over all persons.
+    ///
+    /// Windows run over all rows in one order rather than one window per person, whose
+    /// per-partition cost dominates when persons are many and their spans few. The running
+    /// maximum of earlier ends must then not reach into the previous person: each end is
+    /// encoded with its person's rank above its day number, so the maximum over earlier rows
+    /// belongs to this person exactly when its rank is this person's.
+    fn islands(
+        &mut self,
+        plan: LogicalPlan,
+        person: &str,
+        start: &str,
+        end: &str,
+        order: Vec<SortExpr>,
+        gap: i64,
+        island: &str,
+    ) -> Result<LogicalPlan> {
+        let columns = names(&plan);
+        let mut sort = vec![asc(person)];
+        sort.extend(order);
+        let epoch = date_lit(chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date"));
+        let day = |date: &str| days_between(c(date), epoch.clone()) + lit(DAY_OFFSET);
+        let running = |function: WindowFunctionDefinition, arg: Expr, last: WindowFrameBound| {
+            windowed(function, arg, vec![], sort.clone(), Some(rows_frame(last)))
+        };
+        let max = || WindowFunctionDefinition::AggregateUDF(max_udaf());
+        let sum = || WindowFunctionDefinition::AggregateUDF(sum_udaf());
+        let (previous_person, rank, previous, starts) = (
+            self.fresh("previous_person"),
+            self.fresh("person_rank"),
+            self.fresh("previous_end"),
+            self.fresh("starts_island"),
+        );
+        // Each person's rank in the order: 1, 2, 3, … (a person's rows are contiguous).
+        let lag = datafusion::functions_window::expr_fn::lag(c(person), Some(1), None)
+            .order_by(sort.clone())
+            .build()?
+            .alias(&previous_person);
+        let plan = with_window(plan, vec![lag])?;
+        let new_person = when(
+            c(&previous_person)
+                .is_null()
+                .or(c(&previous_person).not_eq(c(person))),
+            lit(1i64),
+        )
+        .otherwise(lit(0i64))?;
+        let plan = with_window(
+            plan,
+            vec![running(sum(), new_person, WindowFrameBound::CurrentRow)?.alias(&rank)],
+        )?;
+        // The latest end among the person's earlier spans, as (rank, day) in one number.
+        let encoded = c(&rank) * lit(DAY_SPAN) + day(end);
+        let one_before = WindowFrameBound::Preceding(ScalarValue::UInt64(Some(1)));
+        let plan = with_window(
+            plan,
+            vec![running(max(), encoded, one_before)?.alias(&previous)],
+        )?;
+        // Earlier ranks encode below this person's rank times the span (no division, which
+        // some SQL dialects do in floating point).
+        let person_base = c(&rank) * lit(DAY_SPAN);
+        let other_person = c(&previous).lt(person_base.clone());
+        let previous_end_day = c(&previous) - person_base;
+        let new_island = when(
+            c(&previous)
+                .is_null()
+                .or(other_person)
+                .or((day(start) - previous_end_day).gt(lit(gap))),
+            lit(1i64),
+        )
+        .otherwise(lit(0i64))?;
+        let mut with_starts = columns.clone();
+        with_starts.push(starts.clone());
+        let mut exprs: Vec<Expr> = columns.iter().map(|n| c(n)).collect();
+        exprs.push(new_island.alias(&starts));
+        let plan = project(plan, exprs)?;
+        let plan = with_window(
+            plan,
+            vec![running(sum(), c(&starts), WindowFrameBound::CurrentRow)?.alias(island)],
+        )?;
+        let mut keep_columns = columns;
+        keep_columns.push(island.to_string());
+        keep(plan, &keep_columns)
+    }
+
     /// Qualifying index events: in an observation period (with the observation the study asks
     /// for) and within the calendar limits; then each person's first, last or all of them.
     pub fn entries(&mut self) -> Result<LogicalPlan> {
@@ -392,8 +438,8 @@ impl Planner<'_> {
                 .alias(&span_end),
             ],
         )?;
-        let (island, scratch) = (self.fresh("era"), self.fresh("previous_end"));
-        let spans = islands(
+        let island = self.fresh("era");
+        let spans = self.islands(
             spans,
             &rec.person,
             &span_start,
@@ -401,7 +447,6 @@ impl Planner<'_> {
             vec![asc(&span_start), asc(&span_end)],
             gap,
             &island,
-            &scratch,
         )?;
         let (era_person, era_start, era_end) = (
             self.fresh("era_person"),
@@ -453,45 +498,45 @@ impl Planner<'_> {
             return Ok(follow_up);
         };
         let columns = names(&follow_up);
-        let order = vec![
-            asc(FOLLOW_UP_START),
-            asc(FOLLOW_UP_END),
-            asc(INDEX_DATE),
-            asc(INDEX_RECORD),
-        ];
-        let (group, scratch) = (self.fresh("group"), self.fresh("previous_end"));
-        let plan = islands(
+        let group = self.fresh("group");
+        let grouped = self.islands(
             follow_up,
             PERSON,
             FOLLOW_UP_START,
             FOLLOW_UP_END,
-            order.clone(),
+            vec![
+                asc(FOLLOW_UP_START),
+                asc(FOLLOW_UP_END),
+                asc(INDEX_DATE),
+                asc(INDEX_RECORD),
+            ],
             days,
             &group,
-            &scratch,
         )?;
-        let (rank, group_end) = (self.fresh("rank"), self.fresh("group_end"));
-        // One window node per ordering: DataFusion plans each node with one sort.
-        let plan = with_window(
-            plan,
-            vec![row_number()
-                .partition_by(vec![c(PERSON), c(&group)])
-                .order_by(order)
-                .build()?
-                .alias(&rank)],
+        // The merged entry: the group's first entry, ending at the group's latest end.
+        let (group_of, group_end) = (self.fresh("group_of"), self.fresh("group_end"));
+        let ends = aggregate(
+            grouped.clone(),
+            vec![c(&group).alias(&group_of)],
+            vec![max(c(FOLLOW_UP_END)).alias(&group_end)],
         )?;
-        let plan = with_window(
-            plan,
-            vec![windowed(
-                WindowFunctionDefinition::AggregateUDF(max_udaf()),
-                c(FOLLOW_UP_END),
-                vec![c(PERSON), c(&group)],
-                vec![],
+        let mut with_group = columns.clone();
+        with_group.push(group.clone());
+        let order: Vec<(String, bool)> = [FOLLOW_UP_START, FOLLOW_UP_END, INDEX_DATE, INDEX_RECORD]
+            .iter()
+            .map(|k| (k.to_string(), true))
+            .collect();
+        let firsts = self.first_rows(grouped, &[group.clone()], &order, &with_group)?;
+        let left = self.aliased(firsts)?;
+        let right = self.aliased(ends)?;
+        let joined = LogicalPlanBuilder::from(left)
+            .join(
+                right,
+                JoinType::Inner,
+                (vec![group.as_str()], vec![group_of.as_str()]),
                 None,
             )?
-            .alias(&group_end)],
-        )?;
-        let plan = filter(plan, c(&rank).eq(lit(1u64)))?;
+            .build()?;
         let outputs: Vec<Expr> = columns
             .iter()
             .map(|n| {
@@ -502,7 +547,7 @@ impl Planner<'_> {
                 }
             })
             .collect();
-        project(plan, outputs)
+        project(joined, outputs)
     }
 
     /// The OMOP cohort table: one row per cohort entry, from index to the end of follow-up.
