@@ -2,7 +2,7 @@
 //! the records a `where` looks at); each test on events becomes an aggregate per context row,
 //! left-joined onto the context, and the criterion a boolean expression over those columns.
 
-use super::days::days_between;
+use super::days::{days_add, days_between};
 use super::records::{date_lit, PersonCols, Rec};
 use super::{aggregate, c, filter, keep, names, project, Planner};
 use crate::study::*;
@@ -158,31 +158,6 @@ impl Planner<'_> {
         }))
     }
 
-    /// Whether a record's date lies in a window of the context; false when the window's anchor
-    /// has no date here.
-    pub(super) fn in_window(&self, window: &Window, date: Expr, ctx: &Ctx) -> Expr {
-        match *window {
-            Window::FollowUp => match &ctx.follow_up {
-                Some((s, e)) => date.clone().gt_eq(c(s)).and(date.lt_eq(c(e))),
-                None => lit(false),
-            },
-            Window::Days { anchor, start, end } => match ctx.anchor(anchor) {
-                None => lit(false),
-                Some(a) => {
-                    let offset = days_between(date, a);
-                    let mut test = lit(true);
-                    if let Some(s) = start {
-                        test = test.and(offset.clone().gt_eq(lit(s)));
-                    }
-                    if let Some(e) = end {
-                        test = test.and(offset.lt_eq(lit(e)));
-                    }
-                    test
-                }
-            },
-        }
-    }
-
     /// The query's records inside the window, for each context row.
     pub(super) fn found(
         &mut self,
@@ -190,9 +165,46 @@ impl Planner<'_> {
         window: &Window,
         ctx: &Ctx,
     ) -> Result<(LogicalPlan, Rec)> {
+        // The window's first and last day are computed once per context row, so that the join
+        // with the records compares dates rather than computing a difference per pair.
+        let (lo, hi): (Option<Expr>, Option<Expr>) = match *window {
+            Window::FollowUp => match &ctx.follow_up {
+                Some((s, e)) => (Some(c(s)), Some(c(e))),
+                None => return self.nothing_found(query, ctx),
+            },
+            Window::Days { anchor, start, end } => match ctx.anchor(anchor) {
+                None => return self.nothing_found(query, ctx),
+                Some(a) => (
+                    start.map(|s| days_add(a.clone(), lit(s))),
+                    end.map(|e| days_add(a, lit(e))),
+                ),
+            },
+        };
+        let mut exprs: Vec<Expr> = names(&ctx.base).iter().map(|n| c(n)).collect();
+        let mut test = lit(true);
+        let mut bounded = ctx.clone();
+        let (first_day, last_day) = (self.fresh("first_day"), self.fresh("last_day"));
+        if let Some(lo) = lo {
+            exprs.push(lo.alias(&first_day));
+        }
+        if let Some(hi) = hi {
+            exprs.push(hi.alias(&last_day));
+        }
+        bounded.base = project(ctx.base.clone(), exprs)?;
+        let (rows, rec) = self.matching(query, &bounded)?;
+        if names(&bounded.base).contains(&first_day) {
+            test = test.and(c(&rec.start).gt_eq(c(&first_day)));
+        }
+        if names(&bounded.base).contains(&last_day) {
+            test = test.and(c(&rec.start).lt_eq(c(&last_day)));
+        }
+        Ok((filter(rows, test)?, rec))
+    }
+
+    /// The query's records for a window that has no days here: none.
+    fn nothing_found(&mut self, query: &EventQuery, ctx: &Ctx) -> Result<(LogicalPlan, Rec)> {
         let (rows, rec) = self.matching(query, ctx)?;
-        let inside = self.in_window(window, c(&rec.start), ctx);
-        Ok((filter(rows, inside)?, rec))
+        Ok((filter(rows, lit(false))?, rec))
     }
 
     /// Aggregates `rows` (which carry the context's key) per context row and left-joins the
@@ -301,7 +313,11 @@ impl Planner<'_> {
                     return Ok(lit(false));
                 };
                 let (periods, p) = self.periods()?;
-                let left = self.aliased(ctx.base.clone())?;
+                let (first_day, last_day) = (self.fresh("first_day"), self.fresh("last_day"));
+                let mut exprs: Vec<Expr> = names(&ctx.base).iter().map(|n| c(n)).collect();
+                exprs.push(days_add(a.clone(), lit(*start)).alias(&first_day));
+                exprs.push(days_add(a, lit(*end)).alias(&last_day));
+                let left = self.aliased(project(ctx.base.clone(), exprs)?)?;
                 let right = self.aliased(periods)?;
                 let covering = LogicalPlanBuilder::from(left)
                     .join(
@@ -311,9 +327,9 @@ impl Planner<'_> {
                         None,
                     )?
                     .filter(
-                        days_between(a.clone(), c(&p.start))
-                            .gt_eq(lit(-*start))
-                            .and(days_between(c(&p.end), a).gt_eq(lit(*end))),
+                        c(&p.start)
+                            .lt_eq(c(&first_day))
+                            .and(c(&p.end).gt_eq(c(&last_day))),
                     )?
                     .build()?;
                 let n = self

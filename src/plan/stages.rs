@@ -218,6 +218,12 @@ impl Planner<'_> {
         }
         let (periods, p) = self.periods()?;
         let (before, after) = index.observation;
+        // The days observation must cover, computed once per event.
+        let (first_day, last_day) = (self.fresh("first_day"), self.fresh("last_day"));
+        let mut exprs: Vec<Expr> = names(&rows).iter().map(|n| c(n)).collect();
+        exprs.push(days_add(c(&rec.start), lit(before)).alias(&first_day));
+        exprs.push(days_add(c(&rec.start), lit(after)).alias(&last_day));
+        let rows = project(rows, exprs)?;
         let left = self.aliased(rows)?;
         let right = self.aliased(periods)?;
         let rows = LogicalPlanBuilder::from(left)
@@ -228,9 +234,9 @@ impl Planner<'_> {
                 None,
             )?
             .filter(
-                days_between(c(&rec.start), c(&p.start))
-                    .gt_eq(lit(-before))
-                    .and(days_between(c(&p.end), c(&rec.start)).gt_eq(lit(after))),
+                c(&p.start)
+                    .lt_eq(c(&first_day))
+                    .and(c(&p.end).gt_eq(c(&last_day))),
             )?
             .build()?;
         // One row per entry: each person's first or last event, or every event; with the
