@@ -158,9 +158,28 @@ const CIRCE_OVERLAP: [(&str, usize); 6] = [
 fn running_the_eunomia_studies_reproduces_ohdsi_circe_results() {
     let dir = tempfile::tempdir().unwrap();
     let mut cohorts_of: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+    // One command for the four, as a user would run them.
+    let mut args = vec!["run".to_string()];
+    args.extend(
+        CIRCE_COUNTS
+            .iter()
+            .map(|(study, _)| format!("studies/eunomia/{study}.study")),
+    );
+    args.extend([
+        "--repo".into(),
+        "tests/data/eunomia-gibleed".into(),
+        "--out".into(),
+        dir.path().to_str().unwrap().into(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = cohortql(&args);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     for (k, (study, expected)) in CIRCE_COUNTS.iter().enumerate() {
         let out = dir.path().join(study);
-        run_on_eunomia(study, &out);
         let subjects = csv_column(&out.join("cohort.csv"), "subject_id");
         assert_eq!(subjects.len(), *expected, "{study}: cohort entries");
         let distinct: std::collections::BTreeSet<&String> = subjects.iter().collect();

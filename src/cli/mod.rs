@@ -78,12 +78,15 @@ enum Command {
     },
     /// Run a study on a repository: writes the cohort, the dataset and the attrition table.
     Run {
-        study: PathBuf,
+        /// Study files; several run one after another, each into its own directory.
+        #[arg(required = true)]
+        studies: Vec<PathBuf>,
         /// The repository directory; without it, the built-in demo repository.
         #[arg(long)]
         repo: Option<PathBuf>,
-        /// Where to write the outputs (default: output/<study name>). A previous run's outputs
-        /// there are replaced.
+        /// Where to write the outputs: for one study, its directory (default
+        /// output/<study name>); for several, the directory that holds one per study (default
+        /// output). A previous run's outputs there are replaced.
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -182,7 +185,9 @@ pub fn main() -> ExitCode {
             out,
             format,
         } => data::synth(persons, seed, &out, format),
-        Command::Run { study, repo, out } => run::run(&study, repo.as_deref(), out.as_deref()),
+        Command::Run { studies, repo, out } => {
+            run::run_all(&studies, repo.as_deref(), out.as_deref())
+        }
         Command::Plan {
             study,
             repo,

@@ -27,13 +27,47 @@ fn open(dir: Option<&Path>) -> Result<(PathBuf, Repository), String> {
     }
 }
 
-/// Where a study's outputs go by default: `output/<study file name without extension>`.
-fn default_out(study: &Path) -> PathBuf {
-    let stem = study
+/// A study's name for its output directory: the file name without extension.
+fn stem(study: &Path) -> String {
+    study
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "study".to_string());
-    PathBuf::from("output").join(stem)
+        .unwrap_or_else(|| "study".to_string())
+}
+
+/// Where a study's outputs go by default: `output/<study name>`.
+fn default_out(study: &Path) -> PathBuf {
+    PathBuf::from("output").join(stem(study))
+}
+
+/// Runs several studies one after another, each into `<out>/<study name>`.
+pub(super) fn run_all(
+    studies: &[PathBuf],
+    repo: Option<&Path>,
+    out: Option<&Path>,
+) -> Result<Status, String> {
+    if let [study] = studies {
+        return run(study, repo, out);
+    }
+    let mut names = std::collections::BTreeMap::new();
+    for s in studies {
+        if let Some(other) = names.insert(stem(s), s) {
+            return Err(format!(
+                "{} and {} would write to the same output directory: run them separately",
+                other.display(),
+                s.display()
+            ));
+        }
+    }
+    let parent = out.unwrap_or(Path::new("output"));
+    let mut status = Status::Ok;
+    for s in studies {
+        if let Status::StudyErrors = run(s, repo, Some(&parent.join(stem(s))))? {
+            status = Status::StudyErrors;
+        }
+        println!();
+    }
+    Ok(status)
 }
 
 pub(super) fn run(
