@@ -3,7 +3,7 @@
 //! left-joined onto the context, and the criterion a boolean expression over those columns.
 
 use super::days::{days_add, days_between};
-use super::records::{date_lit, PersonCols, Rec};
+use super::records::{date_lit, PeriodCols, PersonCols, Rec};
 use super::{aggregate, c, filter, keep, names, project, Planner};
 use crate::study::*;
 use datafusion::arrow::datatypes::DataType;
@@ -312,26 +312,8 @@ impl Planner<'_> {
                 let Some(a) = ctx.anchor(*anchor) else {
                     return Ok(lit(false));
                 };
-                let (periods, p) = self.periods()?;
-                let (first_day, last_day) = (self.fresh("first_day"), self.fresh("last_day"));
-                let mut exprs: Vec<Expr> = names(&ctx.base).iter().map(|n| c(n)).collect();
-                exprs.push(days_add(a.clone(), lit(*start)).alias(&first_day));
-                exprs.push(days_add(a, lit(*end)).alias(&last_day));
-                let left = self.aliased(project(ctx.base.clone(), exprs)?)?;
-                let right = self.aliased(periods)?;
-                let covering = LogicalPlanBuilder::from(left)
-                    .join(
-                        right,
-                        JoinType::Inner,
-                        (vec![ctx.person.as_str()], vec![p.person.as_str()]),
-                        None,
-                    )?
-                    .filter(
-                        c(&p.start)
-                            .lt_eq(c(&first_day))
-                            .and(c(&p.end).gt_eq(c(&last_day))),
-                    )?
-                    .build()?;
+                let (covering, _) =
+                    self.covering_periods(ctx.base.clone(), &ctx.person.clone(), a, *start, *end)?;
                 let n = self
                     .attach(ctx, covering, vec![count(lit(1i64))])?
                     .remove(0);
@@ -346,6 +328,40 @@ impl Planner<'_> {
                 Some(q) => coalesce(vec![value_test(test, q), lit(false)]),
             },
         })
+    }
+
+    /// The rows joined with each observation period of their person that covers every day
+    /// from `anchor + start` to `anchor + end`.
+    pub(super) fn covering_periods(
+        &mut self,
+        rows: LogicalPlan,
+        person: &str,
+        anchor: Expr,
+        start: i64,
+        end: i64,
+    ) -> Result<(LogicalPlan, PeriodCols)> {
+        let (periods, p) = self.periods()?;
+        // The days to cover, computed once per row rather than once per row and period.
+        let (first_day, last_day) = (self.fresh("first_day"), self.fresh("last_day"));
+        let mut exprs: Vec<Expr> = names(&rows).iter().map(|n| c(n)).collect();
+        exprs.push(days_add(anchor.clone(), lit(start)).alias(&first_day));
+        exprs.push(days_add(anchor, lit(end)).alias(&last_day));
+        let left = self.aliased(project(rows, exprs)?)?;
+        let right = self.aliased(periods)?;
+        let covering = LogicalPlanBuilder::from(left)
+            .join(
+                right,
+                JoinType::Inner,
+                (vec![person], vec![p.person.as_str()]),
+                None,
+            )?
+            .filter(
+                c(&p.start)
+                    .lt_eq(c(&first_day))
+                    .and(c(&p.end).gt_eq(c(&last_day))),
+            )?
+            .build()?;
+        Ok((covering, p))
     }
 
     /// A person's age, year or date on the quantity's anchor, or `None` without that anchor.

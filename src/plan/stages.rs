@@ -216,29 +216,9 @@ impl Planner<'_> {
         if let Some(until) = index.until {
             rows = filter(rows, c(&rec.start).lt_eq(date_lit(until)))?;
         }
-        let (periods, p) = self.periods()?;
         let (before, after) = index.observation;
-        // The days observation must cover, computed once per event.
-        let (first_day, last_day) = (self.fresh("first_day"), self.fresh("last_day"));
-        let mut exprs: Vec<Expr> = names(&rows).iter().map(|n| c(n)).collect();
-        exprs.push(days_add(c(&rec.start), lit(before)).alias(&first_day));
-        exprs.push(days_add(c(&rec.start), lit(after)).alias(&last_day));
-        let rows = project(rows, exprs)?;
-        let left = self.aliased(rows)?;
-        let right = self.aliased(periods)?;
-        let rows = LogicalPlanBuilder::from(left)
-            .join(
-                right,
-                JoinType::Inner,
-                (vec![rec.person.as_str()], vec![p.person.as_str()]),
-                None,
-            )?
-            .filter(
-                c(&p.start)
-                    .lt_eq(c(&first_day))
-                    .and(c(&p.end).gt_eq(c(&last_day))),
-            )?
-            .build()?;
+        let (rows, p) =
+            self.covering_periods(rows, &rec.person.clone(), c(&rec.start), before, after)?;
         // One row per entry: each person's first or last event, or every event; with the
         // earliest period that qualifies, should periods overlap.
         let columns: Vec<String> = [
