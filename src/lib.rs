@@ -24,6 +24,7 @@ pub mod fmt;
 pub mod hash;
 pub mod plan;
 pub mod reference;
+pub mod repl;
 pub mod repo;
 pub mod run;
 pub mod study;

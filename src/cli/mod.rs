@@ -3,6 +3,7 @@
 
 mod data;
 mod render;
+mod repl;
 mod run;
 
 pub use render::render;
@@ -107,6 +108,14 @@ enum Command {
         #[arg(long, value_enum, default_value_t = DialectArg::Postgres)]
         dialect: DialectArg,
     },
+    /// Explore a repository and build a study line by line, with the attrition after each step.
+    Repl {
+        /// A study to start from.
+        study: Option<PathBuf>,
+        /// The repository directory; without it, the built-in demo repository.
+        #[arg(long)]
+        repo: Option<PathBuf>,
+    },
     /// Work with OMOP repositories.
     Repo {
         #[command(subcommand)]
@@ -188,6 +197,7 @@ pub fn main() -> ExitCode {
         Command::Run { studies, repo, out } => {
             run::run_all(&studies, repo.as_deref(), out.as_deref())
         }
+        Command::Repl { study, repo } => repl::repl(repo.as_deref(), study.as_deref()),
         Command::Plan {
             study,
             repo,

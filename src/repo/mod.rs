@@ -1,6 +1,7 @@
 //! The OMOP repository: a directory with one Parquet, CSV or gzipped CSV file per table,
 //! validated and registered as tables of a DataFusion session.
 
+pub mod browse;
 pub mod files;
 pub mod quality;
 pub mod rows;

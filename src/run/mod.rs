@@ -3,6 +3,7 @@
 
 mod dialect;
 pub mod output;
+pub mod workspace;
 
 use crate::plan::{self, Planner};
 use crate::repo::clean_engine_message;

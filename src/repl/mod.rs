@@ -1,0 +1,450 @@
+//! The REPL's session: a study built line by line, checked after every line, with the attrition
+//! recomputed on the repository after each step of the population. Free of any terminal: the
+//! command line feeds it lines and prints its replies (see `cli::repl`).
+
+pub mod draft;
+
+use crate::compile::compile_text;
+use crate::diag::Diagnostic;
+use crate::run::workspace::Workspace;
+use crate::run::{Attrition, Dialect};
+use crate::study::Study;
+use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
+use draft::{Draft, LineKind, SECTIONS};
+use std::path::{Path, PathBuf};
+
+/// What the session answers to one input.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply {
+    /// Nothing to say (a section switch, a comment).
+    Quiet,
+    Text(String),
+    /// The input was refused; the session is unchanged.
+    Error(String),
+    Quit,
+}
+
+pub const HELP: &str = "\
+Type study lines as in a study file; they are checked at once and kept if they are right.
+  concepts | population | exposure arms | follow-up | covariates | endpoints | output | consent
+                      start a section (index, require and exclude always go to population)
+  study \"title\"       name the study
+Commands:
+  :help               this text
+  :show               the study so far, in canonical layout
+  :explain            the study in plain English
+  :count              the attrition so far, on the repository
+  :run [DIR]          run the study; outputs to DIR (default output/repl)
+  :plan               the query plan of each stage
+  :sql [DIALECT]      the study as SQL (postgres, mysql, sqlite, duckdb, bigquery)
+  :concept TEXT       concepts whose name contains TEXT, or whose code or id is TEXT
+  :tables             the repository's tables, with rows and persons
+  :load FILE          replace the study with a study file
+  :save FILE          write the study to a file (canonical layout)
+  :undo               take back the last change
+  :reset              start again from an empty study
+  :quit               leave (also Ctrl-D)";
+
+/// A REPL session.
+pub struct Session {
+    draft: Draft,
+    undo: Vec<Draft>,
+    workspace: Option<std::rc::Rc<Workspace>>,
+    runtime: std::rc::Rc<tokio::runtime::Runtime>,
+}
+
+impl Session {
+    pub fn new(workspace: Option<Workspace>, runtime: tokio::runtime::Runtime) -> Session {
+        Session {
+            draft: Draft::default(),
+            undo: Vec::new(),
+            workspace: workspace.map(std::rc::Rc::new),
+            runtime: std::rc::Rc::new(runtime),
+        }
+    }
+
+    /// Names of concepts in the repository's vocabulary that start with a text (ignoring
+    /// case), for completing a quoted concept name; empty without a repository.
+    pub fn concept_names(&self) -> impl Fn(&str) -> Vec<String> + 'static {
+        let (workspace, runtime) = (self.workspace.clone(), self.runtime.clone());
+        move |prefix: &str| match &workspace {
+            Some(w) => runtime
+                .block_on(w.concepts(prefix))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|h| h.name)
+                .filter(|n| n.to_lowercase().starts_with(&prefix.to_lowercase()))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// The study as it stands, in its own words (for saving, showing, completing names).
+    pub fn text(&self) -> String {
+        self.draft.render(false)
+    }
+
+    /// Names defined so far (concept sets, covariates, endpoints, arms): for completion.
+    pub fn names(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        for (i, lines) in self.draft.sections.iter().enumerate() {
+            if matches!(i, 0 | 2 | 4 | 5) {
+                for l in lines {
+                    if let Some((name, _)) = l.split_once('=') {
+                        let name = name.trim();
+                        if !name.is_empty() && !name.contains(' ') {
+                            names.push(name.to_string());
+                        }
+                    }
+                }
+            }
+        }
+        names
+    }
+
+    /// Whether `input` (one or more lines) is a whole statement or command, or the parser
+    /// wants more of it (see `input_is_complete`).
+    pub fn is_complete(&self, input: &str) -> bool {
+        input_is_complete(&self.draft, input)
+    }
+
+    /// The study so far, for a line editor that asks `input_is_complete` on its own.
+    pub fn draft(&self) -> &Draft {
+        &self.draft
+    }
+
+    /// Handles one input: a command, a section keyword, or a study line.
+    pub fn handle(&mut self, input: &str) -> Reply {
+        let input = input.trim();
+        if input.is_empty() || input.starts_with("--") {
+            return Reply::Quiet;
+        }
+        if let Some(command) = input.strip_prefix(':') {
+            return self.command(command);
+        }
+        let line = input
+            .split('\n')
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut next = self.draft.clone();
+        let mut population_step = false;
+        match self.draft.classify(&line) {
+            LineKind::Section(i) => {
+                self.draft.current = Some(i);
+                return Reply::Quiet;
+            }
+            LineKind::Title(t) => next.title = Some(t),
+            LineKind::HeaderItem => next.header.push(line.clone()),
+            LineKind::Statement(i) => {
+                next.sections[i].push(line.clone());
+                population_step = i == 1;
+                if i == 1 {
+                    next.current = Some(1);
+                }
+            }
+            LineKind::Unplaced => {
+                return Reply::Error(format!(
+                    "which section does this belong to? Type one first: {}",
+                    SECTIONS.join(", ")
+                ))
+            }
+        }
+        let text = next.render(true);
+        let compiled = compile_text(text.clone());
+        if compiled.has_errors() {
+            return Reply::Error(diagnostics(&compiled.diagnostics, &text));
+        }
+        self.undo.push(std::mem::replace(&mut self.draft, next));
+        let warnings = diagnostics(&compiled.diagnostics, &text);
+        if population_step && self.draft.has_index() {
+            return match self.attrition_text() {
+                Ok(t) => Reply::Text(format!("{warnings}{t}")),
+                Err(e) => Reply::Error(format!("{warnings}{e}")),
+            };
+        }
+        if warnings.is_empty() {
+            Reply::Quiet
+        } else {
+            Reply::Text(warnings)
+        }
+    }
+
+    /// The checked study, or why there is none yet.
+    fn study(&self) -> Result<Study, String> {
+        if !self.draft.has_index() {
+            return Err("the study has no index event yet: type `index = first …`".into());
+        }
+        let text = self.draft.render(false);
+        let compiled = compile_text(text.clone());
+        match compiled.study {
+            Some(s) if !compiled.has_errors() => Ok(s),
+            _ => Err(diagnostics(&compiled.diagnostics, &text)),
+        }
+    }
+
+    fn workspace(&self) -> Result<&Workspace, String> {
+        self.workspace
+            .as_deref()
+            .ok_or_else(|| "no repository is open: start with `cohortql repl --repo DIR`".into())
+    }
+
+    fn attrition_text(&self) -> Result<String, String> {
+        let study = self.study()?;
+        let rows = self.runtime.block_on(self.workspace()?.attrition(&study))?;
+        Ok(attrition_table(&rows, &study))
+    }
+
+    fn command(&mut self, command: &str) -> Reply {
+        let (name, arg) = match command.trim().split_once(char::is_whitespace) {
+            Some((n, a)) => (n, a.trim()),
+            None => (command.trim(), ""),
+        };
+        let result: Result<String, String> = match name {
+            "help" | "h" | "?" => Ok(HELP.to_string()),
+            "quit" | "q" | "exit" => return Reply::Quit,
+            "show" => Ok(self.canonical()),
+            "explain" => self.study().map(|s| crate::explain::explain_study(&s)),
+            "count" => self.attrition_text(),
+            "undo" => match self.undo.pop() {
+                Some(d) => {
+                    self.draft = d;
+                    Ok("Took back the last change.".into())
+                }
+                None => Err("nothing to undo".into()),
+            },
+            "reset" => {
+                self.undo.push(std::mem::take(&mut self.draft));
+                Ok("Started again from an empty study (`:undo` brings it back).".into())
+            }
+            "save" => self.save(arg),
+            "load" => self.load(arg),
+            "run" => self.run(arg),
+            "plan" => self
+                .study()
+                .and_then(|s| self.runtime.block_on(self.workspace()?.plans(&s))),
+            "sql" => self.sql(arg),
+            "concept" => self.concept(arg),
+            "tables" => self.tables(),
+            other => Err(format!("unknown command `:{other}`: `:help` lists them")),
+        };
+        match result {
+            Ok(t) if t.is_empty() => Reply::Quiet,
+            Ok(t) => Reply::Text(t),
+            Err(e) => Reply::Error(e),
+        }
+    }
+
+    /// The study text in canonical layout (as `cohortql fmt` writes it).
+    fn canonical(&self) -> String {
+        let text = self.draft.render(false);
+        let compiled = compile_text(text.clone());
+        match &compiled.file {
+            Some(file) => {
+                crate::fmt::format_study(file, &crate::syntax::source::comments(&compiled.text))
+            }
+            None => text,
+        }
+    }
+
+    fn save(&self, arg: &str) -> Result<String, String> {
+        if arg.is_empty() {
+            return Err("`:save FILE`: name the file".into());
+        }
+        self.study()?;
+        let path = PathBuf::from(arg);
+        crate::cli::write_atomically(&path, self.canonical().as_bytes())?;
+        Ok(format!("Saved {}.", path.display()))
+    }
+
+    fn load(&mut self, arg: &str) -> Result<String, String> {
+        if arg.is_empty() {
+            return Err("`:load FILE`: name the file".into());
+        }
+        let text = std::fs::read_to_string(arg).map_err(|e| format!("cannot read {arg}: {e}"))?;
+        let compiled = compile_text(text.clone());
+        if compiled.has_errors() {
+            return Err(diagnostics(&compiled.diagnostics, &text));
+        }
+        let draft = Draft::from_text(&text);
+        let again = compile_text(draft.render(false));
+        if again.has_errors() {
+            return Err(format!(
+                "{arg} checks, but its lines could not be taken apart for editing here"
+            ));
+        }
+        self.undo.push(std::mem::replace(&mut self.draft, draft));
+        Ok(format!("Loaded {arg}."))
+    }
+
+    fn run(&self, arg: &str) -> Result<String, String> {
+        let study = self.study()?;
+        let out = if arg.is_empty() {
+            PathBuf::from("output").join("repl")
+        } else {
+            PathBuf::from(arg)
+        };
+        let text = self.canonical();
+        let hash = crate::hash::study_hash(&study);
+        let (rows, written) = self.runtime.block_on(self.workspace()?.run_to(
+            &study,
+            &text,
+            &hash,
+            Path::new(&out),
+        ))?;
+        Ok(format!(
+            "{}{} cohort entries, {} dataset rows written to {}",
+            attrition_table(&rows, &study),
+            written.cohort,
+            written.dataset,
+            out.display()
+        ))
+    }
+
+    fn sql(&self, arg: &str) -> Result<String, String> {
+        let dialect = match arg.to_ascii_lowercase().as_str() {
+            "" | "postgres" | "postgresql" => Dialect::Postgres,
+            "mysql" => Dialect::Mysql,
+            "sqlite" => Dialect::Sqlite,
+            "duckdb" => Dialect::Duckdb,
+            "bigquery" => Dialect::Bigquery,
+            other => {
+                return Err(format!(
+                    "unknown dialect `{other}`: postgres, mysql, sqlite, duckdb or bigquery"
+                ))
+            }
+        };
+        let study = self.study()?;
+        self.runtime
+            .block_on(self.workspace()?.sql(&study, dialect))
+    }
+
+    fn concept(&self, arg: &str) -> Result<String, String> {
+        if arg.is_empty() {
+            return Err("`:concept TEXT`: a name, a code or a concept id".into());
+        }
+        let hits = self.runtime.block_on(self.workspace()?.concepts(arg))?;
+        if hits.is_empty() {
+            return Ok(format!("No concept matches `{arg}`."));
+        }
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED).set_header([
+            "concept id",
+            "name",
+            "domain",
+            "vocabulary",
+            "code",
+            "standard",
+            "descendants",
+            "records",
+        ]);
+        for h in hits {
+            t.add_row(vec![
+                Cell::new(h.id).set_alignment(CellAlignment::Right),
+                Cell::new(h.name),
+                Cell::new(h.domain),
+                Cell::new(h.vocabulary),
+                Cell::new(h.code),
+                Cell::new(if h.standard { "yes" } else { "no" }),
+                Cell::new(h.descendants).set_alignment(CellAlignment::Right),
+                Cell::new(h.records).set_alignment(CellAlignment::Right),
+            ]);
+        }
+        Ok(t.to_string())
+    }
+
+    fn tables(&self) -> Result<String, String> {
+        let counts = self.runtime.block_on(self.workspace()?.tables())?;
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED)
+            .set_header(["table", "rows", "persons"]);
+        for c in counts.iter().filter(|c| c.rows > 0) {
+            t.add_row(vec![
+                Cell::new(&c.table),
+                Cell::new(c.rows).set_alignment(CellAlignment::Right),
+                Cell::new(c.persons.map_or(String::new(), |p| p.to_string()))
+                    .set_alignment(CellAlignment::Right),
+            ]);
+        }
+        Ok(t.to_string())
+    }
+}
+
+/// Whether `input` is whole, asking the study parser: the input is placed where it belongs in
+/// the draft, at the very end of the text, and is incomplete when the parser's only complaint
+/// is that the text ended (an open parenthesis or quote, a trailing `|`, `and`, `is`, …).
+pub fn input_is_complete(draft: &Draft, input: &str) -> bool {
+    let trimmed = input.trim();
+    if trimmed.is_empty() || trimmed.starts_with(':') || trimmed.starts_with("--") {
+        return true;
+    }
+    let line = trimmed.lines().map(str::trim).collect::<Vec<_>>().join(" ");
+    // An open string: the parser points at its opening quote, not at the end.
+    if line.matches('"').count() % 2 == 1 {
+        return false;
+    }
+    let mut next = draft.clone();
+    let section = match next.classify(&line) {
+        LineKind::Statement(i) => i,
+        // A title or header item is one line; sections and stray lines are answered at once.
+        _ => return true,
+    };
+    next.sections[section].push(line);
+    let text = next.render_ending_with(section);
+    match crate::syntax::parse_study(&text) {
+        Ok(_) => true,
+        Err(d) => !d.span.is_some_and(|s| s.start >= text.trim_end().len()),
+    }
+}
+
+/// Diagnostics rendered against the study text, which the session's lines make up.
+fn diagnostics(diagnostics: &[Diagnostic], text: &str) -> String {
+    crate::cli::render_all(diagnostics, "<repl>", text)
+}
+
+/// The attrition as a table, counts below the study's minimum cell count withheld.
+fn attrition_table(rows: &[Attrition], study: &Study) -> String {
+    let policy = &study.output;
+    let shown = |n: u64| {
+        crate::run::output::publishable(n, policy)
+            .map_or(format!("<{}", policy.min_cell_count), |n| n.to_string())
+    };
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(["step", "rule", "persons", "entries"]);
+    for (i, a) in rows.iter().enumerate() {
+        t.add_row(vec![
+            Cell::new(i).set_alignment(CellAlignment::Right),
+            Cell::new(&a.rule),
+            Cell::new(shown(a.persons)).set_alignment(CellAlignment::Right),
+            Cell::new(shown(a.entries)).set_alignment(CellAlignment::Right),
+        ]);
+    }
+    format!("{t}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::draft::Draft;
+    use super::input_is_complete;
+
+    #[test]
+    fn the_parser_says_when_input_is_whole() {
+        let mut d = Draft::default();
+        d.current = Some(0);
+        d.sections[0].push("x = drug 1".into());
+        let complete = |s: &str| input_is_complete(&d, s);
+        assert!(complete("require age at index >= 18"));
+        assert!(complete(":count"));
+        assert!(complete("concepts"));
+        assert!(!complete("y = drug 1 |"));
+        assert!(!complete("require (condition in x [-1, 0] days or"));
+        assert!(!complete("require sex is"));
+        assert!(complete("require sex is\n  male"));
+        assert!(!complete("y = drug 1 \"unfinished"));
+        assert!(complete("y = drug 1 | 2 -- a comment ending in |"));
+        assert!(complete("require age at index >= 18 and sex is male"));
+        // Wrong, not unfinished: the session will say what is wrong.
+        assert!(complete("require bogus"));
+    }
+}

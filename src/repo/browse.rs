@@ -1,0 +1,152 @@
+//! What an analyst asks of a repository while exploring: how many rows and persons each table
+//! holds, and which concepts match a name or code, with their descendants and records.
+
+use super::{clean_engine_message, schema::TABLES, RepoError};
+use datafusion::arrow::array::{Array, Int64Array, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::prelude::SessionContext;
+
+/// One table: rows and (where it has `person_id`) distinct persons.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableCount {
+    pub table: String,
+    pub rows: u64,
+    pub persons: Option<u64>,
+}
+
+/// One concept found by `search_concepts`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConceptHit {
+    pub id: i64,
+    pub name: String,
+    pub domain: String,
+    pub vocabulary: String,
+    pub code: String,
+    pub standard: bool,
+    /// Descendants in `concept_ancestor`, the concept itself not counted.
+    pub descendants: u64,
+    /// Records of this concept in the table of its domain.
+    pub records: u64,
+}
+
+async fn batches(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, RepoError> {
+    let run = async { ctx.sql(sql).await?.collect().await };
+    run.await
+        .map_err(|e| RepoError::Engine(clean_engine_message(&e.to_string())))
+}
+
+fn column<T: Array + Clone + 'static>(b: &RecordBatch, i: usize, t: &DataType) -> T {
+    cast(b.column(i), t)
+        .expect("castable")
+        .as_any()
+        .downcast_ref::<T>()
+        .expect("the cast type")
+        .clone()
+}
+
+/// Rows and persons of every OMOP table (absent tables count as empty).
+pub async fn table_counts(ctx: &SessionContext) -> Result<Vec<TableCount>, RepoError> {
+    let mut out = Vec::new();
+    for table in TABLES {
+        let persons = if table.column("person_id").is_some() {
+            "count(DISTINCT person_id)"
+        } else {
+            "CAST(NULL AS BIGINT)"
+        };
+        let b = batches(
+            ctx,
+            &format!("SELECT count(*), {persons} FROM {}", table.name),
+        )
+        .await?;
+        let b = &b[0];
+        let rows: Int64Array = column(b, 0, &DataType::Int64);
+        let persons: Int64Array = column(b, 1, &DataType::Int64);
+        out.push(TableCount {
+            table: table.name.to_string(),
+            rows: rows.value(0) as u64,
+            persons: (!persons.is_null(0)).then(|| persons.value(0) as u64),
+        });
+    }
+    Ok(out)
+}
+
+/// The table and concept column holding records of an OMOP domain.
+fn domain_column(domain: &str) -> Option<(&'static str, &'static str)> {
+    Some(match domain {
+        "Condition" => ("condition_occurrence", "condition_concept_id"),
+        "Drug" => ("drug_exposure", "drug_concept_id"),
+        "Procedure" => ("procedure_occurrence", "procedure_concept_id"),
+        "Measurement" => ("measurement", "measurement_concept_id"),
+        "Observation" => ("observation", "observation_concept_id"),
+        "Visit" => ("visit_occurrence", "visit_concept_id"),
+        "Device" => ("device_exposure", "device_concept_id"),
+        "Specimen" => ("specimen", "specimen_concept_id"),
+        "Episode" => ("episode", "episode_concept_id"),
+        _ => return None,
+    })
+}
+
+/// Concepts whose name contains `text` (ignoring case) or whose code or id is `text`, at most
+/// `limit`, standard concepts first.
+pub async fn search_concepts(
+    ctx: &SessionContext,
+    text: &str,
+    limit: usize,
+) -> Result<Vec<ConceptHit>, RepoError> {
+    let quoted = text.replace('\'', "''");
+    let id_test = text
+        .trim()
+        .parse::<i64>()
+        .map_or(String::new(), |id| format!(" OR concept_id = {id}"));
+    let sql = format!(
+        "SELECT concept_id, concept_name, domain_id, vocabulary_id, concept_code, standard_concept \
+         FROM concept WHERE strpos(lower(concept_name), lower('{quoted}')) > 0 \
+         OR lower(concept_code) = lower('{quoted}'){id_test} \
+         ORDER BY CASE WHEN standard_concept = 'S' THEN 0 ELSE 1 END, concept_name, concept_id \
+         LIMIT {limit}"
+    );
+    let mut hits = Vec::new();
+    for b in batches(ctx, &sql).await? {
+        let ids: Int64Array = column(&b, 0, &DataType::Int64);
+        let texts: Vec<StringArray> = (1..6).map(|i| column(&b, i, &DataType::Utf8)).collect();
+        let text_at = |c: usize, k: usize| {
+            (!texts[c].is_null(k))
+                .then(|| texts[c].value(k).to_string())
+                .unwrap_or_default()
+        };
+        for k in 0..b.num_rows() {
+            hits.push(ConceptHit {
+                id: ids.value(k),
+                name: text_at(0, k),
+                domain: text_at(1, k),
+                vocabulary: text_at(2, k),
+                code: text_at(3, k),
+                standard: text_at(4, k) == "S",
+                descendants: 0,
+                records: 0,
+            });
+        }
+    }
+    for hit in &mut hits {
+        let b = batches(
+            ctx,
+            &format!(
+                "SELECT count(*) FROM concept_ancestor WHERE ancestor_concept_id = {0} AND descendant_concept_id <> {0}",
+                hit.id
+            ),
+        )
+        .await?;
+        hit.descendants = column::<Int64Array>(&b[0], 0, &DataType::Int64).value(0) as u64;
+        if let Some((table, col)) = domain_column(&hit.domain) {
+            let b = batches(
+                ctx,
+                &format!("SELECT count(*) FROM {table} WHERE {col} = {}", hit.id),
+            )
+            .await?;
+            hit.records = column::<Int64Array>(&b[0], 0, &DataType::Int64).value(0) as u64;
+        }
+    }
+    Ok(hits)
+}
