@@ -304,3 +304,68 @@ fn interactive_loop(session: &mut Session, dir: &Path) -> Result<Status, String>
     let _ = editor.save_history(&history);
     Ok(Status::Ok)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustyline::history::DefaultHistory;
+
+    fn helper() -> StudyHelper {
+        StudyHelper {
+            names: Rc::new(RefCell::new(vec!["celecoxib".into(), "gi_bleed".into()])),
+            concept_names: Box::new(|prefix: &str| {
+                ["Celecoxib", "Celecoxib 200 MG Oral Capsule", "Diclofenac"]
+                    .iter()
+                    .filter(|n| n.to_lowercase().starts_with(&prefix.to_lowercase()))
+                    .map(|n| n.to_string())
+                    .collect()
+            }),
+            colour: true,
+            draft: Rc::new(RefCell::new(crate::repl::draft::Draft::default())),
+        }
+    }
+
+    fn complete(line: &str) -> (usize, Vec<String>) {
+        let history = DefaultHistory::new();
+        helper()
+            .complete(line, line.len(), &Context::new(&history))
+            .unwrap()
+    }
+
+    #[test]
+    fn completes_keywords_names_sections_commands_and_concept_names() {
+        let (start, found) = complete("index = first drug in cele");
+        assert_eq!(start, "index = first drug in ".len());
+        assert_eq!(found, ["celecoxib"]);
+        assert!(complete("requ").1.contains(&"require".to_string()));
+        assert!(complete("covar").1.contains(&"covariates".to_string()));
+        assert_eq!(complete(":conc").1, [":concept"]);
+        let (start, found) = complete("x = drug 1118084 \"cele");
+        assert_eq!(start, "x = drug 1118084 \"".len());
+        assert_eq!(found, ["Celecoxib 200 MG Oral Capsule\"", "Celecoxib\""]);
+        assert!(complete("").1.is_empty());
+    }
+
+    #[test]
+    fn hints_the_rest_of_a_unique_command() {
+        let history = DefaultHistory::new();
+        let ctx = Context::new(&history);
+        assert_eq!(helper().hint(":ta", 3, &ctx), Some("bles".into()));
+        assert_eq!(helper().hint(":s", 2, &ctx), None, ":show, :sql and :save");
+        assert_eq!(helper().hint("require", 7, &ctx), None);
+    }
+
+    #[test]
+    fn highlights_keywords_strings_numbers_and_comments() {
+        let h = highlight("x = drug 1118084 \"celecoxib\" -- note");
+        assert!(h.contains("\x1b[1mdrug\x1b[0m"), "{h:?}");
+        assert!(h.contains("\x1b[36m1118084\x1b[0m"), "{h:?}");
+        assert!(h.contains("\x1b[32m\"celecoxib\"\x1b[0m"), "{h:?}");
+        assert!(h.contains("\x1b[2m-- note\x1b[0m"), "{h:?}");
+        let plain = StudyHelper {
+            colour: false,
+            ..helper()
+        };
+        assert_eq!(plain.highlight("x = drug 1", 0), "x = drug 1");
+    }
+}
