@@ -390,15 +390,7 @@ fn fmt(files: &[PathBuf], write: bool, check_only: bool) -> Result<Status, Strin
 /// Writes through a temporary file in the same directory and a rename, so a failure leaves the
 /// original untouched.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), String> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.cohortql-{}.tmp", std::process::id()));
+    let tmp = crate::repo::write::hidden_sibling(path, "partial");
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(contents)?;

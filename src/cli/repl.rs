@@ -1,10 +1,9 @@
 //! `cohortql repl`: the line editor (history, multi-line input, completion) around a
 //! `repl::Session`; with piped input, lines are read plainly and no prompt is printed.
 
-use super::data::{demo_repository, runtime};
+use super::data::runtime;
 use super::Status;
 use crate::repl::{input_is_complete, Reply, Session};
-use crate::repo::Repository;
 use crate::run::workspace::Workspace;
 use anstream::{eprintln, println};
 use rustyline::completion::Completer;
@@ -202,17 +201,8 @@ fn history_path() -> std::path::PathBuf {
 }
 
 pub(super) fn repl(repo: Option<&Path>, study: Option<&Path>) -> Result<Status, String> {
-    let dir = match repo {
-        Some(d) => d.to_path_buf(),
-        None => demo_repository()?,
-    };
-    let repository = Repository::open(&dir).map_err(|problems| {
-        problems
-            .iter()
-            .map(|p| p.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    })?;
+    let repository = super::run::open(repo)?;
+    let dir = repository.dir.clone();
     let runtime = runtime()?;
     let workspace = runtime.block_on(Workspace::open(repository))?;
     let mut session = Session::new(Some(workspace), runtime);

@@ -2,29 +2,28 @@
 
 use super::data::{demo_repository, runtime};
 use super::{checked, Status};
-use crate::hash::study_hash;
 use crate::repo::{empty_session, Repository};
-use crate::run::output::{data_fingerprint, publishable, write_outputs, RunInfo};
-use crate::run::{execute, execute_analysed, explain_plan, sql_script, stage_plans, Dialect};
+use crate::run::output::{attrition_table, shown};
+use crate::run::workspace::Workspace;
+use crate::run::{execute_analysed, explain_plan, sql_script, stage_plans, Dialect};
 use anstream::{eprintln, println};
-use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-fn open(dir: Option<&Path>) -> Result<(PathBuf, Repository), String> {
+/// The repository in `dir`, or the built-in demo repository.
+pub(super) fn open(dir: Option<&Path>) -> Result<Repository, String> {
     let dir = match dir {
         Some(d) => d.to_path_buf(),
         None => demo_repository()?,
     };
-    match Repository::open(&dir) {
-        Ok(repo) => Ok((dir, repo)),
-        Err(problems) => Err(problems
+    Repository::open(&dir).map_err(|problems| {
+        problems
             .iter()
             .map(|p| p.to_string())
             .collect::<Vec<_>>()
-            .join("\n")),
-    }
+            .join("\n")
+    })
 }
 
 /// A study's name for its output directory: the file name without extension.
@@ -81,62 +80,37 @@ pub(super) fn run(
     let Ok((compiled, study)) = checked else {
         return Ok(Status::StudyErrors);
     };
-    let (dir, repo) = open(repo)?;
+    let repo = open(repo)?;
     let out = out.map_or_else(|| default_out(study_path), Path::to_path_buf);
-    let hash = study_hash(&study);
     let started = Instant::now();
     let spinner = ProgressBar::new_spinner();
     spinner.set_style(
         ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("a valid template"),
     );
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    // The fingerprint reads every file once; it runs beside the queries.
-    let fingerprint = std::thread::scope(|scope| {
-        let fingerprint = scope.spawn(|| data_fingerprint(&repo));
-        let run = runtime()?.block_on(async {
-            let ctx = repo.session().await.map_err(|e| e.to_string())?;
-            execute(&study, &ctx, &|stage| {
-                spinner.set_message(stage.to_string())
-            })
+    let result = runtime()?.block_on(async {
+        let workspace = Workspace::open(repo).await?;
+        let progress = |stage: &str| spinner.set_message(stage.to_string());
+        workspace
+            .run_to(
+                &study,
+                study_path,
+                &compiled.text,
+                check_time,
+                &out,
+                &progress,
+            )
             .await
-        });
-        let fingerprint = fingerprint
-            .join()
-            .map_err(|_| "the data fingerprint failed".to_string())?;
-        Ok::<_, String>((run?, fingerprint?))
     });
     spinner.finish_and_clear();
-    let (execution, fingerprint) = fingerprint?;
-    let info = RunInfo {
-        study: &study,
-        study_path,
-        study_text: &compiled.text,
-        study_hash: &hash,
-        repository: &dir,
-        data_fingerprint: &fingerprint,
-        check_time,
-    };
-    let written = write_outputs(&out, &info, &execution)?;
+    let (execution, written) = result?;
     let policy = &study.output;
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_header(["step", "rule", "persons", "entries"]);
-    let shown = |n: u64| {
-        publishable(n, policy).map_or(format!("<{}", policy.min_cell_count), |n| n.to_string())
-    };
-    for (i, a) in execution.attrition.iter().enumerate() {
-        t.add_row(vec![
-            Cell::new(i).set_alignment(CellAlignment::Right),
-            Cell::new(&a.rule),
-            Cell::new(shown(a.persons)).set_alignment(CellAlignment::Right),
-            Cell::new(shown(a.entries)).set_alignment(CellAlignment::Right),
-        ]);
-    }
+    let t = attrition_table(&execution.attrition, policy);
     println!("{}", study.title);
     println!("{t}");
     println!(
         "{} persons, {} cohort entries, {} dataset rows in {:.1} s",
-        shown(execution.persons()),
+        shown(execution.persons(), policy),
         written.cohort,
         written.dataset,
         started.elapsed().as_secs_f64()
@@ -157,7 +131,7 @@ pub(super) fn plan(
         return Ok(Status::StudyErrors);
     };
     if analyze {
-        let (_, repo) = open(repo)?;
+        let repo = open(repo)?;
         let stages = runtime()?.block_on(async {
             let ctx = repo.session().await.map_err(|e| e.to_string())?;
             execute_analysed(&study, &ctx, &|_| {}).await
@@ -168,7 +142,7 @@ pub(super) fn plan(
         return Ok(Status::Ok);
     }
     let repo = match repo {
-        Some(d) => Some(open(Some(d))?.1),
+        Some(d) => Some(open(Some(d))?),
         None => None,
     };
     let text = runtime()?.block_on(async {

@@ -181,21 +181,21 @@ impl Planner<'_> {
             },
         };
         let mut exprs: Vec<Expr> = names(&ctx.base).iter().map(|n| c(n)).collect();
-        let mut test = lit(true);
-        let mut bounded = ctx.clone();
         let (first_day, last_day) = (self.fresh("first_day"), self.fresh("last_day"));
-        if let Some(lo) = lo {
-            exprs.push(lo.alias(&first_day));
-        }
-        if let Some(hi) = hi {
-            exprs.push(hi.alias(&last_day));
-        }
-        bounded.base = project(ctx.base.clone(), exprs)?;
+        let has_first = lo.is_some();
+        let has_last = hi.is_some();
+        exprs.extend(lo.map(|lo| lo.alias(&first_day)));
+        exprs.extend(hi.map(|hi| hi.alias(&last_day)));
+        let bounded = Ctx {
+            base: project(ctx.base.clone(), exprs)?,
+            ..ctx.clone()
+        };
         let (rows, rec) = self.matching(query, &bounded)?;
-        if names(&bounded.base).contains(&first_day) {
+        let mut test = lit(true);
+        if has_first {
             test = test.and(c(&rec.start).gt_eq(c(&first_day)));
         }
-        if names(&bounded.base).contains(&last_day) {
+        if has_last {
             test = test.and(c(&rec.start).lt_eq(c(&last_day)));
         }
         Ok((filter(rows, test)?, rec))

@@ -84,30 +84,22 @@ fn asc(name: &str) -> SortExpr {
     c(name).sort(true, false)
 }
 
-fn rows_frame(end: WindowFrameBound) -> WindowFrame {
-    WindowFrame::new_bounds(
-        WindowFrameUnits::Rows,
-        WindowFrameBound::Preceding(ScalarValue::UInt64(None)),
-        end,
-    )
-}
-
-/// An aggregate function used over a window.
-fn windowed(
+/// An aggregate over all rows in `order`, from the first row to `last`.
+fn running(
     function: WindowFunctionDefinition,
     arg: Expr,
-    partition: Vec<Expr>,
     order: Vec<SortExpr>,
-    frame: Option<WindowFrame>,
+    last: WindowFrameBound,
 ) -> Result<Expr> {
-    let mut builder = Expr::from(WindowFunction::new(function, vec![arg])).partition_by(partition);
-    if !order.is_empty() {
-        builder = builder.order_by(order);
-    }
-    if let Some(frame) = frame {
-        builder = builder.window_frame(frame);
-    }
-    builder.build()
+    let frame = WindowFrame::new_bounds(
+        WindowFrameUnits::Rows,
+        WindowFrameBound::Preceding(ScalarValue::UInt64(None)),
+        last,
+    );
+    Expr::from(WindowFunction::new(function, vec![arg]))
+        .order_by(order)
+        .window_frame(frame)
+        .build()
 }
 
 /// Days since 1970-01-01 plus this, to make every date's day number positive and below
@@ -141,9 +133,7 @@ impl Planner<'_> {
         sort.extend(order);
         let epoch = date_lit(chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date"));
         let day = |date: &str| days_between(c(date), epoch.clone()) + lit(DAY_OFFSET);
-        let running = |function: WindowFunctionDefinition, arg: Expr, last: WindowFrameBound| {
-            windowed(function, arg, vec![], sort.clone(), Some(rows_frame(last)))
-        };
+        let running = |function, arg, last| running(function, arg, sort.clone(), last);
         let max = || WindowFunctionDefinition::AggregateUDF(max_udaf());
         let sum = || WindowFunctionDefinition::AggregateUDF(sum_udaf());
         let (previous_person, rank, previous, starts) = (

@@ -285,13 +285,15 @@ impl Session {
             PathBuf::from(arg)
         };
         let text = self.canonical();
-        let hash = crate::hash::study_hash(&study);
-        let (rows, written) = self.runtime.block_on(self.workspace()?.run_to(
+        let (run, written) = self.runtime.block_on(self.workspace()?.run_to(
             &study,
+            Path::new("<repl>"),
             &text,
-            &hash,
-            Path::new(&out),
+            std::time::Duration::ZERO,
+            &out,
+            &|_| {},
         ))?;
+        let rows = run.attrition;
         Ok(format!(
             "{}{} cohort entries, {} dataset rows written to {}",
             attrition_table(&rows, &study),
@@ -404,23 +406,10 @@ fn diagnostics(diagnostics: &[Diagnostic], text: &str) -> String {
 
 /// The attrition as a table, counts below the study's minimum cell count withheld.
 fn attrition_table(rows: &[Attrition], study: &Study) -> String {
-    let policy = &study.output;
-    let shown = |n: u64| {
-        crate::run::output::publishable(n, policy)
-            .map_or(format!("<{}", policy.min_cell_count), |n| n.to_string())
-    };
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_header(["step", "rule", "persons", "entries"]);
-    for (i, a) in rows.iter().enumerate() {
-        t.add_row(vec![
-            Cell::new(i).set_alignment(CellAlignment::Right),
-            Cell::new(&a.rule),
-            Cell::new(shown(a.persons)).set_alignment(CellAlignment::Right),
-            Cell::new(shown(a.entries)).set_alignment(CellAlignment::Right),
-        ]);
-    }
-    format!("{t}\n")
+    format!(
+        "{}\n",
+        crate::run::output::attrition_table(rows, &study.output)
+    )
 }
 
 #[cfg(test)]

@@ -16,6 +16,20 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// A hidden path beside `path`, unique to this process (`.name.what-pid`): where a file or
+/// directory is written before it is renamed into place, or where the one it replaces waits.
+pub fn hidden_sibling(path: &Path, what: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "output".to_string());
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    parent.join(format!(".{name}.{what}-{}", std::process::id()))
+}
+
 /// Rows are written out once this many are buffered.
 const BATCH_ROWS: usize = 65_536;
 

@@ -391,22 +391,15 @@ pub async fn sql_script(
     use datafusion::sql::unparser::dialect as d;
     use datafusion::sql::unparser::Unparser;
     let stages = stage_plans(study, ctx).await?;
-    let (postgres, mysql, sqlite, duckdb, bigquery) = (
-        d::PostgreSqlDialect {},
-        d::MySqlDialect {},
-        d::SqliteDialect {},
-        d::DuckDBDialect::new(),
-        d::BigQueryDialect {},
-    );
-    let dialect_impl: &dyn d::Dialect = match dialect {
-        Dialect::Postgres => &postgres,
-        Dialect::Mysql => &mysql,
-        Dialect::Sqlite => &sqlite,
-        Dialect::Duckdb => &duckdb,
-        Dialect::Bigquery => &bigquery,
+    let inner: Box<dyn d::Dialect> = match dialect {
+        Dialect::Postgres => Box::new(d::PostgreSqlDialect {}),
+        Dialect::Mysql => Box::new(d::MySqlDialect {}),
+        Dialect::Sqlite => Box::new(d::SqliteDialect {}),
+        Dialect::Duckdb => Box::new(d::DuckDBDialect::new()),
+        Dialect::Bigquery => Box::new(d::BigQueryDialect {}),
     };
     let portable = dialect::Portable {
-        inner: dialect_impl,
+        inner: inner.as_ref(),
         kind: dialect,
     };
     // Not `with_pretty`: it drops parentheses around day arithmetic that SQL needs.

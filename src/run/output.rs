@@ -4,6 +4,7 @@
 //! failed or interrupted run leaves no partial outputs; the same inputs give the same bytes.
 
 use super::{Attrition, Execution};
+use crate::repo::write::hidden_sibling;
 use crate::repo::Repository;
 use crate::study::{OutputPolicy, Study};
 use datafusion::arrow::array::{
@@ -17,7 +18,7 @@ use datafusion::parquet::file::properties::WriterProperties;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::io::{BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// What a run was, for `run.json`.
@@ -43,6 +44,28 @@ pub struct Written {
 /// A count as it may be published: `None` when it is below the minimum cell count (and not 0).
 pub fn publishable(count: u64, policy: &OutputPolicy) -> Option<u64> {
     (count == 0 || count >= policy.min_cell_count).then_some(count)
+}
+
+/// A count as it may be shown: `<5` (the minimum cell count) when it may not be published.
+pub fn shown(count: u64, policy: &OutputPolicy) -> String {
+    publishable(count, policy).map_or(format!("<{}", policy.min_cell_count), |n| n.to_string())
+}
+
+/// The attrition as a table for the screen, counts withheld as the policy says.
+pub fn attrition_table(rows: &[Attrition], policy: &OutputPolicy) -> String {
+    use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(["step", "rule", "persons", "entries"]);
+    for (i, a) in rows.iter().enumerate() {
+        t.add_row(vec![
+            Cell::new(i).set_alignment(CellAlignment::Right),
+            Cell::new(&a.rule),
+            Cell::new(shown(a.persons, policy)).set_alignment(CellAlignment::Right),
+            Cell::new(shown(a.entries, policy)).set_alignment(CellAlignment::Right),
+        ]);
+    }
+    t.to_string()
 }
 
 /// sha256 over the files of the repository's tables (names and contents), in table order: the
@@ -256,7 +279,7 @@ pub fn write_outputs(out: &Path, info: &RunInfo, run: &Execution) -> Result<Writ
             ));
         }
     }
-    let tmp = sibling(out, "partial");
+    let tmp = hidden_sibling(out, "partial");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
     let result = (|| {
@@ -291,7 +314,7 @@ pub fn write_outputs(out: &Path, info: &RunInfo, run: &Execution) -> Result<Writ
             return Err(e);
         }
     };
-    let old = sibling(out, "previous");
+    let old = hidden_sibling(out, "previous");
     if out.exists() {
         std::fs::rename(out, &old).map_err(|e| format!("cannot replace {}: {e}", out.display()))?;
     }
@@ -302,16 +325,4 @@ pub fn write_outputs(out: &Path, info: &RunInfo, run: &Execution) -> Result<Writ
     }
     let _ = std::fs::remove_dir_all(&old);
     Ok(written)
-}
-
-fn sibling(out: &Path, what: &str) -> PathBuf {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "run".to_string());
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    parent.join(format!(".{name}.{what}-{}", std::process::id()))
 }

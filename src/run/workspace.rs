@@ -2,7 +2,8 @@
 //! data, answered in the same DataFusion session.
 
 use super::output::{data_fingerprint, write_outputs, RunInfo, Written};
-use super::{execute, explain_plan, sql_script, stage_plans, Attrition, Dialect};
+use super::{execute, explain_plan, sql_script, stage_plans, Attrition, Dialect, Execution};
+use crate::hash::study_hash;
 use crate::repo::browse::{search_concepts, table_counts, ConceptHit, TableCount};
 use crate::repo::Repository;
 use crate::study::Study;
@@ -26,27 +27,35 @@ impl Workspace {
         Ok(execute(study, &self.ctx, &|_| {}).await?.attrition)
     }
 
-    /// Runs a study and writes its outputs to `out`.
+    /// Runs a study and writes its outputs to `out`; the data fingerprint is taken beside the
+    /// queries (it reads every file once). `progress` is told each stage as it starts.
     pub async fn run_to(
         &self,
         study: &Study,
+        study_path: &Path,
         text: &str,
-        hash: &str,
+        check_time: std::time::Duration,
         out: &Path,
-    ) -> Result<(Vec<Attrition>, Written), String> {
-        let run = execute(study, &self.ctx, &|_| {}).await?;
-        let fingerprint = data_fingerprint(&self.repo)?;
+        progress: &dyn Fn(&str),
+    ) -> Result<(Execution, Written), String> {
+        let repo = self.repo.clone();
+        let fingerprint = tokio::task::spawn_blocking(move || data_fingerprint(&repo));
+        let run = execute(study, &self.ctx, progress).await;
+        let fingerprint = fingerprint
+            .await
+            .map_err(|_| "the data fingerprint failed".to_string())??;
+        let run = run?;
         let info = RunInfo {
             study,
-            study_path: Path::new("<repl>"),
+            study_path,
             study_text: text,
-            study_hash: hash,
+            study_hash: &study_hash(study),
             repository: &self.repo.dir,
             data_fingerprint: &fingerprint,
-            check_time: std::time::Duration::ZERO,
+            check_time,
         };
         let written = write_outputs(out, &info, &run)?;
-        Ok((run.attrition, written))
+        Ok((run, written))
     }
 
     /// Each stage's logical plan, as text.

@@ -7,7 +7,7 @@ pub mod vocabulary;
 use crate::repo::schema::{self, Table};
 use crate::repo::write::{Cell, Layout, OutputFormat, TableWriter, WriteError};
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// What to generate.
 #[derive(Clone, Debug)]
@@ -353,7 +353,7 @@ pub fn generate(
             )));
         }
     }
-    let tmp = temporary_sibling(out);
+    let tmp = crate::repo::write::hidden_sibling(out, "partial");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)
         .map_err(|e| WriteError(format!("cannot create {}: {e}", tmp.display())))?;
@@ -377,18 +377,6 @@ pub fn generate(
             Err(e)
         }
     }
-}
-
-fn temporary_sibling(out: &Path) -> PathBuf {
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "repository".to_string());
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    parent.join(format!(".{name}.partial-{}", std::process::id()))
 }
 
 fn write_all(
