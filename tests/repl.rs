@@ -140,7 +140,7 @@ fn every_command_answers() {
     let run_dir = dir.path().join("out");
     let o = repl(
         &format!(
-            ":help\n:tables\n:concept diclofenac\n:concept 1118084\n\
+            ":help\n:tables\n:concept diclofenac\n:concept 1118084\n:concept cyanocobal\n\
              :plan\n:sql duckdb\n:explain\n:run {}\n:reset\n:show\n:undo\n:count\n:quit\n",
             run_dir.display()
         ),
@@ -160,6 +160,10 @@ fn every_command_answers() {
         "concept: {out}"
     );
     assert!(out.contains("1844"), "records of celecoxib: {out}");
+    assert!(
+        out.contains("Vitamin B 12 (synonym: cyanocobalamin)"),
+        "found by its synonym: {out}"
+    );
     assert!(out.contains("== cohortql_entries =="), "plan");
     assert!(
         out.contains("CREATE TEMPORARY TABLE cohortql_entries"),
@@ -172,12 +176,15 @@ fn every_command_answers() {
 }
 
 /// Drives the REPL through a pseudo-terminal (`script` from util-linux allocates it), typing as
-/// a person would: the prompt, a statement held open over two lines by the validator, Ctrl-C
-/// dropping a half-typed line, and Ctrl-D leaving.
+/// a person would: the prompt, Tab turning a concept name into its id and name from the
+/// vocabulary, a statement held open over two lines by the validator, Ctrl-C dropping a
+/// half-typed line, `:save`, and Ctrl-D leaving; the saved file then runs to the same counts.
 #[test]
 fn a_terminal_session_builds_a_study() {
     use std::io::Read;
     use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let saved = dir.path().join("built.study");
     let command = format!(
         "{} repl --repo tests/data/eunomia-gibleed",
         env!("CARGO_BIN_EXE_cohortql")
@@ -238,7 +245,8 @@ fn a_terminal_session_builds_a_study() {
     next_prompt(0);
     for line in [
         "concepts\r",
-        "celecoxib = drug 1118084 \"celecoxib\"\r",
+        // Tab: the first of the vocabulary's drugs named `celecox…`, the ingredient.
+        "celecoxib = drug celecox\t\r",
         "index = first drug era in celecoxib\r",
         "this line is dropped\x03",
     ] {
@@ -255,6 +263,9 @@ fn a_terminal_session_builds_a_study() {
     next_prompt(before);
     // 266 only if both lines were taken as one statement (a lone first line is an error).
     wait_for("266");
+    let before = prompts();
+    type_in(&format!(":save {}\r", saved.display()));
+    next_prompt(before);
     type_in("\x04");
     let started = Instant::now();
     let status = loop {
@@ -275,4 +286,27 @@ fn a_terminal_session_builds_a_study() {
         "Ctrl-C must drop the line: {text}"
     );
     assert!(!text.contains("error"), "{text}");
+    let study = std::fs::read_to_string(&saved).expect("the study was saved");
+    assert!(
+        study.contains("celecoxib = drug 1118084 \"celecoxib\""),
+        "{study}"
+    );
+    let out = dir.path().join("out");
+    let run = Command::new(env!("CARGO_BIN_EXE_cohortql"))
+        .args(["run", saved.to_str().unwrap(), "--repo"])
+        .arg(root().join("tests/data/eunomia-gibleed"))
+        .arg("--out")
+        .arg(&out)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for count in ["1800", "266"] {
+        assert!(printed.contains(count), "{count} in: {printed}");
+    }
 }

@@ -3,13 +3,15 @@
 
 use super::data::runtime;
 use super::Status;
+use crate::repl::complete::{complete, hint, Vocabulary};
+use crate::repl::draft::Draft;
 use crate::repl::{input_is_complete, Reply, Session};
 use crate::run::workspace::Workspace;
 use anstream::{eprintln, println};
-use rustyline::completion::Completer;
+use rustyline::completion::{Completer, FilenameCompleter, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
-use rustyline::hint::Hinter;
+use rustyline::hint::{Hinter, HistoryHinter};
 use rustyline::validate::{ValidationContext, ValidationResult, Validator};
 use rustyline::{Context, Editor, Helper};
 use std::cell::RefCell;
@@ -17,86 +19,54 @@ use std::io::{BufRead, IsTerminal};
 use std::path::Path;
 use std::rc::Rc;
 
-const COMMANDS: [&str; 15] = [
-    ":help", ":show", ":explain", ":count", ":run", ":plan", ":sql", ":concept", ":tables",
-    ":load", ":save", ":undo", ":reset", ":quit", ":exit",
-];
-
-/// Completion, and the parser's word on whether input is complete.
+/// Completion, hints and highlighting, and the parser's word on whether input is complete.
 struct StudyHelper {
-    names: Rc<RefCell<Vec<String>>>,
-    /// Concept names of the vocabulary starting with a text.
-    concept_names: Box<dyn Fn(&str) -> Vec<String>>,
+    /// The study so far: completion and the validator ask the grammar what may follow it.
+    draft: Rc<RefCell<Draft>>,
+    vocabulary: Box<dyn Vocabulary>,
+    files: FilenameCompleter,
+    history_hints: HistoryHinter,
     /// Highlighting, unless NO_COLOR says otherwise.
     colour: bool,
-    /// The study so far, for asking the parser whether input is whole.
-    draft: Rc<RefCell<crate::repl::draft::Draft>>,
 }
 
 impl Completer for StudyHelper {
-    type Candidate = String;
+    type Candidate = Pair;
 
     fn complete(
         &self,
         line: &str,
         pos: usize,
-        _: &Context<'_>,
-    ) -> rustyline::Result<(usize, Vec<String>)> {
-        // Inside a quoted concept name: names from the repository's vocabulary.
-        if line[..pos].matches('"').count() % 2 == 1 {
-            let start = line[..pos].rfind('"').map_or(0, |i| i + 1);
-            let typed = &line[start..pos];
-            if typed.len() < 2 {
-                return Ok((pos, Vec::new()));
-            }
-            let mut found: Vec<String> = (self.concept_names)(typed)
+        ctx: &Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<Pair>)> {
+        if [":load ", ":save ", ":run "]
+            .iter()
+            .any(|c| line[..pos].starts_with(c))
+        {
+            return self.files.complete(line, pos, ctx);
+        }
+        let (start, found) = complete(&self.draft.borrow(), line, pos, self.vocabulary.as_ref());
+        Ok((
+            start,
+            found
                 .into_iter()
-                .map(|n| format!("{n}\""))
-                .collect();
-            found.sort();
-            found.dedup();
-            return Ok((start, found));
-        }
-        let start = line[..pos]
-            .rfind(|c: char| c.is_whitespace() || c == '(')
-            .map_or(0, |i| i + 1);
-        let word = &line[start..pos];
-        if word.is_empty() {
-            return Ok((pos, Vec::new()));
-        }
-        let mut found: Vec<String> = if word.starts_with(':') {
-            COMMANDS.iter().map(|c| c.to_string()).collect()
-        } else {
-            let mut all: Vec<String> = crate::syntax::KEYWORDS
-                .iter()
-                .map(|k| k.to_string())
-                .collect();
-            all.extend(self.names.borrow().iter().cloned());
-            all.extend(crate::repl::draft::SECTIONS.iter().map(|s| s.to_string()));
-            all
-        };
-        found.retain(|c| c.starts_with(word) && c != word);
-        found.sort();
-        found.dedup();
-        Ok((start, found))
+                .map(|c| Pair {
+                    display: c.clone(),
+                    replacement: c,
+                })
+                .collect(),
+        ))
     }
 }
 
 impl Hinter for StudyHelper {
     type Hint = String;
 
-    /// The rest of a command, once its first letters name only one.
-    fn hint(&self, line: &str, pos: usize, _: &Context<'_>) -> Option<String> {
-        if pos < line.len() || !line.starts_with(':') || line.len() < 2 || line.contains(' ') {
-            return None;
-        }
-        let mut matching = COMMANDS
-            .iter()
-            .filter(|c| c.starts_with(line) && **c != line);
-        match (matching.next(), matching.next()) {
-            (Some(only), None) => Some(only[line.len()..].to_string()),
-            _ => None,
-        }
+    /// What the grammar or the vocabulary says comes next; otherwise the rest of the latest
+    /// history entry that starts with the line.
+    fn hint(&self, line: &str, pos: usize, ctx: &Context<'_>) -> Option<String> {
+        hint(&self.draft.borrow(), line, pos, self.vocabulary.as_ref())
+            .or_else(|| self.history_hints.hint(line, pos, ctx))
     }
 }
 
@@ -207,9 +177,8 @@ pub(super) fn repl(repo: Option<&Path>, study: Option<&Path>) -> Result<Status, 
     let workspace = runtime.block_on(Workspace::open(repository))?;
     let mut session = Session::new(Some(workspace), runtime);
     if let Some(path) = study {
-        match session.handle(&format!(":load {}", path.display())) {
-            Reply::Error(e) => return Err(e),
-            _ => {}
+        if let Reply::Error(e) = session.handle(&format!(":load {}", path.display())) {
+            return Err(e);
         }
     }
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
@@ -255,15 +224,15 @@ fn piped_loop(session: &mut Session) -> Result<Status, String> {
 }
 
 fn interactive_loop(session: &mut Session, dir: &Path) -> Result<Status, String> {
-    let names = Rc::new(RefCell::new(session.names()));
     let draft = Rc::new(RefCell::new(session.draft().clone()));
     let mut editor: Editor<StudyHelper, rustyline::history::DefaultHistory> =
         Editor::new().map_err(|e| format!("cannot start the line editor: {e}"))?;
     editor.set_helper(Some(StudyHelper {
-        names: names.clone(),
-        concept_names: Box::new(session.concept_names()),
-        colour: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
         draft: draft.clone(),
+        vocabulary: session.vocabulary(),
+        files: FilenameCompleter::new(),
+        history_hints: HistoryHinter::new(),
+        colour: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
     }));
     let history = history_path();
     let _ = editor.load_history(&history);
@@ -279,7 +248,6 @@ fn interactive_loop(session: &mut Session, dir: &Path) -> Result<Status, String>
                 if !show(session.handle(&input)) {
                     break;
                 }
-                *names.borrow_mut() = session.names();
                 *draft.borrow_mut() = session.draft().clone();
             }
             // Ctrl-C drops the input being typed; the session goes on.
@@ -301,48 +269,55 @@ mod tests {
     use rustyline::history::DefaultHistory;
 
     fn helper() -> StudyHelper {
+        let mut draft = Draft::default();
+        draft.sections[0].push("celecoxib = drug 1118084".into());
         StudyHelper {
-            names: Rc::new(RefCell::new(vec!["celecoxib".into(), "gi_bleed".into()])),
-            concept_names: Box::new(|prefix: &str| {
-                ["Celecoxib", "Celecoxib 200 MG Oral Capsule", "Diclofenac"]
-                    .iter()
-                    .filter(|n| n.to_lowercase().starts_with(&prefix.to_lowercase()))
-                    .map(|n| n.to_string())
-                    .collect()
-            }),
+            draft: Rc::new(RefCell::new(draft)),
+            vocabulary: Box::new(crate::repl::complete::NoVocabulary),
+            files: FilenameCompleter::new(),
+            history_hints: HistoryHinter::new(),
             colour: true,
-            draft: Rc::new(RefCell::new(crate::repl::draft::Draft::default())),
         }
     }
 
-    fn complete(line: &str) -> (usize, Vec<String>) {
-        let history = DefaultHistory::new();
-        helper()
-            .complete(line, line.len(), &Context::new(&history))
-            .unwrap()
-    }
-
     #[test]
-    fn completes_keywords_names_sections_commands_and_concept_names() {
-        let (start, found) = complete("index = first drug in cele");
-        assert_eq!(start, "index = first drug in ".len());
-        assert_eq!(found, ["celecoxib"]);
-        assert!(complete("requ").1.contains(&"require".to_string()));
-        assert!(complete("covar").1.contains(&"covariates".to_string()));
-        assert_eq!(complete(":conc").1, [":concept"]);
-        let (start, found) = complete("x = drug 1118084 \"cele");
-        assert_eq!(start, "x = drug 1118084 \"".len());
-        assert_eq!(found, ["Celecoxib 200 MG Oral Capsule\"", "Celecoxib\""]);
-        assert!(complete("").1.is_empty());
-    }
-
-    #[test]
-    fn hints_the_rest_of_a_unique_command() {
+    fn completes_study_words_and_file_names() {
         let history = DefaultHistory::new();
         let ctx = Context::new(&history);
+        let complete = |line: &str| {
+            let (start, found) = helper().complete(line, line.len(), &ctx).unwrap();
+            (
+                start,
+                found.into_iter().map(|p| p.replacement).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            complete("index = first drug in cele"),
+            (
+                "index = first drug in ".len(),
+                vec!["celecoxib".to_string()]
+            )
+        );
+        let (start, files) = complete(":load studies/nsaid_gi");
+        assert_eq!(start, ":load ".len());
+        assert_eq!(files, ["studies/nsaid_gi_bleed.study"]);
+    }
+
+    #[test]
+    fn hints_from_the_grammar_then_from_history() {
+        let mut history = DefaultHistory::new();
+        rustyline::history::History::add(&mut history, "index = first drug era in celecoxib")
+            .unwrap();
+        let ctx = Context::new(&history);
         assert_eq!(helper().hint(":ta", 3, &ctx), Some("bles".into()));
-        assert_eq!(helper().hint(":s", 2, &ctx), None, ":show, :sql and :save");
-        assert_eq!(helper().hint("require", 7, &ctx), None);
+        assert_eq!(
+            helper().hint("require calendar ", 17, &ctx),
+            Some("age at".into())
+        );
+        assert_eq!(
+            helper().hint("index = first drug era", 22, &ctx),
+            Some(" in celecoxib".into())
+        );
     }
 
     #[test]

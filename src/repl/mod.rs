@@ -2,6 +2,7 @@
 //! recomputed on the repository after each step of the population. Free of any terminal: the
 //! command line feeds it lines and prints its replies (see `cli::repl`).
 
+pub mod complete;
 pub mod draft;
 
 use crate::compile::compile_text;
@@ -37,13 +38,15 @@ Commands:
   :run [DIR]          run the study; outputs to DIR (default output/repl)
   :plan               the query plan of each stage
   :sql [DIALECT]      the study as SQL (postgres, mysql, sqlite, duckdb, bigquery)
-  :concept TEXT       concepts whose name contains TEXT, or whose code or id is TEXT
+  :concept TEXT       concepts whose name or synonym contains TEXT, or whose code or id is TEXT
   :tables             the repository's tables, with rows and persons
   :load FILE          replace the study with a study file
   :save FILE          write the study to a file (canonical layout)
   :undo               take back the last change
   :reset              start again from an empty study
-  :quit               leave (also Ctrl-D)";
+  :quit               leave (also Ctrl-D)
+Tab completes what the grammar takes next: keywords, domains, concept sets, anchors, windows;
+in `concepts`, a concept name becomes its id and name from the vocabulary.";
 
 /// A REPL session.
 pub struct Session {
@@ -63,43 +66,21 @@ impl Session {
         }
     }
 
-    /// Names of concepts in the repository's vocabulary that start with a text (ignoring
-    /// case), for completing a quoted concept name; empty without a repository.
-    pub fn concept_names(&self) -> impl Fn(&str) -> Vec<String> + 'static {
-        let (workspace, runtime) = (self.workspace.clone(), self.runtime.clone());
-        move |prefix: &str| match &workspace {
-            Some(w) => runtime
-                .block_on(w.concepts(prefix))
-                .unwrap_or_default()
-                .into_iter()
-                .map(|h| h.name)
-                .filter(|n| n.to_lowercase().starts_with(&prefix.to_lowercase()))
-                .collect(),
-            None => Vec::new(),
+    /// The repository's vocabulary, for completion (no concepts without a repository).
+    pub fn vocabulary(&self) -> Box<dyn complete::Vocabulary> {
+        match &self.workspace {
+            Some(w) => Box::new(RepositoryVocabulary {
+                workspace: w.clone(),
+                runtime: self.runtime.clone(),
+                last_name: Default::default(),
+            }),
+            None => Box::new(complete::NoVocabulary),
         }
     }
 
     /// The study as it stands, in its own words (for saving, showing, completing names).
     pub fn text(&self) -> String {
         self.draft.render(false)
-    }
-
-    /// Names defined so far (concept sets, covariates, endpoints, arms): for completion.
-    pub fn names(&self) -> Vec<String> {
-        let mut names = Vec::new();
-        for (i, lines) in self.draft.sections.iter().enumerate() {
-            if matches!(i, 0 | 2 | 4 | 5) {
-                for l in lines {
-                    if let Some((name, _)) = l.split_once('=') {
-                        let name = name.trim();
-                        if !name.is_empty() && !name.contains(' ') {
-                            names.push(name.to_string());
-                        }
-                    }
-                }
-            }
-        }
-        names
     }
 
     /// Whether `input` (one or more lines) is a whole statement or command, or the parser
@@ -341,9 +322,13 @@ impl Session {
             "records",
         ]);
         for h in hits {
+            let name = match &h.synonym {
+                Some(s) => format!("{} (synonym: {s})", h.name),
+                None => h.name,
+            };
             t.add_row(vec![
                 Cell::new(h.id).set_alignment(CellAlignment::Right),
-                Cell::new(h.name),
+                Cell::new(name),
                 Cell::new(h.domain),
                 Cell::new(h.vocabulary),
                 Cell::new(h.code),
@@ -369,6 +354,37 @@ impl Session {
             ]);
         }
         Ok(t.to_string())
+    }
+}
+
+/// The vocabulary of the session's repository; a failed query completes nothing.
+struct RepositoryVocabulary {
+    workspace: std::rc::Rc<Workspace>,
+    runtime: std::rc::Rc<tokio::runtime::Runtime>,
+    /// The last id looked up: hints ask again on every key.
+    last_name: std::cell::RefCell<Option<(i64, Option<String>)>>,
+}
+
+impl complete::Vocabulary for RepositoryVocabulary {
+    fn starting(&self, prefix: &str, domain: Option<&str>) -> Vec<(i64, String)> {
+        self.runtime
+            .block_on(self.workspace.concepts_starting(prefix, domain))
+            .unwrap_or_default()
+    }
+
+    fn name_of(&self, id: i64) -> Option<String> {
+        if let Some((last, name)) = &*self.last_name.borrow() {
+            if *last == id {
+                return name.clone();
+            }
+        }
+        let name = self
+            .runtime
+            .block_on(self.workspace.concept_name(id))
+            .ok()
+            .flatten();
+        *self.last_name.borrow_mut() = Some((id, name.clone()));
+        name
     }
 }
 

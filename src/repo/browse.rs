@@ -25,6 +25,8 @@ pub struct ConceptHit {
     pub vocabulary: String,
     pub code: String,
     pub standard: bool,
+    /// A synonym that matched the text, when the name itself did not.
+    pub synonym: Option<String>,
     /// Descendants in `concept_ancestor`, the concept itself not counted.
     pub descendants: u64,
     /// Records of this concept in the table of its domain.
@@ -88,29 +90,34 @@ fn domain_column(domain: &str) -> Option<(&'static str, &'static str)> {
     })
 }
 
-/// Concepts whose name contains `text` (ignoring case) or whose code or id is `text`, at most
-/// `limit`, standard concepts first.
+/// Concepts whose name or one of whose synonyms (`concept_synonym`) contains `text` (ignoring
+/// case), or whose code or id is `text`, at most `limit`, standard concepts first.
 pub async fn search_concepts(
     ctx: &SessionContext,
     text: &str,
     limit: usize,
 ) -> Result<Vec<ConceptHit>, RepoError> {
-    let quoted = text.replace('\'', "''");
+    let quoted = sql_text(text);
     let id_test = text
         .trim()
         .parse::<i64>()
-        .map_or(String::new(), |id| format!(" OR concept_id = {id}"));
+        .map_or(String::new(), |id| format!(" OR c.concept_id = {id}"));
     let sql = format!(
-        "SELECT concept_id, concept_name, domain_id, vocabulary_id, concept_code, standard_concept \
-         FROM concept WHERE strpos(lower(concept_name), lower('{quoted}')) > 0 \
-         OR lower(concept_code) = lower('{quoted}'){id_test} \
-         ORDER BY CASE WHEN standard_concept = 'S' THEN 0 ELSE 1 END, concept_name, concept_id \
+        "WITH synonyms AS (SELECT concept_id, min(concept_synonym_name) AS synonym \
+           FROM concept_synonym WHERE strpos(lower(concept_synonym_name), lower({quoted})) > 0 \
+           GROUP BY concept_id) \
+         SELECT c.concept_id, c.concept_name, c.domain_id, c.vocabulary_id, c.concept_code, \
+           c.standard_concept, s.synonym \
+         FROM concept c LEFT JOIN synonyms s ON s.concept_id = c.concept_id \
+         WHERE strpos(lower(c.concept_name), lower({quoted})) > 0 OR s.synonym IS NOT NULL \
+           OR lower(c.concept_code) = lower({quoted}){id_test} \
+         ORDER BY CASE WHEN c.standard_concept = 'S' THEN 0 ELSE 1 END, c.concept_name, c.concept_id \
          LIMIT {limit}"
     );
     let mut hits = Vec::new();
     for b in batches(ctx, &sql).await? {
         let ids: Int64Array = column(&b, 0, &DataType::Int64);
-        let texts: Vec<StringArray> = (1..6).map(|i| column(&b, i, &DataType::Utf8)).collect();
+        let texts: Vec<StringArray> = (1..7).map(|i| column(&b, i, &DataType::Utf8)).collect();
         let text_at = |c: usize, k: usize| {
             (!texts[c].is_null(k))
                 .then(|| texts[c].value(k).to_string())
@@ -124,6 +131,9 @@ pub async fn search_concepts(
                 vocabulary: text_at(2, k),
                 code: text_at(3, k),
                 standard: text_at(4, k) == "S",
+                synonym: (!texts[5].is_null(k)
+                    && !text_at(0, k).to_lowercase().contains(&text.to_lowercase()))
+                .then(|| text_at(5, k)),
                 descendants: 0,
                 records: 0,
             });
@@ -149,4 +159,55 @@ pub async fn search_concepts(
         }
     }
     Ok(hits)
+}
+
+/// A text as an SQL string literal.
+fn sql_text(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// Concept ids and names whose name starts with `prefix` (ignoring case), optionally of one
+/// domain (`Drug`, `Condition`, …), at most `limit`: standard concepts first, then shorter
+/// names. For completing names as they are typed, so it reads the `concept` table only.
+pub async fn concepts_starting(
+    ctx: &SessionContext,
+    prefix: &str,
+    domain: Option<&str>,
+    limit: usize,
+) -> Result<Vec<(i64, String)>, RepoError> {
+    let domain_test = domain.map_or(String::new(), |d| {
+        format!(" AND domain_id = {}", sql_text(d))
+    });
+    let sql = format!(
+        "SELECT concept_id, concept_name FROM concept \
+         WHERE starts_with(lower(concept_name), lower({})){domain_test} \
+         ORDER BY CASE WHEN standard_concept = 'S' THEN 0 ELSE 1 END, \
+           character_length(concept_name), concept_name, concept_id \
+         LIMIT {limit}",
+        sql_text(prefix)
+    );
+    let mut found = Vec::new();
+    for b in batches(ctx, &sql).await? {
+        let ids: Int64Array = column(&b, 0, &DataType::Int64);
+        let names: StringArray = column(&b, 1, &DataType::Utf8);
+        for k in 0..b.num_rows() {
+            if !names.is_null(k) {
+                found.push((ids.value(k), names.value(k).to_string()));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The name of one concept, if the vocabulary has it.
+pub async fn concept_name(ctx: &SessionContext, id: i64) -> Result<Option<String>, RepoError> {
+    let b = batches(
+        ctx,
+        &format!("SELECT concept_name FROM concept WHERE concept_id = {id} LIMIT 1"),
+    )
+    .await?;
+    Ok(b.iter().find(|b| b.num_rows() > 0).and_then(|b| {
+        let names: StringArray = column(b, 0, &DataType::Utf8);
+        (!names.is_null(0)).then(|| names.value(0).to_string())
+    }))
 }

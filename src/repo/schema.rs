@@ -460,6 +460,16 @@ pub const CONCEPT_RELATIONSHIP: Table = Table {
     ],
 };
 
+pub const CONCEPT_SYNONYM: Table = Table {
+    name: "concept_synonym",
+    essential: false,
+    columns: &[
+        req("concept_id", I),
+        req("concept_synonym_name", S),
+        opt("language_concept_id", I),
+    ],
+};
+
 pub const CDM_SOURCE: Table = Table {
     name: "cdm_source",
     essential: false,
@@ -519,7 +529,7 @@ pub const IMAGE_FEATURE: Table = Table {
 };
 
 /// Every table cohortql knows, in a fixed order.
-pub const TABLES: [&Table; 21] = [
+pub const TABLES: [&Table; 22] = [
     &PERSON,
     &OBSERVATION_PERIOD,
     &VISIT_OCCURRENCE,
@@ -538,6 +548,7 @@ pub const TABLES: [&Table; 21] = [
     &CONCEPT,
     &CONCEPT_ANCESTOR,
     &CONCEPT_RELATIONSHIP,
+    &CONCEPT_SYNONYM,
     &CDM_SOURCE,
     &IMAGE_OCCURRENCE,
     &IMAGE_FEATURE,

@@ -4,7 +4,9 @@
 use super::output::{data_fingerprint, write_outputs, RunInfo, Written};
 use super::{execute, explain_plan, sql_script, stage_plans, Attrition, Dialect, Execution};
 use crate::hash::study_hash;
-use crate::repo::browse::{search_concepts, table_counts, ConceptHit, TableCount};
+use crate::repo::browse::{
+    concept_name, concepts_starting, search_concepts, table_counts, ConceptHit, TableCount,
+};
 use crate::repo::Repository;
 use crate::study::Study;
 use datafusion::prelude::SessionContext;
@@ -80,5 +82,20 @@ impl Workspace {
         search_concepts(&self.ctx, text, 20)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    /// Concepts whose name starts with `prefix`, for completion (see `concepts_starting`).
+    pub async fn concepts_starting(
+        &self,
+        prefix: &str,
+        domain: Option<&str>,
+    ) -> Result<Vec<(i64, String)>, String> {
+        concepts_starting(&self.ctx, prefix, domain, 40)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    pub async fn concept_name(&self, id: i64) -> Result<Option<String>, String> {
+        concept_name(&self.ctx, id).await.map_err(|e| e.to_string())
     }
 }

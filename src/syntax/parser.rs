@@ -1297,3 +1297,44 @@ fn build_endpoint(pair: Pair<Rule>) -> EndpointDef {
         span: s,
     }
 }
+
+/// Whether the grammar takes all of `phrase` right after `text` (for completion): the parser,
+/// given `text`, the phrase and a character no rule accepts, gets past the phrase.
+pub fn accepts_after(text: &str, phrase: &str) -> bool {
+    let probe = format!("{text}{phrase} \u{1}");
+    match StudyParser::parse(Rule::file, &probe) {
+        Ok(_) => true,
+        Err(e) => {
+            let at = match e.location {
+                InputLocation::Pos(p) => p,
+                InputLocation::Span((s, _)) => s,
+            };
+            at >= text.len() + phrase.len()
+        }
+    }
+}
+
+#[cfg(test)]
+mod accepts_tests {
+    use super::*;
+
+    const HEAD: &str = "study \"s\"\nconcepts\n  x = drug 1\npopulation\n";
+
+    #[test]
+    fn takes_a_phrase_only_where_the_grammar_allows_it() {
+        let index = format!("{HEAD}  index = ");
+        assert!(accepts_after(&index, "first"));
+        assert!(accepts_after(&index, "drug era"));
+        assert!(!accepts_after(&index, "require"));
+        let step = format!("{HEAD}  index = first drug\n  require ");
+        assert!(accepts_after(&step, "calendar"));
+        assert!(accepts_after(&step, "not"));
+        assert!(!accepts_after(&step, "index"));
+        let after_set = format!("{HEAD}  index = first drug\n  require drug in x ");
+        assert!(accepts_after(&after_set, "on or before index"));
+        assert!(accepts_after(&after_set, "during follow-up"));
+        assert!(!accepts_after(&after_set, "on or during"));
+        // Nothing fits after a syntax error.
+        assert!(!accepts_after(&format!("{HEAD}  index = = "), "first"));
+    }
+}
