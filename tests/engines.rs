@@ -1,6 +1,7 @@
-//! The two engines agree: the reference evaluator and the DataFusion plans give the same
-//! entries, attrition, follow-up, covariates and endpoints for every study in studies/ on a
-//! synthetic repository, and for random studies on random small repositories.
+//! The engines agree: the reference evaluator, the DataFusion plans and the PostgreSQL SQL run
+//! on a PostgreSQL server give the same entries, attrition, follow-up, covariates and endpoints
+//! for every study in studies/ on a synthetic repository, and for random studies on random
+//! small repositories.
 
 mod common;
 
@@ -11,7 +12,8 @@ use cohortql::repo::write::OutputFormat;
 use cohortql::repo::Repository;
 use cohortql::study::*;
 use cohortql::synth::{generate, SynthOptions};
-use common::{by_datafusion, by_reference, checked, on_repository, Got};
+use common::postgres::Postgres;
+use common::{by_datafusion, by_postgres, by_reference, checked, on_postgres, on_repository, Got};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
@@ -21,6 +23,17 @@ fn numbers_equal(a: &Value, b: &Value) -> bool {
         (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(1.0),
         _ => a == b,
     }
+}
+
+/// Runs `work` on a thread with the stack the command line gives: writing a study as SQL
+/// recurses once per level of its plan.
+fn with_big_stack(work: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(work)
+        .unwrap()
+        .join()
+        .unwrap();
 }
 
 fn assert_agree(what: &str, reference: &Got, datafusion: &Got) {
@@ -45,7 +58,7 @@ fn assert_agree(what: &str, reference: &Got, datafusion: &Got) {
     {
         assert!(
             a.len() == b.len() && a.iter().zip(b).all(|(x, y)| numbers_equal(x, y)),
-            "{what}: covariates of row {i} ({:?}): reference {a:?}, DataFusion {b:?}",
+            "{what}: covariates of row {i} ({:?}): reference {a:?}, other engine {b:?}",
             reference.entries[i]
         );
     }
@@ -68,6 +81,11 @@ fn study_files() -> Vec<std::path::PathBuf> {
 
 #[test]
 fn engines_agree_on_every_study_over_a_synthetic_repository() {
+    with_big_stack(every_study_over_a_synthetic_repository);
+}
+
+fn every_study_over_a_synthetic_repository() {
+    let server = Postgres::start();
     let dir = tempfile::tempdir().unwrap();
     let repo_dir = dir.path().join("repo");
     let options = SynthOptions {
@@ -82,6 +100,7 @@ fn engines_agree_on_every_study_over_a_synthetic_repository() {
         .build()
         .unwrap()
         .block_on(async { load_rows(&repo.session().await.unwrap()).await.unwrap() });
+    let schema = server.load(&repo);
     let files = study_files();
     assert!(files.len() >= 9);
     let mut non_empty = 0;
@@ -91,6 +110,8 @@ fn engines_agree_on_every_study_over_a_synthetic_repository() {
         let reference = by_reference(&study, &data);
         let datafusion = on_repository(&study, &repo_dir);
         assert_agree(&name, &reference, &datafusion);
+        let postgres = on_postgres(&server, &schema, &study);
+        assert_agree(&format!("{name} on PostgreSQL"), &reference, &postgres);
         non_empty += usize::from(!reference.entries.is_empty());
     }
     assert!(
@@ -458,6 +479,11 @@ fn random_study(rng: &mut ChaCha8Rng, base: &Study) -> Study {
 
 #[test]
 fn engines_agree_on_random_studies_over_random_repositories() {
+    with_big_stack(random_studies_over_random_repositories);
+}
+
+fn random_studies_over_random_repositories() {
+    let server = Postgres::start();
     let base = checked(
         "base",
         "study \"random\"\npopulation\n  index = first condition\n",
@@ -474,6 +500,12 @@ fn engines_agree_on_random_studies_over_random_repositories() {
         let reference = by_reference(&study, &data);
         let datafusion = by_datafusion(&study, &data);
         assert_agree(&format!("seed {seed}: {study:#?}"), &reference, &datafusion);
+        let postgres = by_postgres(&server, &study, &data);
+        assert_agree(
+            &format!("seed {seed} on PostgreSQL: {study:#?}"),
+            &reference,
+            &postgres,
+        );
         indexed += usize::from(reference.attrition[0] > 0);
         populated += usize::from(!reference.entries.is_empty());
     }

@@ -1,5 +1,8 @@
 //! The four OHDSI test cohorts re-expressed in studies/eunomia/, evaluated by the reference
-//! evaluator on Eunomia GiBleed and compared with the same cohorts written by hand as SQL.
+//! evaluator on Eunomia GiBleed and compared with the same cohorts written by hand as SQL, run
+//! from the command line to OHDSI's Circe counts, and run as SQL on PostgreSQL.
+
+mod common;
 
 use cohortql::compile::compile_text;
 use cohortql::reference::evaluate_study;
@@ -273,4 +276,51 @@ fn two_runs_give_byte_identical_outputs() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(leftovers.len(), 2, "{leftovers:?}");
+}
+
+/// The SQL written for PostgreSQL, run on a PostgreSQL server holding Eunomia, gives every
+/// Eunomia study the same entries, attrition, follow-up, covariates and endpoints as DataFusion,
+/// and so OHDSI's counts.
+#[test]
+fn the_eunomia_studies_as_sql_on_postgresql() {
+    std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(eunomia_on_postgresql)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+fn eunomia_on_postgresql() {
+    let dir = root().join("tests/data/eunomia-gibleed");
+    let server = common::postgres::Postgres::start();
+    let schema = server.load(&Repository::open(&dir).unwrap());
+    let studies = CIRCE_COUNTS
+        .iter()
+        .map(|(s, n)| (*s, *n))
+        .chain([("gi_bleed_new_users", 2630)]);
+    for (name, persons) in studies {
+        let path = root().join(format!("studies/eunomia/{name}.study"));
+        let study = common::checked(name, &std::fs::read_to_string(path).unwrap());
+        let postgres = common::on_postgres(&server, &schema, &study);
+        let datafusion = common::on_repository(&study, &dir);
+        assert_eq!(postgres.entries.len(), persons, "{name}: entries");
+        assert_eq!(
+            postgres.attrition, datafusion.attrition,
+            "{name}: attrition"
+        );
+        assert_eq!(postgres.entries, datafusion.entries, "{name}: entries");
+        assert_eq!(
+            postgres.follow_up, datafusion.follow_up,
+            "{name}: follow-up"
+        );
+        assert_eq!(
+            postgres.covariates, datafusion.covariates,
+            "{name}: covariates"
+        );
+        assert_eq!(
+            postgres.endpoints, datafusion.endpoints,
+            "{name}: endpoints"
+        );
+    }
 }

@@ -1,13 +1,14 @@
 //! Spec tests: the semantics of the language, one construct per file in tests/spec/, as tiny
 //! input tables, a study, and what it must give: entries, attrition, follow-up, covariates and
-//! endpoints. Both engines run them: the reference evaluator and the DataFusion plans.
+//! endpoints. Every engine runs them: the reference evaluator, the DataFusion plans, and the
+//! SQL written for PostgreSQL on a real PostgreSQL server.
 
 use chrono::NaiveDate;
 mod common;
 
 use cohortql::reference::data::{Concept, Data, Period, Person, Record};
 use cohortql::study::{Domain, Study};
-use common::{by_datafusion, by_reference, checked, Got, Outcomes};
+use common::{by_datafusion, by_postgres, by_reference, checked, Got, Outcomes};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -215,4 +216,23 @@ fn the_datafusion_engine_meets_every_spec() {
     for (name, spec) in specs() {
         check_spec(&name, &spec, &data(&spec), &by_datafusion);
     }
+}
+
+/// Writing a study as SQL recurses once per level of the plan: the work gets the stack the
+/// command line gives it.
+#[test]
+fn the_postgres_sql_meets_every_spec() {
+    std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(|| {
+            let server = common::postgres::Postgres::start();
+            for (name, spec) in specs() {
+                check_spec(&name, &spec, &data(&spec), &|study, data| {
+                    by_postgres(&server, study, data)
+                });
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
 }

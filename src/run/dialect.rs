@@ -40,8 +40,14 @@ impl Portable<'_> {
         let a = unparser.expr_to_sql(&args[0])?;
         let b = unparser.expr_to_sql(&args[1])?;
         let add = name == DAYS_ADD;
+        // `date + integer` exists in PostgreSQL and DuckDB; `date + bigint` does not.
+        let days = if b.to_string().parse::<i32>().is_ok() {
+            b.to_string()
+        } else {
+            format!("CAST({b} AS INTEGER)")
+        };
         let text = match (self.kind, add) {
-            (D::Postgres | D::Duckdb, true) => format!("({a} + {b})"),
+            (D::Postgres | D::Duckdb, true) => format!("({a} + {days})"),
             (D::Postgres | D::Duckdb, false) => format!("({a} - {b})"),
             (D::Mysql, true) => format!("DATE_ADD({a}, INTERVAL ({b}) DAY)"),
             (D::Mysql, false) => format!("DATEDIFF({a}, {b})"),

@@ -2,13 +2,15 @@
 //! or on DataFusion, and reading either result in one shape.
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use cohortql::compile::compile_text;
 use cohortql::reference::data::Data;
 use cohortql::reference::{evaluate_study, Cell};
 use cohortql::repo::rows::write_rows;
 use cohortql::repo::write::OutputFormat;
 use cohortql::repo::Repository;
-use cohortql::run::execute;
+use cohortql::run::{execute, sql_script, Dialect};
 use cohortql::study::{EndpointKind, Study};
 use datafusion::arrow::array::{Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
@@ -120,27 +122,79 @@ pub fn on_repository(study: &Study, dir: &std::path::Path) -> Got {
             datafusion::arrow::util::pretty::pretty_format_batches(d).unwrap()
         );
     }
+    let attrition = run.attrition.iter().map(|a| a.persons as usize).collect();
+    got_from(study, &|i| values(d, i), attrition)
+}
+
+/// Runs the study as SQL (`cohortql sql --dialect postgres`) on PostgreSQL: the rows are
+/// written as a repository, copied into a schema of their own, and the script run there.
+pub fn by_postgres(server: &postgres::Postgres, study: &Study, data: &Data) -> Got {
+    let dir = tempfile::tempdir().unwrap();
+    write_rows(data, dir.path(), OutputFormat::Parquet).unwrap();
+    let schema = server.load(&Repository::open(dir.path()).unwrap());
+    on_postgres(server, &schema, study)
+}
+
+/// Runs the study as SQL on PostgreSQL, on a repository loaded into `schema`
+/// (`Postgres::load`).
+pub fn on_postgres(server: &postgres::Postgres, schema: &str, study: &Study) -> Got {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let script = runtime
+        .block_on(async {
+            let ctx = cohortql::repo::empty_session().unwrap();
+            sql_script(study, &ctx, Dialect::Postgres).await
+        })
+        .unwrap();
+    let outputs = server.run_script(schema, &script);
+    let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
+    assert_eq!(names, ["attrition", "cohort", "dataset"]);
+    let (attrition, dataset) = (&outputs[0], &outputs[2]);
+    let mut persons: Vec<usize> = attrition
+        .header
+        .iter()
+        .zip(&attrition.rows[0])
+        .filter(|(h, _)| h.starts_with("persons_"))
+        .map(|(_, v)| v.as_deref().unwrap().parse().unwrap())
+        .collect();
+    let distinct: std::collections::BTreeSet<&Option<String>> =
+        dataset.rows.iter().map(|r| &r[0]).collect();
+    persons.push(distinct.len());
+    let column = |i: usize| -> Vec<Value> {
+        dataset
+            .rows
+            .iter()
+            .map(|r| postgres::value(&r[i]))
+            .collect()
+    };
+    got_from(study, &column, persons)
+}
+
+/// What an engine gave, from the dataset's columns (in the order `cohortql run` writes them)
+/// and the persons after each attrition row.
+fn got_from(study: &Study, column: &dyn Fn(usize) -> Vec<Value>, attrition: Vec<usize>) -> Got {
+    let d = column;
     let number = |v: &Value| v.as_f64().unwrap() as i64;
     let text = |v: &Value| v.as_str().unwrap().to_string();
-    let (person, index, record) = (values(d, 0), values(d, 1), values(d, 2));
-    let (start, end) = (values(d, 3), values(d, 4));
+    let (person, index, record) = (d(0), d(1), d(2));
+    let (start, end) = (d(3), d(4));
     let mut next = 5;
     let arm = if study.arms.is_empty() {
         vec![Value::Null; person.len()]
     } else {
         next += 1;
-        values(d, 5)
+        d(5)
     };
-    let covariates: Vec<Vec<Value>> = (0..study.covariates.len())
-        .map(|i| values(d, next + i))
-        .collect();
+    let covariates: Vec<Vec<Value>> = (0..study.covariates.len()).map(|i| d(next + i)).collect();
     next += study.covariates.len();
     let mut endpoints: Vec<Vec<(u8, Option<i64>)>> = vec![Vec::new(); person.len()];
     for e in &study.endpoints {
-        let event = values(d, next);
+        let event = d(next);
         let days = if e.kind == EndpointKind::TimeToEvent {
             next += 1;
-            values(d, next)
+            d(next)
         } else {
             vec![Value::Null; person.len()]
         };
@@ -160,7 +214,7 @@ pub fn on_repository(study: &Study, dir: &std::path::Path) -> Got {
                 )
             })
             .collect(),
-        attrition: run.attrition.iter().map(|a| a.persons as usize).collect(),
+        attrition,
         follow_up: (0..person.len())
             .map(|i| (text(&start[i]), text(&end[i])))
             .collect(),
