@@ -39,6 +39,15 @@ pub fn compile_bytes(bytes: &[u8]) -> Compiled {
 
 /// Parses and checks study text.
 pub fn compile_text(text: String) -> Compiled {
+    let unsafe_characters = source::unsafe_characters(&text);
+    if !unsafe_characters.is_empty() {
+        return Compiled {
+            text,
+            file: None,
+            study: None,
+            diagnostics: unsafe_characters,
+        };
+    }
     match parse_study(&text) {
         Err(d) => Compiled {
             text,

@@ -19,6 +19,7 @@ pub enum Code {
     EmptyFile,
     TooDeep,
     TooLarge,
+    UnsafeCharacter,
     Syntax,
     UnknownConceptSet,
     DuplicateName,
@@ -54,12 +55,13 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 37] = [
+    pub const ALL: [Code; 38] = [
         Code::InvalidUtf8,
         Code::BinaryFile,
         Code::EmptyFile,
         Code::TooDeep,
         Code::TooLarge,
+        Code::UnsafeCharacter,
         Code::Syntax,
         Code::UnknownConceptSet,
         Code::DuplicateName,
@@ -102,6 +104,7 @@ impl Code {
             Code::EmptyFile => "E0003",
             Code::TooDeep => "E0004",
             Code::TooLarge => "E0005",
+            Code::UnsafeCharacter => "E0006",
             Code::Syntax => "E0100",
             Code::UnknownConceptSet => "E0200",
             Code::DuplicateName => "E0201",
@@ -151,8 +154,9 @@ impl Code {
             Code::InvalidUtf8 => "the file is not valid UTF-8 text",
             Code::BinaryFile => "the file contains NUL bytes",
             Code::EmptyFile => "the file is empty",
-            Code::TooDeep => "parentheses nested too deeply",
+            Code::TooDeep => "nested too deeply",
             Code::TooLarge => "the file is too large",
+            Code::UnsafeCharacter => "a control or bidirectional-text character",
             Code::Syntax => "syntax error",
             Code::UnknownConceptSet => "unknown concept set",
             Code::DuplicateName => "a name is defined twice",

@@ -4,26 +4,28 @@
 //! concept set is listed with its codes.
 
 use crate::check::quantity_words;
+use crate::printable::{escaped, escaped_keeping_lines};
 use crate::study::*;
 use std::fmt::Write;
 
 /// The whole explanation, as text with one blank line between parts.
+/// Study text is shown escaped (see `printable`): what a reviewer reads is what the file says.
 pub fn explain_study(study: &Study) -> String {
     let x = Explainer { study };
     let mut out = String::new();
-    write!(out, "Study: {}", study.title).unwrap();
+    write!(out, "Study: {}", escaped(&study.title)).unwrap();
     if let Some(v) = &study.version {
-        write!(out, " (version {v})").unwrap();
+        write!(out, " (version {})", escaped(v)).unwrap();
     }
     out.push('\n');
     if let Some(q) = &study.question {
-        writeln!(out, "Question: {q}").unwrap();
+        writeln!(out, "Question: {}", escaped(q)).unwrap();
     }
     if let Some(d) = &study.description {
-        writeln!(out, "Description: {d}").unwrap();
+        writeln!(out, "Description: {}", escaped(d)).unwrap();
     }
     if !study.authors.is_empty() {
-        writeln!(out, "Authors: {}", study.authors.join(", ")).unwrap();
+        writeln!(out, "Authors: {}", escaped(&study.authors.join(", "))).unwrap();
     }
 
     out.push_str("\nConcept sets\n");
@@ -128,7 +130,7 @@ pub fn explain_study(study: &Study) -> String {
         )
         .unwrap(),
     }
-    out
+    escaped_keeping_lines(&out).into_owned()
 }
 
 fn indent(text: &str) -> String {
@@ -217,7 +219,9 @@ fn number_test_words(t: &NumberTest) -> String {
 impl Explainer<'_> {
     fn concepts(&self, e: &ConceptExpr) -> String {
         match e {
-            ConceptExpr::Concept { id, label: Some(l) } => format!("concept {id} \"{l}\""),
+            ConceptExpr::Concept { id, label: Some(l) } => {
+                format!("concept {id} \"{}\"", escaped(l))
+            }
             ConceptExpr::Concept { id, label: None } => format!("concept {id}"),
             ConceptExpr::SourceCodes { vocabulary, codes } => {
                 let codes: Vec<String> = codes
@@ -228,9 +232,9 @@ impl Explainer<'_> {
                         CodePattern::Range(a, b) => format!("{a} to {b} (with their sub-codes)"),
                     })
                     .collect();
-                format!("{vocabulary} codes {}", codes.join(", "))
+                format!("{vocabulary} codes {}", escaped(&codes.join(", ")))
             }
-            ConceptExpr::Named(n) => format!("the concepts named \"{n}\""),
+            ConceptExpr::Named(n) => format!("the concepts named \"{}\"", escaped(n)),
             ConceptExpr::Set(i) => format!("`{}`", self.study.concept_sets[*i].name),
             ConceptExpr::WithDescendants(inner) => {
                 let whose = if matches!(**inner, ConceptExpr::Concept { .. }) {
@@ -283,7 +287,9 @@ impl Explainer<'_> {
                     "whose value is below its normal range (range_low)".to_string()
                 }
                 EventFilter::UnitIn(c) => format!("with a unit in {}", self.concept_ref(c)),
-                EventFilter::Modality(m) => format!("of modality {}", m.join(" or ")),
+                EventFilter::Modality(m) => {
+                    format!("of modality {}", escaped(&m.join(" or ")))
+                }
                 EventFilter::KindIn(c) => format!("of an episode kind in {}", self.concept_ref(c)),
                 EventFilter::Duration(t) => {
                     format!(

@@ -23,6 +23,7 @@ pub mod explain;
 pub mod fmt;
 pub mod hash;
 pub mod plan;
+pub mod printable;
 pub mod reference;
 pub mod repl;
 pub mod repo;

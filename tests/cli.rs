@@ -343,7 +343,7 @@ fn hostile_inputs_get_diagnostics_not_crashes() {
             "E0205",
         ),
         ("negative id", b"study \"n\"\nconcepts\n  a = drug -5\n".to_vec(), "E0100"),
-        ("binary garbage after a study", b"study \"g\"\npopulation\n  index = first drug\n\x01\x02\x03".to_vec(), "E0100"),
+        ("binary garbage after a study", b"study \"g\"\npopulation\n  index = first drug\n\x01\x02\x03".to_vec(), "E0006"),
     ];
     for (name, bytes, code) in cases {
         let path = write_temp(dir.path(), "case.study", &bytes);

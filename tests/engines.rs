@@ -13,7 +13,10 @@ use cohortql::repo::Repository;
 use cohortql::study::*;
 use cohortql::synth::{generate, SynthOptions};
 use common::postgres::Postgres;
-use common::{by_datafusion, by_postgres, by_reference, checked, on_postgres, on_repository, Got};
+use common::{
+    by_datafusion, by_postgres, by_reference, checked, on_postgres, on_repository, with_big_stack,
+    Got,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
@@ -27,15 +30,6 @@ fn numbers_equal(a: &Value, b: &Value) -> bool {
 
 /// Runs `work` on a thread with the stack the command line gives: writing a study as SQL
 /// recurses once per level of its plan.
-fn with_big_stack(work: impl FnOnce() + Send + 'static) {
-    std::thread::Builder::new()
-        .stack_size(256 << 20)
-        .spawn(work)
-        .unwrap()
-        .join()
-        .unwrap();
-}
-
 fn assert_agree(what: &str, reference: &Got, datafusion: &Got) {
     assert_eq!(
         reference.attrition, datafusion.attrition,

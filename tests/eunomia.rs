@@ -283,12 +283,7 @@ fn two_runs_give_byte_identical_outputs() {
 /// and so OHDSI's counts.
 #[test]
 fn the_eunomia_studies_as_sql_on_postgresql() {
-    std::thread::Builder::new()
-        .stack_size(256 << 20)
-        .spawn(eunomia_on_postgresql)
-        .unwrap()
-        .join()
-        .unwrap();
+    common::with_big_stack(eunomia_on_postgresql);
 }
 
 fn eunomia_on_postgresql() {

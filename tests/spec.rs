@@ -222,17 +222,12 @@ fn the_datafusion_engine_meets_every_spec() {
 /// command line gives it.
 #[test]
 fn the_postgres_sql_meets_every_spec() {
-    std::thread::Builder::new()
-        .stack_size(256 << 20)
-        .spawn(|| {
-            let server = common::postgres::Postgres::start();
-            for (name, spec) in specs() {
-                check_spec(&name, &spec, &data(&spec), &|study, data| {
-                    by_postgres(&server, study, data)
-                });
-            }
-        })
-        .unwrap()
-        .join()
-        .unwrap();
+    common::with_big_stack(|| {
+        let server = common::postgres::Postgres::start();
+        for (name, spec) in specs() {
+            check_spec(&name, &spec, &data(&spec), &|study, data| {
+                by_postgres(&server, study, data)
+            });
+        }
+    });
 }

@@ -2,6 +2,8 @@
 //! statement back and, run over the same repository, give the same attrition, cohort and dataset
 //! as `cohortql run`.
 
+mod common;
+
 use cohortql::compile::compile_text;
 use cohortql::repo::Repository;
 use cohortql::run::execute;
@@ -79,12 +81,7 @@ async fn run_script(
 fn compare_on(repo: &Repository, studies: &[(&'static str, &'static str)]) {
     let repo = repo.clone();
     let studies = studies.to_vec();
-    std::thread::Builder::new()
-        .stack_size(256 << 20)
-        .spawn(move || compare_on_big_stack(&repo, &studies))
-        .unwrap()
-        .join()
-        .unwrap();
+    common::with_big_stack(move || compare_on_big_stack(&repo, &studies));
 }
 
 fn compare_on_big_stack(repo: &Repository, studies: &[(&str, &str)]) {

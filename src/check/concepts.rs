@@ -1,10 +1,11 @@
 //! Concept sets: names, cycles, vocabularies, code patterns, and domain agreement.
 
 use super::Checker;
+
 use crate::diag::{did_you_mean, Code, Diagnostic};
 use crate::study::{CodePattern, ConceptExpr};
 use crate::syntax::ast::{self, ConceptAtom, Domain, SetOp, Span};
-use crate::syntax::KEYWORDS;
+use crate::syntax::{KEYWORDS, MAX_NESTING};
 
 /// Source vocabularies a study may name, as written in lower case, with their OMOP
 /// `vocabulary_id`.
@@ -88,8 +89,10 @@ impl<'a> Checker<'a> {
                 }
             }
         }
-        // Iterative depth-first search: 0 unvisited, 1 on the stack, 2 done.
+        // Iterative depth-first search: 0 unvisited, 1 on the stack, 2 done. `chain` is the
+        // longest chain of definitions below a set, known once it is done.
         let mut state = vec![0u8; n];
+        let mut chain = vec![0usize; n];
         let mut found = false;
         for root in 0..n {
             if state[root] != 0 {
@@ -130,9 +133,31 @@ impl<'a> Checker<'a> {
                     }
                 } else {
                     state[node] = 2;
+                    chain[node] = 1 + edges[node]
+                        .iter()
+                        .map(|&(to, _)| chain[to])
+                        .max()
+                        .unwrap_or(0);
                     stack.pop();
                 }
             }
+        }
+        // Later stages follow references recursively: a chain of definitions is bounded like
+        // nested parentheses.
+        if let Some(deep) = (0..n).find(|&i| !found && chain[i] > MAX_NESTING) {
+            found = true;
+            let def = self.set_defs[deep];
+            let d = Diagnostic::new(
+                Code::TooDeep,
+                format!(
+                    "`{}` is defined through a chain of {} concept sets; at most {MAX_NESTING} may build on each other",
+                    def.name.node, chain[deep]
+                ),
+            )
+            .at(def.name.span)
+            .label("defined through too many others")
+            .help("define the set from concept ids directly, or join the sets it uses with `|`");
+            self.push(d);
         }
         found
     }

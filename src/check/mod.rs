@@ -759,14 +759,17 @@ impl<'a> Checker<'a> {
                     }
                     seen_min = Some(item.span);
                     match n.node.parse::<u64>() {
-                        Ok(v) if v <= 1_000_000 => policy.min_cell_count = v,
+                        Ok(v) if (1..=1_000_000).contains(&v) => policy.min_cell_count = v,
                         _ => self.push(
                             Diagnostic::new(
                                 Code::InvalidNumber,
-                                format!("a minimum cell count of {} is out of range", n.node),
+                                format!(
+                                    "a minimum cell count of {} is out of range (1 to 1000000)",
+                                    n.node
+                                ),
                             )
                             .at(n.span)
-                            .help("common thresholds are 5, 10 or 11"),
+                            .help("common thresholds are 5, 10 or 11; 1 withholds nothing"),
                         ),
                     }
                 }

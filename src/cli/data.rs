@@ -152,10 +152,13 @@ fn print_report(report: &Report) {
                 Cell::new(file),
             ]);
         }
-        println!("{t}");
+        println!(
+            "{}",
+            crate::printable::escaped_keeping_lines(&t.to_string())
+        );
     }
     for e in &report.errors {
-        println!("error: {e}");
+        println!("error: {}", crate::printable::escaped(&e.to_string()));
     }
     if !report.checks.is_empty() {
         let mut t = Table::new();
@@ -187,7 +190,10 @@ fn print_report(report: &Report) {
                 "Data quality: {failing} of {} checks find problems (warnings):",
                 report.checks.len()
             );
-            println!("{t}");
+            println!(
+                "{}",
+                crate::printable::escaped_keeping_lines(&t.to_string())
+            );
         }
     }
 }

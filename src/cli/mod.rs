@@ -215,7 +215,10 @@ pub fn main() -> ExitCode {
         Ok(Status::Ok) => ExitCode::SUCCESS,
         Ok(Status::StudyErrors) => ExitCode::from(1),
         Err(message) => {
-            eprint!("{}", io_error(&message));
+            eprint!(
+                "{}",
+                io_error(&crate::printable::escaped_keeping_lines(&message))
+            );
             ExitCode::from(2)
         }
     }
@@ -239,31 +242,39 @@ fn display(path: &Path) -> String {
     }
 }
 
+/// Reads a study file, or standard input for `-`; refuses more than `MAX_FILE_BYTES` without
+/// reading further (a device such as /dev/zero never ends).
 fn read(path: &Path) -> Result<Vec<u8>, String> {
+    let limit = source::MAX_FILE_BYTES as u64;
+    let too_large = |name: &str| {
+        format!("{name} has more than {limit} bytes; study files may have at most {limit}")
+    };
+    let mut buf = Vec::new();
     if path == Path::new("-") {
-        let mut buf = Vec::new();
         std::io::stdin()
+            .take(limit + 1)
             .read_to_end(&mut buf)
             .map_err(|e| format!("cannot read standard input: {e}"))?;
+        if buf.len() as u64 > limit {
+            return Err(too_large("standard input"));
+        }
         return Ok(buf);
     }
-    let meta = std::fs::metadata(path)
-        .map_err(|e| format!("cannot read {}: {}", path.display(), plain_io(&e)))?;
+    let fail = |e: std::io::Error| format!("cannot read {}: {}", path.display(), plain_io(&e));
+    let meta = std::fs::metadata(path).map_err(fail)?;
     if meta.is_dir() {
         return Err(format!(
             "{} is a directory, not a study file",
             path.display()
         ));
     }
-    if meta.len() > source::MAX_FILE_BYTES as u64 {
-        return Err(format!(
-            "{} has {} bytes; study files may have at most {}",
-            path.display(),
-            meta.len(),
-            source::MAX_FILE_BYTES
-        ));
+    std::fs::File::open(path)
+        .and_then(|f| f.take(limit + 1).read_to_end(&mut buf))
+        .map_err(fail)?;
+    if buf.len() as u64 > limit {
+        return Err(too_large(&path.display().to_string()));
     }
-    std::fs::read(path).map_err(|e| format!("cannot read {}: {}", path.display(), plain_io(&e)))
+    Ok(buf)
 }
 
 fn plain_io(e: &std::io::Error) -> String {

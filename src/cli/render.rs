@@ -4,6 +4,7 @@
 //! megabytes: only a window of a long line around the span is shown.
 
 use crate::diag::{Diagnostic, Severity};
+use crate::printable::{escaped, is_unsafe};
 use crate::syntax::ast::Span;
 use crate::syntax::source::{floor_char_boundary, line_col};
 use anstyle::{AnsiColor, Style};
@@ -19,6 +20,7 @@ const BOLD: Style = Style::new().bold();
 
 /// One diagnostic as text with ANSI styles (stripped by `anstream` where colour is off).
 pub fn render(d: &Diagnostic, path: &str, text: &str) -> String {
+    let path = escaped(path);
     let (kind, style) = match d.severity {
         Severity::Error => ("error", ERROR),
         Severity::Warning => ("warning", WARNING),
@@ -28,13 +30,13 @@ pub fn render(d: &Diagnostic, path: &str, text: &str) -> String {
         out,
         "{style}{kind}[{}]{style:#}{BOLD}: {}{BOLD:#}",
         d.code.id(),
-        d.message
+        escaped(&d.message)
     )
     .unwrap();
     let Some(span) = d.span else {
         writeln!(out, "  {NOTE}-->{NOTE:#} {path}").unwrap();
         if let Some(h) = &d.help {
-            writeln!(out, "  {NOTE}={NOTE:#} {BOLD}help{BOLD:#}: {h}").unwrap();
+            writeln!(out, "  {NOTE}={NOTE:#} {BOLD}help{BOLD:#}: {}", escaped(h)).unwrap();
         }
         return out;
     };
@@ -64,7 +66,7 @@ pub fn render(d: &Diagnostic, path: &str, text: &str) -> String {
         let label = if label.is_empty() {
             String::new()
         } else {
-            format!(" {label}")
+            format!(" {}", escaped(label))
         };
         writeln!(
             out,
@@ -74,7 +76,12 @@ pub fn render(d: &Diagnostic, path: &str, text: &str) -> String {
         .unwrap();
     }
     if let Some(h) = &d.help {
-        writeln!(out, "{pad} {NOTE}={NOTE:#} {BOLD}help{BOLD:#}: {h}").unwrap();
+        writeln!(
+            out,
+            "{pad} {NOTE}={NOTE:#} {BOLD}help{BOLD:#}: {}",
+            escaped(h)
+        )
+        .unwrap();
     }
     out
 }
@@ -87,7 +94,7 @@ fn excerpt(text: &str, span: Span) -> (String, usize, usize) {
     let end = floor_char_boundary(text, span.end.clamp(start, line_end));
     let clean = |s: &str| -> String {
         s.chars()
-            .map(|c| if c == '\t' || c.is_control() { ' ' } else { c })
+            .map(|c| if c == '\t' || is_unsafe(c) { ' ' } else { c })
             .collect()
     };
     let before: Vec<char> = clean(&text[line_start..start]).chars().collect();

@@ -3,6 +3,7 @@
 
 use super::data::runtime;
 use super::Status;
+use crate::printable::escaped_keeping_lines;
 use crate::repl::complete::{complete, hint, Vocabulary};
 use crate::repl::draft::Draft;
 use crate::repl::{input_is_complete, Reply, Session};
@@ -193,7 +194,8 @@ pub(super) fn repl(repo: Option<&Path>, study: Option<&Path>) -> Result<Status, 
 fn show(reply: Reply) -> bool {
     match reply {
         Reply::Quiet => {}
-        Reply::Text(t) => println!("{}", t.trim_end()),
+        // Replies carry vocabulary names and other repository text: never raw to the terminal.
+        Reply::Text(t) => println!("{}", escaped_keeping_lines(t.trim_end())),
         Reply::Error(e) => eprintln!("{}", e.trim_end()),
         Reply::Quit => return false,
     }

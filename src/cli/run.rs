@@ -26,12 +26,24 @@ pub(super) fn open(dir: Option<&Path>) -> Result<Repository, String> {
     })
 }
 
-/// A study's name for its output directory: the file name without extension.
+/// A study's name for its output directory: the file name without extension and without
+/// leading dots, so that no study name (`...study`, `.study`) leads out of the output directory
+/// or hides its outputs.
 fn stem(study: &Path) -> String {
-    study
+    let stem = study
         .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "study".to_string())
+        .map(|s| s.to_string_lossy().trim_start_matches('.').to_string())
+        .unwrap_or_default();
+    if stem.is_empty() {
+        "study".to_string()
+    } else {
+        stem
+    }
+}
+
+fn warning(text: &str) -> String {
+    let style = anstyle::AnsiColor::Yellow.on_default().bold();
+    format!("{style}warning{style:#}: {text}")
 }
 
 /// Where a study's outputs go by default: `output/<study name>`.
@@ -91,6 +103,9 @@ pub(super) fn run(
     let result = runtime()?.block_on(async {
         let workspace = Workspace::open(repo).await?;
         let progress = |stage: &str| spinner.set_message(stage.to_string());
+        let note = |text: &str| {
+            spinner.suspend(|| eprintln!("{}", warning(&crate::printable::escaped(text))))
+        };
         workspace
             .run_to(
                 &study,
@@ -99,6 +114,7 @@ pub(super) fn run(
                 check_time,
                 &out,
                 &progress,
+                &note,
             )
             .await
     });
@@ -106,7 +122,7 @@ pub(super) fn run(
     let (execution, written) = result?;
     let policy = &study.output;
     let t = attrition_table(&execution.attrition, policy);
-    println!("{}", study.title);
+    println!("{}", crate::printable::escaped(&study.title));
     println!("{t}");
     println!(
         "{} persons, {} cohort entries, {} dataset rows in {:.1} s",

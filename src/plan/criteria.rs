@@ -4,25 +4,24 @@
 
 use super::days::{days_add, days_between};
 use super::records::{date_lit, PeriodCols, PersonCols, Rec};
-use super::{aggregate, c, filter, keep, names, project, Planner};
+use super::{aggregate, c, filter, join_on, keep, names, project, Planner};
 use crate::study::*;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
 use datafusion::functions::expr_fn::{coalesce, date_part, upper};
 use datafusion::functions_aggregate::expr_fn::{count, count_distinct};
-use datafusion::logical_expr::{
-    cast, in_subquery, lit, not, Expr, JoinType, LogicalPlan, LogicalPlanBuilder,
-};
+use datafusion::logical_expr::{cast, in_subquery, lit, not, Expr, JoinType, LogicalPlan};
 use std::sync::Arc;
 
 /// The rows a criterion is evaluated at, and which of their columns hold what.
 #[derive(Clone, Debug)]
 pub(super) struct Ctx {
-    /// The rows, with columns attached by criteria evaluated so far.
-    pub plan: LogicalPlan,
     /// The rows as they were before any attachment: what aggregates are computed from, so that
     /// the plan grows linearly with the number of criteria.
     pub base: LogicalPlan,
+    /// The aggregates attached by the criteria evaluated so far; `Planner::joined` gives the
+    /// rows with their columns.
+    pub attached: Vec<Attached>,
     /// Columns that identify a row.
     pub key: Vec<String>,
     pub person: String,
@@ -37,12 +36,20 @@ pub(super) struct Ctx {
     pub follow_up: Option<(String, String)>,
 }
 
+/// An aggregate per context row, to be joined to the rows by their key.
+#[derive(Clone, Debug)]
+pub(super) struct Attached {
+    plan: LogicalPlan,
+    /// (the context's key column, the aggregate's column for it)
+    keys: Vec<(String, String)>,
+}
+
 impl Ctx {
     /// Persons, before any index date: criteria in the index event's own filters.
     pub fn of_persons(plan: LogicalPlan, cols: &PersonCols) -> Ctx {
         Ctx {
-            base: plan.clone(),
-            plan,
+            base: plan,
+            attached: Vec::new(),
             key: vec![cols.id.clone()],
             person: cols.id.clone(),
             gender: cols.gender.clone(),
@@ -60,8 +67,8 @@ impl Ctx {
     /// Starts a new context whose rows are `plan`'s (its base is the plan as it is now).
     pub fn rebased(&self, plan: LogicalPlan) -> Ctx {
         Ctx {
-            base: plan.clone(),
-            plan,
+            base: plan,
+            attached: Vec::new(),
             ..self.clone()
         }
     }
@@ -96,14 +103,12 @@ impl Planner<'_> {
         }
         let left = self.aliased(ctx.base.clone())?;
         let right = self.aliased(records)?;
-        let mut joined = LogicalPlanBuilder::from(left)
-            .join(
-                right,
-                JoinType::Inner,
-                (vec![ctx.person.as_str()], vec![rec.person.as_str()]),
-                None,
-            )?
-            .build()?;
+        let mut joined = join_on(
+            left,
+            right,
+            JoinType::Inner,
+            &[(ctx.person.as_str(), rec.person.as_str())],
+        )?;
         for f in &query.filters {
             match f {
                 EventFilter::SameVisit => {
@@ -125,7 +130,7 @@ impl Planner<'_> {
                     nested.event = Some(rec.start.clone());
                     nested.event_visit = Some(rec.visit.clone());
                     let holds = self.condition(criterion, &mut nested)?;
-                    joined = keep(filter(nested.plan, holds)?, &columns)?;
+                    joined = keep(filter(self.joined(&nested)?, holds)?, &columns)?;
                 }
                 _ => {}
             }
@@ -234,23 +239,30 @@ impl Planner<'_> {
             .collect();
         exprs.extend(outputs.iter().map(|n| c(n)));
         let aggregated = project(aggregated, exprs)?;
-        let mut columns = names(&ctx.plan);
-        let left = self.aliased(ctx.plan.clone())?;
-        let right = self.aliased(aggregated)?;
-        let joined = LogicalPlanBuilder::from(left)
-            .join(
-                right,
-                JoinType::Left,
-                (
-                    ctx.key.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
-                    renamed.iter().map(|k| k.as_str()).collect::<Vec<_>>(),
-                ),
-                None,
-            )?
-            .build()?;
-        columns.extend(outputs.iter().cloned());
-        ctx.plan = keep(joined, &columns)?;
+        let keys = ctx.key.iter().cloned().zip(renamed).collect();
+        let plan = self.aliased(aggregated)?;
+        ctx.attached.push(Attached { plan, keys });
         Ok(outputs)
+    }
+
+    /// The context's rows with the columns of every attached aggregate: a chain of left joins
+    /// built once, with no projection between them. (A projection per attachment would look up
+    /// every column of a plan that widens with each criterion: planning grew with the cube of
+    /// the number of criteria.)
+    pub(super) fn joined(&mut self, ctx: &Ctx) -> Result<LogicalPlan> {
+        if ctx.attached.is_empty() {
+            return Ok(ctx.base.clone());
+        }
+        let mut plan = self.aliased(ctx.base.clone())?;
+        for a in &ctx.attached {
+            let keys: Vec<(&str, &str)> = a
+                .keys
+                .iter()
+                .map(|(l, r)| (l.as_str(), r.as_str()))
+                .collect();
+            plan = join_on(plan, a.plan.clone(), JoinType::Left, &keys)?;
+        }
+        Ok(plan)
     }
 
     /// How many of the query's records (or distinct concepts, days or visits) lie in the
@@ -348,19 +360,12 @@ impl Planner<'_> {
         exprs.push(days_add(anchor, lit(end)).alias(&last_day));
         let left = self.aliased(project(rows, exprs)?)?;
         let right = self.aliased(periods)?;
-        let covering = LogicalPlanBuilder::from(left)
-            .join(
-                right,
-                JoinType::Inner,
-                (vec![person], vec![p.person.as_str()]),
-                None,
-            )?
-            .filter(
-                c(&p.start)
-                    .lt_eq(c(&first_day))
-                    .and(c(&p.end).gt_eq(c(&last_day))),
-            )?
-            .build()?;
+        let covering = filter(
+            join_on(left, right, JoinType::Inner, &[(person, p.person.as_str())])?,
+            c(&p.start)
+                .lt_eq(c(&first_day))
+                .and(c(&p.end).gt_eq(c(&last_day))),
+        )?;
         Ok((covering, p))
     }
 

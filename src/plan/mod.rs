@@ -21,10 +21,14 @@ mod records;
 mod stages;
 
 use crate::study::Study;
-use datafusion::common::{Column, Result};
-use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
+use datafusion::common::{Column, NullEquality, Result};
+use datafusion::logical_expr::{
+    Aggregate, Expr, Filter, Join, JoinConstraint, JoinType, LogicalPlan, LogicalPlanBuilder,
+    Projection, SubqueryAlias, Window,
+};
 use datafusion::prelude::SessionContext;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub use stages::*;
 
@@ -43,6 +47,8 @@ pub struct Planner<'a> {
     consenting: Option<LogicalPlan>,
     /// Set while the consent records themselves are read, which the rule does not filter.
     reading_consent: bool,
+    /// The repository's tables the plans built so far read.
+    read: std::cell::RefCell<std::collections::BTreeSet<&'static str>>,
 }
 
 impl<'a> Planner<'a> {
@@ -60,6 +66,7 @@ impl<'a> Planner<'a> {
             fresh: 0,
             consenting: None,
             reading_consent: false,
+            read: Default::default(),
         })
     }
 
@@ -119,7 +126,15 @@ impl<'a> Planner<'a> {
     }
 
     fn table(&self, name: &str) -> LogicalPlan {
+        if let Some(t) = crate::repo::schema::table(name) {
+            self.read.borrow_mut().insert(t.name);
+        }
         self.tables[name].clone()
+    }
+
+    /// The repository's tables the plans built so far read, by name.
+    pub fn tables_read(&self) -> Vec<String> {
+        self.read.borrow().iter().map(|t| t.to_string()).collect()
     }
 }
 
@@ -147,36 +162,80 @@ thread_local! {
 /// named subquery or a join (which SQL reads as they are). Operators are built over such inputs
 /// so that column references resolve to a name the SQL unparser keeps, and every plan unparses
 /// to valid SQL.
-fn sub(plan: LogicalPlan) -> Result<LogicalPlanBuilder> {
+fn sub(plan: LogicalPlan) -> Result<Arc<LogicalPlan>> {
     match plan {
         LogicalPlan::TableScan(_)
         | LogicalPlan::SubqueryAlias(_)
         | LogicalPlan::Join(_)
-        | LogicalPlan::EmptyRelation(_) => Ok(LogicalPlanBuilder::from(plan)),
+        | LogicalPlan::EmptyRelation(_) => Ok(Arc::new(plan)),
         other => {
             let n = DERIVED.with(|d| {
                 d.set(d.get() + 1);
                 d.get()
             });
-            LogicalPlanBuilder::from(other).alias(format!("d{n}"))
+            Ok(Arc::new(LogicalPlan::SubqueryAlias(
+                SubqueryAlias::try_new(Arc::new(other), format!("d{n}"))?,
+            )))
         }
     }
 }
 
+// The operators below are built directly rather than through `LogicalPlanBuilder`, whose
+// column normalisation walks the whole input plan once per expression: with plans that grow
+// with every criterion, that made planning quadratic (cubic for wide projections). Every
+// column here has a name unique in the study, so there is nothing to normalise.
+
 fn project(plan: LogicalPlan, exprs: Vec<Expr>) -> Result<LogicalPlan> {
-    sub(plan)?.project(exprs)?.build()
+    Ok(LogicalPlan::Projection(Projection::try_new(
+        exprs,
+        sub(plan)?,
+    )?))
 }
 
 fn filter(plan: LogicalPlan, predicate: Expr) -> Result<LogicalPlan> {
-    sub(plan)?.filter(predicate)?.build()
+    Ok(LogicalPlan::Filter(Filter::try_new(predicate, sub(plan)?)?))
 }
 
 fn with_window(plan: LogicalPlan, exprs: Vec<Expr>) -> Result<LogicalPlan> {
-    sub(plan)?.window(exprs)?.build()
+    Ok(LogicalPlan::Window(Window::try_new(exprs, sub(plan)?)?))
 }
 
 fn aggregate(plan: LogicalPlan, group: Vec<Expr>, aggregates: Vec<Expr>) -> Result<LogicalPlan> {
-    sub(plan)?.aggregate(group, aggregates)?.build()
+    Ok(LogicalPlan::Aggregate(Aggregate::try_new(
+        sub(plan)?,
+        group,
+        aggregates,
+    )?))
+}
+
+/// An equijoin on pairs of (left, right) column names, each resolved against its own side's
+/// schema alone.
+fn join_on(
+    left: LogicalPlan,
+    right: LogicalPlan,
+    join_type: JoinType,
+    keys: &[(&str, &str)],
+) -> Result<LogicalPlan> {
+    let resolve = |name: &str, side: &LogicalPlan| -> Result<Expr> {
+        Ok(Expr::Column(
+            Column::from_name(name)
+                .normalize_with_schemas_and_ambiguity_check(&[&[side.schema()]], &[])?,
+        ))
+    };
+    let on = keys
+        .iter()
+        .map(|(l, r)| Ok((resolve(l, &left)?, resolve(r, &right)?)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(LogicalPlan::Join(Join::try_new(
+        Arc::new(left),
+        Arc::new(right),
+        on,
+        None,
+        join_type,
+        JoinConstraint::On,
+        NullEquality::NullEqualsNothing,
+        false,
+    )?))
 }
 
 /// Keeps only these columns of a plan.

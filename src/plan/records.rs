@@ -1,7 +1,7 @@
 //! The relations criteria read: persons, observation periods and each domain's records in one
 //! shape, concept sets through the vocabulary, and the consent rule applied to all of them.
 
-use super::{c, filter, project, Planner};
+use super::{c, filter, join_on, project, Planner};
 use crate::study::{CodePattern, ConceptExpr, Consent, Domain};
 use chrono::{Duration, NaiveDate};
 use datafusion::arrow::datatypes::DataType;
@@ -365,14 +365,12 @@ impl Planner<'_> {
         let consenting = project(consenting, vec![c("person").alias(&consenting_person)])?;
         let left = self.aliased(plan)?;
         let right = self.aliased(consenting)?;
-        let joined = LogicalPlanBuilder::from(left)
-            .join(
-                right,
-                JoinType::Left,
-                (vec![person], vec![consenting_person.as_str()]),
-                None,
-            )?
-            .build()?;
+        let joined = join_on(
+            left,
+            right,
+            JoinType::Left,
+            &[(person, consenting_person.as_str())],
+        )?;
         let mut exprs: Vec<Expr> = columns.iter().map(|n| c(n)).collect();
         exprs.push(c(&consenting_person).is_not_null().alias(&flag));
         Ok((project(joined, exprs)?, flag))
@@ -397,9 +395,12 @@ impl Planner<'_> {
             let (persons, cols) = self.persons()?;
             let ctx = super::criteria::Ctx::of_persons(persons, &cols);
             let (found, _) = self.matching(&query, &ctx)?;
-            super::sub(project(found, vec![c(&cols.id).alias("person")])?)?
-                .distinct()?
-                .build()
+            LogicalPlanBuilder::new_from_arc(super::sub(project(
+                found,
+                vec![c(&cols.id).alias("person")],
+            )?)?)
+            .distinct()?
+            .build()
         })();
         self.reading_consent = false;
         let plan = built?;

@@ -4,7 +4,7 @@
 use super::criteria::Ctx;
 use super::days::{days_add, days_between};
 use super::records::date_lit;
-use super::{aggregate, c, filter, keep, names, project, with_window, Planner};
+use super::{aggregate, c, filter, join_on, keep, names, project, with_window, Planner};
 use crate::study::*;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, ScalarValue};
@@ -64,8 +64,8 @@ fn strings(columns: &[&str]) -> Vec<String> {
 /// A context whose rows are a stage's entries.
 fn entry_ctx(plan: LogicalPlan, follow_up: bool) -> Ctx {
     Ctx {
-        base: plan.clone(),
-        plan,
+        base: plan,
+        attached: Vec::new(),
         key: strings(&[PERSON, INDEX_RECORD, INDEX_DATE]),
         person: PERSON.into(),
         gender: GENDER.into(),
@@ -281,7 +281,7 @@ impl Planner<'_> {
             arm = when(holds, lit(name)).otherwise(arm)?;
         }
         outputs.push(arm.alias(ARM));
-        project(ctx.plan, outputs)
+        project(self.joined(&ctx)?, outputs)
     }
 
     /// One row: persons and entries remaining after each attrition row (see `attrition_rules`).
@@ -380,7 +380,7 @@ impl Planner<'_> {
         let mut outputs: Vec<Expr> = columns.iter().map(|n| c(n)).collect();
         outputs.push(start.alias(FOLLOW_UP_START));
         outputs.push(end.alias(FOLLOW_UP_END));
-        let plan = project(ctx.plan, outputs)?;
+        let plan = project(self.joined(&ctx)?, outputs)?;
         filter(plan, c(FOLLOW_UP_START).lt_eq(c(FOLLOW_UP_END)))
     }
 
@@ -447,19 +447,17 @@ impl Planner<'_> {
         )?;
         let left = self.aliased(ctx.base.clone())?;
         let right = self.aliased(eras)?;
-        let containing = LogicalPlanBuilder::from(left)
-            .join(
+        let containing = filter(
+            join_on(
+                left,
                 right,
                 JoinType::Inner,
-                (vec![PERSON], vec![era_person.as_str()]),
-                None,
-            )?
-            .filter(
-                c(&era_start)
-                    .lt_eq(c(INDEX_DATE))
-                    .and(c(INDEX_DATE).lt_eq(c(&era_end))),
-            )?
-            .build()?;
+                &[(PERSON, era_person.as_str())],
+            )?,
+            c(&era_start)
+                .lt_eq(c(INDEX_DATE))
+                .and(c(INDEX_DATE).lt_eq(c(&era_end))),
+        )?;
         let end = self
             .attach(ctx, containing, vec![max(c(&era_end))])?
             .remove(0);
@@ -505,14 +503,12 @@ impl Planner<'_> {
         let firsts = self.first_rows(grouped, &[group.clone()], &order, &with_group)?;
         let left = self.aliased(firsts)?;
         let right = self.aliased(ends)?;
-        let joined = LogicalPlanBuilder::from(left)
-            .join(
-                right,
-                JoinType::Inner,
-                (vec![group.as_str()], vec![group_of.as_str()]),
-                None,
-            )?
-            .build()?;
+        let joined = join_on(
+            left,
+            right,
+            JoinType::Inner,
+            &[(group.as_str(), group_of.as_str())],
+        )?;
         let outputs: Vec<Expr> = columns
             .iter()
             .map(|n| {
@@ -538,7 +534,7 @@ impl Planner<'_> {
             ],
         )?;
         // Sorted last: SQL keeps no order from inside a derived table.
-        super::sub(table)?
+        LogicalPlanBuilder::new_from_arc(super::sub(table)?)
             .sort(vec![
                 asc("subject_id"),
                 asc("cohort_start_date"),
@@ -609,7 +605,7 @@ impl Planner<'_> {
                 }
             }
         }
-        super::sub(project(ctx.plan, outputs)?)?
+        LogicalPlanBuilder::new_from_arc(super::sub(project(self.joined(&ctx)?, outputs)?)?)
             .sort(vec![asc(PERSON), asc(INDEX_DATE), asc(INDEX_RECORD)])?
             .build()
     }

@@ -266,6 +266,7 @@ impl Session {
             PathBuf::from(arg)
         };
         let text = self.canonical();
+        let notes = std::cell::RefCell::new(String::new());
         let (run, written) = self.runtime.block_on(self.workspace()?.run_to(
             &study,
             Path::new("<repl>"),
@@ -273,10 +274,12 @@ impl Session {
             std::time::Duration::ZERO,
             &out,
             &|_| {},
+            &|note| notes.borrow_mut().push_str(&format!("warning: {note}\n")),
         ))?;
         let rows = run.attrition;
         Ok(format!(
-            "{}{} cohort entries, {} dataset rows written to {}",
+            "{}{}{} cohort entries, {} dataset rows written to {}",
+            notes.into_inner(),
             attrition_table(&rows, &study),
             written.cohort,
             written.dataset,

@@ -66,14 +66,17 @@ pub fn discover(dir: &Path) -> Result<(Vec<TableFile>, Vec<RepoError>), RepoErro
     let mut found = Vec::new();
     let mut problems = Vec::new();
     for table in TABLES {
+        // Anything at a table's path counts, even a dangling link: a table that is there but
+        // cannot be read is an error, never an absent (empty) table.
         let candidates: Vec<(PathBuf, Format)> = Format::ALL
             .iter()
             .map(|f| (dir.join(format!("{}{}", table.name, f.extension())), *f))
-            .filter(|(p, _)| p.is_file())
+            .filter(|(p, _)| std::fs::symlink_metadata(p).is_ok())
             .collect();
         match candidates.as_slice() {
             [] => {}
-            [(path, format)] => match read_file_columns(path, *format)
+            [(path, format)] => match regular_file(path)
+                .and_then(|()| read_file_columns(path, *format))
                 .and_then(|cols| map_columns(table, path, *format, cols))
             {
                 Ok(file) => found.push(file),
@@ -86,6 +89,26 @@ pub fn discover(dir: &Path) -> Result<(Vec<TableFile>, Vec<RepoError>), RepoErro
         }
     }
     Ok((found, problems))
+}
+
+/// Whether the path leads to a regular file, naming what it is otherwise.
+fn regular_file(path: &Path) -> Result<(), RepoError> {
+    let bad = |message: &str| RepoError::Unreadable {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(meta) if meta.is_dir() => Err(bad("it is a directory, not a table file")),
+        Ok(_) => Err(bad("it is not a regular file (a device, socket or pipe)")),
+        Err(e) if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_symlink()) => {
+            Err(bad(&format!(
+                "it is a symbolic link that leads to no file ({})",
+                io_message(&e)
+            )))
+        }
+        Err(e) => Err(bad(&io_message(&e))),
+    }
 }
 
 fn io_message(e: &std::io::Error) -> String {

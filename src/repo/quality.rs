@@ -395,3 +395,113 @@ async fn find_bad_column(
     }
     None
 }
+
+/// Where a failed query's bad data lies: the first table file that cannot be read, and the
+/// column whose values do not convert. Reads the tables again, so it is for the error path.
+pub async fn locate_bad_data(ctx: &SessionContext, repo: &Repository) -> Option<RepoError> {
+    for file in &repo.files {
+        let table = file.table.name;
+        // Counting rows reads every row but converts no value: a failure there is the file's.
+        if let Err(message) = query_counts(ctx, &format!("SELECT count(*) FROM {table}")).await {
+            return Some(RepoError::BadData {
+                path: file.path.clone(),
+                column: None,
+                message,
+            });
+        }
+        for (column, _) in &file.sources {
+            let sql = format!("SELECT count({}) FROM {table}", column.name);
+            if let Err(message) = query_counts(ctx, &sql).await {
+                return Some(RepoError::BadData {
+                    path: file.path.clone(),
+                    column: Some(column.name.to_string()),
+                    message,
+                });
+            }
+        }
+    }
+    None
+}
+
+/// Dates before this or after [`LATEST_PLAUSIBLE`] are implausible in a health record.
+pub const EARLIEST_PLAUSIBLE: &str = "1850-01-01";
+pub const LATEST_PLAUSIBLE: &str = "2099-12-31";
+
+/// The data-quality problems a run warns of, in the tables it reads: duplicate person ids,
+/// records that end before they start, and dates outside any plausible range. One line per
+/// kind of problem and table, with its count; none when the data are clean.
+pub async fn run_warnings(ctx: &SessionContext, tables: &[String]) -> Result<Vec<String>, String> {
+    let mut warnings = Vec::new();
+    let implausible = |c: &str| {
+        format!(
+            "sum(CASE WHEN {c} < DATE '{EARLIEST_PLAUSIBLE}' OR {c} > DATE '{LATEST_PLAUSIBLE}' THEN 1 ELSE 0 END)"
+        )
+    };
+    if tables.iter().any(|t| t == "person") {
+        let counts = query_counts(
+            ctx,
+            "SELECT count(person_id) - count(DISTINCT person_id), \
+               sum(CASE WHEN year_of_birth < 1850 OR year_of_birth > 2099 THEN 1 ELSE 0 END) \
+             FROM person",
+        )
+        .await?;
+        if let Some(n) = counts[0].filter(|&n| n > 0) {
+            warnings.push(format!(
+                "person: {n} row{} repeat a person_id of another row",
+                plural(n)
+            ));
+        }
+        if let Some(n) = counts[1].filter(|&n| n > 0) {
+            warnings.push(format!(
+                "person: {n} row{} have a year_of_birth before 1850 or after 2099",
+                plural(n)
+            ));
+        }
+    }
+    let periods = EventColumns {
+        table: "observation_period",
+        id: None,
+        concept: None,
+        start: "observation_period_start_date",
+        end: Some("observation_period_end_date"),
+        standard_concepts: &[],
+    };
+    for ev in EVENT_TABLES
+        .iter()
+        .chain([&periods])
+        .filter(|e| tables.iter().any(|t| t == e.table))
+    {
+        let (t, start) = (ev.table, ev.start);
+        let mut sums = vec![implausible(start)];
+        if let Some(end) = ev.end {
+            sums.push(implausible(end));
+            sums.push(format!("sum(CASE WHEN {end} < {start} THEN 1 ELSE 0 END)"));
+        }
+        let counts = query_counts(ctx, &format!("SELECT {} FROM {t}", sums.join(", "))).await?;
+        // Implausible starts, then (with an end) implausible ends and ends before starts.
+        let dated: u64 = counts.iter().take(2).flatten().sum();
+        if dated > 0 {
+            warnings.push(format!(
+                "{t}: {dated} date{} before {EARLIEST_PLAUSIBLE} or after {LATEST_PLAUSIBLE}",
+                plural(dated)
+            ));
+        }
+        if let (Some(end), Some(Some(n))) = (ev.end, counts.get(2)) {
+            if *n > 0 {
+                warnings.push(format!(
+                    "{t}: {n} row{} end ({end}) before they start ({start})",
+                    plural(*n)
+                ));
+            }
+        }
+    }
+    Ok(warnings)
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}

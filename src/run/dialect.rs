@@ -10,11 +10,13 @@ use datafusion::arrow::array::timezone::Tz;
 use datafusion::arrow::datatypes::TimeUnit;
 use datafusion::common::Result;
 use datafusion::logical_expr::Expr;
+use datafusion::sql::sqlparser::ast::VisitorMut;
 use datafusion::sql::sqlparser::ast::{self, BinaryOperator, WindowFrameBound};
 use datafusion::sql::unparser::dialect::{
     CharacterLengthStyle, DateFieldExtractStyle, Dialect, DistinctFromStyle, IntervalStyle,
 };
 use datafusion::sql::unparser::Unparser;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 /// A dialect as DataFusion defines it, with day arithmetic of its own and no `QUALIFY`.
@@ -180,6 +182,98 @@ impl Dialect for Portable<'_> {
         self.inner.supports_empty_select_list()
     }
     fn string_literal_to_sql(&self, s: &str) -> Option<ast::Expr> {
-        self.inner.string_literal_to_sql(s)
+        // Written verbatim (a placeholder is printed as it is): sqlparser's own quoting leaves
+        // a quote after a backslash undoubled, which ends the literal early in PostgreSQL.
+        Some(ast::Expr::value(ast::Value::Placeholder(string_literal(
+            self.kind, s,
+        ))))
+    }
+}
+
+/// Text as a string literal of the dialect, whatever characters it holds: quotes doubled;
+/// backslashes kept literal however the server is configured; line breaks escaped where the
+/// dialect cannot hold them raw.
+pub fn string_literal(kind: super::Dialect, text: &str) -> String {
+    use super::Dialect as D;
+    let doubled = |t: &str| format!("'{}'", t.replace('\'', "''"));
+    match kind {
+        // With `standard_conforming_strings` off, a backslash escapes in '…' too; E'…' escapes
+        // the same way under either setting.
+        D::Postgres if text.contains('\\') => {
+            format!("E'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+        }
+        // MySQL escapes with backslashes unless NO_BACKSLASH_ESCAPES is set: a backslash is
+        // written as character 92, which means the same in either mode.
+        D::Mysql if text.contains('\\') => {
+            let parts: Vec<String> = text.split('\\').map(doubled).collect();
+            format!(
+                "CONCAT({})",
+                parts.join(", CONVERT(CHAR(92) USING utf8mb4), ")
+            )
+        }
+        D::Bigquery => {
+            let mut out = String::from("'");
+            for c in text.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\'' => out.push_str("\\'"),
+                    // A quoted string may not span lines in BigQuery.
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    c => out.push(c),
+                }
+            }
+            out.push('\'');
+            out
+        }
+        D::Postgres | D::Mysql | D::Duckdb | D::Sqlite => doubled(text),
+    }
+}
+
+/// Drops the qualifiers of derived tables (`t12.`, `d3.`) and stage tables
+/// (`cohortql_entries.`) from column references and wildcards. Every column a study's plans
+/// create has a name unique in its query, so an unqualified reference resolves the same in any
+/// scope; the unparser, which merges nested selects, sometimes keeps a qualifier whose derived
+/// table it merged away. Columns of the OMOP tables keep theirs.
+pub struct Unqualify;
+
+fn merged_away(qualifier: &str) -> bool {
+    let derived = |p: char| {
+        qualifier
+            .strip_prefix(p)
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    derived('d') || derived('t') || qualifier.starts_with("cohortql_")
+}
+
+impl VisitorMut for Unqualify {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &mut ast::Expr) -> ControlFlow<()> {
+        if let ast::Expr::CompoundIdentifier(parts) = expr {
+            if let [qualifier, column] = parts.as_slice() {
+                if merged_away(&qualifier.value) {
+                    *expr = ast::Expr::Identifier(column.clone());
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_select(&mut self, select: &mut ast::Select) -> ControlFlow<()> {
+        for item in &mut select.projection {
+            if let ast::SelectItem::QualifiedWildcard(
+                ast::SelectItemQualifiedWildcardKind::ObjectName(name),
+                options,
+            ) = item
+            {
+                if let [ast::ObjectNamePart::Identifier(q)] = name.0.as_slice() {
+                    if merged_away(&q.value) {
+                        *item = ast::SelectItem::Wildcard(options.clone());
+                    }
+                }
+            }
+        }
+        ControlFlow::Continue(())
     }
 }

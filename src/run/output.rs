@@ -18,7 +18,7 @@ use datafusion::parquet::file::properties::WriterProperties;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::io::{BufWriter, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// What a run was, for `run.json`.
@@ -27,10 +27,32 @@ pub struct RunInfo<'a> {
     pub study_path: &'a Path,
     pub study_text: &'a str,
     pub study_hash: &'a str,
-    pub repository: &'a Path,
+    /// How `run.json` names the repository: its directory's name, unless asked for the path
+    /// (a full path publishes a site's directory layout).
+    pub repository: &'a str,
     pub data_fingerprint: &'a str,
+    /// Data-quality problems found in the tables the study read.
+    pub data_warnings: &'a [String],
     /// Time spent reading, parsing and checking the study.
     pub check_time: std::time::Duration,
+}
+
+/// A path as `run.json` may publish it: as given when relative and inside the working
+/// directory, otherwise only its file name.
+fn shareable_path(path: &Path) -> String {
+    let inside = path.is_relative()
+        && path.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        });
+    if inside {
+        path.display().to_string()
+    } else {
+        path.file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    }
 }
 
 /// Rows written per output.
@@ -60,7 +82,7 @@ pub fn attrition_table(rows: &[Attrition], policy: &OutputPolicy) -> String {
     for (i, a) in rows.iter().enumerate() {
         t.add_row(vec![
             Cell::new(i).set_alignment(CellAlignment::Right),
-            Cell::new(&a.rule),
+            Cell::new(crate::printable::escaped(&a.rule)),
             Cell::new(shown(a.persons, policy)).set_alignment(CellAlignment::Right),
             Cell::new(shown(a.entries, policy)).set_alignment(CellAlignment::Right),
         ]);
@@ -241,13 +263,14 @@ fn run_record(info: &RunInfo, run: &Execution, written: &Written) -> serde_json:
     );
     json!({
         "study": {
-            "file": info.study_path.display().to_string(),
+            "file": shareable_path(info.study_path),
             "title": info.study.title,
             "version": info.study.version,
         },
         "study_hash": info.study_hash,
-        "repository": info.repository.display().to_string(),
+        "repository": info.repository,
         "data_fingerprint": info.data_fingerprint,
+        "data_warnings": info.data_warnings,
         "tool_version": env!("CARGO_PKG_VERSION"),
         "persons": publishable(run.persons(), policy),
         "attrition": attrition,
@@ -261,68 +284,265 @@ fn run_record(info: &RunInfo, run: &Execution, written: &Written) -> serde_json:
             "pseudonymise_ids": policy.pseudonymise_ids,
         },
         "timings": timings,
+        "files": OUTPUT_FILES,
     })
 }
 
-/// Writes every output of a run into `out`, replacing a previous run's outputs there.
-pub fn write_outputs(out: &Path, info: &RunInfo, run: &Execution) -> Result<Written, String> {
-    if out.exists() {
-        let is_dir = out.is_dir();
-        let empty = is_dir
-            && std::fs::read_dir(out)
-                .map(|mut d| d.next().is_none())
-                .unwrap_or(false);
-        if !is_dir || !(empty || out.join("run.json").is_file()) {
-            return Err(format!(
-                "{} exists and does not hold a previous run's outputs: choose another --out",
+/// The files a run writes into its output directory, `run.json` last: `run.json` lists them, and
+/// only a directory holding nothing else is ever replaced.
+pub const OUTPUT_FILES: [&str; 8] = [
+    "cohort.parquet",
+    "cohort.csv",
+    "dataset.parquet",
+    "dataset.csv",
+    "attrition.parquet",
+    "attrition.csv",
+    "study.study",
+    "run.json",
+];
+
+/// An output directory claimed for one run: checked to be empty, absent or a previous run's
+/// outputs, and locked against other runs into the same place until the outputs are written.
+pub struct OutputDir {
+    out: PathBuf,
+    lock_path: PathBuf,
+    /// Held for the claim's lifetime; the operating system releases it if the process dies.
+    _lock: std::fs::File,
+    /// Directories of interrupted runs into the same place, removed when it was claimed.
+    pub removed_leftovers: Vec<PathBuf>,
+}
+
+impl OutputDir {
+    /// Claims `out`: refuses a symbolic link, a file, or a directory holding anything but a
+    /// previous run's outputs; locks it; removes what interrupted runs into it left behind.
+    pub fn claim(out: &Path) -> Result<OutputDir, String> {
+        let name = match out.file_name() {
+            Some(n)
+                if out
+                    .components()
+                    .next_back()
+                    .is_some_and(|c| matches!(c, std::path::Component::Normal(_))) =>
+            {
+                n.to_string_lossy().into_owned()
+            }
+            _ => {
+                return Err(format!(
+                "{} does not name a directory of its own: give --out a name such as output/study",
                 out.display()
-            ));
-        }
-    }
-    let tmp = hidden_sibling(out, "partial");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
-    let result = (|| {
-        let cohort = concat_batches(&run.cohort_schema, &run.cohort).map_err(|e| e.to_string())?;
-        write_table(&tmp, "cohort", &cohort)?;
-        let dataset = published_dataset(
-            &run.dataset_schema,
-            &run.dataset,
-            &info.study.output,
-            info.study_hash,
-        )?;
-        write_table(&tmp, "dataset", &dataset)?;
-        let attrition = attrition_batch(&run.attrition, &info.study.output);
-        write_table(&tmp, "attrition", &attrition)?;
-        std::fs::write(tmp.join("study.study"), info.study_text)
-            .map_err(|e| format!("cannot write the study copy: {e}"))?;
-        let written = Written {
-            cohort: cohort.num_rows(),
-            dataset: dataset.num_rows(),
-            attrition: attrition.num_rows(),
+            ))
+            }
         };
-        let record = serde_json::to_string_pretty(&run_record(info, run, &written))
-            .expect("a JSON value serialises");
-        std::fs::write(tmp.join("run.json"), record + "\n")
-            .map_err(|e| format!("cannot write run.json: {e}"))?;
-        Ok(written)
-    })();
-    let written = match result {
-        Ok(w) => w,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
+        let parent = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        let lock_path = parent.join(format!(".{name}.lock"));
+        let lock = lock_file(&lock_path, out)?;
+        let mut claimed = OutputDir {
+            out: out.to_path_buf(),
+            lock_path,
+            _lock: lock,
+            removed_leftovers: Vec::new(),
+        };
+        check_replaceable(out)?;
+        // Under the lock no other run is writing here: any partial or set-aside directory of
+        // this output is left by a run that was killed, and may hold person-level rows.
+        let prefixes = [format!(".{name}.partial-"), format!(".{name}.previous-")];
+        if let Ok(entries) = std::fs::read_dir(parent) {
+            for entry in entries.flatten() {
+                let file_name = entry.file_name().to_string_lossy().into_owned();
+                if prefixes.iter().any(|p| file_name.starts_with(p.as_str())) {
+                    let path = entry.path();
+                    std::fs::remove_dir_all(&path)
+                        .map_err(|e| format!("cannot remove {}: {e}", path.display()))?;
+                    claimed.removed_leftovers.push(path);
+                }
+            }
         }
+        claimed.removed_leftovers.sort();
+        Ok(claimed)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.out
+    }
+
+    /// Writes every output of a run, replacing a previous run's outputs.
+    pub fn write(self, info: &RunInfo, run: &Execution) -> Result<Written, String> {
+        let out = &self.out;
+        // Checked again: the directory may have changed while the study ran.
+        check_replaceable(out)?;
+        let tmp = hidden_sibling(out, "partial");
+        std::fs::create_dir_all(&tmp)
+            .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+        let written = match write_files(&tmp, info, run) {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(e);
+            }
+        };
+        let old = hidden_sibling(out, "previous");
+        if std::fs::symlink_metadata(out).is_ok() {
+            if let Err(e) = std::fs::rename(out, &old) {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(format!("cannot replace {}: {e}", out.display()));
+            }
+        }
+        if let Err(e) = std::fs::rename(&tmp, out) {
+            let _ = std::fs::rename(&old, out);
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(format!("cannot move the outputs to {}: {e}", out.display()));
+        }
+        let _ = std::fs::remove_dir_all(&old);
+        Ok(written)
+    }
+}
+
+impl Drop for OutputDir {
+    fn drop(&mut self) {
+        // Removed while still held, so that no run is left waiting on a file nobody can see.
+        let _ = std::fs::remove_file(&self.lock_path);
+    }
+}
+
+/// Creates and locks `.name.lock` beside the output directory. A lock file removed by the run
+/// that held it (between our opening and locking it) is not the lock any more: then try again.
+fn lock_file(path: &Path, out: &Path) -> Result<std::fs::File, String> {
+    for _ in 0..100 {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(format!(
+                "another cohortql run is writing to {} now: wait for it, or choose another --out",
+                out.display()
+            )),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(format!("cannot lock {}: {e}", path.display()))
+            }
+        }
+        if same_file(&file, path) {
+            return Ok(file);
+        }
+    }
+    Err(format!(
+        "cannot lock {}: it keeps being replaced",
+        path.display()
+    ))
+}
+
+#[cfg(unix)]
+fn same_file(file: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &std::fs::File, path: &Path) -> bool {
+    path.exists()
+}
+
+/// Whether `out` may be written: absent, an empty directory, or a directory holding only the
+/// files its `run.json` lists (a previous run's outputs). Never a symbolic link.
+fn check_replaceable(out: &Path) -> Result<(), String> {
+    let refuse = |why: String| {
+        Err(format!(
+            "{} {why}: choose another --out, or move it away",
+            out.display()
+        ))
     };
-    let old = hidden_sibling(out, "previous");
-    if out.exists() {
-        std::fs::rename(out, &old).map_err(|e| format!("cannot replace {}: {e}", out.display()))?;
+    let meta = match std::fs::symlink_metadata(out) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot read {}: {e}", out.display())),
+    };
+    if meta.is_symlink() {
+        return refuse("is a symbolic link; outputs are written only into a real directory".into());
     }
-    if let Err(e) = std::fs::rename(&tmp, out) {
-        let _ = std::fs::rename(&old, out);
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(format!("cannot move the outputs to {}: {e}", out.display()));
+    if !meta.is_dir() {
+        return refuse("exists and is not a directory".into());
     }
-    let _ = std::fs::remove_dir_all(&old);
+    let entries: Vec<std::fs::DirEntry> = std::fs::read_dir(out)
+        .map_err(|e| format!("cannot read {}: {e}", out.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("cannot read {}: {e}", out.display()))?;
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let manifest: Option<Vec<String>> = std::fs::read_to_string(out.join("run.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .filter(|v| v.get("study_hash").is_some_and(|h| h.is_string()))
+        .map(|v| match v.get("files").and_then(|f| f.as_array()) {
+            Some(files) => files
+                .iter()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect(),
+            // Written before run.json listed its files: these are the files it wrote.
+            None => OUTPUT_FILES.iter().map(|f| f.to_string()).collect(),
+        });
+    let Some(manifest) = manifest else {
+        return refuse(
+            "exists and does not hold a previous run's outputs (no run.json of cohortql's)".into(),
+        );
+    };
+    let mut foreign: Vec<String> = entries
+        .iter()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            !manifest.contains(&name) || !e.file_type().is_ok_and(|t| t.is_file())
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    if !foreign.is_empty() {
+        foreign.sort();
+        let shown: Vec<String> = foreign.iter().take(5).map(|f| format!("`{f}`")).collect();
+        return refuse(format!(
+            "holds {} that no run wrote ({}{})",
+            if foreign.len() == 1 {
+                "a file"
+            } else {
+                "files"
+            },
+            shown.join(", "),
+            if foreign.len() > 5 { ", …" } else { "" }
+        ));
+    }
+    Ok(())
+}
+
+fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, String> {
+    let cohort = concat_batches(&run.cohort_schema, &run.cohort).map_err(|e| e.to_string())?;
+    write_table(dir, "cohort", &cohort)?;
+    let dataset = published_dataset(
+        &run.dataset_schema,
+        &run.dataset,
+        &info.study.output,
+        info.study_hash,
+    )?;
+    write_table(dir, "dataset", &dataset)?;
+    let attrition = attrition_batch(&run.attrition, &info.study.output);
+    write_table(dir, "attrition", &attrition)?;
+    std::fs::write(dir.join("study.study"), info.study_text)
+        .map_err(|e| format!("cannot write the study copy: {e}"))?;
+    let written = Written {
+        cohort: cohort.num_rows(),
+        dataset: dataset.num_rows(),
+        attrition: attrition.num_rows(),
+    };
+    let record = serde_json::to_string_pretty(&run_record(info, run, &written))
+        .expect("a JSON value serialises");
+    std::fs::write(dir.join("run.json"), record + "\n")
+        .map_err(|e| format!("cannot write run.json: {e}"))?;
     Ok(written)
 }

@@ -1,12 +1,13 @@
 //! A repository opened once for an interactive session: every question the REPL asks of the
 //! data, answered in the same DataFusion session.
 
-use super::output::{data_fingerprint, write_outputs, RunInfo, Written};
+use super::output::{data_fingerprint, OutputDir, RunInfo, Written};
 use super::{execute, explain_plan, sql_script, stage_plans, Attrition, Dialect, Execution};
 use crate::hash::study_hash;
 use crate::repo::browse::{
     concept_name, concepts_starting, search_concepts, table_counts, ConceptHit, TableCount,
 };
+use crate::repo::quality::run_warnings;
 use crate::repo::Repository;
 use crate::study::Study;
 use datafusion::prelude::SessionContext;
@@ -30,7 +31,9 @@ impl Workspace {
     }
 
     /// Runs a study and writes its outputs to `out`; the data fingerprint is taken beside the
-    /// queries (it reads every file once). `progress` is told each stage as it starts.
+    /// queries (it reads every file once). The output directory is claimed before the study
+    /// runs, so a refused `--out` costs nothing. `progress` is told each stage as it starts,
+    /// and `note` what the user should know (leftovers removed, data-quality warnings).
     pub async fn run_to(
         &self,
         study: &Study,
@@ -39,25 +42,60 @@ impl Workspace {
         check_time: std::time::Duration,
         out: &Path,
         progress: &dyn Fn(&str),
+        note: &dyn Fn(&str),
     ) -> Result<(Execution, Written), String> {
+        let claimed = OutputDir::claim(out)?;
+        for leftover in &claimed.removed_leftovers {
+            note(&format!(
+                "removed {}, left by an interrupted run into {}",
+                leftover.display(),
+                out.display()
+            ));
+        }
         let repo = self.repo.clone();
         let fingerprint = tokio::task::spawn_blocking(move || data_fingerprint(&repo));
         let run = execute(study, &self.ctx, progress).await;
         let fingerprint = fingerprint
             .await
             .map_err(|_| "the data fingerprint failed".to_string())??;
-        let run = run?;
+        let run = match run {
+            Ok(run) => run,
+            Err(message) => return Err(self.located(message).await),
+        };
+        progress("checking the data read");
+        let warnings = run_warnings(&self.ctx, &run.tables_read).await?;
+        for warning in &warnings {
+            note(warning);
+        }
         let info = RunInfo {
             study,
             study_path,
             study_text: text,
             study_hash: &study_hash(study),
-            repository: &self.repo.dir,
+            repository: &self.repository_name(),
             data_fingerprint: &fingerprint,
+            data_warnings: &warnings,
             check_time,
         };
-        let written = write_outputs(out, &info, &run)?;
+        let written = claimed.write(&info, &run)?;
         Ok((run, written))
+    }
+
+    /// The repository as `run.json` names it: the directory's name.
+    fn repository_name(&self) -> String {
+        self.repo.dir.file_name().map_or_else(
+            || self.repo.dir.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    }
+
+    /// A failed run's message with the table file and column that caused it, when the data
+    /// did: the engine's own message names neither.
+    async fn located(&self, message: String) -> String {
+        match crate::repo::quality::locate_bad_data(&self.ctx, &self.repo).await {
+            Some(place) => format!("{place}"),
+            None => message,
+        }
     }
 
     /// Each stage's logical plan, as text.

@@ -51,6 +51,86 @@ pub fn decode(bytes: &[u8]) -> Result<String, (String, Diagnostic)> {
     }
 }
 
+/// How many unsafe characters are reported one by one before the rest are only counted.
+const MAX_UNSAFE_REPORTED: usize = 20;
+
+/// Characters a study may not contain, wherever they stand: control characters other than tab,
+/// line breaks and the carriage return of a CRLF line end; bidirectional-text controls; and the
+/// escape `\n` in quoted text. Titles, labels and comments reach terminals, SQL comments and
+/// reports, where such characters could forge or hide what a reviewer reads.
+pub fn unsafe_characters(text: &str) -> Vec<Diagnostic> {
+    let mut found = Vec::new();
+    let (mut in_string, mut in_comment) = (false, false);
+    let mut chars = text.char_indices().peekable();
+    while let Some((at, c)) = chars.next() {
+        let next = chars.peek().map(|&(_, n)| n);
+        let problem = match c {
+            '\n' => {
+                (in_string, in_comment) = (false, false);
+                None
+            }
+            '\r' if next == Some('\n') => None,
+            '-' if !in_string && next == Some('-') => {
+                in_comment = true;
+                None
+            }
+            '"' if !in_comment => {
+                in_string = !in_string;
+                None
+            }
+            '\\' if in_string => {
+                chars.next();
+                match next {
+                    Some('n') => Some((
+                        Span::new(at, at + 2),
+                        "the escape `\\n` (a line break)".to_string(),
+                    )),
+                    Some(n) if crate::printable::is_unsafe(n) => Some((
+                        Span::new(at, at + 1 + n.len_utf8()),
+                        crate::printable::describe(n),
+                    )),
+                    _ => None,
+                }
+            }
+            c if crate::printable::is_unsafe(c) => Some((
+                Span::new(at, at + c.len_utf8()),
+                crate::printable::describe(c),
+            )),
+            _ => None,
+        };
+        if let Some(p) = problem {
+            found.push(p);
+        }
+    }
+    let total = found.len();
+    found
+        .into_iter()
+        .take(MAX_UNSAFE_REPORTED)
+        .enumerate()
+        .map(|(i, (span, what))| {
+            let more = if i + 1 == MAX_UNSAFE_REPORTED && total > MAX_UNSAFE_REPORTED {
+                format!(
+                    " ({} more such characters are not shown)",
+                    total - MAX_UNSAFE_REPORTED
+                )
+            } else {
+                String::new()
+            };
+            Diagnostic::new(
+                Code::UnsafeCharacter,
+                format!("the study contains {what}{more}"),
+            )
+            .at(span)
+            .label("not allowed in a study")
+            .help(
+                "study text is shown to reviewers and written into SQL: control characters \
+                     and bidirectional-text controls could hide or forge what it says. Delete \
+                     the character; write text in quotes on one line",
+            )
+        })
+        .collect()
+}
+
 /// A `--` comment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Comment {

@@ -32,6 +32,17 @@ pub struct Got {
     pub endpoints: Outcomes,
 }
 
+/// Runs `work` on a thread with the stack the command line gives its work: planning and
+/// writing SQL recurse once per level of a plan.
+pub fn with_big_stack(work: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(work)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
 pub fn checked(name: &str, study_text: &str) -> Study {
     let compiled = compile_text(study_text.to_string());
     compiled.study.unwrap_or_else(|| {

@@ -141,8 +141,30 @@ impl Postgres {
     /// Runs SQL (and psql commands) through psql, stopping at the first error; returns what
     /// psql printed, results as CSV.
     pub fn psql(&self, input: &str) -> String {
+        self.run_psql(input, None, &std::env::temp_dir())
+    }
+
+    /// Runs a script file as a user would (`psql -f script.sql`) on a schema, from the
+    /// directory `cwd`, stopping at the first error; returns what psql printed, results as CSV.
+    pub fn psql_file(&self, schema: &str, script: &str, cwd: &std::path::Path) -> String {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), script).unwrap();
+        self.run_psql(
+            &format!("SET search_path TO {schema};\n"),
+            Some(file.path()),
+            cwd,
+        )
+    }
+
+    fn run_psql(
+        &self,
+        input: &str,
+        file: Option<&std::path::Path>,
+        cwd: &std::path::Path,
+    ) -> String {
         use std::io::Write;
-        let mut child = Command::new("psql")
+        let mut command = Command::new("psql");
+        command
             .args([
                 "-X",
                 "-q",
@@ -153,7 +175,13 @@ impl Postgres {
                 "postgres",
             ])
             .args(["-d", "postgres", "-p", "5432", "-h"])
-            .arg(self.dir.path())
+            .arg(self.dir.path());
+        if let Some(file) = file {
+            // The search path first, from standard input, then the file.
+            command.args(["-f", "-", "-f"]).arg(file);
+        }
+        let mut child = command
+            .current_dir(cwd)
             .env_remove("PGPASSWORD")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
