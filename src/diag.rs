@@ -155,7 +155,7 @@ impl Code {
             Code::BinaryFile => "the file contains NUL bytes",
             Code::EmptyFile => "the file is empty",
             Code::TooDeep => "nested too deeply",
-            Code::TooLarge => "the file is too large",
+            Code::TooLarge => "the study is too large",
             Code::UnsafeCharacter => "a control or bidirectional-text character",
             Code::Syntax => "syntax error",
             Code::UnknownConceptSet => "unknown concept set",

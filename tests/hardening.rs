@@ -898,6 +898,83 @@ fn plans_grow_linearly() {
     assert_eq!(s200 - s100, 2 * (s100 - s50), "{s50} {s100} {s200}");
 }
 
+#[test]
+fn sql_grows_linearly_with_attrition_steps() {
+    common::with_big_stack(|| {
+        // Each step's attrition row once counted the conjunction of every earlier step.
+        let length = |steps: usize| {
+            script(
+                &common::checked("steps", &wide_study(1, steps)),
+                Dialect::Postgres,
+            )
+            .len()
+        };
+        let (l50, l100, l200) = (length(50), length(100), length(200));
+        let growth = (l200 - l100) as f64 / (l100 - l50) as f64;
+        assert!(
+            growth < 2.5,
+            "{l50} {l100} {l200}: grows by {growth:.2} when doubled"
+        );
+    });
+}
+
+#[test]
+fn a_long_list_of_concept_ids_is_one_expression() {
+    common::with_big_stack(|| {
+        let study = |n: usize| {
+            let ids: Vec<String> = (0..n).map(|i| (1_000_000 + i).to_string()).collect();
+            format!(
+                "study \"U\"\nconcepts\n  a = drug {}\npopulation\n  index = first drug in a\n",
+                ids.join(" | ")
+            )
+        };
+        assert_eq!(plan_nodes(&study(1)), plan_nodes(&study(20_000)));
+        let sql = script(&common::checked("ids", &study(3)), Dialect::Postgres);
+        assert!(sql.contains("IN (1000000, 1000001, 1000002)"), "{sql}");
+    });
+}
+
+#[test]
+fn too_many_statements_and_deep_where_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.study");
+    std::fs::write(&path, wide_study(0, 1001)).unwrap();
+    let o = cohortql(&["check", path.to_str().unwrap()], dir.path());
+    let text = all_text(&o);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("E0005") && text.contains("1001 `require` and `exclude` lines"),
+        "{text}"
+    );
+    std::fs::write(&path, wide_study(1001, 0)).unwrap();
+    let o = cohortql(&["check", path.to_str().unwrap()], dir.path());
+    assert!(all_text(&o).contains("1001 covariates"), "{}", all_text(&o));
+    std::fs::write(&path, wide_study(1000, 1000)).unwrap();
+    let o = cohortql(&["check", path.to_str().unwrap()], dir.path());
+    assert_eq!(o.status.code(), Some(0), "{}", all_text(&o));
+
+    let nested = |depth: usize| {
+        let mut c = String::from("condition in c [-1, 0] days of event");
+        for d in 1..depth {
+            c = format!("condition in c where ({c}) [-{d}, 0] days of event");
+        }
+        format!(
+            "study \"N\"\nconcepts\n  c = condition 192671\npopulation\n  index = first drug\n  require condition in c where ({c}) [-1, 0] days\n"
+        )
+    };
+    std::fs::write(&path, nested(10)).unwrap();
+    let o = cohortql(&["check", path.to_str().unwrap()], dir.path());
+    assert_eq!(o.status.code(), Some(0), "{}", all_text(&o));
+    std::fs::write(&path, nested(11)).unwrap();
+    let o = cohortql(&["check", path.to_str().unwrap()], dir.path());
+    let text = all_text(&o);
+    assert_eq!(o.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("E0004") && text.contains("more than 10 deep"),
+        "{text}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 8. What run.json publishes; a minimum cell count that withholds nothing.
 

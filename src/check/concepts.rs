@@ -168,8 +168,9 @@ impl<'a> Checker<'a> {
         expr: &ast::ConceptExpr,
         domain: Option<Domain>,
     ) -> ConceptExpr {
-        let first = self.concept_term(&expr.first, domain);
-        let mut acc = first;
+        // Operators apply left to right; a run of `|` becomes one union, built once at its end
+        // (rebuilt at every term, a union of n ids cost n² copies).
+        let mut acc = self.concept_term(&expr.first, domain);
         let mut union: Vec<ConceptExpr> = Vec::new();
         for (op, term) in &expr.rest {
             let t = self.concept_term(term, domain);
@@ -179,10 +180,11 @@ impl<'a> Checker<'a> {
                         union.push(acc.clone());
                     }
                     union.push(t);
-                    acc = ConceptExpr::Union(union.clone());
                 }
                 SetOp::Minus => {
-                    union.clear();
+                    if !union.is_empty() {
+                        acc = ConceptExpr::Union(std::mem::take(&mut union));
+                    }
                     if acc == t {
                         self.push(
                             Diagnostic::new(
@@ -198,7 +200,11 @@ impl<'a> Checker<'a> {
                 }
             }
         }
-        acc
+        if union.is_empty() {
+            acc
+        } else {
+            ConceptExpr::Union(union)
+        }
     }
 
     fn concept_term(&mut self, term: &ast::ConceptTerm, domain: Option<Domain>) -> ConceptExpr {

@@ -21,6 +21,9 @@ pub const MODALITIES: &[&str] = &[
     "CR", "CT", "DX", "IO", "MG", "MR", "NM", "OT", "PT", "PX", "RF", "RG", "SM", "US", "XA", "XC",
 ];
 
+/// How many `where ( … )` may enclose one another.
+pub const MAX_WHERE_DEPTH: usize = 10;
+
 /// Where a criterion or window stands, which decides which anchors exist.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Place {
@@ -39,6 +42,8 @@ pub struct Scope {
     pub place: Place,
     /// Inside `where ( … )`: the anchor `event` exists and is the default.
     pub in_where: bool,
+    /// How many `where ( … )` enclose the criterion.
+    pub where_depth: usize,
     /// The outer event's domain, for `same visit` inside `where`.
     pub outer_has_visit: bool,
     /// Covariates: warn when a window reaches past index.
@@ -52,6 +57,7 @@ impl Scope {
         Scope {
             place,
             in_where: false,
+            where_depth: 0,
             outer_has_visit: true,
             look_ahead: false,
             endpoint_from: None,
@@ -130,6 +136,7 @@ impl Checker<'_> {
         });
         let inner_scope = Scope {
             in_where: true,
+            where_depth: scope.where_depth + 1,
             outer_has_visit: has_visit(domain),
             ..scope
         };
@@ -251,6 +258,19 @@ impl Checker<'_> {
                     EventFilter::SameVisit
                 }
                 FilterKind::Where(c) => {
+                    // Each level joins the records of every level around it: planning grows
+                    // with the cube of the depth, so the depth is bounded.
+                    if inner_scope.where_depth > MAX_WHERE_DEPTH {
+                        self.push(
+                            Diagnostic::new(
+                                Code::TooDeep,
+                                format!("`where ( … )` nested more than {MAX_WHERE_DEPTH} deep"),
+                            )
+                            .at(f.span)
+                            .label("too deep")
+                            .help("state the innermost criteria as separate `require` lines"),
+                        );
+                    }
                     EventFilter::Where(Box::new(self.criterion(c, inner_scope)))
                 }
             };

@@ -45,6 +45,9 @@ pub fn check_study(file: &ast::StudyFile) -> Checked {
     }
 }
 
+/// How many `require`/`exclude` lines, exposure arms, covariates or endpoints a study may have.
+pub const MAX_STATEMENTS: usize = 1000;
+
 /// Column names the dataset uses itself, which covariates and endpoints may not take.
 const RESERVED_COLUMNS: &[&str] = &[
     "person_id",
@@ -168,6 +171,39 @@ impl<'a> Checker<'a> {
                 );
             } else {
                 seen.insert(name, section.span);
+            }
+        }
+
+        // Every step, arm, covariate and endpoint adds a join to the study's plans: their
+        // number is bounded, so that no study can make planning run away.
+        let counted: [(&str, Vec<Span>); 4] = [
+            (
+                "`require` and `exclude` lines",
+                population
+                    .map(|(p, _)| p.steps.iter().map(|s| s.span).collect())
+                    .unwrap_or_default(),
+            ),
+            ("exposure arms", arm_defs.iter().map(|a| a.span).collect()),
+            (
+                "covariates",
+                covariate_defs.iter().map(|c| c.span).collect(),
+            ),
+            ("endpoints", endpoint_defs.iter().map(|e| e.span).collect()),
+        ];
+        for (what, spans) in counted {
+            if let Some(&span) = spans.get(MAX_STATEMENTS) {
+                self.push(
+                    Diagnostic::new(
+                        Code::TooLarge,
+                        format!(
+                            "the study has {} {what}; at most {MAX_STATEMENTS} are allowed",
+                            spans.len()
+                        ),
+                    )
+                    .at(span)
+                    .label("one too many")
+                    .help("a study this large is better split into several studies"),
+                );
             }
         }
 

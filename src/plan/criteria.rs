@@ -10,8 +10,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
 use datafusion::functions::expr_fn::{coalesce, date_part, upper};
 use datafusion::functions_aggregate::expr_fn::{count, count_distinct};
-use datafusion::logical_expr::{cast, in_subquery, lit, not, Expr, JoinType, LogicalPlan};
-use std::sync::Arc;
+use datafusion::logical_expr::{cast, lit, not, Expr, JoinType, LogicalPlan};
 
 /// The rows a criterion is evaluated at, and which of their columns hold what.
 #[derive(Clone, Debug)]
@@ -93,8 +92,8 @@ impl Planner<'_> {
             .any(|f| matches!(f, EventFilter::Modality(_)));
         let (mut records, rec) = self.records(query.domain, modality)?;
         if let Some(concepts) = &query.concepts {
-            let set = self.concepts(concepts)?;
-            records = filter(records, in_subquery(c(&rec.concept), Arc::new(set)))?;
+            let test = self.in_concepts(c(&rec.concept), concepts)?;
+            records = filter(records, test)?;
         }
         for f in &query.filters {
             if let Some(test) = self.record_test(f, &rec)? {
@@ -141,7 +140,7 @@ impl Planner<'_> {
     /// A filter that looks at the record alone; `None` for those that need the context.
     fn record_test(&mut self, f: &EventFilter, rec: &Rec) -> Result<Option<Expr>> {
         let in_set = |p: &mut Self, column: &str, set: &ConceptExpr| -> Result<Expr> {
-            Ok(in_subquery(c(column), Arc::new(p.concepts(set)?)))
+            p.in_concepts(c(column), set)
         };
         Ok(Some(match f {
             EventFilter::Value(test) => number_test(test, c(&rec.number)),

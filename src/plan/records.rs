@@ -408,6 +408,34 @@ impl Planner<'_> {
         Ok(Some((plan, from)))
     }
 
+    /// Whether `column` holds a concept of the expression: a list of ids when the expression
+    /// is only concept ids (however many, one expression and no relation per id), a subquery
+    /// otherwise.
+    pub(super) fn in_concepts(&mut self, column: Expr, expr: &ConceptExpr) -> Result<Expr> {
+        Ok(match self.plain_ids(expr) {
+            Some(ids) => column.in_list(ids.into_iter().map(lit).collect(), false),
+            None => in_subquery(column, Arc::new(self.concepts(expr)?)),
+        })
+    }
+
+    /// The ids of an expression made only of concept ids, unions and sets of such.
+    fn plain_ids(&self, expr: &ConceptExpr) -> Option<Vec<i64>> {
+        match expr {
+            ConceptExpr::Concept { id, .. } => Some(vec![*id]),
+            ConceptExpr::Set(i) => self.plain_ids(&self.study.concept_sets[*i].expr),
+            ConceptExpr::Union(parts) => {
+                let mut ids = Vec::new();
+                for p in parts {
+                    ids.extend(self.plain_ids(p)?);
+                }
+                ids.sort_unstable();
+                ids.dedup();
+                Some(ids)
+            }
+            _ => None,
+        }
+    }
+
     /// The concept ids a concept expression stands for, as a one-column plan (`concept_id`).
     pub(super) fn concepts(&mut self, expr: &ConceptExpr) -> Result<LogicalPlan> {
         let concept = |n: &str| qualified("concept", n);
@@ -466,16 +494,18 @@ impl Planner<'_> {
                     .distinct()?
                     .build()?
             }
+            // One union of every part, not a chain of unions nested as deep as the parts are
+            // many.
             ConceptExpr::Union(parts) => {
                 let mut plans = Vec::new();
                 for p in parts {
-                    plans.push(self.concepts(p)?);
+                    plans.push(Arc::new(self.concepts(p)?));
                 }
-                let mut builder = LogicalPlanBuilder::from(plans.remove(0));
-                for p in plans {
-                    builder = builder.union_distinct(p)?;
-                }
-                builder.build()?
+                LogicalPlanBuilder::from(LogicalPlan::Union(
+                    datafusion::logical_expr::Union::try_new_with_loose_types(plans)?,
+                ))
+                .distinct()?
+                .build()?
             }
             ConceptExpr::Minus(a, b) => {
                 let keep = self.concepts(a)?;

@@ -285,30 +285,45 @@ impl Planner<'_> {
     }
 
     /// One row: persons and entries remaining after each attrition row (see `attrition_rules`).
+    /// Each entry gets the number of rows it passes, the first rule it fails (a flag that is not
+    /// true fails); an entry remains after row `i` when it passes at least `i`. One column,
+    /// rather than a conjunction of all earlier flags per row, which grew with the square of
+    /// the number of steps.
     pub fn attrition(&self, population: LogicalPlan) -> Result<LogicalPlan> {
-        let mut passed = lit(true);
+        let mut fails: Vec<Expr> = (0..self.study.steps.len())
+            .map(|i| c(&step_column(i)).is_not_true())
+            .collect();
+        if !self.study.arms.is_empty() {
+            fails.push(c(ARM).is_null());
+        }
+        let rows = fails.len();
+        let passed = match fails.first() {
+            None => lit(0i64),
+            Some(first) => {
+                let mut case = when(first.clone(), lit(0i64));
+                for (i, fail) in fails.iter().enumerate().skip(1) {
+                    case = case.when(fail.clone(), lit(i as i64));
+                }
+                case.otherwise(lit(rows as i64))?
+            }
+        };
+        // Not among the population's columns (entry columns, step flags, arm).
+        let passed_column = "rows_passed";
+        let counted = project(population, vec![c(PERSON), passed.alias(passed_column)])?;
         let mut aggregates = Vec::new();
-        let mut add = |i: usize, cond: Expr| -> Result<()> {
+        for i in 0..=rows {
+            let remains = c(passed_column).gt_eq(lit(i as i64));
             let (persons, entries) = attrition_columns(i);
-            aggregates.push(count_distinct(when(cond.clone(), c(PERSON)).end()?).alias(persons));
+            aggregates.push(count_distinct(when(remains.clone(), c(PERSON)).end()?).alias(persons));
             aggregates.push(
                 cast(
-                    sum(when(cond, lit(1i64)).otherwise(lit(0i64))?),
+                    sum(when(remains, lit(1i64)).otherwise(lit(0i64))?),
                     DataType::Int64,
                 )
                 .alias(entries),
             );
-            Ok(())
-        };
-        add(0, passed.clone())?;
-        for i in 0..self.study.steps.len() {
-            passed = passed.and(c(&step_column(i)));
-            add(i + 1, passed.clone())?;
         }
-        if !self.study.arms.is_empty() {
-            add(self.study.steps.len() + 1, passed.and(c(ARM).is_not_null()))?;
-        }
-        aggregate(population, vec![], aggregates)
+        aggregate(counted, vec![], aggregates)
     }
 
     /// The rules of the attrition plan's rows, in order (the follow-up row comes after them).
@@ -394,11 +409,8 @@ impl Planner<'_> {
         gap: i64,
     ) -> Result<Expr> {
         let (records, rec) = self.records(Domain::Drug, false)?;
-        let set = self.concepts(concepts)?;
-        let records = filter(
-            records,
-            datafusion::logical_expr::in_subquery(c(&rec.concept), std::sync::Arc::new(set)),
-        )?;
+        let test = self.in_concepts(c(&rec.concept), concepts)?;
+        let records = filter(records, test)?;
         let (span_start, span_end) = (self.fresh("span_start"), self.fresh("span_end"));
         let supplied =
             when(c(&rec.days_supply).gt(lit(0i64)), c(&rec.days_supply)).otherwise(lit(1i64))?;

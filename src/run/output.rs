@@ -420,10 +420,12 @@ fn lock_file(path: &Path, out: &Path) -> Result<std::fs::File, String> {
             .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
         match file.try_lock() {
             Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => return Err(format!(
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(format!(
                 "another cohortql run is writing to {} now: wait for it, or choose another --out",
                 out.display()
-            )),
+            ))
+            }
             Err(std::fs::TryLockError::Error(e)) => {
                 return Err(format!("cannot lock {}: {e}", path.display()))
             }
