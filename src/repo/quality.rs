@@ -1,5 +1,6 @@
-//! `repo check`: the schema report and data-quality checks in the spirit of OHDSI's Data
-//! Quality Dashboard, run as queries on the registered tables.
+//! Data quality, as queries on the registered tables: `repo check`'s schema report and checks in
+//! the spirit of OHDSI's Data Quality Dashboard, the warnings a run gives about the tables it
+//! reads, and finding the file and column behind a data error.
 
 use super::schema::{EventColumns, EVENT_TABLES, TABLES};
 use super::{clean_engine_message, RepoError, Repository};
