@@ -417,24 +417,11 @@ fn vocabulary_text_reaches_the_repl_escaped() {
         OutputFormat::Parquet,
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["repl", "--repo", repo.to_str().unwrap()])
-        .current_dir(dir.path())
-        .env("COHORTQL_CACHE_DIR", dir.path().join("cache"))
-        .env("NO_COLOR", "1")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b":concept evil\n")
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = repl_with(
+        dir.path(),
+        &["--repo", repo.to_str().unwrap()],
+        ":concept evil\n",
+    );
     let text = all_text(&o);
     assert!(text.contains("evil\\u{1b}]52;c;Y2xpcA==\\u{7}"), "{text}");
     assert!(!text.chars().any(|c| c != '\n' && is_unsafe(c)), "{text:?}");
@@ -839,6 +826,37 @@ fn endless_input_is_refused_without_reading_it_all() {
     let text = all_text(&o);
     assert_eq!(o.status.code(), Some(2), "{text}");
     assert!(text.contains("study files may have at most"), "{text}");
+    let eunomia = root().join("tests/data/eunomia-gibleed");
+    let o = repl_with(
+        dir.path(),
+        &["--repo", eunomia.to_str().unwrap()],
+        ":load /dev/zero\n:show\n",
+    );
+    let text = all_text(&o);
+    assert!(text.contains("study files may have at most"), "{text}");
+}
+
+/// The REPL with `args`, `input` piped in.
+fn repl_with(dir: &Path, args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .arg("repl")
+        .args(args)
+        .current_dir(dir)
+        .env("COHORTQL_CACHE_DIR", dir.join("cache"))
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
 }
 
 /// The number of nodes of every stage's plan, subqueries included.

@@ -242,39 +242,8 @@ fn display(path: &Path) -> String {
     }
 }
 
-/// Reads a study file, or standard input for `-`; refuses more than `MAX_FILE_BYTES` without
-/// reading further (a device such as /dev/zero never ends).
 fn read(path: &Path) -> Result<Vec<u8>, String> {
-    let limit = source::MAX_FILE_BYTES as u64;
-    let too_large = |name: &str| {
-        format!("{name} has more than {limit} bytes; study files may have at most {limit}")
-    };
-    let mut buf = Vec::new();
-    if path == Path::new("-") {
-        std::io::stdin()
-            .take(limit + 1)
-            .read_to_end(&mut buf)
-            .map_err(|e| format!("cannot read standard input: {e}"))?;
-        if buf.len() as u64 > limit {
-            return Err(too_large("standard input"));
-        }
-        return Ok(buf);
-    }
-    let fail = |e: std::io::Error| format!("cannot read {}: {}", path.display(), plain_io(&e));
-    let meta = std::fs::metadata(path).map_err(fail)?;
-    if meta.is_dir() {
-        return Err(format!(
-            "{} is a directory, not a study file",
-            path.display()
-        ));
-    }
-    std::fs::File::open(path)
-        .and_then(|f| f.take(limit + 1).read_to_end(&mut buf))
-        .map_err(fail)?;
-    if buf.len() as u64 > limit {
-        return Err(too_large(&path.display().to_string()));
-    }
-    Ok(buf)
+    source::read_study_file(path)
 }
 
 fn plain_io(e: &std::io::Error) -> String {

@@ -242,8 +242,9 @@ impl Session {
         if arg.is_empty() {
             return Err("`:load FILE`: name the file".into());
         }
-        let text = std::fs::read_to_string(arg).map_err(|e| format!("cannot read {arg}: {e}"))?;
-        let compiled = compile_text(text.clone());
+        let bytes = crate::syntax::source::read_study_file(std::path::Path::new(arg))?;
+        let compiled = crate::compile::compile_bytes(&bytes);
+        let text = compiled.text.clone();
         if compiled.has_errors() {
             return Err(diagnostics(&compiled.diagnostics, &text));
         }

@@ -6,6 +6,47 @@ use crate::diag::{Code, Diagnostic};
 /// Study files larger than this are refused before parsing.
 pub const MAX_FILE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Reads a study file's bytes, or standard input for `-`, refusing more than `MAX_FILE_BYTES`
+/// without reading further (a device such as /dev/zero never ends).
+pub fn read_study_file(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let limit = MAX_FILE_BYTES as u64;
+    let stdin = path == std::path::Path::new("-");
+    let name = if stdin {
+        "standard input".to_string()
+    } else {
+        path.display().to_string()
+    };
+    let fail = |e: std::io::Error| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file".to_string(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+            _ => e.to_string(),
+        };
+        format!("cannot read {name}: {why}")
+    };
+    let mut buf = Vec::new();
+    if stdin {
+        std::io::stdin()
+            .take(limit + 1)
+            .read_to_end(&mut buf)
+            .map_err(fail)?;
+    } else {
+        if std::fs::metadata(path).map_err(fail)?.is_dir() {
+            return Err(format!("{name} is a directory, not a study file"));
+        }
+        std::fs::File::open(path)
+            .and_then(|f| f.take(limit + 1).read_to_end(&mut buf))
+            .map_err(fail)?;
+    }
+    if buf.len() as u64 > limit {
+        return Err(format!(
+            "{name} has more than {limit} bytes; study files may have at most {limit}"
+        ));
+    }
+    Ok(buf)
+}
+
 /// Decodes a study file. On failure the text is still returned (lossily decoded) so the
 /// diagnostic can be shown against it.
 pub fn decode(bytes: &[u8]) -> Result<String, (String, Diagnostic)> {
