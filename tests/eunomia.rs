@@ -126,6 +126,59 @@ fn csv_column(path: &std::path::Path, column: &str) -> Vec<String> {
         .collect()
 }
 
+/// The cohort table holds each entry's follow-up: where the study period clips follow-up, the
+/// cohort starts on the clipped day, as Circe writes it (842 of the 1,750 Eunomia entries of
+/// `celecoxib_censored` start before 2000 and are clipped to 2000-01-01).
+#[test]
+fn the_cohort_table_holds_each_entrys_follow_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = cohortql(&[
+        "run",
+        "studies/eunomia/celecoxib_censored.study",
+        "--repo",
+        "tests/data/eunomia-gibleed",
+        "--out",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let cohort = dir.path().join("cohort.csv");
+    let dataset = dir.path().join("dataset.csv");
+    let pairs = |a: Vec<String>, b: Vec<String>| {
+        let mut p: Vec<(String, String)> = a.into_iter().zip(b).collect();
+        p.sort();
+        p
+    };
+    let rows = |path: &std::path::Path, columns: [&str; 2]| {
+        pairs(csv_column(path, columns[0]), csv_column(path, columns[1]))
+    };
+    let in_cohort = pairs(
+        csv_column(&cohort, "subject_id"),
+        csv_column(&cohort, "cohort_start_date"),
+    );
+    let followed = pairs(
+        csv_column(&dataset, "person_id"),
+        csv_column(&dataset, "follow_up_start"),
+    );
+    assert_eq!(in_cohort, followed);
+    assert_eq!(
+        rows(&cohort, ["cohort_start_date", "cohort_end_date"]),
+        rows(&dataset, ["follow_up_start", "follow_up_end"])
+    );
+    let clipped = csv_column(&dataset, "index_date")
+        .iter()
+        .zip(csv_column(&dataset, "follow_up_start"))
+        .filter(|(index, start)| **index != *start)
+        .count();
+    assert_eq!(clipped, 842);
+    assert!(csv_column(&cohort, "cohort_start_date")
+        .iter()
+        .all(|d| d.as_str() >= "2000-01-01"));
+}
+
 /// Persons after each attrition row, from run.json.
 fn attrition_persons(out: &std::path::Path) -> Vec<u64> {
     let run: serde_json::Value =

@@ -534,14 +534,15 @@ impl Planner<'_> {
         project(joined, outputs)
     }
 
-    /// The OMOP cohort table: one row per cohort entry, from index to the end of follow-up.
+    /// The OMOP cohort table: one row per cohort entry, its follow-up (from follow-up start, which
+    /// the study period may clip, to follow-up end), as OHDSI's tools and Circe read a cohort.
     pub fn cohort_table(&self, cohort: LogicalPlan) -> Result<LogicalPlan> {
         let table = project(
             cohort,
             vec![
                 lit(1i64).alias("cohort_definition_id"),
                 c(PERSON).alias("subject_id"),
-                c(INDEX_DATE).alias("cohort_start_date"),
+                c(FOLLOW_UP_START).alias("cohort_start_date"),
                 c(FOLLOW_UP_END).alias("cohort_end_date"),
             ],
         )?;
