@@ -249,6 +249,33 @@ fn fmt_refuses_text_that_does_not_parse_and_leaves_it_alone() {
     assert_eq!(std::fs::read(&path).unwrap(), broken);
 }
 
+/// The hashes of the example studies are pinned: a change to what the hash covers, or to how a
+/// study's meaning is modelled, changes every hash an ethics committee has already cited, and
+/// must be a deliberate one.
+#[test]
+fn study_hashes_are_pinned() {
+    let pinned = [
+        (
+            "studies/nsaid_gi_bleed.study",
+            "51570c8442f38cab4bdfa35c66ad967065ab2b12dbc587666aca1dd3c821e3fe",
+        ),
+        (
+            "studies/breast_neoadjuvant_pcr.study",
+            "9094f8878339937e4af846a24d444c2e4a0289bf81294094770244447bd6a68d",
+        ),
+        (
+            "studies/eunomia/celecoxib_censored.study",
+            "176a1fcbd80b87ae85197caff76e9f02dc66b884067a00ccd274375e074e5b35",
+        ),
+    ];
+    for (study, hash) in pinned {
+        let path = root().join(study);
+        let o = run(&["hash", path.to_str().unwrap()], None);
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(text.split_whitespace().next(), Some(hash), "{study}");
+    }
+}
+
 #[test]
 fn hash_ignores_layout_and_comments_but_not_meaning() {
     let dir = tempfile::tempdir().unwrap();

@@ -486,6 +486,7 @@ fn random_studies_over_random_repositories() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(40);
+    assert!(cases > 0, "COHORTQL_AGREEMENT_CASES=0 would check nothing");
     let (mut indexed, mut populated) = (0, 0);
     for seed in 0..cases {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);

@@ -192,7 +192,7 @@ fn attrition_persons(out: &std::path::Path) -> Vec<u64> {
 }
 
 /// OHDSI's results for its four test cohorts on Eunomia GiBleed, generated from the Circe JSON
-/// in shared/data/eunomia-gibleed/cohorts by CohortGenerator (as published in the HadesExtras
+/// in tests/data/eunomia-gibleed/cohorts by CohortGenerator (as published in the HadesExtras
 /// vignette "Using CohortTableHandler"): entries and subjects per cohort, and how many subjects
 /// lie in each combination of cohorts.
 const CIRCE_COUNTS: [(&str, usize); 4] = [

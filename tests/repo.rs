@@ -305,7 +305,7 @@ fn the_intact_copy_checks_clean_of_errors() {
 fn a_missing_table_is_named_with_the_files_expected() {
     let (code, text) =
         broken_repository(|d| std::fs::remove_file(d.join("person.csv.gz")).unwrap());
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(
         text.contains(
             "has no `person` table: expected person.parquet, person.csv or person.csv.gz"
@@ -319,7 +319,7 @@ fn a_missing_column_is_named_with_its_file() {
     let (code, text) = broken_repository(|d| {
         write_csv_gz(d, "person", "person_id,gender_concept_id\n1,8507\n");
     });
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(
         text.contains("person.csv.gz lacks the person column `year_of_birth`"),
         "{text}"
@@ -333,7 +333,7 @@ fn a_truncated_gzip_file_is_reported() {
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     });
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(text.contains("drug_exposure.csv.gz"), "{text}");
     assert!(text.contains("truncated or damaged"), "{text}");
 }
@@ -343,7 +343,7 @@ fn a_file_named_gz_that_is_not_gzip_is_reported() {
     let (code, text) = broken_repository(|d| {
         std::fs::write(d.join("concept.csv.gz"), b"concept_id,concept_name\n1,x\n").unwrap()
     });
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(text.contains("concept.csv.gz"), "{text}");
     assert!(text.contains("not gzip-compressed"), "{text}");
 }
@@ -357,7 +357,7 @@ fn ragged_rows_are_reported() {
             &format!("{PERSON_HEADER}1,8507,1970,1,1\n2,8532,1980\n"),
         )
     });
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(text.contains("person.csv.gz"), "{text}");
     assert!(text.contains("as many fields as the header"), "{text}");
 }
@@ -367,7 +367,7 @@ fn garbage_dates_are_reported_with_their_column() {
     let (code, text) = broken_repository(|d| {
         write_csv_gz(d, "observation_period", "observation_period_id,person_id,observation_period_start_date,observation_period_end_date\n1,6,2001-02-30,2002-01-01\n");
     });
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(
         text.contains("observation_period.csv.gz, column `observation_period_start_date`"),
         "{text}"
@@ -384,7 +384,7 @@ fn text_in_an_integer_column_is_reported_with_its_column() {
             &format!("{PERSON_HEADER}1,8507,nineteen-seventy,1,1\n"),
         )
     });
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(text.contains("column `year_of_birth`"), "{text}");
 }
 
@@ -397,7 +397,7 @@ fn a_wrong_encoding_is_reported() {
         header_extra.extend_from_slice(b"1,8507,1970,1,1,ok\n2,8532,1980,1,1,caf\xe9\n");
         std::fs::write(d.join("person.csv.gz"), gzip(&header_extra)).unwrap();
     });
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(text.contains("UTF-8"), "{text}");
 }
 
@@ -405,7 +405,7 @@ fn a_wrong_encoding_is_reported() {
 fn two_files_for_one_table_are_refused() {
     let (code, text) =
         broken_repository(|d| std::fs::write(d.join("person.csv"), PERSON_HEADER).unwrap());
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(text.contains("table `person` has several files"), "{text}");
 }
 
@@ -415,7 +415,7 @@ fn an_empty_file_and_a_damaged_parquet_file_are_reported() {
         std::fs::write(d.join("visit_occurrence.csv"), b"").unwrap();
         std::fs::write(d.join("measurement.parquet"), b"PAR1 not really").unwrap();
     });
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(
         text.contains("visit_occurrence.csv: the file is empty"),
         "{text}"
@@ -427,19 +427,19 @@ fn an_empty_file_and_a_damaged_parquet_file_are_reported() {
 }
 
 #[test]
-fn not_a_directory_and_missing_directories_exit_1_with_a_message() {
+fn not_a_directory_and_missing_directories_exit_2_with_a_message() {
     let out = Command::new(BIN)
         .args(["repo", "check", "no/such/dir"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stdout).contains("no such file or directory"));
     let file = eunomia().join("person.csv.gz");
     let out = Command::new(BIN)
         .args(["repo", "check", file.to_str().unwrap()])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stdout).contains("is not a directory"));
 }
 

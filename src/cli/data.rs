@@ -120,7 +120,7 @@ pub(super) fn repo_check(dir: Option<&Path>, json: bool) -> Result<Status, Strin
     Ok(if report.errors.is_empty() {
         Status::Ok
     } else {
-        Status::StudyErrors
+        Status::DataErrors
     })
 }
 

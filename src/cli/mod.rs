@@ -13,7 +13,7 @@ use crate::diag::Diagnostic;
 use crate::syntax::source;
 use anstream::{eprint, print};
 use clap::{Parser, Subcommand};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -214,6 +214,7 @@ pub fn main() -> ExitCode {
     match outcome {
         Ok(Status::Ok) => ExitCode::SUCCESS,
         Ok(Status::StudyErrors) => ExitCode::from(1),
+        Ok(Status::DataErrors) => ExitCode::from(2),
         Err(message) => {
             eprint!(
                 "{}",
@@ -227,6 +228,8 @@ pub fn main() -> ExitCode {
 pub(crate) enum Status {
     Ok,
     StudyErrors,
+    /// Errors in the data, already reported (`repo check`).
+    DataErrors,
 }
 
 fn io_error(message: &str) -> String {
