@@ -725,7 +725,21 @@ fn gzip(text: &str) -> Vec<u8> {
 #[test]
 fn data_errors_in_a_run_name_the_file_and_column() {
     type Break = fn(&Path);
-    let cases: [(&str, Break, &str, Option<&str>); 3] = [
+    let cases: [(&str, Break, &str, Option<&str>); 4] = [
+        (
+            "an escape sequence for a year",
+            |r| {
+                std::fs::write(
+                    r.join("person.csv.gz"),
+                    gzip(
+                        "person_id,gender_concept_id,year_of_birth\n1,8507,\u{1b}]52;c;eA==\u{7}\n",
+                    ),
+                )
+                .unwrap()
+            },
+            "person.csv.gz",
+            Some("`year_of_birth`"),
+        ),
         (
             "a word for a year",
             |r| {
@@ -779,6 +793,10 @@ fn data_errors_in_a_run_name_the_file_and_column() {
         let text = all_text(&o);
         assert_eq!(o.status.code(), Some(2), "{what}: {text}");
         assert!(text.contains(file), "{what}: {text}");
+        assert!(
+            !text.chars().any(|c| c != '\n' && is_unsafe(c)),
+            "{what}: {text:?}"
+        );
         if let Some(column) = column {
             assert!(text.contains(column), "{what}: {text}");
         }

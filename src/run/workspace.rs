@@ -13,6 +13,11 @@ use crate::study::Study;
 use datafusion::prelude::SessionContext;
 use std::path::Path;
 
+/// An error as it may be shown: messages of the engine quote the data, which may hold anything.
+fn visible(e: impl ToString) -> String {
+    crate::printable::escaped_keeping_lines(&e.to_string()).into_owned()
+}
+
 /// A repository and its session.
 pub struct Workspace {
     pub repo: Repository,
@@ -21,13 +26,16 @@ pub struct Workspace {
 
 impl Workspace {
     pub async fn open(repo: Repository) -> Result<Workspace, String> {
-        let ctx = repo.session().await.map_err(|e| e.to_string())?;
+        let ctx = repo.session().await.map_err(visible)?;
         Ok(Workspace { repo, ctx })
     }
 
     /// The attrition of a study on this repository.
     pub async fn attrition(&self, study: &Study) -> Result<Vec<Attrition>, String> {
-        Ok(execute(study, &self.ctx, &|_| {}).await?.attrition)
+        Ok(execute(study, &self.ctx, &|_| {})
+            .await
+            .map_err(visible)?
+            .attrition)
     }
 
     /// Runs a study and writes its outputs to `out`; the data fingerprint is taken beside the
@@ -60,10 +68,12 @@ impl Workspace {
             .map_err(|_| "the data fingerprint failed".to_string())??;
         let run = match run {
             Ok(run) => run,
-            Err(message) => return Err(self.located(message).await),
+            Err(message) => return Err(visible(self.located(message).await)),
         };
         progress("checking the data read");
-        let warnings = run_warnings(&self.ctx, &run.tables_read).await?;
+        let warnings = run_warnings(&self.ctx, &run.tables_read)
+            .await
+            .map_err(visible)?;
         for warning in &warnings {
             note(warning);
         }
@@ -113,13 +123,11 @@ impl Workspace {
     }
 
     pub async fn tables(&self) -> Result<Vec<TableCount>, String> {
-        table_counts(&self.ctx).await.map_err(|e| e.to_string())
+        table_counts(&self.ctx).await.map_err(visible)
     }
 
     pub async fn concepts(&self, text: &str) -> Result<Vec<ConceptHit>, String> {
-        search_concepts(&self.ctx, text, 20)
-            .await
-            .map_err(|e| e.to_string())
+        search_concepts(&self.ctx, text, 20).await.map_err(visible)
     }
 
     /// Concepts whose name starts with `prefix`, for completion (see `concepts_starting`).
@@ -130,10 +138,10 @@ impl Workspace {
     ) -> Result<Vec<(i64, String)>, String> {
         concepts_starting(&self.ctx, prefix, domain, 40)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(visible)
     }
 
     pub async fn concept_name(&self, id: i64) -> Result<Option<String>, String> {
-        concept_name(&self.ctx, id).await.map_err(|e| e.to_string())
+        concept_name(&self.ctx, id).await.map_err(visible)
     }
 }
