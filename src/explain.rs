@@ -100,7 +100,7 @@ pub fn explain_study(study: &Study) -> String {
     if study.output.min_cell_count > 1 {
         writeln!(
             out,
-            "  Counts below {} are suppressed in every aggregate output, including attrition differences that would reveal them.",
+            "  Counts below {}, other than 0, are withheld from every aggregate output (the attrition table, run.json and the screen); each count is judged on its own.",
             study.output.min_cell_count
         )
         .unwrap();

@@ -196,7 +196,7 @@ fn explain_states_every_window_as_days_around_its_anchor() {
         "Follow-up starts 1 day after index (day 1).",
         "365 days after index (day 365 relative to index)",
         "age at index (completed years of age on that day) is at least 18",
-        "Counts below 5 are suppressed",
+        "Counts below 5, other than 0, are withheld from every aggregate output",
     ] {
         assert!(s.contains(phrase), "explain lacks {phrase:?}:\n{s}");
     }
