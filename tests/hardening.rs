@@ -494,17 +494,7 @@ fn unreadable_table_files_are_errors_that_name_them() {
         std::fs::remove_file(repo.join("drug_era.csv.gz")).unwrap();
         break_it(&repo);
         let out = dir.path().join("out");
-        let o = cohortql(
-            &[
-                "run",
-                &celecoxib(),
-                "--repo",
-                repo.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-            ],
-            dir.path(),
-        );
+        let o = run_on(dir.path(), &celecoxib(), &repo, &out);
         let text = all_text(&o);
         assert_eq!(o.status.code(), Some(2), "{what}: {text}");
         assert!(
@@ -536,17 +526,7 @@ fn implausible_data_is_warned_of_once_with_counts() {
     )
     .unwrap();
     let out = dir.path().join("out");
-    let o = cohortql(
-        &[
-            "run",
-            study.to_str().unwrap(),
-            "--repo",
-            repo.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ],
-        dir.path(),
-    );
+    let o = run_on(dir.path(), study.to_str().unwrap(), &repo, &out);
     let text = all_text(&o);
     assert_eq!(o.status.code(), Some(0), "{text}");
     let stderr = String::from_utf8_lossy(&o.stderr);
@@ -566,8 +546,8 @@ fn implausible_data_is_warned_of_once_with_counts() {
 // ---------------------------------------------------------------------------------------------
 // 4. `--out` replaces only a previous run's outputs; 5. leftovers of killed runs go.
 
-fn run_into(dir: &Path, study: &str, out: &Path) -> Output {
-    let repo = root().join("tests/data/eunomia-gibleed");
+/// `cohortql run STUDY --repo REPO --out OUT` from `dir`.
+fn run_on(dir: &Path, study: &str, repo: &Path, out: &Path) -> Output {
     cohortql(
         &[
             "run",
@@ -579,6 +559,11 @@ fn run_into(dir: &Path, study: &str, out: &Path) -> Output {
         ],
         dir,
     )
+}
+
+/// A run on Eunomia.
+fn run_into(dir: &Path, study: &str, out: &Path) -> Output {
+    run_on(dir, study, &root().join("tests/data/eunomia-gibleed"), out)
 }
 
 #[test]
@@ -779,17 +764,7 @@ fn data_errors_in_a_run_name_the_file_and_column() {
         let repo = eunomia_copy(dir.path());
         break_it(&repo);
         let out = dir.path().join("out");
-        let o = cohortql(
-            &[
-                "run",
-                &celecoxib(),
-                "--repo",
-                repo.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-            ],
-            dir.path(),
-        );
+        let o = run_on(dir.path(), &celecoxib(), &repo, &out);
         let text = all_text(&o);
         assert_eq!(o.status.code(), Some(2), "{what}: {text}");
         assert!(text.contains(file), "{what}: {text}");
