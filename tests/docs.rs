@@ -142,3 +142,56 @@ fn error_examples_render_as_snapshotted() {
         );
     }
 }
+
+/// The README's sample outputs are what the commands print: the attrition of the main command on
+/// the demo repository, and the diagnostic for a mistyped concept set.
+#[test]
+fn the_readme_shows_what_the_commands_print() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let text_blocks: Vec<String> = readme
+        .split("```text\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap().to_string())
+        .collect();
+    let block = |starts: &str| {
+        text_blocks
+            .iter()
+            .find(|b| b.starts_with(starts))
+            .unwrap_or_else(|| panic!("README has no text block starting {starts:?}"))
+            .clone()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cohortql = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cohortql"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("COHORTQL_CACHE_DIR", dir.path().join("cache"))
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+
+    let study = root.join("studies/nsaid_gi_bleed.study");
+    let out = cohortql(&["run", study.to_str().unwrap()]);
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let expected = block("Celecoxib versus diclofenac");
+    assert!(
+        printed.starts_with(&expected),
+        "README:\n{expected}\nprinted:\n{printed}"
+    );
+
+    std::fs::create_dir(dir.path().join("studies")).unwrap();
+    let typo = std::fs::read_to_string(&study).unwrap().replace(
+        "index = first drug in nsaids",
+        "index = first drug in nsiads",
+    );
+    std::fs::write(dir.path().join("studies/nsaid_gi_bleed.study"), typo).unwrap();
+    let out = cohortql(&["check", "studies/nsaid_gi_bleed.study"]);
+    let printed = String::from_utf8_lossy(&out.stderr);
+    let expected = block("error[E0200]");
+    assert!(
+        printed.starts_with(&expected),
+        "README:\n{expected}\nprinted:\n{printed}"
+    );
+}
