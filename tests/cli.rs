@@ -393,3 +393,34 @@ fn hostile_inputs_get_diagnostics_not_crashes() {
         Some(0)
     );
 }
+
+/// `where` after `with continuous observation` is explained, and the order the hint gives checks.
+#[test]
+fn where_after_with_says_where_it_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let study = |index: &str| {
+        format!(
+            "study \"T\"\nconcepts\n  x = drug 1\npopulation\n  index = first drug in x {index}\n"
+        )
+    };
+    let path = dir.path().join("w.study");
+    std::fs::write(
+        &path,
+        study("with continuous observation [-365, 0] days where (condition [-1, 0] days)"),
+    )
+    .unwrap();
+    let o = run(&["check", path.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("comes before `with continuous observation"),
+        "{}",
+        text(&o.stderr)
+    );
+    std::fs::write(
+        &path,
+        study("where (condition [-1, 0] days) with continuous observation [-365, 0] days"),
+    )
+    .unwrap();
+    let o = run(&["check", path.to_str().unwrap()], None);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+}

@@ -121,7 +121,7 @@ fn syntax_error(error: pest::error::Error<Rule>, text: &str) -> Diagnostic {
         return Diagnostic::new(Code::Syntax, "this quoted text is not closed on its line")
             .at(Span::new(at, at + 1))
             .label("opened here")
-            .help("close it with `\"` on the same line; quoted text cannot span lines (write \\n for a line break)");
+            .help("close it with `\"` on the same line; quoted text cannot span lines");
     }
     let help = if word == "-"
         && positives
@@ -143,6 +143,13 @@ fn syntax_error(error: pest::error::Error<Rule>, text: &str) -> Diagnostic {
         Some(format!(
             "`{word}` is a keyword, so it cannot name a concept set; rename the set, e.g. `{word}_codes`"
         ))
+    } else if word.eq_ignore_ascii_case("where") && {
+        let line_start = text[..at.min(text.len())].rfind('\n').map_or(0, |n| n + 1);
+        text[line_start..at.min(text.len())]
+            .to_ascii_lowercase()
+            .contains(" with ")
+    } {
+        Some("`where ( … )` filters the event itself, so it comes before `with continuous observation …`, e.g. `index = first drug in x where (…) with continuous observation [-365, 0] days`".to_string())
     } else if WINDOW_WORDS.contains(&word.as_str()) && !positives.contains(&Rule::window) {
         Some("no window can stand here: the index event is the event itself (limit it with `between`, `from`, `until` or `with continuous observation`), and elsewhere a window comes after the event and its filters".to_string())
     } else {
