@@ -295,3 +295,64 @@ fn plan_prints_every_stage_and_sql_every_dialect() {
     assert_eq!(o.status.code(), Some(2));
     assert!(all_text(&o).contains("postgres"));
 }
+
+/// Two `all` entries of one person on one day have the same follow-up: one row of the cohort
+/// table (OMOP's has no duplicate rows), two of the dataset.
+#[test]
+fn the_cohort_table_has_no_duplicate_rows() {
+    use cohortql::reference::data::{Data, Period, Person, Record};
+    use cohortql::study::Domain;
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    let day = |s: &str| chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+    let data = Data {
+        persons: vec![Person {
+            id: 1,
+            gender: 8507,
+            year_of_birth: 1970,
+            month_of_birth: None,
+            day_of_birth: None,
+        }],
+        periods: vec![Period {
+            person: 1,
+            start: day("2000-01-01"),
+            end: day("2020-12-31"),
+        }],
+        records: [(1, "2010-01-01"), (2, "2010-01-01"), (3, "2011-01-01")]
+            .into_iter()
+            .map(|(id, start)| Record::new(Domain::Condition, id, 1, Some(10), day(start)))
+            .collect(),
+        ..Data::default()
+    };
+    cohortql::repo::rows::write_rows(&data, &repo, cohortql::repo::write::OutputFormat::Parquet)
+        .unwrap();
+    let study = dir.path().join("all.study");
+    std::fs::write(
+        &study,
+        "study \"All\"\npopulation\n  index = all condition\nfollow-up\n  until index + 30 days\n",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let o = cohortql(
+        &[
+            "run",
+            study.to_str().unwrap(),
+            "--repo",
+            repo.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &dir.path().join("cache"),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", all_text(&o));
+    let lines = |f: &str| {
+        std::fs::read_to_string(out.join(f))
+            .unwrap()
+            .lines()
+            .count()
+            - 1
+    };
+    assert_eq!(lines("cohort.csv"), 2);
+    assert_eq!(lines("dataset.csv"), 3);
+}

@@ -534,8 +534,9 @@ impl Planner<'_> {
         project(joined, outputs)
     }
 
-    /// The OMOP cohort table: one row per cohort entry, its follow-up (from follow-up start, which
-    /// the study period may clip, to follow-up end), as OHDSI's tools and Circe read a cohort.
+    /// The OMOP cohort table: one row per distinct follow-up of a cohort entry (from follow-up
+    /// start, which the study period may clip, to follow-up end), as OHDSI's tools and Circe
+    /// read a cohort.
     pub fn cohort_table(&self, cohort: LogicalPlan) -> Result<LogicalPlan> {
         let table = project(
             cohort,
@@ -546,8 +547,11 @@ impl Planner<'_> {
                 c(FOLLOW_UP_END).alias("cohort_end_date"),
             ],
         )?;
-        // Sorted last: SQL keeps no order from inside a derived table.
+        // Distinct: entries of a person with the same follow-up (`all` records of one day) are
+        // one row of the cohort table, as OMOP's cohort table has no duplicate rows. Sorted
+        // last: SQL keeps no order from inside a derived table.
         LogicalPlanBuilder::new_from_arc(super::sub(table)?)
+            .distinct()?
             .sort(vec![
                 asc("subject_id"),
                 asc("cohort_start_date"),
