@@ -14,6 +14,7 @@ use cohortql::repo::write::OutputFormat;
 use cohortql::repo::Repository;
 use cohortql::run::{sql_script, Dialect};
 use cohortql::study::{CodePattern, ConceptExpr, Domain, Study};
+use common::{all_text, eunomia_copy};
 use datafusion::sql::sqlparser::ast::{self, Visit, Visitor};
 use datafusion::sql::sqlparser::dialect as sqld;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -36,14 +37,6 @@ fn cohortql(args: &[&str], dir: &Path) -> Output {
         .env("NO_COLOR", "1")
         .output()
         .unwrap()
-}
-
-fn all_text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn date(s: &str) -> NaiveDate {
@@ -429,20 +422,6 @@ fn vocabulary_text_reaches_the_repl_escaped() {
 
 // ---------------------------------------------------------------------------------------------
 // 3. A table that is there but cannot be read is an error, never an empty table.
-
-/// Eunomia's person, observation_period, drug_era and concept tables in `dir/repo`.
-fn eunomia_copy(dir: &Path) -> PathBuf {
-    let repo = dir.join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    for table in ["person", "observation_period", "drug_era", "concept"] {
-        std::fs::copy(
-            root().join(format!("tests/data/eunomia-gibleed/{table}.csv.gz")),
-            repo.join(format!("{table}.csv.gz")),
-        )
-        .unwrap();
-    }
-    repo
-}
 
 fn celecoxib() -> String {
     root()
@@ -949,20 +928,21 @@ fn a_long_list_of_concept_ids_is_one_expression() {
 fn too_many_statements_and_deep_where_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("big.study");
-    std::fs::write(&path, wide_study(0, 1001)).unwrap();
-    let o = cohortql(&["check", path.to_str().unwrap()], dir.path());
-    let text = all_text(&o);
-    assert_eq!(o.status.code(), Some(1), "{text}");
+    let check = |text: String| {
+        std::fs::write(&path, text).unwrap();
+        let o = cohortql(&["check", path.to_str().unwrap()], dir.path());
+        (o.status.code(), all_text(&o))
+    };
+    let (code, text) = check(wide_study(0, 1001));
+    assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains("E0005") && text.contains("1001 `require` and `exclude` lines"),
         "{text}"
     );
-    std::fs::write(&path, wide_study(1001, 0)).unwrap();
-    let o = cohortql(&["check", path.to_str().unwrap()], dir.path());
-    assert!(all_text(&o).contains("1001 covariates"), "{}", all_text(&o));
-    std::fs::write(&path, wide_study(1000, 1000)).unwrap();
-    let o = cohortql(&["check", path.to_str().unwrap()], dir.path());
-    assert_eq!(o.status.code(), Some(0), "{}", all_text(&o));
+    let (_, text) = check(wide_study(1001, 0));
+    assert!(text.contains("1001 covariates"), "{text}");
+    let (code, text) = check(wide_study(1000, 1000));
+    assert_eq!(code, Some(0), "{text}");
 
     let nested = |depth: usize| {
         let mut c = String::from("condition in c [-1, 0] days of event");
@@ -973,13 +953,10 @@ fn too_many_statements_and_deep_where_are_refused() {
             "study \"N\"\nconcepts\n  c = condition 192671\npopulation\n  index = first drug\n  require condition in c where ({c}) [-1, 0] days\n"
         )
     };
-    std::fs::write(&path, nested(10)).unwrap();
-    let o = cohortql(&["check", path.to_str().unwrap()], dir.path());
-    assert_eq!(o.status.code(), Some(0), "{}", all_text(&o));
-    std::fs::write(&path, nested(11)).unwrap();
-    let o = cohortql(&["check", path.to_str().unwrap()], dir.path());
-    let text = all_text(&o);
-    assert_eq!(o.status.code(), Some(1), "{text}");
+    let (code, text) = check(nested(10));
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = check(nested(11));
+    assert_eq!(code, Some(1), "{text}");
     assert!(
         text.contains("E0004") && text.contains("more than 10 deep"),
         "{text}"

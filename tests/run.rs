@@ -1,6 +1,9 @@
 //! `cohortql run`, `plan` and `sql` from the command line: outputs, the default demo
 //! repository, and every way a run can fail leaving nothing half-written behind.
 
+mod common;
+
+use common::{all_text, eunomia_copy};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -18,28 +21,6 @@ fn cohortql(args: &[&str], cache: &Path) -> Output {
         .env("NO_COLOR", "1")
         .output()
         .unwrap()
-}
-
-fn all_text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// A copy of Eunomia with some tables, for breaking.
-fn eunomia_copy(dir: &Path) -> PathBuf {
-    let repo = dir.join("repo");
-    std::fs::create_dir_all(&repo).unwrap();
-    for table in ["person", "observation_period", "drug_era", "concept"] {
-        std::fs::copy(
-            root().join(format!("tests/data/eunomia-gibleed/{table}.csv.gz")),
-            repo.join(format!("{table}.csv.gz")),
-        )
-        .unwrap();
-    }
-    repo
 }
 
 #[test]

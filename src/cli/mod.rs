@@ -245,10 +245,6 @@ fn display(path: &Path) -> String {
     }
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, String> {
-    source::read_study_file(path)
-}
-
 fn plain_io(e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::NotFound => "no such file".to_string(),
@@ -258,7 +254,7 @@ fn plain_io(e: &std::io::Error) -> String {
 }
 
 fn load(path: &Path) -> Result<Compiled, String> {
-    Ok(compile_bytes(&read(path)?))
+    Ok(compile_bytes(&source::read_study_file(path)?))
 }
 
 /// Prints a file's diagnostics to standard error; returns whether any was an error.
@@ -342,7 +338,7 @@ fn fmt(files: &[PathBuf], write: bool, check_only: bool) -> Result<Status, Strin
     let mut unformatted = false;
     let mut failed = false;
     for path in files {
-        let bytes = read(path)?;
+        let bytes = source::read_study_file(path)?;
         let compiled = compile_bytes(&bytes);
         let Some(file) = &compiled.file else {
             report(path, &compiled);

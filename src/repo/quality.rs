@@ -76,15 +76,9 @@ pub async fn check_repository(repo: &Repository) -> Report {
         // Reading every column once finds any value that does not convert; CSV tables are then
         // kept in memory, since the checks below read each table many times.
         if let Err(message) = read_all(&ctx, table.name, file).await {
-            // Counting rows reads every row but converts no value: a failure there is the file's.
-            let column = match query_counts(&ctx, &format!("SELECT count(*) FROM {}", table.name))
+            let column = bad_data(&ctx, table.name, table.columns.iter().map(|c| c.name))
                 .await
-            {
-                Err(_) => None,
-                Ok(_) => {
-                    find_bad_column(&ctx, table.name, table.columns.iter().map(|c| c.name)).await
-                }
-            };
+                .and_then(|(column, _)| column);
             report.errors.push(
                 RepoError::BadData {
                     path,
@@ -380,18 +374,22 @@ async fn query_strings(ctx: &SessionContext, sql: &str) -> Result<Vec<Option<Str
     Ok(out)
 }
 
-/// The first column of a table that cannot be read, to name it in the error.
-async fn find_bad_column(
+/// What in a table cannot be read: the whole file (no column), or the first column whose values
+/// do not convert, with the engine's message.
+async fn bad_data(
     ctx: &SessionContext,
     table: &str,
     columns: impl Iterator<Item = &str>,
-) -> Option<String> {
+) -> Option<(Option<String>, String)> {
+    // Counting rows reads every row but converts no value: a failure there is the file's.
+    if let Err(message) = query_counts(ctx, &format!("SELECT count(*) FROM {table}")).await {
+        return Some((None, message));
+    }
     for column in columns {
-        if query_counts(ctx, &format!("SELECT count({column}) FROM {table}"))
-            .await
-            .is_err()
+        if let Err(message) =
+            query_counts(ctx, &format!("SELECT count({column}) FROM {table}")).await
         {
-            return Some(column.to_string());
+            return Some((Some(column.to_string()), message));
         }
     }
     None
@@ -401,30 +399,20 @@ async fn find_bad_column(
 /// column whose values do not convert. Reads the tables again, so it is for the error path.
 pub async fn locate_bad_data(ctx: &SessionContext, repo: &Repository) -> Option<RepoError> {
     for file in &repo.files {
-        let table = file.table.name;
-        // Counting rows reads every row but converts no value: a failure there is the file's.
-        if let Err(message) = query_counts(ctx, &format!("SELECT count(*) FROM {table}")).await {
+        let columns = file.sources.iter().map(|(c, _)| c.name);
+        if let Some((column, message)) = bad_data(ctx, file.table.name, columns).await {
             return Some(RepoError::BadData {
                 path: file.path.clone(),
-                column: None,
+                column,
                 message,
             });
-        }
-        for (column, _) in &file.sources {
-            let sql = format!("SELECT count({}) FROM {table}", column.name);
-            if let Err(message) = query_counts(ctx, &sql).await {
-                return Some(RepoError::BadData {
-                    path: file.path.clone(),
-                    column: Some(column.name.to_string()),
-                    message,
-                });
-            }
         }
     }
     None
 }
 
-/// Dates before this or after [`LATEST_PLAUSIBLE`] are implausible in a health record.
+/// Dates before this or after [`LATEST_PLAUSIBLE`] are implausible in a health record; so are
+/// years of birth outside their years.
 pub const EARLIEST_PLAUSIBLE: &str = "1850-01-01";
 pub const LATEST_PLAUSIBLE: &str = "2099-12-31";
 
@@ -439,11 +427,14 @@ pub async fn run_warnings(ctx: &SessionContext, tables: &[String]) -> Result<Vec
         )
     };
     if tables.iter().any(|t| t == "person") {
+        let (first, last) = (&EARLIEST_PLAUSIBLE[..4], &LATEST_PLAUSIBLE[..4]);
         let counts = query_counts(
             ctx,
-            "SELECT count(person_id) - count(DISTINCT person_id), \
-               sum(CASE WHEN year_of_birth < 1850 OR year_of_birth > 2099 THEN 1 ELSE 0 END) \
-             FROM person",
+            &format!(
+                "SELECT count(person_id) - count(DISTINCT person_id), \
+                   sum(CASE WHEN year_of_birth < {first} OR year_of_birth > {last} THEN 1 ELSE 0 END) \
+                 FROM person"
+            ),
         )
         .await?;
         if let Some(n) = counts[0].filter(|&n| n > 0) {
@@ -454,7 +445,7 @@ pub async fn run_warnings(ctx: &SessionContext, tables: &[String]) -> Result<Vec
         }
         if let Some(n) = counts[1].filter(|&n| n > 0) {
             warnings.push(format!(
-                "person: {n} row{} have a year_of_birth before 1850 or after 2099",
+                "person: {n} row{} have a year_of_birth before {first} or after {last}",
                 plural(n)
             ));
         }

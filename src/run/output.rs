@@ -27,8 +27,8 @@ pub struct RunInfo<'a> {
     pub study_path: &'a Path,
     pub study_text: &'a str,
     pub study_hash: &'a str,
-    /// How `run.json` names the repository: its directory's name, unless asked for the path
-    /// (a full path publishes a site's directory layout).
+    /// How `run.json` names the repository: its directory's name (a full path would publish a
+    /// site's directory layout).
     pub repository: &'a str,
     pub data_fingerprint: &'a str,
     /// Data-quality problems found in the tables the study read.
@@ -363,10 +363,6 @@ impl OutputDir {
         }
         claimed.removed_leftovers.sort();
         Ok(claimed)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.out
     }
 
     /// Writes every output of a run, replacing a previous run's outputs.

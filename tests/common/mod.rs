@@ -32,6 +32,31 @@ pub struct Got {
     pub endpoints: Outcomes,
 }
 
+/// Standard output and standard error of a command, as text.
+pub fn all_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A copy of Eunomia's person, observation_period, drug_era and concept tables in `dir/repo`,
+/// for breaking.
+pub fn eunomia_copy(dir: &std::path::Path) -> std::path::PathBuf {
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    for table in ["person", "observation_period", "drug_era", "concept"] {
+        std::fs::copy(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("tests/data/eunomia-gibleed/{table}.csv.gz")),
+            repo.join(format!("{table}.csv.gz")),
+        )
+        .unwrap();
+    }
+    repo
+}
+
 /// Runs `work` on a thread with the stack the command line gives its work: planning and
 /// writing SQL recurse once per level of a plan.
 pub fn with_big_stack(work: impl FnOnce() + Send + 'static) {
