@@ -52,10 +52,11 @@ pub enum Code {
     EndpointBeforeFollowUp,
     EmptyConceptSet,
     NoEffect,
+    UnendedFollowUp,
 }
 
 impl Code {
-    pub const ALL: [Code; 38] = [
+    pub const ALL: [Code; 39] = [
         Code::InvalidUtf8,
         Code::BinaryFile,
         Code::EmptyFile,
@@ -94,6 +95,7 @@ impl Code {
         Code::EndpointBeforeFollowUp,
         Code::EmptyConceptSet,
         Code::NoEffect,
+        Code::UnendedFollowUp,
     ];
 
     /// The stable identifier printed in brackets, e.g. `E0201`.
@@ -137,6 +139,7 @@ impl Code {
             Code::EndpointBeforeFollowUp => "W0002",
             Code::EmptyConceptSet => "W0003",
             Code::NoEffect => "W0004",
+            Code::UnendedFollowUp => "W0005",
         }
     }
 
@@ -189,6 +192,7 @@ impl Code {
             Code::EndpointBeforeFollowUp => "an endpoint that can occur before follow-up starts",
             Code::EmptyConceptSet => "a concept set that is always empty",
             Code::NoEffect => "a statement that changes nothing",
+            Code::UnendedFollowUp => "follow-up without an end for entries outside observation",
         }
     }
 }

@@ -107,6 +107,17 @@ pub fn explain_study(study: &Study) -> String {
     } else {
         out.push_str("  No small counts are suppressed.\n");
     }
+    writeln!(
+        out,
+        "  The OMOP cohort table's cohort_definition_id is {}{}.",
+        study.output.cohort_id,
+        if study.output.cohort_id == DEFAULT_COHORT_ID {
+            " (the default)"
+        } else {
+            ""
+        }
+    )
+    .unwrap();
     out.push_str(if study.output.pseudonymise_ids {
         "  Person-level outputs carry pseudonymous ids, not the repository's person ids.\n"
     } else {
@@ -413,9 +424,13 @@ impl Explainer<'_> {
             )
             .unwrap(),
         }
-        out.push_str(
-            "\nA record qualifies when it lies in one of the person's observation periods",
-        );
+        if index.any_observation {
+            out.push_str("\nA record qualifies whether or not it lies in an observation period");
+        } else {
+            out.push_str(
+                "\nA record qualifies when it lies in one of the person's observation periods",
+            );
+        }
         let (before, after) = index.observation;
         if (before, after) != (0, 0) {
             write!(
@@ -438,6 +453,7 @@ impl Explainer<'_> {
         if index.occurrence != Occurrence::All {
             out.push_str("\nRecords on the same day are ordered by record id, so the choice is deterministic.");
         }
+        out.push_str("\nThe attrition table starts with every record of the index event (the persons with one, and the number of records), then the qualifying index events.");
         out.push('\n');
         out
     }
@@ -465,6 +481,9 @@ impl Explainer<'_> {
             .unwrap();
         }
         out.push_str("It never extends past the end of the observation period that contains the index date; the end day is included.\n");
+        if self.study.index.any_observation {
+            out.push_str("An entry outside every observation period has no observation end: its follow-up ends at the earliest exit that has a date, and without one the entry leaves the study.\n");
+        }
         if let Some(d) = f.collapse_days {
             writeln!(
                 out,
@@ -498,6 +517,10 @@ impl Explainer<'_> {
                 plural(*extra, "day")
             ),
             Exit::Date(d) => format!("{d}"),
+            Exit::RecordEnd { extra } => format!(
+                "the end date of the index record plus {} (a missing end date counts as the start plus the days supplied, for drugs with a supply, else the start plus 1 day; an end before the start counts as the start)",
+                plural(*extra, "day")
+            ),
             Exit::Offset { anchor, days } => format!("{} (day {days} relative to {})", offset_words(*days, *anchor), anchor_name(*anchor)),
             Exit::Event(q) => format!("the first {} on or after follow-up start", self.query(q, false)),
         }

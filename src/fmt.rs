@@ -173,6 +173,7 @@ fn layout(file: &StudyFile) -> Vec<Line> {
                 for i in items {
                     let text = match &i.kind {
                         OutputKind::MinCellCount(n) => format!("min cell count {}", n.node),
+                        OutputKind::CohortId(n) => format!("cohort id {}", n.node),
                         OutputKind::PersonIds {
                             pseudonymised: true,
                         } => "person ids pseudonymised".to_string(),
@@ -617,6 +618,7 @@ fn entry_option_text(option: &EntryOption) -> String {
             EntryOptionKind::Observation(w) => {
                 write!(out, "with continuous observation {}", window_text(w)).unwrap()
             }
+            EntryOptionKind::AnyObservation => out.push_str("with or without observation"),
         }
     }
     out
@@ -654,6 +656,10 @@ fn exit_text(e: &Exit) -> String {
         }
         ExitKind::Date(d) => d.node.clone(),
         ExitKind::Offset(p) => anchor_point_text(p),
+        ExitKind::RecordEnd { extra } => match extra {
+            None => "end of index record".to_string(),
+            Some(x) => format!("end of index record + {} {}", x.node, days_word(&x.node)),
+        },
         ExitKind::Event { first, query } => {
             let q = event_query_text(query);
             if *first {

@@ -217,7 +217,16 @@ pub struct IndexEvent {
     /// Days of observation required before (negative) and after the event, in one period.
     /// Without `with continuous observation`, `[0, 0]`: the event lies in an observation period.
     pub observation: (i64, i64),
+    /// `with or without observation`: events outside every observation period qualify too
+    /// (`observation` is then `[0, 0]` and only says which period an entry belongs to).
+    /// Left out of the hash's form when false, so studies without it keep their hash.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub any_observation: bool,
 }
+
+/// The attrition table's first rule: every record of the index event, before observation,
+/// calendar limits and the choice of first, last or all; its `entries` column counts records.
+pub const INDEX_RECORDS_RULE: &str = "records of the index event";
 
 /// One attrition step.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -269,6 +278,11 @@ pub enum Exit {
     },
     /// The first such event on or after follow-up start.
     Event(EventQuery),
+    /// The end of the index record plus `extra` days; a missing end counts as described in
+    /// docs/language.md (`record_end`).
+    RecordEnd {
+        extra: i64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -335,6 +349,17 @@ pub struct OutputPolicy {
     /// Counts below this are suppressed in every aggregate output.
     pub min_cell_count: u64,
     pub pseudonymise_ids: bool,
+    /// `cohort_definition_id` of the OMOP cohort table. Left out of the hash's form when it is
+    /// the default, 1, so studies without it keep their hash.
+    #[serde(skip_serializing_if = "is_default_cohort_id")]
+    pub cohort_id: i64,
+}
+
+/// The `cohort_definition_id` a study gets unless it names one.
+pub const DEFAULT_COHORT_ID: i64 = 1;
+
+fn is_default_cohort_id(id: &i64) -> bool {
+    *id == DEFAULT_COHORT_ID
 }
 
 impl Default for OutputPolicy {
@@ -342,6 +367,7 @@ impl Default for OutputPolicy {
         OutputPolicy {
             min_cell_count: 5,
             pseudonymise_ids: true,
+            cohort_id: DEFAULT_COHORT_ID,
         }
     }
 }

@@ -133,13 +133,18 @@ fn every_diagnostic_code_is_documented_with_an_example() {
 #[test]
 fn error_examples_render_as_snapshotted() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
     for block in study_blocks(&root.join("docs/errors.md")) {
         let Some(code) = block.expect else { continue };
         let compiled = compile_text(block.text.clone());
-        insta::assert_snapshot!(
-            format!("diagnostic_{code}"),
-            plain(&compiled.diagnostics, &block.text)
-        );
+        // A code's further examples get their number: `diagnostic_E0504_2`.
+        let n = seen.entry(code.to_string()).or_default();
+        *n += 1;
+        let name = match *n {
+            1 => format!("diagnostic_{code}"),
+            n => format!("diagnostic_{code}_{n}"),
+        };
+        insta::assert_snapshot!(name, plain(&compiled.diagnostics, &block.text));
     }
 }
 

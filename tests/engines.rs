@@ -377,12 +377,14 @@ fn random_study(rng: &mut ChaCha8Rng, base: &Study) -> Study {
         until: rng
             .random_bool(0.2)
             .then(|| NaiveDate::from_ymd_opt(2020, 2, 5).unwrap()),
-        observation: if rng.random_bool(0.5) {
-            (0, 0)
-        } else {
-            (-rng.random_range(0..15), rng.random_range(0..15))
-        },
+        observation: (0, 0),
+        any_observation: false,
     };
+    match rng.random_range(0..4) {
+        0 | 1 => {}
+        2 => study.index.any_observation = true,
+        _ => study.index.observation = (-rng.random_range(0..15), rng.random_range(0..15)),
+    }
     study.steps = (0..rng.random_range(0..4))
         .map(|i| Step {
             exclude: rng.random_bool(0.4),
@@ -406,7 +408,7 @@ fn random_study(rng: &mut ChaCha8Rng, base: &Study) -> Study {
     };
     let mut exits = Vec::new();
     for _ in 0..rng.random_range(0..3) {
-        exits.push(match rng.random_range(0..6) {
+        exits.push(match rng.random_range(0..7) {
             0 => Exit::ObservationEnd,
             1 => Exit::Offset {
                 anchor: Anchor::Index,
@@ -420,6 +422,9 @@ fn random_study(rng: &mut ChaCha8Rng, base: &Study) -> Study {
             4 => Exit::ExposureEnd {
                 concepts: concept_expr(rng),
                 gap: rng.random_range(0..5),
+                extra: rng.random_range(0..3),
+            },
+            5 => Exit::RecordEnd {
                 extra: rng.random_range(0..3),
             },
             _ => Exit::Date(NaiveDate::from_ymd_opt(2020, 1, 25).unwrap()),

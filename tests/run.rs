@@ -119,9 +119,10 @@ fn small_counts_are_suppressed_in_aggregate_outputs() {
     let attrition = std::fs::read_to_string(out.join("attrition.csv")).unwrap();
     let rows: Vec<&str> = attrition.lines().collect();
     assert_eq!(rows[0], "step,rule,persons,entries,suppressed");
-    assert_eq!(rows[1], "0,qualifying index event,1800,1800,false");
+    assert_eq!(rows[1], "0,records of the index event,1844,1844,false");
+    assert_eq!(rows[2], "1,qualifying index event,1800,1800,false");
     // Fewer than 10 persons started celecoxib in 1959: the count is withheld everywhere.
-    assert!(rows[2].ends_with(",,,true"), "{attrition}");
+    assert!(rows[3].ends_with(",,,true"), "{attrition}");
     assert!(text.contains("<10"), "{text}");
     let run: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
@@ -336,4 +337,92 @@ fn the_cohort_table_has_no_duplicate_rows() {
     };
     assert_eq!(lines("cohort.csv"), 2);
     assert_eq!(lines("dataset.csv"), 3);
+}
+
+/// OHDSI's simple Eunomia cohorts (`createCohorts`) do not look at observation: every celecoxib
+/// drug era is a cohort row (1,844), ending with the era. The study's `cohort id` is the cohort
+/// table's `cohort_definition_id`; `--cohort-id` replaces it for one run and the study hash
+/// stays the file's.
+#[test]
+fn cohorts_outside_observation_with_their_record_end_and_cohort_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let study = dir.path().join("eras.study");
+    std::fs::write(
+        &study,
+        "study \"eras\"\nconcepts\n  celecoxib = drug 1118084\npopulation\n  index = all drug era in celecoxib with or without observation\nfollow-up\n  until end of index record\noutput\n  cohort id 4\n",
+    )
+    .unwrap();
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            study.to_str().unwrap(),
+            "--repo",
+            "tests/data/eunomia-gibleed",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let o = cohortql(&args, &dir.path().join("cache"));
+        assert_eq!(o.status.code(), Some(0), "{}", all_text(&o));
+        let cohort = std::fs::read_to_string(out.join("cohort.csv")).unwrap();
+        let run: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+        (cohort, run)
+    };
+    let (cohort, json) = run(&dir.path().join("a"), &[]);
+    let rows: Vec<&str> = cohort.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1844);
+    assert!(rows.iter().all(|r| r.starts_with("4,")), "{}", rows[0]);
+    assert_eq!(json["cohort_definition_id"], 4);
+    assert_eq!(json["cohort_id_from"], "study");
+    // Each row ends with its era: the eras as stored.
+    let repo =
+        cohortql::repo::Repository::open(&root().join("tests/data/eunomia-gibleed")).unwrap();
+    let data = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let ctx = repo.session().await.unwrap();
+            cohortql::repo::rows::load_rows(&ctx).await.unwrap()
+        });
+    let mut want: Vec<String> = data
+        .records
+        .iter()
+        .filter(|r| r.domain == cohortql::study::Domain::DrugEra && r.concept == Some(1118084))
+        .map(|r| format!("4,{},{},{}", r.person, r.start, r.end.unwrap()))
+        .collect();
+    let mut got: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+    want.sort();
+    got.sort();
+    assert_eq!(got, want);
+    // Attrition row 0 counts every era; all of them are cohort rows here.
+    assert_eq!(json["attrition"][0]["rule"], "records of the index event");
+    assert_eq!(json["attrition"][0]["entries"], 1844);
+
+    let (cohort, json2) = run(&dir.path().join("b"), &["--cohort-id", "77"]);
+    assert!(cohort.lines().skip(1).all(|r| r.starts_with("77,")));
+    assert_eq!(json2["cohort_definition_id"], 77);
+    assert_eq!(json2["cohort_id_from"], "--cohort-id");
+    assert_eq!(json2["study_hash"], json["study_hash"]);
+
+    let refused = cohortql(
+        &["run", study.to_str().unwrap(), "--cohort-id", "0"],
+        &dir.path().join("cache"),
+    );
+    assert_eq!(refused.status.code(), Some(2), "{}", all_text(&refused));
+    let two = cohortql(
+        &[
+            "run",
+            study.to_str().unwrap(),
+            "studies/nsaid_gi_bleed.study",
+            "--cohort-id",
+            "5",
+            "--out",
+            dir.path().join("c").to_str().unwrap(),
+        ],
+        &dir.path().join("cache"),
+    );
+    assert_eq!(two.status.code(), Some(2), "{}", all_text(&two));
+    assert!(all_text(&two).contains("one at a time"));
+    assert!(!dir.path().join("c").exists());
 }

@@ -34,6 +34,7 @@ pub fn check_study(file: &ast::StudyFile) -> Checked {
         set_index: HashMap::new(),
         set_defs: Vec::new(),
         suggestions_left: 100,
+        any_observation_span: None,
     };
     let study = checker.study(file);
     let mut diagnostics = checker.diagnostics;
@@ -47,6 +48,9 @@ pub fn check_study(file: &ast::StudyFile) -> Checked {
 
 /// How many `require`/`exclude` lines, exposure arms, covariates or endpoints a study may have.
 pub const MAX_STATEMENTS: usize = 1000;
+
+/// The largest `cohort id`: OMOP's `cohort_definition_id` is a 32-bit integer.
+pub const MAX_COHORT_ID: i64 = i32::MAX as i64;
 
 /// Column names the dataset uses itself, which covariates and endpoints may not take.
 const RESERVED_COLUMNS: &[&str] = &[
@@ -67,6 +71,9 @@ pub(crate) struct Checker<'a> {
     /// "Did you mean" compares a name with every definition; it is offered a bounded number of
     /// times so a file with thousands of unknown names still checks quickly.
     suggestions_left: usize,
+    /// Where the index definition says `with or without observation`, for a warning about
+    /// follow-up.
+    any_observation_span: Option<Span>,
 }
 
 impl<'a> Checker<'a> {
@@ -221,7 +228,7 @@ impl<'a> Checker<'a> {
 
         let (index, steps) = self.population(population, file.title.span);
         let arms = self.arms(arm_defs);
-        let follow_up = self.follow_up(follow_up_items);
+        let follow_up = self.follow_up(follow_up_items, &index);
         let mut columns: HashMap<String, Span> = HashMap::new();
         let covariates = self.covariates(covariate_defs, &mut columns);
         let endpoints = self.endpoints(&endpoint_defs, follow_up.start_offset, &mut columns);
@@ -270,6 +277,7 @@ impl<'a> Checker<'a> {
             from: None,
             until: None,
             observation: (0, 0),
+            any_observation: false,
         };
         let Some((population, section_span)) = population else {
             self.push(
@@ -326,6 +334,7 @@ impl<'a> Checker<'a> {
         let mut from = None;
         let mut until = None;
         let mut observation: Option<((i64, i64), Span)> = None;
+        let mut any_observation = false;
         let set_date = |this: &mut Self,
                         slot: &mut Option<(chrono::NaiveDate, Span)>,
                         d: &Spanned<String>,
@@ -350,6 +359,19 @@ impl<'a> Checker<'a> {
                 }
                 ast::EntryOptionKind::From(a) => set_date(self, &mut from, a, option.span),
                 ast::EntryOptionKind::Until(b) => set_date(self, &mut until, b, option.span),
+                ast::EntryOptionKind::AnyObservation => {
+                    if let Some((_, first)) = observation {
+                        self.push(duplicate_setting(
+                            "an observation requirement for the index event",
+                            option.span,
+                            first,
+                        ));
+                    } else {
+                        observation = Some(((0, 0), option.span));
+                        any_observation = true;
+                        self.any_observation_span = Some(option.span);
+                    }
+                }
                 ast::EntryOptionKind::Observation(w) => {
                     let scope = Scope {
                         in_where: true,
@@ -416,6 +438,7 @@ impl<'a> Checker<'a> {
             from: from.map(|f| f.0),
             until: until.map(|u| u.0),
             observation: observation.map_or((0, 0), |o| o.0),
+            any_observation,
         }
     }
 
@@ -432,7 +455,7 @@ impl<'a> Checker<'a> {
             .collect()
     }
 
-    fn follow_up(&mut self, items: &[ast::FollowUpItem]) -> FollowUp {
+    fn follow_up(&mut self, items: &[ast::FollowUpItem], index: &IndexEvent) -> FollowUp {
         let mut start: Option<(i64, Span)> = None;
         let mut exits: Option<(Vec<Exit>, Span)> = None;
         let mut collapse: Option<(i64, Span)> = None;
@@ -475,7 +498,7 @@ impl<'a> Checker<'a> {
                     }
                 }
                 ast::FollowUpKind::Until { exits: list, .. } => {
-                    let built = list.iter().map(|e| self.exit(e)).collect();
+                    let built = list.iter().map(|e| self.exit(e, index)).collect();
                     if let Some((_, first)) = exits {
                         self.push(duplicate_setting("the end of follow-up", item.span, first));
                     } else {
@@ -524,6 +547,35 @@ impl<'a> Checker<'a> {
             }
         }
         let (period_from, period_to) = period.map_or((None, None), |p| p.0);
+        // An entry outside observation has no observation end: without an exit that always
+        // has a date, its follow-up has no end and it leaves the study.
+        let always_dated = |e: &Exit| {
+            matches!(
+                e,
+                Exit::Date(_)
+                    | Exit::Offset { .. }
+                    | Exit::RecordEnd { .. }
+                    | Exit::ExposureEnd { .. }
+            )
+        };
+        if index.any_observation
+            && period_to.is_none()
+            && !exits
+                .as_ref()
+                .is_some_and(|(e, _)| e.iter().any(always_dated))
+        {
+            let at = exits.as_ref().map(|e| e.1).or(self.any_observation_span);
+            if let Some(at) = at {
+                self.push(
+                    Diagnostic::new(
+                        Code::UnendedFollowUp,
+                        "entries outside observation have no end of follow-up, so they leave the study",
+                    )
+                    .at(at)
+                    .help("end follow-up at a date every entry has, e.g. `until earliest of end of observation, end of index record` or `index + 365 days`"),
+                );
+            }
+        }
         FollowUp {
             start_offset: start.map_or(0, |s| s.0),
             exits: exits.map_or_else(|| vec![Exit::ObservationEnd], |e| e.0),
@@ -533,9 +585,26 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn exit(&mut self, exit: &ast::Exit) -> Exit {
+    fn exit(&mut self, exit: &ast::Exit, index: &IndexEvent) -> Exit {
         match &exit.kind {
             ast::ExitKind::ObservationEnd => Exit::ObservationEnd,
+            ast::ExitKind::RecordEnd { extra } => {
+                let domain = index.query.domain;
+                if !has_end_date(domain) {
+                    self.push(
+                        Diagnostic::new(
+                            Code::InvalidExit,
+                            format!("{} records have no end date", domain.keyword()),
+                        )
+                        .at(exit.span)
+                        .label("the index record has no end")
+                        .help("end follow-up at a number of days after index instead, e.g. `index + 30 days`"),
+                    );
+                }
+                Exit::RecordEnd {
+                    extra: extra.as_ref().map_or(0, |d| self.days(d)),
+                }
+            }
             ast::ExitKind::ExposureEnd {
                 concepts,
                 gap,
@@ -787,6 +856,7 @@ impl<'a> Checker<'a> {
         let mut policy = OutputPolicy::default();
         let mut seen_min: Option<Span> = None;
         let mut seen_ids: Option<Span> = None;
+        let mut seen_cohort: Option<Span> = None;
         for item in items {
             match &item.kind {
                 ast::OutputKind::MinCellCount(n) => {
@@ -806,6 +876,26 @@ impl<'a> Checker<'a> {
                             )
                             .at(n.span)
                             .help("common thresholds are 5, 10 or 11; 1 withholds nothing"),
+                        ),
+                    }
+                }
+                ast::OutputKind::CohortId(n) => {
+                    if let Some(first) = seen_cohort {
+                        self.push(duplicate_setting("`cohort id`", item.span, first));
+                    }
+                    seen_cohort = Some(item.span);
+                    match n.node.parse::<i64>() {
+                        Ok(v) if (1..=MAX_COHORT_ID).contains(&v) => policy.cohort_id = v,
+                        _ => self.push(
+                            Diagnostic::new(
+                                Code::InvalidNumber,
+                                format!(
+                                    "a cohort id of {} is out of range (1 to {MAX_COHORT_ID})",
+                                    n.node
+                                ),
+                            )
+                            .at(n.span)
+                            .help("the id is the OMOP cohort table's `cohort_definition_id`, a positive 32-bit integer"),
                         ),
                     }
                 }

@@ -90,6 +90,10 @@ enum Command {
         /// output). A previous run's outputs there are replaced.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The cohort table's cohort_definition_id for this run, instead of the study's
+        /// `cohort id` (default 1); run.json records which was used.
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..=crate::check::MAX_COHORT_ID))]
+        cohort_id: Option<i64>,
     },
     /// Print each stage's logical, optimised and physical query plan.
     Plan {
@@ -194,9 +198,12 @@ pub fn main() -> ExitCode {
             out,
             format,
         } => data::synth(persons, seed, &out, format),
-        Command::Run { studies, repo, out } => {
-            run::run_all(&studies, repo.as_deref(), out.as_deref())
-        }
+        Command::Run {
+            studies,
+            repo,
+            out,
+            cohort_id,
+        } => run::run_all(&studies, repo.as_deref(), out.as_deref(), cohort_id),
         Command::Repl { study, repo } => repl::repl(repo.as_deref(), study.as_deref()),
         Command::Plan {
             study,

@@ -56,9 +56,16 @@ pub(super) fn run_all(
     studies: &[PathBuf],
     repo: Option<&Path>,
     out: Option<&Path>,
+    cohort_id: Option<i64>,
 ) -> Result<Status, String> {
     if let [study] = studies {
-        return run(study, repo, out);
+        return run(study, repo, out, cohort_id);
+    }
+    if cohort_id.is_some() {
+        return Err(
+            "--cohort-id names the cohort of one study: run the studies one at a time, or set `cohort id` in each study's output section"
+                .to_string(),
+        );
     }
     let mut names = std::collections::BTreeMap::new();
     for s in studies {
@@ -73,7 +80,7 @@ pub(super) fn run_all(
     let parent = out.unwrap_or(Path::new("output"));
     let mut status = Status::Ok;
     for s in studies {
-        if let Status::StudyErrors = run(s, repo, Some(&parent.join(stem(s))))? {
+        if let Status::StudyErrors = run(s, repo, Some(&parent.join(stem(s))), None)? {
             status = Status::StudyErrors;
         }
         println!();
@@ -85,6 +92,7 @@ pub(super) fn run(
     study_path: &Path,
     repo: Option<&Path>,
     out: Option<&Path>,
+    cohort_id: Option<i64>,
 ) -> Result<Status, String> {
     let started = Instant::now();
     let checked = checked(study_path)?;
@@ -112,6 +120,7 @@ pub(super) fn run(
                 study_path,
                 &compiled.text,
                 check_time,
+                cohort_id,
                 &out,
                 &progress,
                 &note,

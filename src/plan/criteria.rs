@@ -368,6 +368,35 @@ impl Planner<'_> {
         Ok((covering, p))
     }
 
+    /// The rows, each with the observation period of its person that contains `date`, or with
+    /// NULL period columns when none does (a left join).
+    pub(super) fn containing_period(
+        &mut self,
+        rows: LogicalPlan,
+        person: &str,
+        date: Expr,
+    ) -> Result<(LogicalPlan, PeriodCols)> {
+        let (periods, p) = self.periods()?;
+        let day = self.fresh("day");
+        let mut exprs: Vec<Expr> = names(&rows).iter().map(|n| c(n)).collect();
+        exprs.push(date.alias(&day));
+        let left = self.aliased(project(rows, exprs)?)?;
+        // Grouped by all their columns (periods are distinct rows): the SQL unparser writes the
+        // periods' filters under a join as the outer query's WHERE, which would turn this outer
+        // join into an inner one, unless the side is an aggregate, always its own subquery.
+        let columns: Vec<Expr> = names(&periods).iter().map(|n| c(n)).collect();
+        let right = self.aliased(super::aggregate(periods, columns, vec![])?)?;
+        let contains = c(&p.start).lt_eq(c(&day)).and(c(&p.end).gt_eq(c(&day)));
+        let joined = super::join_filtered(
+            left,
+            right,
+            JoinType::Left,
+            &[(person, p.person.as_str())],
+            contains,
+        )?;
+        Ok((joined, p))
+    }
+
     /// A person's age, year or date on the quantity's anchor, or `None` without that anchor.
     pub(super) fn quantity(&self, quantity: Quantity, ctx: &Ctx) -> Option<Expr> {
         let date = ctx.anchor(quantity.anchor())?;

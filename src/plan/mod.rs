@@ -216,6 +216,28 @@ fn join_on(
     join_type: JoinType,
     keys: &[(&str, &str)],
 ) -> Result<LogicalPlan> {
+    join(left, right, join_type, keys, None)
+}
+
+/// An equijoin with a further condition in its `ON` clause, which an outer join applies before
+/// filling in NULLs (a `WHERE` after it would drop the unmatched rows).
+fn join_filtered(
+    left: LogicalPlan,
+    right: LogicalPlan,
+    join_type: JoinType,
+    keys: &[(&str, &str)],
+    condition: Expr,
+) -> Result<LogicalPlan> {
+    join(left, right, join_type, keys, Some(condition))
+}
+
+fn join(
+    left: LogicalPlan,
+    right: LogicalPlan,
+    join_type: JoinType,
+    keys: &[(&str, &str)],
+    condition: Option<Expr>,
+) -> Result<LogicalPlan> {
     let resolve = |name: &str, side: &LogicalPlan| -> Result<Expr> {
         Ok(Expr::Column(
             Column::from_name(name)
@@ -230,7 +252,7 @@ fn join_on(
         Arc::new(left),
         Arc::new(right),
         on,
-        None,
+        condition,
         join_type,
         JoinConstraint::On,
         NullEquality::NullEqualsNothing,

@@ -23,6 +23,8 @@ pub const PERSON: &str = "person_id";
 pub const INDEX_RECORD: &str = "index_record_id";
 pub const INDEX_DATE: &str = "index_date";
 pub const INDEX_VISIT: &str = "index_visit_id";
+/// The index record's end date, a missing one filled in (`Planner::record_end`).
+pub const INDEX_END: &str = "index_end_date";
 pub const PERIOD_START: &str = "period_start";
 pub const PERIOD_END: &str = "period_end";
 pub const GENDER: &str = "gender_concept_id";
@@ -34,11 +36,12 @@ pub const ARM: &str = "arm";
 pub const FOLLOW_UP_START: &str = "follow_up_start";
 pub const FOLLOW_UP_END: &str = "follow_up_end";
 
-const ENTRY_COLUMNS: [&str; 10] = [
+const ENTRY_COLUMNS: [&str; 11] = [
     PERSON,
     INDEX_RECORD,
     INDEX_DATE,
     INDEX_VISIT,
+    INDEX_END,
     PERIOD_START,
     PERIOD_END,
     GENDER,
@@ -78,6 +81,18 @@ fn entry_ctx(plan: LogicalPlan, follow_up: bool) -> Ctx {
         event_visit: None,
         follow_up: follow_up.then(|| (FOLLOW_UP_START.into(), FOLLOW_UP_END.into())),
     }
+}
+
+/// A record's end date as exits read it: a missing end is the start plus the days supplied
+/// (drugs with a supply) or else the start plus 1 day, as OHDSI's Circe fills it; an end before
+/// the start is the start.
+fn record_end(rec: &super::records::Rec) -> Result<Expr> {
+    let supplied =
+        when(c(&rec.days_supply).gt(lit(0i64)), c(&rec.days_supply)).otherwise(lit(1i64))?;
+    Ok(greatest(vec![
+        coalesce(vec![c(&rec.end), days_add(c(&rec.start), supplied)]),
+        c(&rec.start),
+    ]))
 }
 
 fn asc(name: &str) -> SortExpr {
@@ -207,8 +222,15 @@ impl Planner<'_> {
             rows = filter(rows, c(&rec.start).lt_eq(date_lit(until)))?;
         }
         let (before, after) = index.observation;
-        let (rows, p) =
-            self.covering_periods(rows, &rec.person.clone(), c(&rec.start), before, after)?;
+        let index_end = self.fresh("index_end");
+        let mut with_end: Vec<Expr> = names(&rows).iter().map(|n| c(n)).collect();
+        with_end.push(record_end(&rec)?.alias(&index_end));
+        let rows = project(rows, with_end)?;
+        let (rows, p) = if index.any_observation {
+            self.containing_period(rows, &rec.person.clone(), c(&rec.start))?
+        } else {
+            self.covering_periods(rows, &rec.person.clone(), c(&rec.start), before, after)?
+        };
         // One row per entry: each person's first or last event, or every event; with the
         // earliest period that qualifies, should periods overlap.
         let columns: Vec<String> = [
@@ -216,6 +238,7 @@ impl Planner<'_> {
             &rec.id,
             &rec.start,
             &rec.visit,
+            &index_end,
             &p.start,
             &p.end,
             &pc.gender,
@@ -226,6 +249,7 @@ impl Planner<'_> {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // NULLs last: an entry outside observation only when no period contains it.
         let periods = [(p.start.clone(), true), (p.end.clone(), true)];
         let rows = match index.occurrence {
             Occurrence::All => self.first_rows(
@@ -248,6 +272,7 @@ impl Planner<'_> {
                 c(&rec.id).alias(INDEX_RECORD),
                 c(&rec.start).alias(INDEX_DATE),
                 c(&rec.visit).alias(INDEX_VISIT),
+                c(&index_end).alias(INDEX_END),
                 c(&p.start).alias(PERIOD_START),
                 c(&p.end).alias(PERIOD_END),
                 c(&pc.gender).alias(GENDER),
@@ -285,11 +310,13 @@ impl Planner<'_> {
     }
 
     /// One row: persons and entries remaining after each attrition row (see `attrition_rules`).
-    /// Each entry gets the number of rows it passes, the first rule it fails (a flag that is not
-    /// true fails); an entry remains after row `i` when it passes at least `i`. One column,
+    /// Row 0 counts every record of the index event (persons with one, and records), before
+    /// observation, calendar limits and the choice of first, last or all. For the later rows,
+    /// each entry gets the number of rows it passes, the first rule it fails (a flag that is
+    /// not true fails); an entry remains after row `i` when it passes at least `i`. One column,
     /// rather than a conjunction of all earlier flags per row, which grew with the square of
     /// the number of steps.
-    pub fn attrition(&self, population: LogicalPlan) -> Result<LogicalPlan> {
+    pub fn attrition(&mut self, population: LogicalPlan) -> Result<LogicalPlan> {
         let mut fails: Vec<Expr> = (0..self.study.steps.len())
             .map(|i| c(&step_column(i)).is_not_true())
             .collect();
@@ -313,7 +340,7 @@ impl Planner<'_> {
         let mut aggregates = Vec::new();
         for i in 0..=rows {
             let remains = c(passed_column).gt_eq(lit(i as i64));
-            let (persons, entries) = attrition_columns(i);
+            let (persons, entries) = attrition_columns(i + 1);
             aggregates.push(count_distinct(when(remains.clone(), c(PERSON)).end()?).alias(persons));
             aggregates.push(
                 cast(
@@ -323,12 +350,38 @@ impl Planner<'_> {
                 .alias(entries),
             );
         }
-        aggregate(counted, vec![], aggregates)
+        let remaining = self.aliased(aggregate(counted, vec![], aggregates)?)?;
+        let records = self.index_records()?;
+        let records = self.aliased(records)?;
+        let mut columns = names(&records);
+        columns.extend(names(&remaining));
+        keep(join_on(records, remaining, JoinType::Inner, &[])?, &columns)
+    }
+
+    /// One row: the persons with a record of the index event and the number of such records
+    /// (consent applied), as attrition row 0.
+    fn index_records(&mut self) -> Result<LogicalPlan> {
+        let index = self.study.index.query.clone();
+        let (persons, pc) = self.persons()?;
+        let ctx = Ctx::of_persons(persons, &pc);
+        let (rows, rec) = self.matching(&index, &ctx)?;
+        let (persons, records) = attrition_columns(0);
+        aggregate(
+            rows,
+            vec![],
+            vec![
+                count_distinct(c(&rec.person)).alias(persons),
+                count(lit(1i64)).alias(records),
+            ],
+        )
     }
 
     /// The rules of the attrition plan's rows, in order (the follow-up row comes after them).
     pub fn attrition_rules(&self) -> Vec<String> {
-        let mut rules = vec!["qualifying index event".to_string()];
+        let mut rules = vec![
+            INDEX_RECORDS_RULE.to_string(),
+            "qualifying index event".to_string(),
+        ];
         rules.extend(self.study.steps.iter().map(|s| s.rule.clone()));
         if !self.study.arms.is_empty() {
             rules.push("assigned to an exposure arm".to_string());
@@ -366,6 +419,7 @@ impl Planner<'_> {
                     days,
                 } => days_add(start.clone(), lit(*days)),
                 Exit::Offset { days, .. } => days_add(c(INDEX_DATE), lit(*days)),
+                Exit::RecordEnd { extra } => days_add(c(INDEX_END), lit(*extra)),
                 Exit::Event(query) => {
                     let (rows, rec) = self.matching(query, &ctx)?;
                     let rows = filter(rows, c(&rec.start).gt_eq(start.clone()))?;
@@ -412,18 +466,12 @@ impl Planner<'_> {
         let test = self.in_concepts(c(&rec.concept), concepts)?;
         let records = filter(records, test)?;
         let (span_start, span_end) = (self.fresh("span_start"), self.fresh("span_end"));
-        let supplied =
-            when(c(&rec.days_supply).gt(lit(0i64)), c(&rec.days_supply)).otherwise(lit(1i64))?;
         let spans = project(
             records,
             vec![
                 c(&rec.person),
                 c(&rec.start).alias(&span_start),
-                greatest(vec![
-                    coalesce(vec![c(&rec.end), days_add(c(&rec.start), supplied)]),
-                    c(&rec.start),
-                ])
-                .alias(&span_end),
+                record_end(&rec)?.alias(&span_end),
             ],
         )?;
         let island = self.fresh("era");
@@ -541,7 +589,7 @@ impl Planner<'_> {
         let table = project(
             cohort,
             vec![
-                lit(1i64).alias("cohort_definition_id"),
+                lit(self.study.output.cohort_id).alias("cohort_definition_id"),
                 c(PERSON).alias("subject_id"),
                 c(FOLLOW_UP_START).alias("cohort_start_date"),
                 c(FOLLOW_UP_END).alias("cohort_end_date"),

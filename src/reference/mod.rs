@@ -19,8 +19,11 @@ pub struct Entry {
     pub index: NaiveDate,
     pub record: i64,
     pub visit: Option<i64>,
-    /// The observation period that contains the index date.
-    pub period: (NaiveDate, NaiveDate),
+    /// The index record's end date, a missing one filled in (see `record_end`).
+    pub record_end: NaiveDate,
+    /// The observation period that contains the index date; `None` for an entry outside
+    /// observation (`with or without observation`).
+    pub period: Option<(NaiveDate, NaiveDate)>,
     /// The exposure arm, when the study has arms.
     pub arm: Option<String>,
     /// Follow-up start and end, both included, once follow-up is decided.
@@ -45,8 +48,9 @@ pub struct Population {
 /// Evaluates time zero, the steps and the arms of a study.
 pub fn evaluate_population(study: &Study, data: &Data) -> Population {
     let ev = Evaluator::new(study, data);
+    let mut attrition = vec![ev.index_records()];
     let mut entries = ev.index_entries();
-    let mut attrition = vec![row("qualifying index event", &entries)];
+    attrition.push(row("qualifying index event", &entries));
     for step in &study.steps {
         entries.retain(|e| ev.holds(&step.criterion, &ev.at_index(e)) != step.exclude);
         attrition.push(row(&step.rule, &entries));
@@ -501,10 +505,13 @@ impl<'a> Evaluator<'a> {
             follow_up: None,
             ..self.at_index(e)
         };
-        let mut end = e.period.1;
+        // Follow-up ends at the earliest date among the observation end and the exits that have
+        // one; with none, it has no end.
+        let mut end = e.period.map(|p| p.1);
         for exit in &fu.exits {
             let date = match exit {
-                Exit::ObservationEnd => Some(e.period.1),
+                Exit::ObservationEnd => e.period.map(|p| p.1),
+                Exit::RecordEnd { extra } => Some(e.record_end + Duration::days(*extra)),
                 Exit::Date(d) => Some(*d),
                 Exit::Offset {
                     anchor: Anchor::FollowUpStart,
@@ -524,15 +531,16 @@ impl<'a> Evaluator<'a> {
                 } => Some(self.exposure_end(e, concepts, *gap) + Duration::days(*extra)),
             };
             if let Some(d) = date {
-                end = end.min(d);
+                end = Some(end.map_or(d, |e| e.min(d)));
             }
         }
         if let Some(from) = fu.period_from {
             start = start.max(from);
         }
         if let Some(to) = fu.period_to {
-            end = end.min(to);
+            end = Some(end.map_or(to, |e| e.min(to)));
         }
+        let end = end?;
         (start <= end).then_some((start, end))
     }
 
@@ -545,13 +553,7 @@ impl<'a> Evaluator<'a> {
             .records_of(e.person, Domain::Drug)
             .into_iter()
             .filter(|r| r.concept.is_some_and(|c| set.contains(&c)))
-            .map(|r| {
-                let end = r.end.unwrap_or_else(|| match r.days_supply {
-                    Some(d) if d > 0 => r.start + Duration::days(d),
-                    _ => r.start + Duration::days(1),
-                });
-                (r.start, end.max(r.start))
-            })
+            .map(|r| (r.start, record_end(r)))
             .collect();
         spans.sort();
         let mut eras: Vec<(NaiveDate, NaiveDate)> = Vec::new();
@@ -665,6 +667,29 @@ impl<'a> Evaluator<'a> {
         }
     }
 
+    /// Attrition row 0: the persons with any record of the index event, and the records.
+    fn index_records(&self) -> AttritionRow {
+        let mut persons = 0;
+        let mut records = 0;
+        for person in &self.data.persons {
+            let at = At {
+                person,
+                index: None,
+                index_visit: None,
+                event: None,
+                follow_up: None,
+            };
+            let n = self.matching(&self.study.index.query, &at).len();
+            persons += usize::from(n > 0);
+            records += n;
+        }
+        AttritionRow {
+            rule: INDEX_RECORDS_RULE.to_string(),
+            persons,
+            entries: records,
+        }
+    }
+
     /// Qualifying index events: in an observation period (with the observation the study asks
     /// for) and within the calendar limits; then the first, last or all of each person's.
     fn index_entries(&self) -> Vec<Entry> {
@@ -678,7 +703,7 @@ impl<'a> Evaluator<'a> {
                 event: None,
                 follow_up: None,
             };
-            let mut qualifying: Vec<(&Record, &Period)> = self
+            let mut qualifying: Vec<(&Record, Option<&Period>)> = self
                 .matching(&index.query, &at)
                 .into_iter()
                 .filter(|r| {
@@ -689,16 +714,24 @@ impl<'a> Evaluator<'a> {
                     let (before, after) = index.observation;
                     let from = r.start + Duration::days(before);
                     let to = r.start + Duration::days(after);
+                    // The earliest period that qualifies, should periods overlap.
                     let period = self
                         .periods
-                        .get(&person.id)?
-                        .iter()
-                        .find(|p| p.start <= from && p.end >= to)?;
-                    Some((r, *period))
+                        .get(&person.id)
+                        .into_iter()
+                        .flatten()
+                        .filter(|p| p.start <= from && p.end >= to)
+                        .min_by_key(|p| (p.start, p.end))
+                        .copied();
+                    match period {
+                        Some(p) => Some((r, Some(p))),
+                        None if index.any_observation => Some((r, None)),
+                        None => None,
+                    }
                 })
                 .collect();
             qualifying.sort_by_key(|(r, _)| (r.start, r.id));
-            let chosen: Vec<(&Record, &Period)> = match index.occurrence {
+            let chosen: Vec<(&Record, Option<&Period>)> = match index.occurrence {
                 Occurrence::First => qualifying.into_iter().take(1).collect(),
                 Occurrence::Last => qualifying.into_iter().last().into_iter().collect(),
                 Occurrence::All => qualifying,
@@ -709,7 +742,8 @@ impl<'a> Evaluator<'a> {
                     index: r.start,
                     record: r.id,
                     visit: r.visit,
-                    period: (p.start, p.end),
+                    record_end: record_end(r),
+                    period: p.map(|p| (p.start, p.end)),
                     arm: None,
                     follow_up: None,
                 });
@@ -717,6 +751,17 @@ impl<'a> Evaluator<'a> {
         }
         entries
     }
+}
+
+/// A record's end date as exits read it: a missing end is the start plus the days supplied
+/// (drugs with a supply) or else the start plus 1 day, as OHDSI's Circe fills it; an end before
+/// the start is the start.
+fn record_end(r: &Record) -> NaiveDate {
+    let end = r.end.unwrap_or_else(|| match r.days_supply {
+        Some(d) if d > 0 => r.start + Duration::days(d),
+        _ => r.start + Duration::days(1),
+    });
+    end.max(r.start)
 }
 
 /// How many records, or distinct concepts, days or visits among them (records without a

@@ -273,6 +273,7 @@ impl Session {
             Path::new("<repl>"),
             &text,
             std::time::Duration::ZERO,
+            None,
             &out,
             &|_| {},
             &|note| notes.borrow_mut().push_str(&format!("warning: {note}\n")),

@@ -27,6 +27,9 @@ pub struct RunInfo<'a> {
     pub study_path: &'a Path,
     pub study_text: &'a str,
     pub study_hash: &'a str,
+    /// Whether `--cohort-id` replaced the study's cohort id (`study.output.cohort_id` is the
+    /// one in force either way).
+    pub cohort_id_from_command_line: bool,
     /// How `run.json` names the repository: its directory's name (a full path would publish a
     /// site's directory layout).
     pub repository: &'a str,
@@ -283,6 +286,8 @@ fn run_record(info: &RunInfo, run: &Execution, written: &Written) -> serde_json:
             "min_cell_count": policy.min_cell_count,
             "pseudonymise_ids": policy.pseudonymise_ids,
         },
+        "cohort_definition_id": policy.cohort_id,
+        "cohort_id_from": if info.cohort_id_from_command_line { "--cohort-id" } else { "study" },
         "timings": timings,
         "files": OUTPUT_FILES,
     })

@@ -42,12 +42,16 @@ impl Workspace {
     /// queries (it reads every file once). The output directory is claimed before the study
     /// runs, so a refused `--out` costs nothing. `progress` is told each stage as it starts,
     /// and `note` what the user should know (leftovers removed, data-quality warnings).
+    /// `cohort_id`, from the command line, replaces the study's `cohort id` for this run; the
+    /// study hash stays the file's.
+    #[allow(clippy::too_many_arguments)]
     pub async fn run_to(
         &self,
         study: &Study,
         study_path: &Path,
         text: &str,
         check_time: std::time::Duration,
+        cohort_id: Option<i64>,
         out: &Path,
         progress: &dyn Fn(&str),
         note: &dyn Fn(&str),
@@ -60,6 +64,12 @@ impl Workspace {
                 out.display()
             ));
         }
+        let hash = study_hash(study);
+        let mut effective = study.clone();
+        if let Some(id) = cohort_id {
+            effective.output.cohort_id = id;
+        }
+        let study = &effective;
         let repo = self.repo.clone();
         let fingerprint = tokio::task::spawn_blocking(move || data_fingerprint(&repo));
         let run = execute(study, &self.ctx, progress).await;
@@ -81,7 +91,8 @@ impl Workspace {
             study,
             study_path,
             study_text: text,
-            study_hash: &study_hash(study),
+            study_hash: &hash,
+            cohort_id_from_command_line: cohort_id.is_some(),
             repository: &self.repository_name(),
             data_fingerprint: &fingerprint,
             data_warnings: &warnings,

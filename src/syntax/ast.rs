@@ -484,6 +484,8 @@ pub enum EntryOptionKind {
     From(Spanned<String>),
     Until(Spanned<String>),
     Observation(Window),
+    /// `with or without observation`: records outside every observation period qualify too.
+    AnyObservation,
 }
 
 /// `require …` or `exclude …`: one attrition step.
@@ -547,6 +549,10 @@ pub enum ExitKind {
     },
     Date(Spanned<String>),
     Offset(AnchorPoint),
+    /// `end of index record [+ N days]`
+    RecordEnd {
+        extra: Option<Spanned<String>>,
+    },
     Event {
         first: bool,
         query: EventQuery,
@@ -632,6 +638,7 @@ pub struct OutputItem {
 pub enum OutputKind {
     MinCellCount(Spanned<String>),
     PersonIds { pseudonymised: bool },
+    CohortId(Spanned<String>),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -442,6 +442,9 @@ fn build_section(pair: Pair<Rule>) -> Section {
                         Rule::min_cell_count => {
                             OutputKind::MinCellCount(text(&p.into_inner().last().unwrap()))
                         }
+                        Rule::cohort_id => {
+                            OutputKind::CohortId(text(&p.into_inner().last().unwrap()))
+                        }
                         _ => OutputKind::PersonIds {
                             pseudonymised: p.into_inner().last().unwrap().as_rule()
                                 == Rule::kw_pseudonymised,
@@ -1055,6 +1058,10 @@ fn build_index(pair: Pair<Rule>) -> IndexDef {
                     span: sp,
                 });
             }
+            Rule::any_observation => options.push(EntryOption {
+                kind: EntryOptionKind::AnyObservation,
+                span: span(&p),
+            }),
             _ => {}
         }
     }
@@ -1169,6 +1176,12 @@ fn build_exit(pair: Pair<Rule>) -> Exit {
                 extra,
             }
         }
+        Rule::record_end => ExitKind::RecordEnd {
+            extra: p
+                .into_inner()
+                .find(|c| c.as_rule() == Rule::exposure_extra)
+                .map(|c| text(&c.into_inner().next().unwrap())),
+        },
         Rule::exit_date => ExitKind::Date(text(&p.into_inner().next().unwrap())),
         Rule::anchor_point => ExitKind::Offset(build_anchor_point(p)),
         _ => {
