@@ -200,3 +200,39 @@ fn the_readme_shows_what_the_commands_print() {
         "README:\n{expected}\nprinted:\n{printed}"
     );
 }
+
+/// Every construct the grammar accepts is shown in docs/language.md: each grammar rule appears
+/// in the syntax tree of some `study` block there.
+#[test]
+fn the_language_reference_shows_every_grammar_rule() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut shown = std::collections::BTreeSet::new();
+    for block in study_blocks(&root.join("docs/language.md")) {
+        if let Some(rules) = cohortql::syntax::rules_used(&block.text) {
+            shown.extend(rules);
+        }
+    }
+    // Silent rules (`= _{`) never appear in a tree, nor do the rules inside an atomic one: the
+    // characters of a name, and `inf` inside a window bound (shown as `[-inf, -1] days`).
+    let grammar = std::fs::read_to_string(root.join("grammar/study.pest")).unwrap();
+    let silent: std::collections::BTreeSet<String> = grammar
+        .lines()
+        .filter_map(|l| {
+            let (name, rest) = l.split_once('=')?;
+            rest.trim_start()
+                .starts_with("_{")
+                .then(|| name.trim().to_string())
+        })
+        .collect();
+    let inside_atomic = ["name_chars", "kw_inf"];
+    let missing: Vec<String> = cohortql::syntax::all_rules()
+        .into_iter()
+        .filter(|r| {
+            !shown.contains(r) && !silent.contains(r) && !inside_atomic.contains(&r.as_str())
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/language.md shows no example of these grammar rules: {missing:?}"
+    );
+}

@@ -316,7 +316,17 @@ fn criterion(rng: &mut ChaCha8Rng, depth: u32) -> Criterion {
 fn covariate(rng: &mut ChaCha8Rng, i: usize) -> Covariate {
     let value = match rng.random_range(0..8) {
         0 => CovariateValue::Sex,
-        1 => CovariateValue::Quantity(Quantity::Age(Anchor::Index)),
+        1 => {
+            let at =
+                [Anchor::Index, Anchor::FollowUpStart, Anchor::FollowUpEnd][rng.random_range(0..3)];
+            CovariateValue::Quantity(
+                [
+                    Quantity::Age(at),
+                    Quantity::CalendarAge(at),
+                    Quantity::Year(at),
+                ][rng.random_range(0..3)],
+            )
+        }
         2 => CovariateValue::Count {
             distinct: [None, Some(Distinct::Days)][rng.random_range(0..2)],
             query: query(rng, 0),

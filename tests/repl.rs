@@ -315,3 +315,32 @@ fn a_terminal_session_builds_a_study() {
         assert!(printed.contains(count), "{count} in: {printed}");
     }
 }
+
+/// A line only one section takes goes there from whichever section is current: `collapse`,
+/// `until`, `study period` to follow-up, `min cell count`, `cohort id` to output.
+#[test]
+fn lines_of_another_section_go_to_it() {
+    let o = repl(
+        "concepts\n\
+         celecoxib = drug 1118084\n\
+         index = all drug era in celecoxib\n\
+         collapse entries within 30 days\n\
+         study period from 2000-01-01\n\
+         require age at index >= 40\n\
+         cohort id 9\n\
+         :show\n",
+        &[],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    assert!(!err.contains("error"), "{err}");
+    assert!(
+        out.contains(
+            "follow-up\n  collapse entries within 30 days\n  study period from 2000-01-01\n"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("output\n  cohort id 9\n"), "{out}");
+    assert!(out.contains("require age at index >= 40"), "{out}");
+}

@@ -677,7 +677,13 @@ impl<'a> Checker<'a> {
             let value = match &def.value {
                 ast::CovariateValue::Sex => CovariateValue::Sex,
                 ast::CovariateValue::Quantity(q) => {
-                    self.anchor(&Spanned::new(q.node.anchor(), q.span), scope);
+                    // A value covariate may be taken at follow-up start or end: the dataset is
+                    // built after follow-up (criteria and flags are decided before it).
+                    let values = Scope {
+                        place: Place::Outcome,
+                        ..scope
+                    };
+                    self.anchor(&Spanned::new(q.node.anchor(), q.span), values);
                     CovariateValue::Quantity(q.node)
                 }
                 ast::CovariateValue::Count {

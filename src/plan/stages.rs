@@ -610,11 +610,9 @@ impl Planner<'_> {
 
     /// One row per cohort entry: the person, index, follow-up, arm, covariates and endpoints.
     pub fn dataset(&mut self, cohort: LogicalPlan) -> Result<LogicalPlan> {
-        let ctx = entry_ctx(cohort, true);
-        let mut at_index = Ctx {
-            follow_up: None,
-            ..ctx
-        };
+        // Covariates see follow-up start and end: values may be taken there (the checker
+        // keeps windows and criteria of covariates at baseline).
+        let mut ctx = entry_ctx(cohort, true);
         let mut outputs: Vec<Expr> = [
             PERSON,
             INDEX_DATE,
@@ -630,14 +628,10 @@ impl Planner<'_> {
         }
         let mut values: Vec<Expr> = Vec::new();
         for covariate in &self.study.covariates {
-            let value = self.covariate(&covariate.value, &values, &mut at_index)?;
+            let value = self.covariate(&covariate.value, &values, &mut ctx)?;
             values.push(value.clone());
             outputs.push(value.alias(&covariate.name));
         }
-        let mut ctx = Ctx {
-            follow_up: Some((FOLLOW_UP_START.into(), FOLLOW_UP_END.into())),
-            ..at_index
-        };
         for endpoint in &self.study.endpoints {
             let (rows, rec) = self.found(&endpoint.query, &endpoint.window, &ctx)?;
             match endpoint.kind {

@@ -122,7 +122,12 @@ pub fn evaluate_study(study: &Study, data: &Data) -> Evaluation {
     let rows = entries
         .into_iter()
         .map(|entry| {
-            let at = ev.at_index(&entry);
+            // Covariates see follow-up start and end: values may be taken there (the checker
+            // keeps windows and criteria of covariates at baseline).
+            let at = At {
+                follow_up: entry.follow_up,
+                ..ev.at_index(&entry)
+            };
             let covariates: Vec<Cell> = {
                 let mut cells: Vec<Cell> = Vec::with_capacity(study.covariates.len());
                 for c in &study.covariates {

@@ -13,6 +13,9 @@ pub const SECTIONS: [&str; 8] = [
 ];
 
 const POPULATION: usize = 1;
+const FOLLOW_UP: usize = 3;
+const OUTPUT: usize = 6;
+const CONSENT: usize = 7;
 
 /// What a typed line is, for the draft.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,7 +65,17 @@ impl Draft {
         if let Some(i) = section {
             return LineKind::Section(i);
         }
+        let words: Vec<&str> = normalised.split(' ').collect();
+        let second = words.get(1).copied().unwrap_or("");
         match first_word(trimmed).as_str() {
+            // Lines whose first words only one section takes go there, whichever is current.
+            "study" if second == "period" => LineKind::Statement(FOLLOW_UP),
+            "from" | "until" | "collapse" => LineKind::Statement(FOLLOW_UP),
+            "min" if second == "cell" => LineKind::Statement(OUTPUT),
+            "person" if second == "ids" => LineKind::Statement(OUTPUT),
+            "cohort" if second == "id" => LineKind::Statement(OUTPUT),
+            "required" if second == "by" => LineKind::Statement(CONSENT),
+            "not" if second == "required" => LineKind::Statement(CONSENT),
             "study" => LineKind::Title(
                 trimmed["study".len()..]
                     .trim()
@@ -187,6 +200,21 @@ mod tests {
             LineKind::Statement(1)
         );
         assert_eq!(d.classify("study \"A b\""), LineKind::Title("A b".into()));
+        // Lines only one section takes go there from any section.
+        d.current = Some(1);
+        for (line, section) in [
+            ("collapse entries within 30 days", 3),
+            ("until end of observation", 3),
+            ("from index + 1 day", 3),
+            ("study period from 2000-01-01", 3),
+            ("min cell count 10", 6),
+            ("person ids original", 6),
+            ("cohort id 3", 6),
+            ("required by observation in c", 7),
+            ("not required", 7),
+        ] {
+            assert_eq!(d.classify(line), LineKind::Statement(section), "{line}");
+        }
         assert_eq!(d.classify("version \"1\""), LineKind::HeaderItem);
     }
 

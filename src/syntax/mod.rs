@@ -4,7 +4,7 @@ pub mod ast;
 mod parser;
 pub mod source;
 
-pub use parser::{accepts_after, parse_study, MAX_NESTING};
+pub use parser::{accepts_after, all_rules, parse_study, rules_used, MAX_NESTING};
 
 /// Every keyword of the language (lower case). None of them can name a concept set.
 pub const KEYWORDS: &[&str] = &[

@@ -26,6 +26,23 @@ pub fn parse_study(text: &str) -> Result<StudyFile, Diagnostic> {
     Ok(build_file(file))
 }
 
+/// The names of the grammar's rules that appear in the syntax tree of `text` (a whole study),
+/// or `None` when it does not parse. For the test that docs/language.md shows every rule.
+pub fn rules_used(text: &str) -> Option<std::collections::BTreeSet<String>> {
+    let pairs = StudyParser::parse(Rule::file, text).ok()?;
+    Some(
+        pairs
+            .flatten()
+            .map(|p| format!("{:?}", p.as_rule()))
+            .collect(),
+    )
+}
+
+/// The names of every rule of the grammar that can appear in a syntax tree.
+pub fn all_rules() -> Vec<String> {
+    Rule::all_rules().iter().map(|r| format!("{r:?}")).collect()
+}
+
 fn only_comments(text: &str) -> bool {
     text.lines().all(|l| {
         let t = l.trim();
