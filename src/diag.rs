@@ -48,6 +48,7 @@ pub enum Code {
     DuplicateSetting,
     EndpointNeedsFollowUp,
     InvalidExit,
+    OptionNotForIndex,
     LookAhead,
     EndpointBeforeFollowUp,
     EmptyConceptSet,
@@ -56,7 +57,7 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 39] = [
+    pub const ALL: [Code; 40] = [
         Code::InvalidUtf8,
         Code::BinaryFile,
         Code::EmptyFile,
@@ -91,6 +92,7 @@ impl Code {
         Code::DuplicateSetting,
         Code::EndpointNeedsFollowUp,
         Code::InvalidExit,
+        Code::OptionNotForIndex,
         Code::LookAhead,
         Code::EndpointBeforeFollowUp,
         Code::EmptyConceptSet,
@@ -135,6 +137,7 @@ impl Code {
             Code::DuplicateSetting => "E0502",
             Code::EndpointNeedsFollowUp => "E0503",
             Code::InvalidExit => "E0504",
+            Code::OptionNotForIndex => "E0505",
             Code::LookAhead => "W0001",
             Code::EndpointBeforeFollowUp => "W0002",
             Code::EmptyConceptSet => "W0003",
@@ -188,6 +191,7 @@ impl Code {
             Code::DuplicateSetting => "a setting written twice",
             Code::EndpointNeedsFollowUp => "a time-to-event endpoint outside follow-up",
             Code::InvalidExit => "an exit that cannot end follow-up",
+            Code::OptionNotForIndex => "an index option that does not apply",
             Code::LookAhead => "a covariate window that reaches past index (look-ahead bias)",
             Code::EndpointBeforeFollowUp => "an endpoint that can occur before follow-up starts",
             Code::EmptyConceptSet => "a concept set that is always empty",

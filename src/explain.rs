@@ -28,6 +28,17 @@ pub fn explain_study(study: &Study) -> String {
         writeln!(out, "Authors: {}", escaped(&study.authors.join(", "))).unwrap();
     }
 
+    if !study.acknowledged.is_empty() {
+        out.push_str("Acknowledged warnings (not shown by `check`):\n");
+        for a in &study.acknowledged {
+            let summary = crate::diag::Code::ALL
+                .iter()
+                .find(|c| c.id() == a.code)
+                .map_or("", |c| c.title());
+            writeln!(out, "  {} ({summary}): {}", a.code, escaped(&a.reason)).unwrap();
+        }
+    }
+
     out.push_str("\nConcept sets\n");
     if study.concept_sets.is_empty() {
         out.push_str("  (none: events are selected by domain only)\n");
@@ -415,6 +426,21 @@ impl Explainer<'_> {
     fn index(&self, index: &IndexEvent) -> String {
         let mut out = String::new();
         let q = self.query(&index.query, false);
+        if let Some(day) = index.at_date {
+            write!(out, "Every person with an observation period that contains {day} enters the study on that day: the index date is {day} and the period is the index record.").unwrap();
+            let (before, after) = index.observation;
+            if (before, after) != (0, 0) {
+                write!(
+                    out,
+                    "\nThe same period must cover the {} before it and the {} after it.",
+                    plural(before, "day"),
+                    plural(after, "day")
+                )
+                .unwrap();
+            }
+            out.push_str("\nThe attrition table starts with every observation period (the persons with one, and the number of periods), then the persons in observation on that day.\n");
+            return out;
+        }
         match index.occurrence {
             Occurrence::First => write!(out, "Each person's index date is the start date of their first qualifying {q}.").unwrap(),
             Occurrence::Last => write!(out, "Each person's index date is the start date of their last qualifying {q}.").unwrap(),

@@ -56,10 +56,14 @@ fn layout(file: &StudyFile) -> Vec<Line> {
             HeaderKey::Question => "question",
             HeaderKey::Description => "description",
             HeaderKey::Author => "author",
+            HeaderKey::Acknowledge => "acknowledge",
         };
+        let code = field.code.as_ref().map_or(String::new(), |c| {
+            format!(" {}", c.node.to_ascii_uppercase())
+        });
         lines.push(Line {
             indent: 1,
-            text: format!("{key} {}", quote(&field.value.node)),
+            text: format!("{key}{code} {}", quote(&field.value.node)),
             span: field.key.span.to(field.value.span),
             blank_before: false,
         });
@@ -584,6 +588,11 @@ fn quantifier_text(q: &Quantifier) -> String {
 
 fn index_text(index: &IndexDef) -> String {
     let mut out = "index = ".to_string();
+    match index.each_person.as_ref().map(|e| &e.node) {
+        Some(EachPerson::ObservationStart) => out.push_str("each person at start of observation"),
+        Some(EachPerson::Date(d)) => write!(out, "each person at {}", d.node).unwrap(),
+        None => {}
+    }
     if let Some(o) = &index.occurrence {
         out.push_str(match o.node {
             Occurrence::First => "first ",
@@ -591,7 +600,9 @@ fn index_text(index: &IndexDef) -> String {
             Occurrence::All => "all ",
         });
     }
-    out.push_str(&event_query_text(&index.query));
+    if index.each_person.is_none() {
+        out.push_str(&event_query_text(&index.query));
+    }
     if index.options.is_empty() {
         return out;
     }

@@ -18,6 +18,10 @@ pub struct Study {
     pub question: Option<String>,
     pub description: Option<String>,
     pub authors: Vec<String>,
+    /// Warnings the study acknowledges, with the reason it gives: `check` no longer shows them
+    /// and `explain` lists them. Left out of the hash's form when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub acknowledged: Vec<Acknowledgement>,
     /// Named concept sets, in the order they are declared.
     pub concept_sets: Vec<ConceptSet>,
     /// Time zero: the event that defines each person's index date.
@@ -31,6 +35,14 @@ pub struct Study {
     pub endpoints: Vec<Endpoint>,
     pub output: OutputPolicy,
     pub consent: Consent,
+}
+
+/// `acknowledge W0001 "why"`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Acknowledgement {
+    /// The warning's code, e.g. `W0001`.
+    pub code: String,
+    pub reason: String,
 }
 
 /// `celecoxib = drug 1118084 "celecoxib" + descendants`: a named set of concepts.
@@ -222,6 +234,11 @@ pub struct IndexEvent {
     /// Left out of the hash's form when false, so studies without it keep their hash.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub any_observation: bool,
+    /// `each person at DATE`: every person with an observation period that contains the date
+    /// enters on it (`query` is then observation periods, the period being the index record).
+    /// Left out of the hash's form when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at_date: Option<NaiveDate>,
 }
 
 /// The attrition table's first rule: every record of the index event, before observation,

@@ -389,10 +389,22 @@ fn random_study(rng: &mut ChaCha8Rng, base: &Study) -> Study {
             .then(|| NaiveDate::from_ymd_opt(2020, 2, 5).unwrap()),
         observation: (0, 0),
         any_observation: false,
+        at_date: None,
     };
-    match rng.random_range(0..4) {
+    match rng.random_range(0..5) {
         0 | 1 => {}
         2 => study.index.any_observation = true,
+        3 => {
+            // `each person at DATE`: observation periods, dated on the day.
+            study.index.at_date = NaiveDate::from_ymd_opt(2020, 1, 20);
+            study.index.query = EventQuery {
+                domain: Domain::ObservationPeriod,
+                concepts: None,
+                filters: vec![],
+            };
+            study.index.from = None;
+            study.index.until = None;
+        }
         _ => study.index.observation = (-rng.random_range(0..15), rng.random_range(0..15)),
     }
     study.steps = (0..rng.random_range(0..4))

@@ -35,9 +35,26 @@ pub fn check_study(file: &ast::StudyFile) -> Checked {
         set_defs: Vec::new(),
         suggestions_left: 100,
         any_observation_span: None,
+        acknowledgements: Vec::new(),
     };
     let study = checker.study(file);
     let mut diagnostics = checker.diagnostics;
+    // Acknowledged warnings are not shown; an acknowledgement with nothing to acknowledge is.
+    for (code, span) in &checker.acknowledgements {
+        let before = diagnostics.len();
+        diagnostics.retain(|d| d.is_error() || d.code.id() != code);
+        if diagnostics.len() == before {
+            diagnostics.push(
+                Diagnostic::new(
+                    Code::NoEffect,
+                    format!("the study raises no {code} to acknowledge"),
+                )
+                .at(*span)
+                .label("nothing to acknowledge")
+                .help("remove the line, or check the warning's code in docs/errors.md"),
+            );
+        }
+    }
     diagnostics.sort_by_key(|d| (d.span.map_or(0, |s| s.start), d.severity));
     let has_errors = diagnostics.iter().any(Diagnostic::is_error);
     Checked {
@@ -74,6 +91,8 @@ pub(crate) struct Checker<'a> {
     /// Where the index definition says `with or without observation`, for a warning about
     /// follow-up.
     any_observation_span: Option<Span>,
+    /// The warning codes the study acknowledges, with where.
+    acknowledgements: Vec<(String, Span)>,
 }
 
 impl<'a> Checker<'a> {
@@ -86,8 +105,43 @@ impl<'a> Checker<'a> {
         let mut question = None;
         let mut description = None;
         let mut authors = Vec::new();
+        let mut acknowledged: Vec<Acknowledgement> = Vec::new();
         for field in &file.fields {
             let slot = match field.key.node {
+                ast::HeaderKey::Acknowledge => {
+                    let code = field.code.as_ref().expect("the grammar requires a code");
+                    let id = code.node.to_ascii_uppercase();
+                    let known = Code::ALL
+                        .iter()
+                        .any(|c| c.id() == id && c.severity() == crate::diag::Severity::Warning);
+                    if !known {
+                        self.push(
+                            Diagnostic::new(
+                                Code::NoEffect,
+                                format!("{id} is not a warning cohortql gives"),
+                            )
+                            .at(code.span)
+                            .label("no such warning")
+                            .help("docs/errors.md lists the warnings, W0001 to W0005"),
+                        );
+                    } else if let Some((_, first)) =
+                        self.acknowledgements.iter().find(|(c, _)| *c == id)
+                    {
+                        let first = *first;
+                        self.push(duplicate_setting(
+                            "an acknowledgement of this warning",
+                            code.span,
+                            first,
+                        ));
+                    } else {
+                        self.acknowledgements.push((id.clone(), code.span));
+                        acknowledged.push(Acknowledgement {
+                            code: id,
+                            reason: field.value.node.clone(),
+                        });
+                    }
+                    continue;
+                }
                 ast::HeaderKey::Version => &mut version,
                 ast::HeaderKey::Question => &mut question,
                 ast::HeaderKey::Description => &mut description,
@@ -250,6 +304,7 @@ impl<'a> Checker<'a> {
             question: question.map(|v| v.0),
             description: description.map(|v| v.0),
             authors,
+            acknowledged,
             concept_sets,
             index,
             steps,
@@ -278,6 +333,7 @@ impl<'a> Checker<'a> {
             until: None,
             observation: (0, 0),
             any_observation: false,
+            at_date: None,
         };
         let Some((population, section_span)) = population else {
             self.push(
@@ -315,8 +371,31 @@ impl<'a> Checker<'a> {
     }
 
     fn index_event(&mut self, def: &ast::IndexDef) -> IndexEvent {
+        // `each person at start of observation` is each person's first observation period;
+        // `each person at DATE`, the period that contains the date, entered on the date.
+        let at_date = match def.each_person.as_ref().map(|e| &e.node) {
+            Some(ast::EachPerson::Date(d)) => Some(self.date(d)),
+            _ => None,
+        };
+        if at_date.is_some() {
+            for option in &def.options {
+                if matches!(option.kind, ast::EntryOptionKind::Observation(_)) {
+                    continue;
+                }
+                self.push(
+                    Diagnostic::new(
+                        Code::OptionNotForIndex,
+                        "this option does nothing for an index on a fixed date",
+                    )
+                    .at(option.span)
+                    .label("does not apply")
+                    .help("every entry is dated on that day, inside an observation period; only `with continuous observation` applies"),
+                );
+            }
+        }
         let occurrence = match &def.occurrence {
             Some(o) => o.node,
+            None if def.each_person.is_some() => Occurrence::First,
             None => {
                 self.push(
                     Diagnostic::new(Code::MissingIndex, "which qualifying event is time zero?")
@@ -438,7 +517,8 @@ impl<'a> Checker<'a> {
             from: from.map(|f| f.0),
             until: until.map(|u| u.0),
             observation: observation.map_or((0, 0), |o| o.0),
-            any_observation,
+            any_observation: any_observation && at_date.is_none(),
+            at_date,
         }
     }
 

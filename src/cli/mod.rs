@@ -325,10 +325,18 @@ fn check(files: &[PathBuf], json: bool) -> Result<Status, String> {
             failed |= report(path, &compiled);
             if !compiled.has_errors() {
                 let warnings = compiled.diagnostics.len();
-                let note = if warnings == 0 {
+                let acknowledged = compiled.study.as_ref().map_or(0, |s| s.acknowledged.len());
+                let mut notes = Vec::new();
+                if warnings > 0 {
+                    notes.push(count(warnings, "warning"));
+                }
+                if acknowledged > 0 {
+                    notes.push(format!("{} acknowledged", count(acknowledged, "warning")));
+                }
+                let note = if notes.is_empty() {
                     String::new()
                 } else {
-                    format!(" ({})", count(warnings, "warning"))
+                    format!(" ({})", notes.join(", "))
                 };
                 print!("{}: ok{note}\n", display(path));
             }

@@ -215,6 +215,26 @@ impl Planner<'_> {
         let (persons, pc) = self.persons()?;
         let ctx = Ctx::of_persons(persons, &pc);
         let (mut rows, rec) = self.matching(&index.query, &ctx)?;
+        if let Some(day) = index.at_date {
+            // The observation periods that contain the day, each dated on it.
+            rows = filter(
+                rows,
+                c(&rec.start)
+                    .lt_eq(date_lit(day))
+                    .and(c(&rec.end).gt_eq(date_lit(day))),
+            )?;
+            let dated: Vec<Expr> = names(&rows)
+                .iter()
+                .map(|n| {
+                    if *n == rec.start {
+                        date_lit(day).alias(n)
+                    } else {
+                        c(n)
+                    }
+                })
+                .collect();
+            rows = project(rows, dated)?;
+        }
         if let Some(from) = index.from {
             rows = filter(rows, c(&rec.start).gt_eq(date_lit(from)))?;
         }

@@ -708,9 +708,23 @@ impl<'a> Evaluator<'a> {
                 event: None,
                 follow_up: None,
             };
-            let mut qualifying: Vec<(&Record, Option<&Period>)> = self
+            // With `each person at DATE`, the observation periods that contain the date, each
+            // dated on it.
+            let records: Vec<Record> = self
                 .matching(&index.query, &at)
                 .into_iter()
+                .filter(|r| {
+                    index
+                        .at_date
+                        .is_none_or(|d| r.start <= d && r.end.is_some_and(|e| e >= d))
+                })
+                .map(|r| Record {
+                    start: index.at_date.unwrap_or(r.start),
+                    ..r.clone()
+                })
+                .collect();
+            let mut qualifying: Vec<(&Record, Option<&Period>)> = records
+                .iter()
                 .filter(|r| {
                     index.from.is_none_or(|f| r.start >= f)
                         && index.until.is_none_or(|u| r.start <= u)

@@ -82,7 +82,9 @@ impl Draft {
                     .trim_matches('"')
                     .to_string(),
             ),
-            "version" | "question" | "description" | "author" => LineKind::HeaderItem,
+            "version" | "question" | "description" | "author" | "acknowledge" => {
+                LineKind::HeaderItem
+            }
             "index" | "require" | "exclude" => LineKind::Statement(POPULATION),
             _ => match self.current {
                 Some(i) => LineKind::Statement(i),
@@ -216,6 +218,10 @@ mod tests {
             assert_eq!(d.classify(line), LineKind::Statement(section), "{line}");
         }
         assert_eq!(d.classify("version \"1\""), LineKind::HeaderItem);
+        assert_eq!(
+            d.classify("acknowledge W0001 \"why\""),
+            LineKind::HeaderItem
+        );
     }
 
     #[test]

@@ -44,10 +44,13 @@ pub struct StudyFile {
     pub sections: Vec<Section>,
 }
 
-/// `version "1.0.0"`, `question "..."`, `description "..."`, `author "..."`.
+/// `version "1.0.0"`, `question "..."`, `description "..."`, `author "..."`, or
+/// `acknowledge W0001 "why"`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct HeaderField {
     pub key: Spanned<HeaderKey>,
+    /// The warning code of `acknowledge`.
+    pub code: Option<Spanned<String>>,
     pub value: Spanned<String>,
 }
 
@@ -57,6 +60,7 @@ pub enum HeaderKey {
     Question,
     Description,
     Author,
+    Acknowledge,
 }
 
 /// One top-level section; `span` covers its keyword.
@@ -459,10 +463,20 @@ pub struct Population {
 /// `index = first drug in nsaids between 2010-01-01 and 2019-12-31`
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct IndexDef {
+    /// `each person at …`; `occurrence` is then `None` and `query` stands for observation
+    /// periods (what each person's entry is taken from), spanning the phrase.
+    pub each_person: Option<Spanned<EachPerson>>,
     pub occurrence: Option<Spanned<Occurrence>>,
     pub query: EventQuery,
     pub options: Vec<EntryOption>,
     pub span: Span,
+}
+
+/// `each person at start of observation` or `each person at 2020-01-01`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum EachPerson {
+    ObservationStart,
+    Date(Spanned<String>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

@@ -9,6 +9,7 @@ pub use parser::{accepts_after, all_rules, parse_study, rules_used, MAX_NESTING}
 /// Every keyword of the language (lower case). None of them can name a concept set.
 pub const KEYWORDS: &[&str] = &[
     "above",
+    "acknowledge",
     "after",
     "age",
     "all",
@@ -45,6 +46,7 @@ pub const KEYWORDS: &[&str] = &[
     "drug",
     "duration",
     "during",
+    "each",
     "earliest",
     "end",
     "endpoint",

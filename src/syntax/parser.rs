@@ -391,17 +391,27 @@ fn build_file(pair: Pair<Rule>) -> StudyFile {
 fn build_header_field(pair: Pair<Rule>) -> HeaderField {
     let mut inner = pair.into_inner();
     let key = inner.next().unwrap();
-    let kw = key.clone().into_inner().next().unwrap();
+    let kw = match key.as_rule() {
+        Rule::kw_acknowledge => key.clone(),
+        _ => key.clone().into_inner().next().unwrap(),
+    };
     let k = match kw.as_rule() {
         Rule::kw_version => HeaderKey::Version,
         Rule::kw_question => HeaderKey::Question,
         Rule::kw_description => HeaderKey::Description,
+        Rule::kw_acknowledge => HeaderKey::Acknowledge,
         _ => HeaderKey::Author,
     };
-    let value = string_value(&inner.next().unwrap());
+    let mut next = inner.next().unwrap();
+    let mut code = None;
+    if next.as_rule() == Rule::warning_code {
+        code = Some(text(&next));
+        next = inner.next().unwrap();
+    }
     HeaderField {
         key: Spanned::new(k, span(&key)),
-        value,
+        code,
+        value: string_value(&next),
     }
 }
 
@@ -1032,9 +1042,25 @@ fn build_index(pair: Pair<Rule>) -> IndexDef {
     let s = span(&pair);
     let mut occurrence = None;
     let mut query = None;
+    let mut each_person = None;
     let mut options = Vec::new();
     for p in pair.into_inner() {
         match p.as_rule() {
+            Rule::each_person => {
+                let sp = span(&p);
+                let at = p.into_inner().last().unwrap();
+                let which = match at.as_rule() {
+                    Rule::date => EachPerson::Date(text(&at)),
+                    _ => EachPerson::ObservationStart,
+                };
+                each_person = Some(Spanned::new(which, sp));
+                query = Some(EventQuery {
+                    domain: Spanned::new(Domain::ObservationPeriod, sp),
+                    concepts: None,
+                    filters: Vec::new(),
+                    span: sp,
+                });
+            }
             Rule::occurrence => {
                 let sp = span(&p);
                 let o = match p.into_inner().next().unwrap().as_rule() {
@@ -1083,6 +1109,7 @@ fn build_index(pair: Pair<Rule>) -> IndexDef {
         }
     }
     IndexDef {
+        each_person,
         occurrence,
         query: query.unwrap(),
         options,
