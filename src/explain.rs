@@ -292,6 +292,12 @@ impl Explainer<'_> {
     }
 
     fn query(&self, q: &EventQuery, many: bool) -> String {
+        let alternatives: Vec<String> = q.alternatives().map(|a| self.alt(a, many)).collect();
+        alternatives.join(", or ")
+    }
+
+    /// One alternative of a query: its domain, concepts and filters.
+    fn alt(&self, q: &EventQuery, many: bool) -> String {
         let mut out = domain_noun(q.domain, many);
         if let Some(c) = &q.concepts {
             write!(out, " in {}", self.concept_ref(c)).unwrap();

@@ -358,6 +358,11 @@ fn concept_term_text(t: &ConceptTerm) -> String {
 }
 
 pub fn event_query_text(q: &EventQuery) -> String {
+    let alternatives: Vec<String> = q.alternatives().map(event_alt_text).collect();
+    alternatives.join(" | ")
+}
+
+fn event_alt_text(q: &EventQuery) -> String {
     let mut out = q.domain.node.keyword().to_string();
     if let Some(c) = &q.concepts {
         write!(out, " in {}", concept_expr_text(c)).unwrap();

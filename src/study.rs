@@ -112,6 +112,32 @@ pub struct EventQuery {
     /// `None` means records of any concept.
     pub concepts: Option<ConceptExpr>,
     pub filters: Vec<EventFilter>,
+    /// `… | observation in x`: the records of these queries too (each with no `also` of its
+    /// own). Left out of the hash's form when empty.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<EventQuery>,
+}
+
+impl EventQuery {
+    /// Records of one domain, of any concept, unfiltered.
+    pub fn of(domain: Domain) -> EventQuery {
+        EventQuery {
+            domain,
+            concepts: None,
+            filters: Vec::new(),
+            also: Vec::new(),
+        }
+    }
+
+    /// This query's alternatives: itself (without `also`) and each of `also`.
+    pub fn alternatives(&self) -> impl Iterator<Item = &EventQuery> {
+        std::iter::once(self).chain(self.also.iter())
+    }
+
+    /// The domains of its alternatives.
+    pub fn domains(&self) -> impl Iterator<Item = Domain> + '_ {
+        self.alternatives().map(|q| q.domain)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

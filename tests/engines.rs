@@ -145,6 +145,7 @@ fn random_data(rng: &mut ChaCha8Rng) -> Data {
         for _ in 0..rng.random_range(1..=2) {
             let end = start + Duration::days(rng.random_range(0..70));
             data.periods.push(Period {
+                id: data.periods.len() as i64 + 1,
                 person: id,
                 start,
                 end,
@@ -231,7 +232,16 @@ fn concept_expr(rng: &mut ChaCha8Rng) -> ConceptExpr {
     }
 }
 
+/// A random event query; now and then a union of two (`condition in x | drug in y`).
 fn query(rng: &mut ChaCha8Rng, depth: u32) -> EventQuery {
+    let mut q = alternative(rng, depth);
+    if rng.random_bool(0.15) {
+        q.also.push(alternative(rng, depth));
+    }
+    q
+}
+
+fn alternative(rng: &mut ChaCha8Rng, depth: u32) -> EventQuery {
     let domain = DOMAINS[rng.random_range(0..DOMAINS.len())];
     let mut filters = Vec::new();
     if rng.random_bool(0.3) {
@@ -258,6 +268,7 @@ fn query(rng: &mut ChaCha8Rng, depth: u32) -> EventQuery {
         domain,
         concepts: rng.random_bool(0.85).then(|| concept_expr(rng)),
         filters,
+        also: vec![],
     }
 }
 
@@ -345,6 +356,7 @@ fn covariate(rng: &mut ChaCha8Rng, i: usize) -> Covariate {
                 domain: Domain::Measurement,
                 concepts: rng.random_bool(0.5).then(|| concept_expr(rng)),
                 filters: vec![],
+                also: vec![],
             },
             window: window(rng, Anchor::Index),
         },
@@ -377,6 +389,7 @@ fn random_study(rng: &mut ChaCha8Rng, base: &Study) -> Study {
                     }))
                 }),
                 filters: vec![],
+                also: vec![],
             }
         } else {
             query(rng, 0)
@@ -401,6 +414,7 @@ fn random_study(rng: &mut ChaCha8Rng, base: &Study) -> Study {
                 domain: Domain::ObservationPeriod,
                 concepts: None,
                 filters: vec![],
+                also: vec![],
             };
             study.index.from = None;
             study.index.until = None;
@@ -488,6 +502,7 @@ fn random_study(rng: &mut ChaCha8Rng, base: &Study) -> Study {
                 domain: Domain::Observation,
                 concepts: Some(ConceptExpr::Concept { id: 6, label: None }),
                 filters: vec![],
+                also: vec![],
             },
             from: rng
                 .random_bool(0.5)

@@ -237,6 +237,7 @@ fn literal_data(name: &str, code: &str) -> Data {
         .collect();
     let periods = (1..=4)
         .map(|person| Period {
+            id: person,
             person,
             start: date("2000-01-01"),
             end: date("2020-12-31"),

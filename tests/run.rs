@@ -297,6 +297,7 @@ fn the_cohort_table_has_no_duplicate_rows() {
             day_of_birth: None,
         }],
         periods: vec![Period {
+            id: 1,
             person: 1,
             start: day("2000-01-01"),
             end: day("2020-12-31"),

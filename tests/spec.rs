@@ -86,7 +86,9 @@ fn data(spec: &Spec) -> Data {
         periods: spec
             .periods
             .iter()
-            .map(|(p, s, e)| Period {
+            .enumerate()
+            .map(|(i, (p, s, e))| Period {
+                id: i as i64 + 1,
                 person: *p,
                 start: date(s),
                 end: date(e),

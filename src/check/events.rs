@@ -119,7 +119,15 @@ pub fn has_concepts(d: Domain) -> bool {
 }
 
 impl Checker<'_> {
+    /// An event query with its alternatives (`condition in x | observation in x`).
     pub(super) fn event_query(&mut self, q: &ast::EventQuery, scope: Scope) -> EventQuery {
+        let mut query = self.event_alt(q, scope);
+        query.also = q.also.iter().map(|a| self.event_alt(a, scope)).collect();
+        query
+    }
+
+    /// One alternative of an event query: a domain, its concepts and filters.
+    fn event_alt(&mut self, q: &ast::EventQuery, scope: Scope) -> EventQuery {
         let domain = q.domain.node;
         let concepts = q.concepts.as_ref().map(|c| {
             if !has_concepts(domain) {
@@ -280,6 +288,7 @@ impl Checker<'_> {
             domain,
             concepts,
             filters,
+            also: Vec::new(),
         }
     }
 
@@ -608,11 +617,13 @@ impl Checker<'_> {
                                     .help("did you mean `at least 1`, or `exactly 0` for none?"),
                             );
                         }
-                        if *distinct == Some(Distinct::Visits) && !has_visit(query.domain.node) {
+                        let without_visit =
+                            query.alternatives().find(|a| !has_visit(a.domain.node));
+                        if let (Some(Distinct::Visits), Some(alt)) = (distinct, without_visit) {
                             self.push(
                                 Diagnostic::new(
                                     Code::FilterNotForDomain,
-                                    format!("{} records have no visit to count", query.domain.node.keyword()),
+                                    format!("{} records have no visit to count", alt.domain.node.keyword()),
                                 )
                                 .at(quantifier.as_ref().unwrap().span)
                                 .help("count `distinct days` or `distinct concepts` instead"),

@@ -324,11 +324,7 @@ impl<'a> Checker<'a> {
     ) -> (IndexEvent, Vec<Step>) {
         let placeholder = IndexEvent {
             occurrence: Occurrence::First,
-            query: EventQuery {
-                domain: Domain::Condition,
-                concepts: None,
-                filters: Vec::new(),
-            },
+            query: EventQuery::of(Domain::Condition),
             from: None,
             until: None,
             observation: (0, 0),
@@ -669,8 +665,7 @@ impl<'a> Checker<'a> {
         match &exit.kind {
             ast::ExitKind::ObservationEnd => Exit::ObservationEnd,
             ast::ExitKind::RecordEnd { extra } => {
-                let domain = index.query.domain;
-                if !has_end_date(domain) {
+                if let Some(domain) = index.query.domains().find(|d| !has_end_date(*d)) {
                     self.push(
                         Diagnostic::new(
                             Code::InvalidExit,
@@ -723,13 +718,16 @@ impl<'a> Checker<'a> {
                 Exit::Offset { anchor, days }
             }
             ast::ExitKind::Event { query, .. } => {
-                if query.domain.node == Domain::ObservationPeriod {
+                if let Some(alt) = query
+                    .alternatives()
+                    .find(|a| a.domain.node == Domain::ObservationPeriod)
+                {
                     self.push(
                         Diagnostic::new(
                             Code::InvalidExit,
                             "an observation period does not end follow-up by starting",
                         )
-                        .at(query.domain.span)
+                        .at(alt.domain.span)
                         .help("write `end of observation`"),
                     );
                 }
@@ -771,13 +769,14 @@ impl<'a> Checker<'a> {
                     query,
                     window,
                 } => {
-                    if *distinct == Some(Distinct::Visits) && !has_visit(query.domain.node) {
+                    let without_visit = query.alternatives().find(|a| !has_visit(a.domain.node));
+                    if let (Some(Distinct::Visits), Some(alt)) = (distinct, without_visit) {
                         self.push(
                             Diagnostic::new(
                                 Code::FilterNotForDomain,
                                 format!(
                                     "{} records have no visit to count",
-                                    query.domain.node.keyword()
+                                    alt.domain.node.keyword()
                                 ),
                             )
                             .at(def.span)
@@ -796,13 +795,13 @@ impl<'a> Checker<'a> {
                     query,
                     window,
                 } => {
-                    if !has_values(query.domain.node) {
+                    if let Some(alt) = query.alternatives().find(|a| !has_values(a.domain.node)) {
                         self.push(
                             Diagnostic::new(
                                 Code::ValueOnDomainWithoutValues,
-                                format!("{} records have no value to take", query.domain.node.keyword()),
+                                format!("{} records have no value to take", alt.domain.node.keyword()),
                             )
-                            .at(query.domain.span)
+                            .at(alt.domain.span)
                             .help("values are recorded for measurement, observation and image feature; use `count`, `exists` or `days since` here"),
                         );
                     }

@@ -11,6 +11,7 @@ use datafusion::common::Result;
 use datafusion::functions::expr_fn::{coalesce, date_part, upper};
 use datafusion::functions_aggregate::expr_fn::{count, count_distinct};
 use datafusion::logical_expr::{cast, lit, not, Expr, JoinType, LogicalPlan};
+use std::sync::Arc;
 
 /// The rows a criterion is evaluated at, and which of their columns hold what.
 #[derive(Clone, Debug)]
@@ -86,6 +87,35 @@ impl Planner<'_> {
     /// The records of a query for each context row, before any window: the context's columns
     /// and the records' (`Rec`).
     pub(super) fn matching(&mut self, query: &EventQuery, ctx: &Ctx) -> Result<(LogicalPlan, Rec)> {
+        if query.also.is_empty() {
+            return self.matching_alt(query, ctx);
+        }
+        // A union of the alternatives' records, each under the first one's column names, with
+        // the alternative's number.
+        let context = names(&ctx.base);
+        let alternative = self.fresh("alternative");
+        let mut plans = Vec::new();
+        let mut target: Option<Rec> = None;
+        for (i, alt) in query.alternatives().enumerate() {
+            let (plan, rec) = self.matching_alt(alt, ctx)?;
+            let target = target.get_or_insert_with(|| rec.clone());
+            let mut exprs: Vec<Expr> = context.iter().map(|n| c(n)).collect();
+            for (from, to) in rec.columns().into_iter().zip(target.columns()) {
+                exprs.push(c(from).alias(to));
+            }
+            exprs.push(lit(i as i64).alias(&alternative));
+            plans.push(Arc::new(project(plan, exprs)?));
+        }
+        let mut rec = target.expect("a query has one alternative");
+        rec.alternative = Some(alternative);
+        let union = LogicalPlan::Union(datafusion::logical_expr::Union::try_new_with_loose_types(
+            plans,
+        )?);
+        Ok((union, rec))
+    }
+
+    /// The records of one alternative of a query (its `also` left aside).
+    fn matching_alt(&mut self, query: &EventQuery, ctx: &Ctx) -> Result<(LogicalPlan, Rec)> {
         let modality = query
             .filters
             .iter()

@@ -29,6 +29,31 @@ pub(super) struct Rec {
     pub modality: String,
     pub kind: String,
     pub days_supply: String,
+    /// In a union of alternatives (`condition in x | observation in x`), the column numbering
+    /// the alternative a record comes from (0, 1, …): record ids are unique only per table.
+    pub alternative: Option<String>,
+}
+
+impl Rec {
+    /// The record columns, in one fixed order.
+    pub fn columns(&self) -> [&String; 14] {
+        [
+            &self.person,
+            &self.id,
+            &self.concept,
+            &self.start,
+            &self.end,
+            &self.visit,
+            &self.number,
+            &self.value_concept,
+            &self.unit,
+            &self.low,
+            &self.high,
+            &self.modality,
+            &self.kind,
+            &self.days_supply,
+        ]
+    }
 }
 
 /// The column names of the person relation.
@@ -92,6 +117,7 @@ impl Planner<'_> {
             modality: self.fresh("modality"),
             kind: self.fresh("kind"),
             days_supply: self.fresh("days_supply"),
+            alternative: None,
         }
     }
 

@@ -25,6 +25,9 @@ pub const INDEX_DATE: &str = "index_date";
 pub const INDEX_VISIT: &str = "index_visit_id";
 /// The index record's end date, a missing one filled in (`Planner::record_end`).
 pub const INDEX_END: &str = "index_end_date";
+/// Which alternative of a union index event (`condition in x | observation in x`) the index
+/// record comes from, 0 for the first: with the record id, it identifies the record.
+pub const INDEX_SOURCE: &str = "index_source";
 pub const PERIOD_START: &str = "period_start";
 pub const PERIOD_END: &str = "period_end";
 pub const GENDER: &str = "gender_concept_id";
@@ -36,9 +39,10 @@ pub const ARM: &str = "arm";
 pub const FOLLOW_UP_START: &str = "follow_up_start";
 pub const FOLLOW_UP_END: &str = "follow_up_end";
 
-const ENTRY_COLUMNS: [&str; 11] = [
+const ENTRY_COLUMNS: [&str; 12] = [
     PERSON,
     INDEX_RECORD,
+    INDEX_SOURCE,
     INDEX_DATE,
     INDEX_VISIT,
     INDEX_END,
@@ -69,7 +73,7 @@ fn entry_ctx(plan: LogicalPlan, follow_up: bool) -> Ctx {
     Ctx {
         base: plan,
         attached: Vec::new(),
-        key: strings(&[PERSON, INDEX_RECORD, INDEX_DATE]),
+        key: strings(&[PERSON, INDEX_RECORD, INDEX_SOURCE, INDEX_DATE]),
         person: PERSON.into(),
         gender: GENDER.into(),
         year_of_birth: YEAR_OF_BIRTH.into(),
@@ -246,16 +250,27 @@ impl Planner<'_> {
         let mut with_end: Vec<Expr> = names(&rows).iter().map(|n| c(n)).collect();
         with_end.push(record_end(&rec)?.alias(&index_end));
         let rows = project(rows, with_end)?;
-        let (rows, p) = if index.any_observation {
+        let (mut rows, p) = if index.any_observation {
             self.containing_period(rows, &rec.person.clone(), c(&rec.start))?
         } else {
             self.covering_periods(rows, &rec.person.clone(), c(&rec.start), before, after)?
         };
         // One row per entry: each person's first or last event, or every event; with the
         // earliest period that qualifies, should periods overlap.
+        let source = match &rec.alternative {
+            Some(a) => a.clone(),
+            None => {
+                let source = self.fresh("source");
+                let mut exprs: Vec<Expr> = names(&rows).iter().map(|n| c(n)).collect();
+                exprs.push(lit(0i64).alias(&source));
+                rows = project(rows, exprs)?;
+                source
+            }
+        };
         let columns: Vec<String> = [
             &rec.person,
             &rec.id,
+            &source,
             &rec.start,
             &rec.visit,
             &index_end,
@@ -272,15 +287,15 @@ impl Planner<'_> {
         // NULLs last: an entry outside observation only when no period contains it.
         let periods = [(p.start.clone(), true), (p.end.clone(), true)];
         let rows = match index.occurrence {
-            Occurrence::All => self.first_rows(
-                rows,
-                &[rec.person.clone(), rec.id.clone(), rec.start.clone()],
-                &periods,
-                &columns,
-            )?,
+            Occurrence::All => {
+                let mut entry = vec![rec.person.clone(), rec.id.clone(), rec.start.clone()];
+                entry.extend(rec.alternative.clone());
+                self.first_rows(rows, &entry, &periods, &columns)?
+            }
             Occurrence::First | Occurrence::Last => {
                 let first = index.occurrence == Occurrence::First;
                 let mut order = vec![(rec.start.clone(), first), (rec.id.clone(), first)];
+                order.extend(rec.alternative.clone().map(|a| (a, first)));
                 order.extend(periods);
                 self.first_rows(rows, &[rec.person.clone()], &order, &columns)?
             }
@@ -290,6 +305,7 @@ impl Planner<'_> {
             vec![
                 c(&rec.person).alias(PERSON),
                 c(&rec.id).alias(INDEX_RECORD),
+                c(&source).alias(INDEX_SOURCE),
                 c(&rec.start).alias(INDEX_DATE),
                 c(&rec.visit).alias(INDEX_VISIT),
                 c(&index_end).alias(INDEX_END),
@@ -563,6 +579,7 @@ impl Planner<'_> {
                 asc(FOLLOW_UP_END),
                 asc(INDEX_DATE),
                 asc(INDEX_RECORD),
+                asc(INDEX_SOURCE),
             ],
             days,
             &group,
@@ -576,10 +593,16 @@ impl Planner<'_> {
         )?;
         let mut with_group = columns.clone();
         with_group.push(group.clone());
-        let order: Vec<(String, bool)> = [FOLLOW_UP_START, FOLLOW_UP_END, INDEX_DATE, INDEX_RECORD]
-            .iter()
-            .map(|k| (k.to_string(), true))
-            .collect();
+        let order: Vec<(String, bool)> = [
+            FOLLOW_UP_START,
+            FOLLOW_UP_END,
+            INDEX_DATE,
+            INDEX_RECORD,
+            INDEX_SOURCE,
+        ]
+        .iter()
+        .map(|k| (k.to_string(), true))
+        .collect();
         let firsts = self.first_rows(grouped, &[group.clone()], &order, &with_group)?;
         let left = self.aliased(firsts)?;
         let right = self.aliased(ends)?;
@@ -633,16 +656,14 @@ impl Planner<'_> {
         // Covariates see follow-up start and end: values may be taken there (the checker
         // keeps windows and criteria of covariates at baseline).
         let mut ctx = entry_ctx(cohort, true);
-        let mut outputs: Vec<Expr> = [
-            PERSON,
-            INDEX_DATE,
-            INDEX_RECORD,
-            FOLLOW_UP_START,
-            FOLLOW_UP_END,
-        ]
-        .iter()
-        .map(|n| c(n))
-        .collect();
+        // With a union of event kinds as index, record ids repeat across tables: which
+        // alternative the record comes from is a column, and the last sort key.
+        let union = !self.study.index.query.also.is_empty();
+        let mut outputs: Vec<Expr> = vec![c(PERSON), c(INDEX_DATE), c(INDEX_RECORD)];
+        if union {
+            outputs.push(c(INDEX_SOURCE));
+        }
+        outputs.extend([c(FOLLOW_UP_START), c(FOLLOW_UP_END)]);
         if !self.study.arms.is_empty() {
             outputs.push(c(ARM));
         }
@@ -685,7 +706,13 @@ impl Planner<'_> {
             }
         }
         LogicalPlanBuilder::new_from_arc(super::sub(project(self.joined(&ctx)?, outputs)?)?)
-            .sort(vec![asc(PERSON), asc(INDEX_DATE), asc(INDEX_RECORD)])?
+            .sort(
+                [PERSON, INDEX_DATE, INDEX_RECORD]
+                    .into_iter()
+                    .chain(union.then_some(INDEX_SOURCE))
+                    .map(asc)
+                    .collect::<Vec<SortExpr>>(),
+            )?
             .build()
     }
 
@@ -724,7 +751,8 @@ impl Planner<'_> {
                 let (rows, aggregated) = match aggregate {
                     Aggregate::First | Aggregate::Last => {
                         let first = *aggregate == Aggregate::First;
-                        let order = [(rec.start.clone(), first), (rec.id.clone(), first)];
+                        let mut order = vec![(rec.start.clone(), first), (rec.id.clone(), first)];
+                        order.extend(rec.alternative.clone().map(|a| (a, first)));
                         let mut columns = ctx.key.clone();
                         columns.push(column.clone());
                         let chosen = self.first_rows(rows, &ctx.key, &order, &columns)?;

@@ -16,6 +16,8 @@ pub struct Person {
 /// An observation period.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Period {
+    /// `observation_period_id`: the index record of an index on observation periods.
+    pub id: i64,
     pub person: i64,
     pub start: NaiveDate,
     pub end: NaiveDate,

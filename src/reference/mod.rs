@@ -275,15 +275,8 @@ impl<'a> Evaluator<'a> {
         let period_records = data
             .periods
             .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let mut r = Record::new(
-                    Domain::ObservationPeriod,
-                    i as i64 + 1,
-                    p.person,
-                    None,
-                    p.start,
-                );
+            .map(|p| {
+                let mut r = Record::new(Domain::ObservationPeriod, p.id, p.person, None, p.start);
                 r.end = Some(p.end);
                 r
             })
@@ -375,8 +368,17 @@ impl<'a> Evaluator<'a> {
         })
     }
 
-    /// The records of a query for a person, before any window.
+    /// The records of a query for a person, before any window: those of each alternative in
+    /// turn (a stable sort then orders ties by alternative).
     fn matching(&self, query: &EventQuery, at: &At<'a>) -> Vec<&Record> {
+        query
+            .alternatives()
+            .flat_map(|alt| self.matching_alt(alt, at))
+            .collect()
+    }
+
+    /// The records of one alternative of a query (its `also` left aside).
+    fn matching_alt(&self, query: &EventQuery, at: &At<'a>) -> Vec<&Record> {
         let concepts = query.concepts.as_ref().map(|c| self.concepts(c));
         self.records_of(at.person.id, query.domain)
             .into_iter()

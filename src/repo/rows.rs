@@ -140,11 +140,16 @@ pub async fn load_rows(ctx: &SessionContext) -> Result<Data, RepoError> {
             });
         }
     }
-    for b in batches(ctx, "SELECT person_id, observation_period_start_date, observation_period_end_date FROM observation_period").await? {
-        let (person, start, end) = (ints(&b, 0), dates(&b, 1), dates(&b, 2));
+    for b in batches(ctx, "SELECT person_id, observation_period_start_date, observation_period_end_date, observation_period_id FROM observation_period").await? {
+        let (person, start, end, id) = (ints(&b, 0), dates(&b, 1), dates(&b, 2), ints(&b, 3));
         for k in 0..b.num_rows() {
             if let (Some(p), Some(s), Some(e)) = (person[k], start[k], end[k]) {
-                data.periods.push(Period { person: p, start: s, end: e });
+                data.periods.push(Period {
+                    id: id[k].unwrap_or(0),
+                    person: p,
+                    start: s,
+                    end: e,
+                });
             }
         }
     }
@@ -267,11 +272,11 @@ pub fn write_rows(data: &Data, dir: &Path, format: OutputFormat) -> Result<(), W
         "observation_period_start_date",
         "observation_period_end_date",
     ]);
-    for (i, p) in data.periods.iter().enumerate() {
+    for p in &data.periods {
         w.push_named(
             &layout,
             &[
-                Cell::Int(i as i64 + 1),
+                Cell::Int(p.id),
                 Cell::Int(p.person),
                 date(p.start),
                 date(p.end),

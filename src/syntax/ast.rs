@@ -198,13 +198,25 @@ impl Domain {
     }
 }
 
-/// `drug in celecoxib value > 3 …`: records of one domain, optionally of a concept set, filtered.
+/// `drug in celecoxib value > 3 …`: records of one domain, optionally of a concept set, filtered;
+/// `condition in x | observation in x`: the records of either (`also` holds the others).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct EventQuery {
     pub domain: Spanned<Domain>,
     pub concepts: Option<ConceptExpr>,
     pub filters: Vec<EventFilter>,
+    /// The whole query, every alternative included.
     pub span: Span,
+    /// Further alternatives after `|`, each of one domain.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<EventQuery>,
+}
+
+impl EventQuery {
+    /// This query's alternatives: itself (without `also`) and each of `also`.
+    pub fn alternatives(&self) -> impl Iterator<Item = &EventQuery> {
+        std::iter::once(self).chain(self.also.iter())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

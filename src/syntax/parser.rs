@@ -620,6 +620,15 @@ fn build_domain(pair: Pair<Rule>) -> Spanned<Domain> {
 
 fn build_event_query(pair: Pair<Rule>) -> EventQuery {
     let s = span(&pair);
+    let mut alternatives = pair.into_inner().map(build_event_alt);
+    let mut first = alternatives.next().expect("a query has one alternative");
+    first.span = s;
+    first.also = alternatives.collect();
+    first
+}
+
+fn build_event_alt(pair: Pair<Rule>) -> EventQuery {
+    let s = span(&pair);
     let mut domain = None;
     let mut concepts = None;
     let mut filters = Vec::new();
@@ -636,6 +645,7 @@ fn build_event_query(pair: Pair<Rule>) -> EventQuery {
         concepts,
         filters,
         span: s,
+        also: Vec::new(),
     }
 }
 
@@ -1059,6 +1069,7 @@ fn build_index(pair: Pair<Rule>) -> IndexDef {
                     concepts: None,
                     filters: Vec::new(),
                     span: sp,
+                    also: Vec::new(),
                 });
             }
             Rule::occurrence => {

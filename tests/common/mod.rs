@@ -215,13 +215,19 @@ fn got_from(study: &Study, column: &dyn Fn(usize) -> Vec<Value>, attrition: Vec<
     let number = |v: &Value| v.as_f64().unwrap() as i64;
     let text = |v: &Value| v.as_str().unwrap().to_string();
     let (person, index, record) = (d(0), d(1), d(2));
-    let (start, end) = (d(3), d(4));
-    let mut next = 5;
+    // A union of event kinds as index adds `index_source` after the record id.
+    let mut next = if study.index.query.also.is_empty() {
+        3
+    } else {
+        4
+    };
+    let (start, end) = (d(next), d(next + 1));
+    next += 2;
     let arm = if study.arms.is_empty() {
         vec![Value::Null; person.len()]
     } else {
         next += 1;
-        d(5)
+        d(next - 1)
     };
     let covariates: Vec<Vec<Value>> = (0..study.covariates.len()).map(|i| d(next + i)).collect();
     next += study.covariates.len();
