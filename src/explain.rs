@@ -296,8 +296,31 @@ impl Explainer<'_> {
         alternatives.join(", or ")
     }
 
-    /// One alternative of a query: its domain, concepts and filters.
+    /// One alternative of a query: its domain, concepts and filters, or eras of them.
     fn alt(&self, q: &EventQuery, many: bool) -> String {
+        if let Some(era) = &q.era {
+            let records = self.alt(
+                &EventQuery {
+                    era: None,
+                    ..q.clone()
+                },
+                true,
+            );
+            let mut out = format!(
+                "{} of {records} (each person's records chained while the next one starts at most {} after the latest end so far; an era runs from its first start to its latest end, a missing end filled in as for `end of index record`)",
+                if many { "eras" } else { "era" },
+                plural(era.gap, "day")
+            );
+            if let Some(t) = &era.duration {
+                write!(
+                    out,
+                    ", whose duration (start to end, both days counted) {} days",
+                    number_test_words(t)
+                )
+                .unwrap();
+            }
+            return out;
+        }
         let mut out = domain_noun(q.domain, many);
         if let Some(c) = &q.concepts {
             write!(out, " in {}", self.concept_ref(c)).unwrap();
@@ -512,9 +535,10 @@ impl Explainer<'_> {
             )
             .unwrap();
         }
-        out.push_str("It never extends past the end of the observation period that contains the index date; the end day is included.\n");
         if self.study.index.any_observation {
-            out.push_str("An entry outside every observation period has no observation end: its follow-up ends at the earliest exit that has a date, and without one the entry leaves the study.\n");
+            out.push_str("Observation does not bound follow-up (the index is taken with or without observation): it ends at the earliest exit that has a date, and an entry with none (outside observation, where the end of observation has no date) leaves the study; the end day is included.\n");
+        } else {
+            out.push_str("It never extends past the end of the observation period that contains the index date; the end day is included.\n");
         }
         if let Some(d) = f.collapse_days {
             writeln!(

@@ -371,6 +371,17 @@ fn event_alt_text(q: &EventQuery) -> String {
         out.push(' ');
         out.push_str(&filter_text(f));
     }
+    if let Some(era) = &q.era {
+        out = format!(
+            "era of {out} gap {} {}",
+            era.gap.node,
+            days_word(&era.gap.node)
+        );
+        if let Some(d) = &era.duration {
+            out.push(' ');
+            out.push_str(&filter_text(d));
+        }
+    }
     out
 }
 

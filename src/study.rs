@@ -116,6 +116,21 @@ pub struct EventQuery {
     /// own). Left out of the hash's form when empty.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub also: Vec<EventQuery>,
+    /// `era of …`: the records chained into eras, which are then the events. Left out of the
+    /// hash's form when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub era: Option<Era>,
+}
+
+/// Eras of records: a person's records chained while the gap from the latest end so far to
+/// the next record's start is at most `gap` days. An era starts with its first record, ends at
+/// the latest end (a missing end filled in as exits read it) and its id is the smallest id of
+/// its records; it has no concept, visit or value.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Era {
+    pub gap: i64,
+    /// Only eras whose length, from start to end counting both days, passes this.
+    pub duration: Option<NumberTest>,
 }
 
 impl EventQuery {
@@ -126,6 +141,7 @@ impl EventQuery {
             concepts: None,
             filters: Vec::new(),
             also: Vec::new(),
+            era: None,
         }
     }
 

@@ -264,11 +264,22 @@ fn alternative(rng: &mut ChaCha8Rng, depth: u32) -> EventQuery {
             _ => EventFilter::BelowNormal,
         });
     }
+    // Now and then eras of the records (whose records take no filters that need an anchor).
+    let era = rng.random_bool(0.1).then(|| {
+        filters.retain(|f| !matches!(f, EventFilter::SameVisit | EventFilter::Where(_)));
+        Era {
+            gap: rng.random_range(0..10),
+            duration: rng
+                .random_bool(0.3)
+                .then(|| NumberTest::Compare(CmpOp::Ge, rng.random_range(1..6) as f64)),
+        }
+    });
     EventQuery {
         domain,
         concepts: rng.random_bool(0.85).then(|| concept_expr(rng)),
         filters,
         also: vec![],
+        era,
     }
 }
 
@@ -357,6 +368,7 @@ fn covariate(rng: &mut ChaCha8Rng, i: usize) -> Covariate {
                 concepts: rng.random_bool(0.5).then(|| concept_expr(rng)),
                 filters: vec![],
                 also: vec![],
+                era: None,
             },
             window: window(rng, Anchor::Index),
         },
@@ -390,6 +402,7 @@ fn random_study(rng: &mut ChaCha8Rng, base: &Study) -> Study {
                 }),
                 filters: vec![],
                 also: vec![],
+                era: None,
             }
         } else {
             query(rng, 0)
@@ -415,6 +428,7 @@ fn random_study(rng: &mut ChaCha8Rng, base: &Study) -> Study {
                 concepts: None,
                 filters: vec![],
                 also: vec![],
+                era: None,
             };
             study.index.from = None;
             study.index.until = None;
@@ -503,6 +517,7 @@ fn random_study(rng: &mut ChaCha8Rng, base: &Study) -> Study {
                 concepts: Some(ConceptExpr::Concept { id: 6, label: None }),
                 filters: vec![],
                 also: vec![],
+                era: None,
             },
             from: rng
                 .random_bool(0.5)

@@ -118,6 +118,15 @@ pub fn has_concepts(d: Domain) -> bool {
     d != Domain::ObservationPeriod
 }
 
+/// Whether the events of one alternative of a query (records, or eras of them) have visits,
+/// values and end dates.
+pub fn alt_has_visit(q: &ast::EventQuery) -> bool {
+    q.era.is_none() && has_visit(q.domain.node)
+}
+pub fn alt_has_values(q: &ast::EventQuery) -> bool {
+    q.era.is_none() && has_values(q.domain.node)
+}
+
 impl Checker<'_> {
     /// An event query with its alternatives (`condition in x | observation in x`).
     pub(super) fn event_query(&mut self, q: &ast::EventQuery, scope: Scope) -> EventQuery {
@@ -284,11 +293,40 @@ impl Checker<'_> {
             };
             filters.push(filter);
         }
+        let era = q.era.as_ref().map(|spec| {
+            for f in &q.filters {
+                if matches!(f.kind, FilterKind::SameVisit | FilterKind::Where(_)) {
+                    self.push(
+                        Diagnostic::new(
+                            Code::FilterNotForDomain,
+                            "the records of an era are chained before any anchor exists",
+                        )
+                        .at(f.span)
+                        .label("not for the records of an era")
+                        .help("select an era's records by concept and by their own values; put criteria about other events in separate lines"),
+                    );
+                }
+            }
+            let gap = self.days(&spec.gap);
+            if gap < 0 {
+                self.push(
+                    Diagnostic::new(Code::InvalidNumber, "an era's gap cannot be negative")
+                        .at(spec.gap.span)
+                        .help("`gap 0 days` chains records that overlap or touch"),
+                );
+            }
+            let duration = spec.duration.as_ref().and_then(|f| match &f.kind {
+                FilterKind::Duration(t) => Some(self.number_test(t)),
+                _ => None,
+            });
+            crate::study::Era { gap, duration }
+        });
         EventQuery {
             domain,
             concepts,
             filters,
             also: Vec::new(),
+            era,
         }
     }
 
@@ -617,8 +655,7 @@ impl Checker<'_> {
                                     .help("did you mean `at least 1`, or `exactly 0` for none?"),
                             );
                         }
-                        let without_visit =
-                            query.alternatives().find(|a| !has_visit(a.domain.node));
+                        let without_visit = query.alternatives().find(|a| !alt_has_visit(a));
                         if let (Some(Distinct::Visits), Some(alt)) = (distinct, without_visit) {
                             self.push(
                                 Diagnostic::new(

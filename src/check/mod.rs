@@ -5,6 +5,7 @@ mod concepts;
 mod events;
 
 pub use concepts::{MAX_CONCEPT_ID, VOCABULARIES};
+use events::{alt_has_values, alt_has_visit};
 pub use events::{has_end_date, has_values, has_visit, quantity_words, MAX_DAYS, MODALITIES};
 
 use crate::diag::{Code, Diagnostic};
@@ -665,7 +666,12 @@ impl<'a> Checker<'a> {
         match &exit.kind {
             ast::ExitKind::ObservationEnd => Exit::ObservationEnd,
             ast::ExitKind::RecordEnd { extra } => {
-                if let Some(domain) = index.query.domains().find(|d| !has_end_date(*d)) {
+                let without_end = index
+                    .query
+                    .alternatives()
+                    .find(|a| a.era.is_none() && !has_end_date(a.domain))
+                    .map(|a| a.domain);
+                if let Some(domain) = without_end {
                     self.push(
                         Diagnostic::new(
                             Code::InvalidExit,
@@ -769,7 +775,7 @@ impl<'a> Checker<'a> {
                     query,
                     window,
                 } => {
-                    let without_visit = query.alternatives().find(|a| !has_visit(a.domain.node));
+                    let without_visit = query.alternatives().find(|a| !alt_has_visit(a));
                     if let (Some(Distinct::Visits), Some(alt)) = (distinct, without_visit) {
                         self.push(
                             Diagnostic::new(
@@ -795,7 +801,7 @@ impl<'a> Checker<'a> {
                     query,
                     window,
                 } => {
-                    if let Some(alt) = query.alternatives().find(|a| !has_values(a.domain.node)) {
+                    if let Some(alt) = query.alternatives().find(|a| !alt_has_values(a)) {
                         self.push(
                             Diagnostic::new(
                                 Code::ValueOnDomainWithoutValues,

@@ -114,13 +114,13 @@ impl Planner<'_> {
         Ok((union, rec))
     }
 
-    /// The records of one alternative of a query (its `also` left aside).
+    /// The records of one alternative of a query (its `also` left aside), or its eras.
     fn matching_alt(&mut self, query: &EventQuery, ctx: &Ctx) -> Result<(LogicalPlan, Rec)> {
         let modality = query
             .filters
             .iter()
             .any(|f| matches!(f, EventFilter::Modality(_)));
-        let (mut records, rec) = self.records(query.domain, modality)?;
+        let (mut records, mut rec) = self.records(query.domain, modality)?;
         if let Some(concepts) = &query.concepts {
             let test = self.in_concepts(c(&rec.concept), concepts)?;
             records = filter(records, test)?;
@@ -129,6 +129,9 @@ impl Planner<'_> {
             if let Some(test) = self.record_test(f, &rec)? {
                 records = filter(records, test)?;
             }
+        }
+        if let Some(era) = &query.era {
+            (records, rec) = self.eras(records, &rec, era)?;
         }
         let left = self.aliased(ctx.base.clone())?;
         let right = self.aliased(records)?;
@@ -165,6 +168,75 @@ impl Planner<'_> {
             }
         }
         Ok((joined, rec))
+    }
+
+    /// Each person's records chained into eras (see `study::Era`), as records: the smallest
+    /// record id, the first start and the latest end; no concept, visit or value.
+    fn eras(&mut self, records: LogicalPlan, rec: &Rec, era: &Era) -> Result<(LogicalPlan, Rec)> {
+        use datafusion::functions_aggregate::expr_fn::{max, min};
+        let span_end = self.fresh("span_end");
+        let spans = project(
+            records,
+            vec![
+                c(&rec.person),
+                c(&rec.id),
+                c(&rec.start),
+                super::stages::record_end(rec)?.alias(&span_end),
+            ],
+        )?;
+        let island = self.fresh("era");
+        let spans = self.islands(
+            spans,
+            &rec.person,
+            &rec.start,
+            &span_end,
+            vec![
+                super::stages::asc(&rec.start),
+                super::stages::asc(&span_end),
+            ],
+            era.gap,
+            &island,
+        )?;
+        let out = self.rec_names();
+        let (id, start, end) = (
+            self.fresh("era_id"),
+            self.fresh("era_start"),
+            self.fresh("era_end"),
+        );
+        let eras = aggregate(
+            spans,
+            vec![c(&rec.person), c(&island)],
+            vec![
+                min(c(&rec.id)).alias(&id),
+                min(c(&rec.start)).alias(&start),
+                max(c(&span_end)).alias(&end),
+            ],
+        )?;
+        let null = |t: DataType| cast(lit(datafusion::common::ScalarValue::Null), t);
+        let mut eras = project(
+            eras,
+            vec![
+                c(&rec.person).alias(&out.person),
+                c(&id).alias(&out.id),
+                null(DataType::Int64).alias(&out.concept),
+                c(&start).alias(&out.start),
+                c(&end).alias(&out.end),
+                null(DataType::Int64).alias(&out.visit),
+                null(DataType::Float64).alias(&out.number),
+                null(DataType::Int64).alias(&out.value_concept),
+                null(DataType::Int64).alias(&out.unit),
+                null(DataType::Float64).alias(&out.low),
+                null(DataType::Float64).alias(&out.high),
+                null(DataType::Utf8).alias(&out.modality),
+                null(DataType::Int64).alias(&out.kind),
+                null(DataType::Int64).alias(&out.days_supply),
+            ],
+        )?;
+        if let Some(test) = &era.duration {
+            let days = days_between(c(&out.end), c(&out.start)) + lit(1i64);
+            eras = filter(eras, number_test(test, days))?;
+        }
+        Ok((eras, out))
     }
 
     /// A filter that looks at the record alone; `None` for those that need the context.

@@ -101,7 +101,7 @@ const TYPES: [DataType; 14] = [
 ];
 
 impl Planner<'_> {
-    fn rec_names(&mut self) -> Rec {
+    pub(super) fn rec_names(&mut self) -> Rec {
         Rec {
             person: self.fresh("person"),
             id: self.fresh("id"),

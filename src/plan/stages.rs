@@ -90,7 +90,7 @@ fn entry_ctx(plan: LogicalPlan, follow_up: bool) -> Ctx {
 /// A record's end date as exits read it: a missing end is the start plus the days supplied
 /// (drugs with a supply) or else the start plus 1 day, as OHDSI's Circe fills it; an end before
 /// the start is the start.
-fn record_end(rec: &super::records::Rec) -> Result<Expr> {
+pub(super) fn record_end(rec: &super::records::Rec) -> Result<Expr> {
     let supplied =
         when(c(&rec.days_supply).gt(lit(0i64)), c(&rec.days_supply)).otherwise(lit(1i64))?;
     Ok(greatest(vec![
@@ -99,7 +99,7 @@ fn record_end(rec: &super::records::Rec) -> Result<Expr> {
     ]))
 }
 
-fn asc(name: &str) -> SortExpr {
+pub(super) fn asc(name: &str) -> SortExpr {
     c(name).sort(true, false)
 }
 
@@ -137,7 +137,7 @@ impl Planner<'_> {
     /// maximum of earlier ends must then not reach into the previous person: each end is
     /// encoded with its person's rank above its day number, so the maximum over earlier rows
     /// belongs to this person exactly when its rank is this person's.
-    fn islands(
+    pub(super) fn islands(
         &mut self,
         plan: LogicalPlan,
         person: &str,
@@ -445,7 +445,13 @@ impl Planner<'_> {
         let columns = names(&survivors);
         let mut ctx = entry_ctx(survivors, false);
         let start = days_add(c(INDEX_DATE), lit(fu.start_offset));
-        let mut ends = vec![c(PERIOD_END)];
+        // Observation bounds follow-up unless the study opted out of it for the index
+        // (`with or without observation`), where only its exits end follow-up.
+        let mut ends = if self.study.index.any_observation {
+            Vec::new()
+        } else {
+            vec![c(PERIOD_END)]
+        };
         for exit in &fu.exits {
             ends.push(match exit {
                 Exit::ObservationEnd => c(PERIOD_END),
@@ -475,7 +481,12 @@ impl Planner<'_> {
             });
         }
         let mut start = start;
-        let mut end = least(ends);
+        let mut end = match ends.len() {
+            // No end at all: the entry leaves the study.
+            0 => cast(lit(ScalarValue::Null), DataType::Date32),
+            1 => ends.remove(0),
+            _ => least(ends),
+        };
         if let Some(from) = fu.period_from {
             start = greatest(vec![start, date_lit(from)]);
         }

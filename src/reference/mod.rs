@@ -370,25 +370,29 @@ impl<'a> Evaluator<'a> {
 
     /// The records of a query for a person, before any window: those of each alternative in
     /// turn (a stable sort then orders ties by alternative).
-    fn matching(&self, query: &EventQuery, at: &At<'a>) -> Vec<&Record> {
+    fn matching(&self, query: &EventQuery, at: &At<'a>) -> Vec<Record> {
         query
             .alternatives()
             .flat_map(|alt| self.matching_alt(alt, at))
             .collect()
     }
 
-    /// The records of one alternative of a query (its `also` left aside).
-    fn matching_alt(&self, query: &EventQuery, at: &At<'a>) -> Vec<&Record> {
+    /// The records of one alternative of a query (its `also` left aside), or its eras.
+    fn matching_alt(&self, query: &EventQuery, at: &At<'a>) -> Vec<Record> {
         let concepts = query.concepts.as_ref().map(|c| self.concepts(c));
-        self.records_of(at.person.id, query.domain)
+        let records = self
+            .records_of(at.person.id, query.domain)
             .into_iter()
             .filter(|r| {
                 concepts
                     .as_ref()
                     .is_none_or(|set| r.concept.is_some_and(|c| set.contains(&c)))
             })
-            .filter(|r| query.filters.iter().all(|f| self.passes(f, r, at)))
-            .collect()
+            .filter(|r| query.filters.iter().all(|f| self.passes(f, r, at)));
+        match &query.era {
+            None => records.cloned().collect(),
+            Some(era) => eras(records.collect(), era),
+        }
     }
 
     fn passes(&self, filter: &EventFilter, r: &Record, at: &At<'a>) -> bool {
@@ -462,7 +466,7 @@ impl<'a> Evaluator<'a> {
                 query,
                 window,
             } => {
-                let found: Vec<&Record> = self
+                let found: Vec<Record> = self
                     .matching(query, at)
                     .into_iter()
                     .filter(|r| self.in_window(window, r.start, at))
@@ -512,9 +516,13 @@ impl<'a> Evaluator<'a> {
             follow_up: None,
             ..self.at_index(e)
         };
-        // Follow-up ends at the earliest date among the observation end and the exits that have
-        // one; with none, it has no end.
-        let mut end = e.period.map(|p| p.1);
+        // Follow-up ends at the earliest date among the observation end (unless the index is
+        // `with or without observation`) and the exits that have one; with none, it has no end.
+        let mut end = if self.study.index.any_observation {
+            None
+        } else {
+            e.period.map(|p| p.1)
+        };
         for exit in &fu.exits {
             let date = match exit {
                 Exit::ObservationEnd => e.period.map(|p| p.1),
@@ -576,8 +584,8 @@ impl<'a> Evaluator<'a> {
     }
 
     fn covariate(&self, value: &CovariateValue, at: &At<'a>) -> Cell {
-        let in_window = |query: &EventQuery, window: &Window| -> Vec<&Record> {
-            let mut found: Vec<&Record> = self
+        let in_window = |query: &EventQuery, window: &Window| -> Vec<Record> {
+            let mut found: Vec<Record> = self
                 .matching(query, at)
                 .into_iter()
                 .filter(|r| self.in_window(window, r.start, at))
@@ -774,6 +782,37 @@ impl<'a> Evaluator<'a> {
     }
 }
 
+/// A person's records chained into eras (see `study::Era`): an era goes on while the next
+/// record starts at most `gap` days after the latest end so far; it is a record with the
+/// smallest id of its records, the first start and the latest end, and nothing else.
+fn eras(mut records: Vec<&Record>, era: &Era) -> Vec<Record> {
+    records.sort_by_key(|r| (r.start, record_end(r)));
+    let mut out: Vec<Record> = Vec::new();
+    for r in records {
+        let end = record_end(r);
+        match out.last_mut() {
+            Some(last)
+                if (r.start - last.end.expect("an era has an end")).num_days() <= era.gap =>
+            {
+                last.id = last.id.min(r.id);
+                last.end = last.end.max(Some(end));
+            }
+            _ => {
+                let mut e = Record::new(r.domain, r.id, r.person, None, r.start);
+                e.end = Some(end);
+                out.push(e);
+            }
+        }
+    }
+    out.retain(|e| {
+        era.duration.as_ref().is_none_or(|t| {
+            let days = (e.end.expect("an era has an end") - e.start).num_days() + 1;
+            number_passes(t, days as f64)
+        })
+    });
+    out
+}
+
 /// A record's end date as exits read it: a missing end is the start plus the days supplied
 /// (drugs with a supply) or else the start plus 1 day, as OHDSI's Circe fills it; an end before
 /// the start is the start.
@@ -787,7 +826,7 @@ fn record_end(r: &Record) -> NaiveDate {
 
 /// How many records, or distinct concepts, days or visits among them (records without a
 /// concept or visit count for none).
-fn count_records(found: &[&Record], distinct: Option<Distinct>) -> usize {
+fn count_records(found: &[Record], distinct: Option<Distinct>) -> usize {
     match distinct {
         None => found.len(),
         Some(Distinct::Concepts) => found

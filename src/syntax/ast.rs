@@ -210,6 +210,19 @@ pub struct EventQuery {
     /// Further alternatives after `|`, each of one domain.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub also: Vec<EventQuery>,
+    /// `era of … gap N days [duration …]`: the records chained into eras; `filters` select
+    /// the records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub era: Option<EraSpec>,
+}
+
+/// `gap 30 days duration >= 90 days` of `era of …`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EraSpec {
+    pub gap: Spanned<String>,
+    /// `duration …` after the gap: a filter on the era.
+    pub duration: Option<EventFilter>,
+    pub span: Span,
 }
 
 impl EventQuery {

@@ -629,13 +629,42 @@ fn build_event_query(pair: Pair<Rule>) -> EventQuery {
 
 fn build_event_alt(pair: Pair<Rule>) -> EventQuery {
     let s = span(&pair);
+    let mut inner = pair.into_inner().peekable();
+    if inner.peek().is_some_and(|p| p.as_rule() == Rule::era_of) {
+        let era = inner.next().unwrap();
+        let era_span = span(&era);
+        let mut records = build_event_parts(era.clone().into_inner(), era_span);
+        let mut gap = None;
+        let mut duration = None;
+        for p in era.into_inner() {
+            match p.as_rule() {
+                Rule::era_gap => gap = Some(text(&p.into_inner().nth(1).unwrap())),
+                Rule::duration_filter if gap.is_some() => duration = Some(build_filter(p)),
+                _ => {}
+            }
+        }
+        records.era = Some(EraSpec {
+            gap: gap.expect("the grammar requires a gap"),
+            duration,
+            span: era_span,
+        });
+        records.span = s;
+        return records;
+    }
+    build_event_parts(inner, s)
+}
+
+/// A domain, its concepts and filters, from the pairs of an event alternative (the parts of
+/// `era of` after the gap left out).
+fn build_event_parts<'a>(pairs: impl Iterator<Item = Pair<'a, Rule>>, s: Span) -> EventQuery {
     let mut domain = None;
     let mut concepts = None;
     let mut filters = Vec::new();
-    for p in pair.into_inner() {
+    for p in pairs {
         match p.as_rule() {
             Rule::domain => domain = Some(build_domain(p)),
-            Rule::kw_in => {}
+            Rule::kw_in | Rule::kw_era | Rule::kw_of => {}
+            Rule::era_gap => break,
             Rule::concept_expr => concepts = Some(build_concept_expr(p)),
             _ => filters.push(build_filter(p)),
         }
@@ -646,6 +675,7 @@ fn build_event_alt(pair: Pair<Rule>) -> EventQuery {
         filters,
         span: s,
         also: Vec::new(),
+        era: None,
     }
 }
 
@@ -1070,6 +1100,7 @@ fn build_index(pair: Pair<Rule>) -> IndexDef {
                     filters: Vec::new(),
                     span: sp,
                     also: Vec::new(),
+                    era: None,
                 });
             }
             Rule::occurrence => {
