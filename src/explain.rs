@@ -540,6 +540,7 @@ impl Explainer<'_> {
         } else {
             out.push_str("It never extends past the end of the observation period that contains the index date; the end day is included.\n");
         }
+        out.push_str("The dataset's `follow_up_days` is each entry's person-time: the days of follow-up, both ends counted.\n");
         if let Some(d) = f.collapse_days {
             writeln!(
                 out,

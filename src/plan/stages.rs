@@ -38,6 +38,8 @@ pub const DAY_OF_BIRTH: &str = "day_of_birth";
 pub const ARM: &str = "arm";
 pub const FOLLOW_UP_START: &str = "follow_up_start";
 pub const FOLLOW_UP_END: &str = "follow_up_end";
+/// The dataset's person-time column: days from follow-up start to end, both included.
+pub const FOLLOW_UP_DAYS: &str = "follow_up_days";
 
 const ENTRY_COLUMNS: [&str; 12] = [
     PERSON,
@@ -675,6 +677,10 @@ impl Planner<'_> {
             outputs.push(c(INDEX_SOURCE));
         }
         outputs.extend([c(FOLLOW_UP_START), c(FOLLOW_UP_END)]);
+        // Person-time: the days at risk, both ends included.
+        outputs.push(
+            (days_between(c(FOLLOW_UP_END), c(FOLLOW_UP_START)) + lit(1i64)).alias(FOLLOW_UP_DAYS),
+        );
         if !self.study.arms.is_empty() {
             outputs.push(c(ARM));
         }

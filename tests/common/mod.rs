@@ -221,8 +221,18 @@ fn got_from(study: &Study, column: &dyn Fn(usize) -> Vec<Value>, attrition: Vec<
     } else {
         4
     };
-    let (start, end) = (d(next), d(next + 1));
-    next += 2;
+    let (start, end, days) = (d(next), d(next + 1), d(next + 2));
+    next += 3;
+    // Person-time is the follow-up's days, both ends included, on every engine.
+    for ((s, e), n) in start.iter().zip(&end).zip(&days) {
+        let day =
+            |v: &Value| chrono::NaiveDate::parse_from_str(v.as_str().unwrap(), "%Y-%m-%d").unwrap();
+        assert_eq!(
+            n.as_f64().unwrap() as i64,
+            (day(e) - day(s)).num_days() + 1,
+            "follow_up_days of {s} to {e}"
+        );
+    }
     let arm = if study.arms.is_empty() {
         vec![Value::Null; person.len()]
     } else {
