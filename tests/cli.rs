@@ -429,3 +429,35 @@ fn where_after_with_says_where_it_goes() {
     let o = run(&["check", path.to_str().unwrap()], None);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
 }
+
+/// Misuses of the constructs for entries outside observation, everyone as an entry, eras,
+/// record ends, cohort ids and acknowledgements: each is an error or warning with its code.
+#[test]
+fn new_constructs_are_refused_when_misused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, &str); 8] = [
+        (
+            "population\n  index = first drug with or without observation with continuous observation [-30, 0] days\nfollow-up\n  until index + 3 days\n",
+            "E0502",
+        ),
+        ("population\n  index = each person at 2010-01-01 until 2012-01-01\n", "E0505"),
+        ("population\n  index = first measurement\nfollow-up\n  until end of index record\n", "E0504"),
+        ("population\n  index = first drug\noutput\n  cohort id 0\n", "E0303"),
+        ("population\n  index = first drug\noutput\n  cohort id 1\n  cohort id 2\n", "E0502"),
+        ("population\n  index = first era of drug where (visit on event) gap 3 days\n", "E0402"),
+        ("population\n  index = first drug with or without observation\n", "W0005"),
+        ("  acknowledge W0009 \"none\"\npopulation\n  index = first drug\n", "W0004"),
+    ];
+    for (i, (body, code)) in cases.iter().enumerate() {
+        let path = write_temp(
+            dir.path(),
+            &format!("case{i}.study"),
+            format!("study \"case {i}\"\n{body}").as_bytes(),
+        );
+        let out = cohortql(&["check", path.to_str().unwrap()]);
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(all.contains(&format!("[{code}]")), "case {i}: {all}");
+        let want = if code.starts_with('E') { 1 } else { 0 };
+        assert_eq!(out.status.code(), Some(want), "case {i}: {all}");
+    }
+}
