@@ -67,9 +67,13 @@ pub fn explain_study(study: &Study) -> String {
         writeln!(out, "     {verb} {}.", x.criterion(&step.criterion)).unwrap();
     }
 
+    if !study.steps.is_empty() {
+        out.push_str("  Beside this sequence, the inclusion-rule report counts the qualifying index entries that pass each step on its own, and those of each combination of steps passed (as OHDSI's Circe does).\n");
+    }
+
     if !study.arms.is_empty() {
         out.push_str("\nExposure arms\n");
-        out.push_str("  Each person joins the first arm, in this order, whose rule holds; persons in no arm leave the study (a final attrition step).\n");
+        out.push_str("  Each person joins the first arm, in this order, whose rule holds; persons in no arm leave the study (a final attrition step). Every attrition step is also reported split by the arm each entry's index assigns.\n");
         for arm in &study.arms {
             writeln!(out, "  {}: {}.", arm.name, x.criterion(&arm.criterion)).unwrap();
         }

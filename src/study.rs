@@ -287,6 +287,21 @@ pub struct IndexEvent {
 /// calendar limits and the choice of first, last or all; its `entries` column counts records.
 pub const INDEX_RECORDS_RULE: &str = "records of the index event";
 
+/// `101` (step 1 and 3 passed, 2 failed) as `1, 3`; no step passed as `none`.
+pub fn steps_passed(pattern: &str) -> String {
+    let passed: Vec<String> = pattern
+        .chars()
+        .enumerate()
+        .filter(|(_, c)| *c == '1')
+        .map(|(i, _)| (i + 1).to_string())
+        .collect();
+    if passed.is_empty() {
+        "none".to_string()
+    } else {
+        passed.join(", ")
+    }
+}
+
 /// One attrition step.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Step {

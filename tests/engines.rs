@@ -37,6 +37,15 @@ fn assert_agree(what: &str, reference: &Got, datafusion: &Got) {
     );
     assert_eq!(reference.entries, datafusion.entries, "{what}: entries");
     assert_eq!(
+        reference.by_arm, datafusion.by_arm,
+        "{what}: attrition by arm"
+    );
+    assert_eq!(reference.rules, datafusion.rules, "{what}: inclusion rules");
+    assert_eq!(
+        reference.combinations, datafusion.combinations,
+        "{what}: rule combinations"
+    );
+    assert_eq!(
         reference.follow_up, datafusion.follow_up,
         "{what}: follow-up"
     );

@@ -117,6 +117,34 @@ fn run_on_eunomia(study: &str, out: &std::path::Path) {
     );
 }
 
+/// A column of a Parquet output, each value as text (empty for NULL).
+fn parquet_column(path: &std::path::Path, column: &str) -> Vec<String> {
+    use datafusion::arrow::array::StringArray;
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let file = std::fs::File::open(path).unwrap();
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let a = batch.column_by_name(column).unwrap();
+        let text =
+            datafusion::arrow::compute::cast(a, &datafusion::arrow::datatypes::DataType::Utf8)
+                .unwrap();
+        let text = text.as_any().downcast_ref::<StringArray>().unwrap();
+        out.extend((0..text.len()).map(|i| {
+            if text.is_null(i) {
+                String::new()
+            } else {
+                text.value(i).to_string()
+            }
+        }));
+    }
+    out
+}
+
 fn csv_column(path: &std::path::Path, column: &str) -> Vec<String> {
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines = text.lines();
@@ -303,6 +331,44 @@ fn the_gi_bleed_new_user_study_on_eunomia() {
     let header = header.lines().next().unwrap();
     assert!(header.starts_with("person,index_date,"), "{header}");
     assert!(!header.contains("record"), "{header}");
+    // The attrition by arm: each step's arms add up to the attrition table's row, and every
+    // kept entry is in the arm its index assigns (1,800 celecoxib, 830 diclofenac, none in no
+    // arm); the follow-up row is split too.
+    let steps = parquet_column(&out.join("attrition.parquet"), "entries");
+    let by_step = parquet_column(&out.join("attrition_by_arm.parquet"), "step");
+    let by_arm = parquet_column(&out.join("attrition_by_arm.parquet"), "arm");
+    let by_entries = parquet_column(&out.join("attrition_by_arm.parquet"), "entries");
+    for (step, total) in steps.iter().enumerate().skip(1) {
+        let sum: u64 = by_step
+            .iter()
+            .zip(&by_entries)
+            .filter(|(s, _)| s.parse::<usize>().unwrap() == step)
+            .map(|(_, e)| e.parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(sum.to_string(), *total, "step {step}");
+    }
+    let last: Vec<(&String, &String)> = by_step
+        .iter()
+        .zip(by_arm.iter().zip(&by_entries))
+        .filter(|(s, _)| s.parse::<usize>().unwrap() == steps.len() - 1)
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(
+        last,
+        [
+            (&"celecoxib".to_string(), &"1800".to_string()),
+            (&"diclofenac".to_string(), &"830".to_string()),
+            (&String::new(), &"0".to_string())
+        ]
+    );
+    // Circe's inclusion-rule report: every rule keeps all 2,630 on its own, so the one
+    // combination is every rule passed.
+    let kinds = parquet_column(&out.join("inclusion_rules.parquet"), "kind");
+    let rules = parquet_column(&out.join("inclusion_rules.parquet"), "rule");
+    let persons = parquet_column(&out.join("inclusion_rules.parquet"), "persons");
+    assert_eq!(kinds.iter().filter(|k| *k == "rule").count(), 4);
+    assert!(persons.iter().all(|p| p == "2630"), "{persons:?}");
+    assert_eq!(rules.last().unwrap(), "1, 2, 3, 4");
 }
 
 #[test]

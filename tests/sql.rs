@@ -102,10 +102,48 @@ fn compare_on_big_stack(repo: &Repository, studies: &[(&str, &str)]) {
             let fresh = repo.session().await.unwrap();
             let results = run_script(&fresh, &script).await;
             let names: Vec<&str> = results.iter().map(|(n, _)| n.as_str()).collect();
-            assert_eq!(names, ["attrition", "cohort", "dataset"], "{path}");
-            assert_eq!(text(&results[1].1), text(&run.cohort), "{path}: cohort");
-            assert_eq!(text(&results[2].1), text(&run.dataset), "{path}: dataset");
-            let attrition = text(&results[0].1);
+            let arms = !study.arms.is_empty();
+            let mut want = vec!["attrition"];
+            want.extend(arms.then_some("attrition_by_arm"));
+            want.extend(["inclusion_rules", "rule_combinations"]);
+            want.extend(arms.then_some("followed_by_arm"));
+            want.extend(["cohort", "dataset"]);
+            assert_eq!(names, want, "{path}");
+            let result = |name: &str| &results.iter().find(|(n, _)| n == name).unwrap().1;
+            assert_eq!(text(result("cohort")), text(&run.cohort), "{path}: cohort");
+            assert_eq!(
+                text(result("dataset")),
+                text(&run.dataset),
+                "{path}: dataset"
+            );
+            // Every count of the inclusion-rule report and of the attrition by arm.
+            let rules = text(result("inclusion_rules"));
+            for r in &run.inclusion_rules {
+                assert!(
+                    rules.contains(&format!(" {} ", r.persons)),
+                    "{path}: {rules}"
+                );
+            }
+            let combinations = text(result("rule_combinations"));
+            for r in &run.rule_combinations {
+                assert!(
+                    combinations.contains(&format!(" {} ", r.persons)),
+                    "{path}: {combinations}"
+                );
+            }
+            if arms {
+                let by_arm = text(result("attrition_by_arm"));
+                let followed = text(result("followed_by_arm"));
+                // An arm with no entries has no row: its counts are 0.
+                for r in run.attrition_by_arm.iter().filter(|r| r.persons > 0) {
+                    assert!(
+                        by_arm.contains(&format!(" {} ", r.persons))
+                            || followed.contains(&format!(" {} ", r.persons)),
+                        "{path}: {by_arm}{followed}"
+                    );
+                }
+            }
+            let attrition = text(result("attrition"));
             for a in &run.attrition[..run.attrition.len() - 1] {
                 assert!(
                     attrition.contains(&format!(" {} ", a.persons)),
@@ -191,7 +229,9 @@ fn parse_every_dialect() {
             );
             let statements = Parser::parse_sql(dialect, &script)
                 .unwrap_or_else(|e| panic!("{study} in {name}: {e}"));
-            assert_eq!(statements.len(), 7, "{study} in {name}");
+            // Four stages, the attrition (with its split by arm and the inclusion-rule report),
+            // follow-up per arm, the cohort and the dataset.
+            assert_eq!(statements.len(), 11, "{study} in {name}");
         }
     }
 }

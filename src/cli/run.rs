@@ -141,7 +141,7 @@ pub(super) fn run(
         started.elapsed().as_secs_f64()
     );
     println!(
-        "Outputs: {} (cohort, dataset and attrition as Parquet and CSV; run.json)",
+        "Outputs: {} (cohort, dataset, attrition, attrition by arm and inclusion rules as Parquet and CSV; run.json)",
         out.display()
     );
     Ok(Status::Ok)

@@ -61,6 +61,29 @@ pub fn step_column(i: usize) -> String {
     format!("step_{}", i + 1)
 }
 
+/// Persons and entries remaining after attrition rows 1 to `rows + 1`, from `rows_passed`.
+fn remaining(rows: usize) -> Result<Vec<Expr>> {
+    let mut aggregates = Vec::new();
+    for i in 0..=rows {
+        let remains = c("rows_passed").gt_eq(lit(i as i64));
+        let (persons, entries) = attrition_columns(i + 1);
+        aggregates.push(count_distinct(when(remains.clone(), c(PERSON)).end()?).alias(persons));
+        aggregates.push(
+            cast(
+                sum(when(remains, lit(1i64)).otherwise(lit(0i64))?),
+                DataType::Int64,
+            )
+            .alias(entries),
+        );
+    }
+    Ok(aggregates)
+}
+
+/// The inclusion-rule plan's columns for step `i` (0-based).
+pub fn inclusion_columns(i: usize) -> (String, String) {
+    (format!("rule_persons_{i}"), format!("rule_entries_{i}"))
+}
+
 /// The attrition plan's columns for row `i`.
 pub fn attrition_columns(i: usize) -> (String, String) {
     (format!("persons_{i}"), format!("entries_{i}"))
@@ -355,6 +378,107 @@ impl Planner<'_> {
     /// rather than a conjunction of all earlier flags per row, which grew with the square of
     /// the number of steps.
     pub fn attrition(&mut self, population: LogicalPlan) -> Result<LogicalPlan> {
+        let (counted, rows) = self.rows_passed(population, false)?;
+        let aggregates = remaining(rows)?;
+        let remaining = self.aliased(aggregate(counted, vec![], aggregates)?)?;
+        let records = self.index_records()?;
+        let records = self.aliased(records)?;
+        let mut columns = names(&records);
+        columns.extend(names(&remaining));
+        keep(join_on(records, remaining, JoinType::Inner, &[])?, &columns)
+    }
+
+    /// With exposure arms, one row per arm (NULL: entries in no arm): persons and entries of
+    /// that arm remaining after each attrition row from row 1 on (`attrition_columns(i)`),
+    /// the arm being the one each entry's index would assign it.
+    pub fn arm_attrition(&self, population: LogicalPlan) -> Result<LogicalPlan> {
+        let (counted, rows) = self.rows_passed(population, true)?;
+        let aggregates = remaining(rows)?;
+        let plan = aggregate(counted, vec![c(ARM)], aggregates)?;
+        LogicalPlanBuilder::new_from_arc(super::sub(plan)?)
+            .sort(vec![c(ARM).sort(true, true)])?
+            .build()
+    }
+
+    /// Persons and entries with follow-up, per arm, sorted by arm.
+    pub fn arm_followed(&self, follow_up: LogicalPlan) -> Result<LogicalPlan> {
+        let plan = aggregate(
+            follow_up,
+            vec![c(ARM)],
+            vec![
+                count_distinct(c(PERSON)).alias("persons"),
+                count(lit(1i64)).alias("entries"),
+            ],
+        )?;
+        LogicalPlanBuilder::new_from_arc(super::sub(plan)?)
+            .sort(vec![c(ARM).sort(true, true)])?
+            .build()
+    }
+
+    /// OHDSI Circe's inclusion-rule report, per rule: one row with the persons and entries
+    /// among the qualifying index entries that pass step `i` on its own
+    /// (`inclusion_columns(i)`).
+    pub fn inclusion_rules(&self, population: LogicalPlan) -> Result<LogicalPlan> {
+        let mut aggregates = vec![count(lit(1i64)).alias("qualifying")];
+        for i in 0..self.study.steps.len() {
+            // `= true` rather than `IS TRUE`, whose nullability DataFusion's physical planner
+            // disagrees with once the expression is shared; a NULL flag fails either way.
+            let passes = c(&step_column(i)).eq(lit(true));
+            let (persons, entries) = inclusion_columns(i);
+            aggregates.push(count_distinct(when(passes.clone(), c(PERSON)).end()?).alias(persons));
+            aggregates.push(
+                cast(
+                    sum(when(passes, lit(1i64)).otherwise(lit(0i64))?),
+                    DataType::Int64,
+                )
+                .alias(entries),
+            );
+        }
+        aggregate(population, vec![], aggregates)
+    }
+
+    /// OHDSI Circe's inclusion-rule report, per combination: the steps each qualifying entry
+    /// passes on its own, as a text of `1` (passes) and `0` per step in order, with the
+    /// persons and entries of each combination, sorted by it. No rows without steps.
+    pub fn rule_combinations(&self, population: LogicalPlan) -> Result<LogicalPlan> {
+        let steps = self.study.steps.len();
+        let passes: Vec<Expr> = (0..steps)
+            .map(|i| {
+                when(c(&step_column(i)).eq(lit(true)), lit("1"))
+                    .otherwise(lit("0"))
+                    .expect("a CASE with one branch")
+            })
+            .collect();
+        let combination = match passes.len() {
+            0 => lit(""),
+            1 => passes[0].clone(),
+            _ => datafusion::functions::string::expr_fn::concat(passes),
+        };
+        let combined = project(
+            population,
+            vec![c(PERSON), combination.alias("combination")],
+        )?;
+        let combined = if steps == 0 {
+            filter(combined, lit(false))?
+        } else {
+            combined
+        };
+        let plan = aggregate(
+            combined,
+            vec![c("combination")],
+            vec![
+                count_distinct(c(PERSON)).alias("persons"),
+                count(lit(1i64)).alias("entries"),
+            ],
+        )?;
+        LogicalPlanBuilder::new_from_arc(super::sub(plan)?)
+            .sort(vec![c("combination").sort(true, false)])?
+            .build()
+    }
+
+    /// The population with each entry's number of attrition rows passed (`rows_passed`, see
+    /// `attrition`), and with `arm` the arm; and how many rows there are after row 1.
+    fn rows_passed(&self, population: LogicalPlan, arm: bool) -> Result<(LogicalPlan, usize)> {
         let mut fails: Vec<Expr> = (0..self.study.steps.len())
             .map(|i| c(&step_column(i)).is_not_true())
             .collect();
@@ -372,28 +496,12 @@ impl Planner<'_> {
                 case.otherwise(lit(rows as i64))?
             }
         };
-        // Not among the population's columns (entry columns, step flags, arm).
-        let passed_column = "rows_passed";
-        let counted = project(population, vec![c(PERSON), passed.alias(passed_column)])?;
-        let mut aggregates = Vec::new();
-        for i in 0..=rows {
-            let remains = c(passed_column).gt_eq(lit(i as i64));
-            let (persons, entries) = attrition_columns(i + 1);
-            aggregates.push(count_distinct(when(remains.clone(), c(PERSON)).end()?).alias(persons));
-            aggregates.push(
-                cast(
-                    sum(when(remains, lit(1i64)).otherwise(lit(0i64))?),
-                    DataType::Int64,
-                )
-                .alias(entries),
-            );
+        let mut columns = vec![c(PERSON)];
+        if arm {
+            columns.push(c(ARM));
         }
-        let remaining = self.aliased(aggregate(counted, vec![], aggregates)?)?;
-        let records = self.index_records()?;
-        let records = self.aliased(records)?;
-        let mut columns = names(&records);
-        columns.extend(names(&remaining));
-        keep(join_on(records, remaining, JoinType::Inner, &[])?, &columns)
+        columns.push(passed.alias("rows_passed"));
+        Ok((project(population, columns)?, rows))
     }
 
     /// One row: the persons with a record of the index event and the number of such records

@@ -43,6 +43,14 @@ pub struct AttritionRow {
 pub struct Population {
     pub entries: Vec<Entry>,
     pub attrition: Vec<AttritionRow>,
+    /// With arms: each attrition row from `qualifying index event` on, per arm in the study's
+    /// order and then for entries in no arm (`arm` is `None`).
+    pub by_arm: Vec<(AttritionRow, Option<String>)>,
+    /// Circe's inclusion-rule report: each step on its own among the qualifying entries.
+    pub rules: Vec<AttritionRow>,
+    /// Each combination of steps passed (`1, 3` or `none`) that some qualifying entry has, in
+    /// the order of its pattern of passes (`101`).
+    pub combinations: Vec<AttritionRow>,
 }
 
 /// Evaluates time zero, the steps and the arms of a study.
@@ -50,24 +58,93 @@ pub fn evaluate_population(study: &Study, data: &Data) -> Population {
     let ev = Evaluator::new(study, data);
     let mut attrition = vec![ev.index_records()];
     let mut entries = ev.index_entries();
-    attrition.push(row("qualifying index event", &entries));
-    for step in &study.steps {
-        entries.retain(|e| ev.holds(&step.criterion, &ev.at_index(e)) != step.exclude);
-        attrition.push(row(&step.rule, &entries));
+    // Each qualifying entry's arm (the first whose criterion holds at its index) and the steps
+    // it passes on its own.
+    for e in &mut entries {
+        let at = ev.at_index(e);
+        e.arm = study
+            .arms
+            .iter()
+            .find(|a| ev.holds(&a.criterion, &at))
+            .map(|a| a.name.clone());
     }
-    if !study.arms.is_empty() {
-        for e in &mut entries {
+    let passes: Vec<Vec<bool>> = entries
+        .iter()
+        .map(|e| {
             let at = ev.at_index(e);
-            e.arm = study
-                .arms
+            study
+                .steps
                 .iter()
-                .find(|a| ev.holds(&a.criterion, &at))
-                .map(|a| a.name.clone());
+                .map(|s| ev.holds(&s.criterion, &at) != s.exclude)
+                .collect()
+        })
+        .collect();
+    let rules = study
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let passing: Vec<Entry> = entries
+                .iter()
+                .zip(&passes)
+                .filter(|(_, p)| p[i])
+                .map(|(e, _)| e.clone())
+                .collect();
+            row(&s.rule, &passing)
+        })
+        .collect();
+    let mut patterns: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+    if !study.steps.is_empty() {
+        for (e, p) in entries.iter().zip(&passes) {
+            let pattern: String = p.iter().map(|&b| if b { '1' } else { '0' }).collect();
+            patterns.entry(pattern).or_default().push(e.clone());
         }
+    }
+    let combinations = patterns
+        .iter()
+        .map(|(pattern, es)| row(&steps_passed(pattern), es))
+        .collect();
+    // Sequential attrition, with the arm rows beside it.
+    let arms: Vec<Option<String>> = study
+        .arms
+        .iter()
+        .map(|a| Some(a.name.clone()))
+        .chain([None])
+        .collect();
+    let mut by_arm = Vec::new();
+    let split = |rule: &str,
+                 entries: &[Entry],
+                 by_arm: &mut Vec<(AttritionRow, Option<String>)>| {
+        if study.arms.is_empty() {
+            return;
+        }
+        for arm in &arms {
+            let of_arm: Vec<Entry> = entries.iter().filter(|e| e.arm == *arm).cloned().collect();
+            by_arm.push((row(rule, &of_arm), arm.clone()));
+        }
+    };
+    attrition.push(row("qualifying index event", &entries));
+    split("qualifying index event", &entries, &mut by_arm);
+    let mut remaining: Vec<(Entry, Vec<bool>)> = entries.into_iter().zip(passes).collect();
+    for (i, step) in study.steps.iter().enumerate() {
+        remaining.retain(|(_, p)| p[i]);
+        let now: Vec<Entry> = remaining.iter().map(|(e, _)| e.clone()).collect();
+        attrition.push(row(&step.rule, &now));
+        split(&step.rule, &now, &mut by_arm);
+    }
+    let mut entries: Vec<Entry> = remaining.into_iter().map(|(e, _)| e).collect();
+    if !study.arms.is_empty() {
         entries.retain(|e| e.arm.is_some());
         attrition.push(row("assigned to an exposure arm", &entries));
+        split("assigned to an exposure arm", &entries, &mut by_arm);
     }
-    Population { entries, attrition }
+    Population {
+        entries,
+        attrition,
+        by_arm,
+        rules,
+        combinations,
+    }
 }
 
 /// One covariate value: a number (flags are 0 or 1, sex its concept id), a date, or empty.
@@ -100,6 +177,10 @@ pub struct DatasetRow {
 pub struct Evaluation {
     pub rows: Vec<DatasetRow>,
     pub attrition: Vec<AttritionRow>,
+    /// As `Population::by_arm`, with the follow-up row per arm last.
+    pub by_arm: Vec<(AttritionRow, Option<String>)>,
+    pub rules: Vec<AttritionRow>,
+    pub combinations: Vec<AttritionRow>,
 }
 
 /// Evaluates a whole study: consent, population, follow-up, covariates and endpoints.
@@ -115,6 +196,25 @@ pub fn evaluate_study(study: &Study, data: &Data) -> Evaluation {
     population
         .attrition
         .push(row("follow-up of at least one day", &population.entries));
+    for arm in study
+        .arms
+        .iter()
+        .map(|a| Some(a.name.clone()))
+        .chain([None])
+    {
+        if study.arms.is_empty() {
+            break;
+        }
+        let of_arm: Vec<Entry> = population
+            .entries
+            .iter()
+            .filter(|e| e.arm == arm)
+            .cloned()
+            .collect();
+        population
+            .by_arm
+            .push((row("follow-up of at least one day", &of_arm), arm));
+    }
     let mut entries = population.entries;
     if let Some(days) = study.follow_up.collapse_days {
         entries = collapse(entries, days);
@@ -167,6 +267,9 @@ pub fn evaluate_study(study: &Study, data: &Data) -> Evaluation {
     Evaluation {
         rows,
         attrition: population.attrition,
+        by_arm: population.by_arm,
+        rules: population.rules,
+        combinations: population.combinations,
     }
 }
 

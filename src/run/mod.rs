@@ -30,10 +30,37 @@ pub struct Attrition {
     pub entries: u64,
 }
 
+/// One row of the attrition by arm: entries and persons of one arm remaining after a rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ArmAttrition {
+    pub rule: String,
+    /// The arm the entry's index assigns; `None` for entries in no arm.
+    pub arm: Option<String>,
+    pub persons: u64,
+    pub entries: u64,
+}
+
+/// A count of OHDSI Circe's inclusion-rule report: the qualifying index entries (and their
+/// persons) that pass one rule on its own, or exactly one combination of the rules.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuleCount {
+    /// The rule as written; for a combination, the steps passed (`1, 3`, or `none`).
+    pub rule: String,
+    pub persons: u64,
+    pub entries: u64,
+}
+
 /// What running a study gives.
 #[derive(Clone, Debug)]
 pub struct Execution {
     pub attrition: Vec<Attrition>,
+    /// With exposure arms: each attrition row from `qualifying index event` on, per arm in the
+    /// study's order, then for entries in no arm.
+    pub attrition_by_arm: Vec<ArmAttrition>,
+    /// Each step on its own, in order, among the qualifying index entries.
+    pub inclusion_rules: Vec<RuleCount>,
+    /// Each combination of steps passed that some qualifying entry has, by the steps passed.
+    pub rule_combinations: Vec<RuleCount>,
     /// The OMOP cohort table rows.
     pub cohort: Vec<RecordBatch>,
     pub cohort_schema: SchemaRef,
@@ -119,6 +146,48 @@ async fn materialise(
 ) -> DfResult<LogicalPlan> {
     let (schema, batches) = collect(ctx, analysis, name, plan).await?;
     register(ctx, name, schema, batches)
+}
+
+/// Every row of a result, each column's value as text (`None` for NULL), by column name.
+fn text_rows(batches: &[RecordBatch]) -> Vec<std::collections::HashMap<String, Option<String>>> {
+    let mut rows = Vec::new();
+    for b in batches {
+        let columns: Vec<(String, datafusion::arrow::array::ArrayRef)> = b
+            .schema()
+            .fields()
+            .iter()
+            .zip(b.columns())
+            .map(|(f, c)| {
+                let text = cast(c, &DataType::Utf8).expect("every column casts to text");
+                (f.name().clone(), text)
+            })
+            .collect();
+        for i in 0..b.num_rows() {
+            rows.push(
+                columns
+                    .iter()
+                    .map(|(name, a)| {
+                        let a = a
+                            .as_any()
+                            .downcast_ref::<datafusion::arrow::array::StringArray>()
+                            .expect("text");
+                        (
+                            name.clone(),
+                            (!a.is_null(i)).then(|| a.value(i).to_string()),
+                        )
+                    })
+                    .collect(),
+            );
+        }
+    }
+    rows
+}
+
+fn count_in(row: &std::collections::HashMap<String, Option<String>>, column: &str) -> u64 {
+    row.get(column)
+        .and_then(|v| v.as_deref())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 fn int_at(batches: &[RecordBatch], column: &str) -> u64 {
@@ -212,6 +281,23 @@ async fn run_stages(
             }
         })
         .collect();
+    let by_arm = if study.arms.is_empty() {
+        Vec::new()
+    } else {
+        let plan = planned!(planner.arm_attrition(population.clone()));
+        collect(ctx, analysis, "attrition by arm", plan)
+            .await
+            .map_err(engine)?
+            .1
+    };
+    let plan = planned!(planner.inclusion_rules(population.clone()));
+    let (_, rules) = collect(ctx, analysis, "inclusion rules", plan)
+        .await
+        .map_err(engine)?;
+    let plan = planned!(planner.rule_combinations(population.clone()));
+    let (_, combinations) = collect(ctx, analysis, "rule combinations", plan)
+        .await
+        .map_err(engine)?;
     lap("population", &mut timings);
     progress("follow-up");
     let survivors = planned!(planner.survivors(population));
@@ -237,6 +323,17 @@ async fn run_stages(
         persons: int_at(&followed, "persons"),
         entries: int_at(&followed, "entries"),
     });
+    let followed_by_arm = if study.arms.is_empty() {
+        Vec::new()
+    } else {
+        let plan = planned!(planner.arm_followed(follow_up.clone()));
+        collect(ctx, analysis, "followed by arm", plan)
+            .await
+            .map_err(engine)?
+            .1
+    };
+    let attrition_by_arm = arm_rows(study, &attrition, &by_arm, &followed_by_arm);
+    let (inclusion_rules, rule_combinations) = rule_counts(study, &rules, &combinations);
     let cohort = planned!(planner.cohort(follow_up));
     let cohort = materialise(ctx, analysis, plan::COHORT, cohort)
         .await
@@ -257,12 +354,105 @@ async fn run_stages(
     Ok(Execution {
         tables_read,
         attrition,
+        attrition_by_arm,
+        inclusion_rules,
+        rule_combinations,
         cohort: cohort_rows,
         cohort_schema,
         dataset: dataset_rows,
         dataset_schema,
         timings,
     })
+}
+
+/// The attrition by arm: each row of `attrition` from row 1 on (`qualifying index event`), per
+/// arm in the study's order and then for entries in no arm, from the per-arm counts of the
+/// population (`by_arm`) and of follow-up (`followed`).
+fn arm_rows(
+    study: &Study,
+    attrition: &[Attrition],
+    by_arm: &[RecordBatch],
+    followed: &[RecordBatch],
+) -> Vec<ArmAttrition> {
+    if study.arms.is_empty() {
+        return Vec::new();
+    }
+    let by_arm = text_rows(by_arm);
+    let followed = text_rows(followed);
+    let arm_of = |row: &std::collections::HashMap<String, Option<String>>| {
+        row.get(plan::ARM).cloned().flatten()
+    };
+    let arms: Vec<Option<String>> = study
+        .arms
+        .iter()
+        .map(|a| Some(a.name.clone()))
+        .chain([None])
+        .collect();
+    let last = attrition.len() - 1;
+    let mut out = Vec::new();
+    for (i, row) in attrition.iter().enumerate().skip(1) {
+        for arm in &arms {
+            let (persons, entries) = if i == last {
+                let found = followed.iter().find(|r| arm_of(r) == *arm);
+                (
+                    found.map_or(0, |r| count_in(r, "persons")),
+                    found.map_or(0, |r| count_in(r, "entries")),
+                )
+            } else {
+                let (p, e) = plan::attrition_columns(i);
+                let found = by_arm.iter().find(|r| arm_of(r) == *arm);
+                (
+                    found.map_or(0, |r| count_in(r, &p)),
+                    found.map_or(0, |r| count_in(r, &e)),
+                )
+            };
+            out.push(ArmAttrition {
+                rule: row.rule.clone(),
+                arm: arm.clone(),
+                persons,
+                entries,
+            });
+        }
+    }
+    out
+}
+
+/// Circe's inclusion-rule report: each step on its own, and each combination of steps passed
+/// (`1, 3`, or `none`), from the plans `inclusion_rules` and `rule_combinations`.
+fn rule_counts(
+    study: &Study,
+    rules: &[RecordBatch],
+    combinations: &[RecordBatch],
+) -> (Vec<RuleCount>, Vec<RuleCount>) {
+    let each = study
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| {
+            let (p, e) = plan::inclusion_columns(i);
+            RuleCount {
+                rule: step.rule.clone(),
+                persons: int_at(rules, &p),
+                entries: int_at(rules, &e),
+            }
+        })
+        .collect();
+    let combined = text_rows(combinations)
+        .iter()
+        .map(|row| {
+            let pattern = row
+                .get("combination")
+                .cloned()
+                .flatten()
+                .unwrap_or_default();
+            RuleCount {
+                rule: crate::study::steps_passed(&pattern),
+                persons: count_in(row, "persons"),
+                entries: count_in(row, "entries"),
+            }
+        })
+        .collect();
+    (each, combined)
 }
 
 /// The plans of every stage, without running them: each stage reads an empty table with the
@@ -289,10 +479,30 @@ pub async fn stage_plans(
         let population_scan = empty(plan::POPULATION, &population)?;
         out.push((plan::POPULATION, population));
         out.push(("attrition", planner.attrition(population_scan.clone())?));
+        if !study.arms.is_empty() {
+            out.push((
+                "attrition_by_arm",
+                planner.arm_attrition(population_scan.clone())?,
+            ));
+        }
+        out.push((
+            "inclusion_rules",
+            planner.inclusion_rules(population_scan.clone())?,
+        ));
+        out.push((
+            "rule_combinations",
+            planner.rule_combinations(population_scan.clone())?,
+        ));
         let survivors = planner.survivors(population_scan)?;
         let follow_up = planner.follow_up(survivors)?;
         let follow_up_scan = empty(plan::FOLLOW_UP, &follow_up)?;
         out.push((plan::FOLLOW_UP, follow_up));
+        if !study.arms.is_empty() {
+            out.push((
+                "followed_by_arm",
+                planner.arm_followed(follow_up_scan.clone())?,
+            ));
+        }
         let cohort = planner.cohort(follow_up_scan)?;
         let cohort_scan = empty(plan::COHORT, &cohort)?;
         out.push((plan::COHORT, cohort));

@@ -3,7 +3,7 @@
 //! Everything is written to a temporary sibling directory renamed into place at the end, so a
 //! failed or interrupted run leaves no partial outputs; the same inputs give the same bytes.
 
-use super::{Attrition, Execution};
+use super::{ArmAttrition, Attrition, Execution, RuleCount};
 use crate::repo::write::hidden_sibling;
 use crate::repo::Repository;
 use crate::study::{OutputPolicy, Study};
@@ -64,6 +64,8 @@ pub struct Written {
     pub cohort: usize,
     pub dataset: usize,
     pub attrition: usize,
+    pub attrition_by_arm: usize,
+    pub inclusion_rules: usize,
 }
 
 /// A count as it may be published: `None` when it is below the minimum cell count (and not 0).
@@ -208,6 +210,116 @@ fn attrition_batch(rows: &[Attrition], policy: &OutputPolicy) -> RecordBatch {
     .expect("columns of equal length")
 }
 
+/// Persons and entries as published, and whether either is withheld.
+fn counts(
+    rows: &[(u64, u64)],
+    policy: &OutputPolicy,
+) -> (Vec<Option<i64>>, Vec<Option<i64>>, Vec<bool>) {
+    let persons: Vec<Option<i64>> = rows
+        .iter()
+        .map(|r| publishable(r.0, policy).map(|x| x as i64))
+        .collect();
+    let entries: Vec<Option<i64>> = rows
+        .iter()
+        .map(|r| publishable(r.1, policy).map(|x| x as i64))
+        .collect();
+    let suppressed = persons
+        .iter()
+        .zip(&entries)
+        .map(|(p, e)| p.is_none() || e.is_none())
+        .collect();
+    (persons, entries, suppressed)
+}
+
+/// The attrition by arm: `step` as in the attrition table, `rule`, `arm` (empty for entries
+/// in no arm), `persons`, `entries`, `suppressed`.
+fn arm_attrition_batch(rows: &[ArmAttrition], policy: &OutputPolicy) -> RecordBatch {
+    let (persons, entries, suppressed) = counts(
+        &rows
+            .iter()
+            .map(|r| (r.persons, r.entries))
+            .collect::<Vec<_>>(),
+        policy,
+    );
+    let schema = Schema::new(vec![
+        Field::new("step", DataType::Int64, false),
+        Field::new("rule", DataType::Utf8, false),
+        Field::new("arm", DataType::Utf8, true),
+        Field::new("persons", DataType::Int64, true),
+        Field::new("entries", DataType::Int64, true),
+        Field::new("suppressed", DataType::Boolean, false),
+    ]);
+    // Rows come rule by rule, one per arm and last one for no arm; the attrition table's step
+    // 0 (the index event's records, which have no arm) is not among them.
+    let rules = rows.iter().filter(|r| r.arm.is_none()).count().max(1);
+    let per_rule_rows = (rows.len() / rules).max(1);
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(Int64Array::from_iter_values(
+                (0..rows.len()).map(|i| (i / per_rule_rows) as i64 + 1),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.rule.as_str()),
+            )),
+            Arc::new(StringArray::from_iter(
+                rows.iter().map(|r| r.arm.as_deref()),
+            )),
+            Arc::new(Int64Array::from(persons)),
+            Arc::new(Int64Array::from(entries)),
+            Arc::new(BooleanArray::from(suppressed)),
+        ],
+    )
+    .expect("columns of equal length")
+}
+
+/// OHDSI Circe's inclusion-rule report: `kind` (`rule`: one step on its own, with its `step`
+/// number; `combination`: the steps passed, in `rule`, such as `1, 3` or `none`), `persons`,
+/// `entries`, `suppressed`; both among the qualifying index entries.
+fn inclusion_batch(
+    rules: &[RuleCount],
+    combinations: &[RuleCount],
+    policy: &OutputPolicy,
+) -> RecordBatch {
+    let all: Vec<&RuleCount> = rules.iter().chain(combinations).collect();
+    let (persons, entries, suppressed) = counts(
+        &all.iter()
+            .map(|r| (r.persons, r.entries))
+            .collect::<Vec<_>>(),
+        policy,
+    );
+    let schema = Schema::new(vec![
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("step", DataType::Int64, true),
+        Field::new("rule", DataType::Utf8, false),
+        Field::new("persons", DataType::Int64, true),
+        Field::new("entries", DataType::Int64, true),
+        Field::new("suppressed", DataType::Boolean, false),
+    ]);
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(StringArray::from_iter_values((0..all.len()).map(|i| {
+                if i < rules.len() {
+                    "rule"
+                } else {
+                    "combination"
+                }
+            }))),
+            Arc::new(Int64Array::from_iter(
+                (0..all.len()).map(|i| (i < rules.len()).then_some(i as i64 + 1)),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                all.iter().map(|r| r.rule.as_str()),
+            )),
+            Arc::new(Int64Array::from(persons)),
+            Arc::new(Int64Array::from(entries)),
+            Arc::new(BooleanArray::from(suppressed)),
+        ],
+    )
+    .expect("columns of equal length")
+}
+
 fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<(), String> {
     let fail = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
     let file = BufWriter::new(std::fs::File::create(path).map_err(|e| fail(&e))?);
@@ -281,6 +393,8 @@ fn run_record(info: &RunInfo, run: &Execution, written: &Written) -> serde_json:
             "cohort": written.cohort,
             "dataset": written.dataset,
             "attrition": written.attrition,
+            "attrition_by_arm": written.attrition_by_arm,
+            "inclusion_rules": written.inclusion_rules,
         },
         "output_policy": {
             "min_cell_count": policy.min_cell_count,
@@ -295,13 +409,17 @@ fn run_record(info: &RunInfo, run: &Execution, written: &Written) -> serde_json:
 
 /// The files a run writes into its output directory, `run.json` last: `run.json` lists them, and
 /// only a directory holding nothing else is ever replaced.
-pub const OUTPUT_FILES: [&str; 8] = [
+pub const OUTPUT_FILES: [&str; 12] = [
     "cohort.parquet",
     "cohort.csv",
     "dataset.parquet",
     "dataset.csv",
     "attrition.parquet",
     "attrition.csv",
+    "attrition_by_arm.parquet",
+    "attrition_by_arm.csv",
+    "inclusion_rules.parquet",
+    "inclusion_rules.csv",
     "study.study",
     "run.json",
 ];
@@ -536,12 +654,22 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
     write_table(dir, "dataset", &dataset)?;
     let attrition = attrition_batch(&run.attrition, &info.study.output);
     write_table(dir, "attrition", &attrition)?;
+    let by_arm = arm_attrition_batch(&run.attrition_by_arm, &info.study.output);
+    write_table(dir, "attrition_by_arm", &by_arm)?;
+    let inclusion = inclusion_batch(
+        &run.inclusion_rules,
+        &run.rule_combinations,
+        &info.study.output,
+    );
+    write_table(dir, "inclusion_rules", &inclusion)?;
     std::fs::write(dir.join("study.study"), info.study_text)
         .map_err(|e| format!("cannot write the study copy: {e}"))?;
     let written = Written {
         cohort: cohort.num_rows(),
         dataset: dataset.num_rows(),
         attrition: attrition.num_rows(),
+        attrition_by_arm: by_arm.num_rows(),
+        inclusion_rules: inclusion.num_rows(),
     };
     let record = serde_json::to_string_pretty(&run_record(info, run, &written))
         .expect("a JSON value serialises");

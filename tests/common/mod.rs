@@ -30,6 +30,31 @@ pub struct Got {
     pub follow_up: Vec<(String, String)>,
     pub covariates: Vec<Vec<Value>>,
     pub endpoints: Outcomes,
+    /// With arms: persons after each attrition row from `qualifying index event` on, per arm
+    /// in the study's order and then in no arm (the follow-up row last).
+    pub by_arm: Vec<(String, Option<String>, usize)>,
+    /// Circe's inclusion-rule report: persons passing each step on its own.
+    pub rules: Vec<usize>,
+    /// Persons per combination of steps passed (`1, 3`, `none`).
+    pub combinations: Vec<(String, usize)>,
+}
+
+/// The rules of the attrition by arm, in order.
+fn arm_rules(study: &Study) -> Vec<String> {
+    let mut rules = vec!["qualifying index event".to_string()];
+    rules.extend(study.steps.iter().map(|s| s.rule.clone()));
+    rules.push("assigned to an exposure arm".to_string());
+    rules.push("follow-up of at least one day".to_string());
+    rules
+}
+
+fn arms_and_none(study: &Study) -> Vec<Option<String>> {
+    study
+        .arms
+        .iter()
+        .map(|a| Some(a.name.clone()))
+        .chain([None])
+        .collect()
 }
 
 /// Standard output and standard error of a command, as text.
@@ -108,6 +133,17 @@ pub fn by_reference(study: &Study, data: &Data) -> Got {
             .iter()
             .map(|r| r.endpoints.iter().map(|o| (o.event, o.days)).collect())
             .collect(),
+        by_arm: evaluation
+            .by_arm
+            .iter()
+            .map(|(r, arm)| (r.rule.clone(), arm.clone(), r.persons))
+            .collect(),
+        rules: evaluation.rules.iter().map(|r| r.persons).collect(),
+        combinations: evaluation
+            .combinations
+            .iter()
+            .map(|r| (r.rule.clone(), r.persons))
+            .collect(),
     }
 }
 
@@ -159,7 +195,24 @@ pub fn on_repository(study: &Study, dir: &std::path::Path) -> Got {
         );
     }
     let attrition = run.attrition.iter().map(|a| a.persons as usize).collect();
-    got_from(study, &|i| values(d, i), attrition)
+    Got {
+        by_arm: run
+            .attrition_by_arm
+            .iter()
+            .map(|r| (r.rule.clone(), r.arm.clone(), r.persons as usize))
+            .collect(),
+        rules: run
+            .inclusion_rules
+            .iter()
+            .map(|r| r.persons as usize)
+            .collect(),
+        combinations: run
+            .rule_combinations
+            .iter()
+            .map(|r| (r.rule.clone(), r.persons as usize))
+            .collect(),
+        ..got_from(study, &|i| values(d, i), attrition)
+    }
 }
 
 /// Runs the study as SQL (`cohortql sql --dialect postgres`) on PostgreSQL: the rows are
@@ -185,9 +238,74 @@ pub fn on_postgres(server: &postgres::Postgres, schema: &str, study: &Study) -> 
         })
         .unwrap();
     let outputs = server.run_script(schema, &script);
+    let output = |name: &str| outputs.iter().find(|o| o.name == name);
     let names: Vec<&str> = outputs.iter().map(|o| o.name.as_str()).collect();
-    assert_eq!(names, ["attrition", "cohort", "dataset"]);
-    let (attrition, dataset) = (&outputs[0], &outputs[2]);
+    let mut want = vec!["attrition"];
+    if !study.arms.is_empty() {
+        want.push("attrition_by_arm");
+    }
+    want.extend(["inclusion_rules", "rule_combinations"]);
+    if !study.arms.is_empty() {
+        want.push("followed_by_arm");
+    }
+    want.extend(["cohort", "dataset"]);
+    assert_eq!(names, want);
+    let (attrition, dataset) = (output("attrition").unwrap(), output("dataset").unwrap());
+    // A cell of a one-row result, or of the row whose `arm` is `arm`.
+    let cell = |o: &postgres::Output, arm: Option<&Option<String>>, column: &str| -> usize {
+        let at = o.header.iter().position(|h| h == column).unwrap();
+        let arm_at = o.header.iter().position(|h| h == "arm");
+        o.rows
+            .iter()
+            .find(|r| arm.is_none_or(|a| r[arm_at.unwrap()] == *a))
+            .and_then(|r| r[at].as_deref())
+            .map_or(0, |v| v.parse().unwrap())
+    };
+    let mut by_arm = Vec::new();
+    if !study.arms.is_empty() {
+        let rules = arm_rules(study);
+        let last = rules.len() - 1;
+        for (i, rule) in rules.iter().enumerate() {
+            for arm in arms_and_none(study) {
+                let persons = if i == last {
+                    cell(output("followed_by_arm").unwrap(), Some(&arm), "persons")
+                } else {
+                    let column = format!("persons_{}", i + 1);
+                    cell(output("attrition_by_arm").unwrap(), Some(&arm), &column)
+                };
+                by_arm.push((rule.clone(), arm, persons));
+            }
+        }
+    }
+    let rules: Vec<usize> = (0..study.steps.len())
+        .map(|i| {
+            cell(
+                output("inclusion_rules").unwrap(),
+                None,
+                &format!("rule_persons_{i}"),
+            )
+        })
+        .collect();
+    let combinations_output = output("rule_combinations").unwrap();
+    let at = |name: &str| {
+        combinations_output
+            .header
+            .iter()
+            .position(|h| h == name)
+            .unwrap()
+    };
+    let (pattern_at, persons_at) = (at("combination"), at("persons"));
+    let combinations: Vec<(String, usize)> = combinations_output
+        .rows
+        .iter()
+        .map(|r| {
+            let pattern = r[pattern_at].clone().unwrap_or_default();
+            (
+                cohortql::study::steps_passed(&pattern),
+                r[persons_at].as_deref().unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
     let mut persons: Vec<usize> = attrition
         .header
         .iter()
@@ -205,7 +323,12 @@ pub fn on_postgres(server: &postgres::Postgres, schema: &str, study: &Study) -> 
             .map(|r| postgres::value(&r[i]))
             .collect()
     };
-    got_from(study, &column, persons)
+    Got {
+        by_arm,
+        rules,
+        combinations,
+        ..got_from(study, &column, persons)
+    }
 }
 
 /// What an engine gave, from the dataset's columns (in the order `cohortql run` writes them)
@@ -274,6 +397,9 @@ fn got_from(study: &Study, column: &dyn Fn(usize) -> Vec<Value>, attrition: Vec<
             .map(|row| covariates.iter().map(|c| c[row].clone()).collect())
             .collect(),
         endpoints,
+        by_arm: Vec::new(),
+        rules: Vec::new(),
+        combinations: Vec::new(),
     }
 }
 
