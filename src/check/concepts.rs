@@ -301,7 +301,8 @@ impl<'a> Checker<'a> {
                                 .label(format!("{} concepts", declared.node.keyword()))
                                 .also(declared.span, "declared here")
                                 .help(format!(
-                                    "use a {} concept set here, or change the domain",
+                                    "use {} {} concept set here, or change the domain",
+                                    article(used.keyword()),
                                     used.keyword()
                                 )),
                             );
@@ -431,5 +432,25 @@ fn collect_refs(expr: &ast::ConceptExpr, out: &mut Vec<ast::Name>) {
             ConceptAtom::Group(inner) => collect_refs(inner, out),
             _ => {}
         }
+    }
+}
+
+/// `a` or `an` before a word (`an observation`, `a drug`).
+fn article(word: &str) -> &'static str {
+    if word.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_article_fits_the_word() {
+        assert_eq!(super::article("observation"), "an");
+        assert_eq!(super::article("episode"), "an");
+        assert_eq!(super::article("drug"), "a");
+        assert_eq!(super::article("measurement"), "a");
     }
 }
