@@ -127,6 +127,14 @@ fn small_counts_are_suppressed_in_aggregate_outputs() {
     let run: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
     assert!(run["persons"].is_null(), "{run}");
+    // The rows of the cohort and the dataset are entries: as small, and withheld alike (they
+    // were once published beside `<10 persons`).
+    assert!(run["rows"]["cohort"].is_null(), "{run}");
+    assert!(run["rows"]["dataset"].is_null(), "{run}");
+    assert!(
+        text.contains("<10 persons, <10 cohort entries, <10 dataset rows"),
+        "{text}"
+    );
     // Row-level outputs stay within the site and are complete.
     let cohort = std::fs::read_to_string(out.join("cohort.csv")).unwrap();
     let n = cohort.lines().count() - 1;

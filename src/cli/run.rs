@@ -136,8 +136,8 @@ pub(super) fn run(
     println!(
         "{} persons, {} cohort entries, {} dataset rows in {:.1} s",
         shown(execution.persons(), policy),
-        written.cohort,
-        written.dataset,
+        shown(written.cohort as u64, policy),
+        shown(written.dataset as u64, policy),
         started.elapsed().as_secs_f64()
     );
     println!(

@@ -283,8 +283,8 @@ impl Session {
             "{}{}{} cohort entries, {} dataset rows written to {}",
             notes.into_inner(),
             attrition_table(&rows, &study),
-            written.cohort,
-            written.dataset,
+            crate::run::output::shown(written.cohort as u64, &study.output),
+            crate::run::output::shown(written.dataset as u64, &study.output),
             out.display()
         ))
     }

@@ -389,9 +389,11 @@ fn run_record(info: &RunInfo, run: &Execution, written: &Written) -> serde_json:
         "tool_version": env!("CARGO_PKG_VERSION"),
         "persons": publishable(run.persons(), policy),
         "attrition": attrition,
+        // The cohort's and the dataset's rows are entries, counts of persons' data like any
+        // other: withheld as the policy says (the files themselves stay at the site).
         "rows": {
-            "cohort": written.cohort,
-            "dataset": written.dataset,
+            "cohort": publishable(written.cohort as u64, policy),
+            "dataset": publishable(written.dataset as u64, policy),
             "attrition": written.attrition,
             "attrition_by_arm": written.attrition_by_arm,
             "inclusion_rules": written.inclusion_rules,
