@@ -344,3 +344,35 @@ fn lines_of_another_section_go_to_it() {
     assert!(out.contains("output\n  cohort id 9\n"), "{out}");
     assert!(out.contains("require age at index >= 40"), "{out}");
 }
+
+/// Counts on the session's screen are withheld below the default minimum cell count whatever
+/// the study says: `min cell count 1` once made the attrition show 1-4, and `:concept` showed a
+/// concept's record count of 1.
+#[test]
+fn the_session_never_shows_small_counts() {
+    let o = repl(
+        "concepts\n\
+         c = drug 1118084\n\
+         min cell count 1\n\
+         index = first drug era in c\n\
+         require year of index = 1954\n\
+         :concept 19076374\n",
+        &[],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{out}{err}");
+    let step = out
+        .lines()
+        .find(|l| l.contains("require year of index = 1954"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(step.contains("<5"), "{step}");
+    let concept = out
+        .lines()
+        .find(|l| l.contains("19076374"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        concept.trim_end_matches(['│', ' ']).ends_with("<5"),
+        "{concept}"
+    );
+}

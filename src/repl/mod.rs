@@ -9,7 +9,7 @@ use crate::compile::compile_text;
 use crate::diag::Diagnostic;
 use crate::run::workspace::Workspace;
 use crate::run::{Attrition, Dialect};
-use crate::study::Study;
+use crate::study::{OutputPolicy, Study};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 use draft::{Draft, LineKind, SECTIONS};
 use std::path::{Path, PathBuf};
@@ -283,8 +283,8 @@ impl Session {
             "{}{}{} cohort entries, {} dataset rows written to {}",
             notes.into_inner(),
             attrition_table(&rows, &study),
-            crate::run::output::shown(written.cohort as u64, &study.output),
-            crate::run::output::shown(written.dataset as u64, &study.output),
+            crate::run::output::shown(written.cohort as u64, &shown_policy(&study)),
+            crate::run::output::shown(written.dataset as u64, &shown_policy(&study)),
             out.display()
         ))
     }
@@ -312,6 +312,10 @@ impl Session {
             return Err("`:concept TEXT`: a name, a code or a concept id".into());
         }
         let hits = self.runtime.block_on(self.workspace()?.concepts(arg))?;
+        // Record counts are counts of persons' data: withheld as the study's counts are.
+        let policy = compile_text(self.draft.render(true))
+            .study
+            .map_or_else(OutputPolicy::default, |s| shown_policy(&s));
         if hits.is_empty() {
             return Ok(format!("No concept matches `{arg}`."));
         }
@@ -339,7 +343,8 @@ impl Session {
                 Cell::new(h.code),
                 Cell::new(if h.standard { "yes" } else { "no" }),
                 Cell::new(h.descendants).set_alignment(CellAlignment::Right),
-                Cell::new(h.records).set_alignment(CellAlignment::Right),
+                Cell::new(crate::run::output::shown(h.records, &policy))
+                    .set_alignment(CellAlignment::Right),
             ]);
         }
         Ok(t.to_string())
@@ -429,8 +434,19 @@ fn diagnostics(diagnostics: &[Diagnostic], text: &str) -> String {
 fn attrition_table(rows: &[Attrition], study: &Study) -> String {
     format!(
         "{}\n",
-        crate::run::output::attrition_table(rows, &study.output)
+        crate::run::output::attrition_table(rows, &shown_policy(study))
     )
+}
+
+/// The policy the session shows counts under: the study's, but never with a minimum cell count
+/// below the default, so that a line typed in the session (`min cell count 1`) cannot make the
+/// screen show small counts.
+fn shown_policy(study: &Study) -> OutputPolicy {
+    let floor = OutputPolicy::default().min_cell_count;
+    OutputPolicy {
+        min_cell_count: study.output.min_cell_count.max(floor),
+        ..study.output.clone()
+    }
 }
 
 #[cfg(test)]
