@@ -427,6 +427,24 @@ impl<'a> Checker<'a> {
                 *slot = Some((date, at));
             }
         };
+        // The one observation requirement of the index: whether this one is it.
+        let set_observation = |this: &mut Self,
+                               slot: &mut Option<((i64, i64), Span)>,
+                               bounds: (i64, i64),
+                               at: Span| {
+            if let Some((_, first)) = slot {
+                let first = *first;
+                this.push(duplicate_setting(
+                    "an observation requirement for the index event",
+                    at,
+                    first,
+                ));
+                false
+            } else {
+                *slot = Some((bounds, at));
+                true
+            }
+        };
         for option in &def.options {
             match &option.kind {
                 ast::EntryOptionKind::Between(a, b) => {
@@ -436,14 +454,7 @@ impl<'a> Checker<'a> {
                 ast::EntryOptionKind::From(a) => set_date(self, &mut from, a, option.span),
                 ast::EntryOptionKind::Until(b) => set_date(self, &mut until, b, option.span),
                 ast::EntryOptionKind::AnyObservation => {
-                    if let Some((_, first)) = observation {
-                        self.push(duplicate_setting(
-                            "an observation requirement for the index event",
-                            option.span,
-                            first,
-                        ));
-                    } else {
-                        observation = Some(((0, 0), option.span));
+                    if set_observation(self, &mut observation, (0, 0), option.span) {
                         any_observation = true;
                         self.any_observation_span = Some(option.span);
                     }
@@ -484,15 +495,7 @@ impl<'a> Checker<'a> {
                             (0, 0)
                         }
                     };
-                    if let Some((_, first)) = observation {
-                        self.push(duplicate_setting(
-                            "an observation requirement for the index event",
-                            option.span,
-                            first,
-                        ));
-                    } else {
-                        observation = Some((bounds, option.span));
-                    }
+                    set_observation(self, &mut observation, bounds, option.span);
                 }
             }
         }

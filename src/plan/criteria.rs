@@ -172,7 +172,12 @@ impl Planner<'_> {
 
     /// Each person's records chained into eras (see `study::Era`), as records: the smallest
     /// record id, the first start and the latest end; no concept, visit or value.
-    fn eras(&mut self, records: LogicalPlan, rec: &Rec, era: &Era) -> Result<(LogicalPlan, Rec)> {
+    pub(super) fn eras(
+        &mut self,
+        records: LogicalPlan,
+        rec: &Rec,
+        era: &Era,
+    ) -> Result<(LogicalPlan, Rec)> {
         use datafusion::functions_aggregate::expr_fn::{max, min};
         let span_end = self.fresh("span_end");
         let spans = project(

@@ -622,46 +622,13 @@ impl Planner<'_> {
         let (records, rec) = self.records(Domain::Drug, false)?;
         let test = self.in_concepts(c(&rec.concept), concepts)?;
         let records = filter(records, test)?;
-        let (span_start, span_end) = (self.fresh("span_start"), self.fresh("span_end"));
-        let spans = project(
-            records,
-            vec![
-                c(&rec.person),
-                c(&rec.start).alias(&span_start),
-                record_end(&rec)?.alias(&span_end),
-            ],
-        )?;
-        let island = self.fresh("era");
-        let spans = self.islands(
-            spans,
-            &rec.person,
-            &span_start,
-            &span_end,
-            vec![asc(&span_start), asc(&span_end)],
+        // Exposures chained as `era of drug in … gap N days` chains them.
+        let era = Era {
             gap,
-            &island,
-        )?;
-        let (era_person, era_start, era_end) = (
-            self.fresh("era_person"),
-            self.fresh("era_start"),
-            self.fresh("era_end"),
-        );
-        let eras = aggregate(
-            spans,
-            vec![c(&rec.person), c(&island)],
-            vec![
-                min(c(&span_start)).alias(&era_start),
-                max(c(&span_end)).alias(&era_end),
-            ],
-        )?;
-        let eras = project(
-            eras,
-            vec![
-                c(&rec.person).alias(&era_person),
-                c(&era_start),
-                c(&era_end),
-            ],
-        )?;
+            duration: None,
+        };
+        let (eras, era) = self.eras(records, &rec, &era)?;
+        let (era_person, era_start, era_end) = (&era.person, &era.start, &era.end);
         let left = self.aliased(ctx.base.clone())?;
         let right = self.aliased(eras)?;
         let containing = filter(
@@ -671,12 +638,12 @@ impl Planner<'_> {
                 JoinType::Inner,
                 &[(PERSON, era_person.as_str())],
             )?,
-            c(&era_start)
+            c(era_start)
                 .lt_eq(c(INDEX_DATE))
-                .and(c(INDEX_DATE).lt_eq(c(&era_end))),
+                .and(c(INDEX_DATE).lt_eq(c(era_end))),
         )?;
         let end = self
-            .attach(ctx, containing, vec![max(c(&era_end))])?
+            .attach(ctx, containing, vec![max(c(era_end))])?
             .remove(0);
         Ok(c(&end))
     }

@@ -105,24 +105,11 @@ pub fn evaluate_population(study: &Study, data: &Data) -> Population {
         .map(|(pattern, es)| row(&steps_passed(pattern), es))
         .collect();
     // Sequential attrition, with the arm rows beside it.
-    let arms: Vec<Option<String>> = study
-        .arms
-        .iter()
-        .map(|a| Some(a.name.clone()))
-        .chain([None])
-        .collect();
     let mut by_arm = Vec::new();
-    let split = |rule: &str,
-                 entries: &[Entry],
-                 by_arm: &mut Vec<(AttritionRow, Option<String>)>| {
-        if study.arms.is_empty() {
-            return;
-        }
-        for arm in &arms {
-            let of_arm: Vec<Entry> = entries.iter().filter(|e| e.arm == *arm).cloned().collect();
-            by_arm.push((row(rule, &of_arm), arm.clone()));
-        }
-    };
+    let split =
+        |rule: &str, entries: &[Entry], by_arm: &mut Vec<(AttritionRow, Option<String>)>| {
+            by_arm.extend(split_by_arm(study, rule, entries))
+        };
     attrition.push(row("qualifying index event", &entries));
     split("qualifying index event", &entries, &mut by_arm);
     let mut remaining: Vec<(Entry, Vec<bool>)> = entries.into_iter().zip(passes).collect();
@@ -196,25 +183,8 @@ pub fn evaluate_study(study: &Study, data: &Data) -> Evaluation {
     population
         .attrition
         .push(row("follow-up of at least one day", &population.entries));
-    for arm in study
-        .arms
-        .iter()
-        .map(|a| Some(a.name.clone()))
-        .chain([None])
-    {
-        if study.arms.is_empty() {
-            break;
-        }
-        let of_arm: Vec<Entry> = population
-            .entries
-            .iter()
-            .filter(|e| e.arm == arm)
-            .cloned()
-            .collect();
-        population
-            .by_arm
-            .push((row("follow-up of at least one day", &of_arm), arm));
-    }
+    let followed = split_by_arm(study, "follow-up of at least one day", &population.entries);
+    population.by_arm.extend(followed);
     let mut entries = population.entries;
     if let Some(days) = study.follow_up.collapse_days {
         entries = collapse(entries, days);
@@ -285,13 +255,7 @@ fn apply_consent(study: &Study, data: &Data) -> Data {
         .persons
         .iter()
         .filter(|p| {
-            let at = At {
-                person: p,
-                index: None,
-                index_visit: None,
-                event: None,
-                follow_up: None,
-            };
+            let at = At::of(p);
             !ev.matching(query, &at).is_empty()
         })
         .map(|p| p.id)
@@ -315,6 +279,28 @@ fn apply_consent(study: &Study, data: &Data) -> Data {
         }
     }
     out
+}
+
+/// One attrition row per arm, in the study's order, then for entries in no arm; none without
+/// arms.
+fn split_by_arm(
+    study: &Study,
+    rule: &str,
+    entries: &[Entry],
+) -> Vec<(AttritionRow, Option<String>)> {
+    if study.arms.is_empty() {
+        return Vec::new();
+    }
+    study
+        .arms
+        .iter()
+        .map(|a| Some(a.name.clone()))
+        .chain([None])
+        .map(|arm| {
+            let of_arm: Vec<Entry> = entries.iter().filter(|e| e.arm == arm).cloned().collect();
+            (row(rule, &of_arm), arm)
+        })
+        .collect()
 }
 
 /// Merges entries of one person whose follow-up periods overlap or are at most `days` apart;
@@ -353,6 +339,19 @@ struct At<'a> {
     index_visit: Option<i64>,
     event: Option<&'a Record>,
     follow_up: Option<(NaiveDate, NaiveDate)>,
+}
+
+impl<'a> At<'a> {
+    /// A person alone: no index, event or follow-up yet.
+    fn of(person: &'a Person) -> At<'a> {
+        At {
+            person,
+            index: None,
+            index_visit: None,
+            event: None,
+            follow_up: None,
+        }
+    }
 }
 
 struct Evaluator<'a> {
@@ -667,23 +666,20 @@ impl<'a> Evaluator<'a> {
     /// most `gap` days. Without such exposure on the index date, the index date itself.
     fn exposure_end(&self, e: &Entry, concepts: &ConceptExpr, gap: i64) -> NaiveDate {
         let set = self.concepts(concepts);
-        let mut spans: Vec<(NaiveDate, NaiveDate)> = self
+        let exposures: Vec<&Record> = self
             .records_of(e.person, Domain::Drug)
             .into_iter()
             .filter(|r| r.concept.is_some_and(|c| set.contains(&c)))
-            .map(|r| (r.start, record_end(r)))
             .collect();
-        spans.sort();
-        let mut eras: Vec<(NaiveDate, NaiveDate)> = Vec::new();
-        for (s, end) in spans {
-            match eras.last_mut() {
-                Some(last) if (s - last.1).num_days() <= gap => last.1 = last.1.max(end),
-                _ => eras.push((s, end)),
-            }
-        }
-        eras.into_iter()
-            .find(|(s, end)| *s <= e.index && e.index <= *end)
-            .map_or(e.index, |era| era.1)
+        let era = Era {
+            gap,
+            duration: None,
+        };
+        eras(exposures, &era)
+            .into_iter()
+            .find(|x| x.start <= e.index && x.end.is_some_and(|end| e.index <= end))
+            .and_then(|x| x.end)
+            .unwrap_or(e.index)
     }
 
     fn covariate(&self, value: &CovariateValue, at: &At<'a>) -> Cell {
@@ -790,13 +786,7 @@ impl<'a> Evaluator<'a> {
         let mut persons = 0;
         let mut records = 0;
         for person in &self.data.persons {
-            let at = At {
-                person,
-                index: None,
-                index_visit: None,
-                event: None,
-                follow_up: None,
-            };
+            let at = At::of(person);
             let n = self.matching(&self.study.index.query, &at).len();
             persons += usize::from(n > 0);
             records += n;
@@ -814,13 +804,7 @@ impl<'a> Evaluator<'a> {
         let index = &self.study.index;
         let mut entries = Vec::new();
         for person in &self.data.persons {
-            let at = At {
-                person,
-                index: None,
-                index_visit: None,
-                event: None,
-                follow_up: None,
-            };
+            let at = At::of(person);
             // With `each person at DATE`, the observation periods that contain the date, each
             // dated on it.
             let records: Vec<Record> = self

@@ -171,19 +171,13 @@ fn published_dataset(
 }
 
 fn attrition_batch(rows: &[Attrition], policy: &OutputPolicy) -> RecordBatch {
-    let persons: Vec<Option<u64>> = rows
-        .iter()
-        .map(|r| publishable(r.persons, policy))
-        .collect();
-    let entries: Vec<Option<u64>> = rows
-        .iter()
-        .map(|r| publishable(r.entries, policy))
-        .collect();
-    let suppressed: Vec<bool> = persons
-        .iter()
-        .zip(&entries)
-        .map(|(p, e)| p.is_none() || e.is_none())
-        .collect();
+    let (persons, entries, suppressed) = counts(
+        &rows
+            .iter()
+            .map(|r| (r.persons, r.entries))
+            .collect::<Vec<_>>(),
+        policy,
+    );
     let schema = Schema::new(vec![
         Field::new("step", DataType::Int64, false),
         Field::new("rule", DataType::Utf8, false),
@@ -198,12 +192,8 @@ fn attrition_batch(rows: &[Attrition], policy: &OutputPolicy) -> RecordBatch {
             Arc::new(StringArray::from_iter_values(
                 rows.iter().map(|r| r.rule.as_str()),
             )),
-            Arc::new(Int64Array::from_iter(
-                persons.iter().map(|p| p.map(|x| x as i64)),
-            )),
-            Arc::new(Int64Array::from_iter(
-                entries.iter().map(|p| p.map(|x| x as i64)),
-            )),
+            Arc::new(Int64Array::from(persons)),
+            Arc::new(Int64Array::from(entries)),
             Arc::new(BooleanArray::from(suppressed)),
         ],
     )
