@@ -49,6 +49,8 @@ pub enum Code {
     EndpointNeedsFollowUp,
     InvalidExit,
     OptionNotForIndex,
+    UnknownPolicy,
+    LooserThanSite,
     LookAhead,
     EndpointBeforeFollowUp,
     EmptyConceptSet,
@@ -57,7 +59,7 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 40] = [
+    pub const ALL: [Code; 42] = [
         Code::InvalidUtf8,
         Code::BinaryFile,
         Code::EmptyFile,
@@ -93,6 +95,8 @@ impl Code {
         Code::EndpointNeedsFollowUp,
         Code::InvalidExit,
         Code::OptionNotForIndex,
+        Code::UnknownPolicy,
+        Code::LooserThanSite,
         Code::LookAhead,
         Code::EndpointBeforeFollowUp,
         Code::EmptyConceptSet,
@@ -138,6 +142,8 @@ impl Code {
             Code::EndpointNeedsFollowUp => "E0503",
             Code::InvalidExit => "E0504",
             Code::OptionNotForIndex => "E0505",
+            Code::UnknownPolicy => "E0506",
+            Code::LooserThanSite => "E0507",
             Code::LookAhead => "W0001",
             Code::EndpointBeforeFollowUp => "W0002",
             Code::EmptyConceptSet => "W0003",
@@ -192,6 +198,8 @@ impl Code {
             Code::EndpointNeedsFollowUp => "a time-to-event endpoint outside follow-up",
             Code::InvalidExit => "an exit that cannot end follow-up",
             Code::OptionNotForIndex => "an index option that does not apply",
+            Code::UnknownPolicy => "unknown disclosure policy",
+            Code::LooserThanSite => "an output setting looser than the site's policy",
             Code::LookAhead => "a covariate window that reaches past index (look-ahead bias)",
             Code::EndpointBeforeFollowUp => "an endpoint that can occur before follow-up starts",
             Code::EmptyConceptSet => "a concept set that is always empty",

@@ -4,6 +4,7 @@
 //! concept set is listed with its codes.
 
 use crate::check::quantity_words;
+use crate::disclosure::{Export, SiteRules};
 use crate::printable::{escaped, escaped_keeping_lines};
 use crate::study::*;
 use std::fmt::Write;
@@ -11,6 +12,12 @@ use std::fmt::Write;
 /// The whole explanation, as text with one blank line between parts.
 /// Study text is shown escaped (see `printable`): what a reviewer reads is what the file says.
 pub fn explain_study(study: &Study) -> String {
+    explain_under(study, &SiteRules::default())
+}
+
+/// The explanation of a study run under a site's rules: its output section states the policy
+/// in force.
+pub fn explain_under(study: &Study, site: &SiteRules) -> String {
     let x = Explainer { study };
     let mut out = String::new();
     write!(out, "Study: {}", escaped(&study.title)).unwrap();
@@ -112,16 +119,7 @@ pub fn explain_study(study: &Study) -> String {
     }
 
     out.push_str("\nOutput and privacy\n");
-    if study.output.min_cell_count > 1 {
-        writeln!(
-            out,
-            "  Counts below {}, other than 0, are withheld from every aggregate output (the attrition table, run.json and the screen); each count is judged on its own.",
-            study.output.min_cell_count
-        )
-        .unwrap();
-    } else {
-        out.push_str("  No small counts are suppressed.\n");
-    }
+    output_and_privacy(&mut out, study, site);
     writeln!(
         out,
         "  The OMOP cohort table's cohort_definition_id is {}{}.",
@@ -133,11 +131,6 @@ pub fn explain_study(study: &Study) -> String {
         }
     )
     .unwrap();
-    out.push_str(if study.output.pseudonymise_ids {
-        "  Person-level outputs carry pseudonymous ids, not the repository's person ids.\n"
-    } else {
-        "  Person-level outputs carry the repository's own person ids.\n"
-    });
 
     out.push_str("\nConsent\n");
     match &study.consent {
@@ -662,4 +655,66 @@ fn quantity_description(q: Quantity) -> String {
         }
         _ => quantity_words(q),
     }
+}
+
+/// The disclosure control a run applies, as `run.json` records it: the policy in force and
+/// what it does, where person-level outputs go, and what an export would carry.
+fn output_and_privacy(out: &mut String, study: &Study, site: &SiteRules) {
+    match site.policy.for_study(&study.output) {
+        Ok(policy) => {
+            let mut from = format!("set by {}", site.source);
+            for t in &policy.tightened_by {
+                from.push_str(&format!(", tightened by {t}"));
+            }
+            writeln!(out, "  Disclosure control: {} ({from}).", policy.describe()).unwrap();
+            writeln!(
+                out,
+                "  It applies to every count that leaves the site: the released tables (attrition, attrition by arm, inclusion rules), run.json and the screen."
+            )
+            .unwrap();
+            if policy.rounding > 1 {
+                writeln!(
+                    out,
+                    "  Counts are rounded one by one, so no difference or sum of released counts is exact; a row with a withheld count has all its counts withheld."
+                )
+                .unwrap();
+            } else {
+                writeln!(
+                    out,
+                    "  No released count, and no difference or sum of released counts (between steps, between persons and entries, between arms and their totals, between rule combinations and their margins), reveals 1 to {} persons: further rows are withheld until none does, and a row with a withheld count has all its counts withheld.",
+                    policy.threshold - 1
+                )
+                .unwrap();
+            }
+            writeln!(
+                out,
+                "  An interactive session rounds every count it shows to the nearest multiple of {}.",
+                policy.live_rounding()
+            )
+            .unwrap();
+        }
+        Err(looser) => writeln!(
+            out,
+            "  The study's `{}` asks for less than {} ({}): it cannot run under it.",
+            looser.asked, site.source, looser.floor
+        )
+        .unwrap(),
+    }
+    out.push_str("  Person-level outputs (the cohort table with real person ids, the dataset) are written under site/ and stay at the site; only aggregates are written under release/.\n");
+    out.push_str(if study.output.pseudonymise_ids {
+        "  The dataset's persons are pseudonyms: HMAC-SHA-256 keyed by the site's secret over the study hash and the person id; the repository's person and record ids are left out.\n"
+    } else {
+        "  The dataset at the site carries the repository's own person ids and index record ids.\n"
+    });
+    let export = match (site.dataset_export, study.output.exact_dates) {
+        (Export::Never, _) => "the site allows none".to_string(),
+        (Export::ExactDates, true) => {
+            "the site allows one; it would carry pseudonyms and exact calendar dates, as the study asks (`exported dates exact`)".to_string()
+        }
+        (Export::RelativeDates, true) => {
+            "the study asks for exact dates, which the site does not allow: an export is refused".to_string()
+        }
+        (_, false) => "the site allows one; it would carry pseudonyms, the year of index and days relative to index instead of dates".to_string(),
+    };
+    writeln!(out, "  A person-level export (`run --export-dataset`): {export}.").unwrap();
 }

@@ -178,6 +178,15 @@ fn layout(file: &StudyFile) -> Vec<Line> {
                     let text = match &i.kind {
                         OutputKind::MinCellCount(n) => format!("min cell count {}", n.node),
                         OutputKind::CohortId(n) => format!("cohort id {}", n.node),
+                        OutputKind::Disclosure(n) => {
+                            format!("disclosure policy {}", n.node.to_ascii_lowercase())
+                        }
+                        OutputKind::ExportedDates { exact: true } => {
+                            "exported dates exact".to_string()
+                        }
+                        OutputKind::ExportedDates { exact: false } => {
+                            "exported dates relative".to_string()
+                        }
                         OutputKind::PersonIds {
                             pseudonymised: true,
                         } => "person ids pseudonymised".to_string(),

@@ -420,13 +420,39 @@ pub enum EndpointKind {
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct OutputPolicy {
-    /// Counts below this are suppressed in every aggregate output.
+    /// Counts below this are withheld from every aggregate output: a request, raised to the
+    /// site's threshold when that is higher (`spans.min_cell_count` says whether the study
+    /// wrote it).
     pub min_cell_count: u64,
     pub pseudonymise_ids: bool,
     /// `cohort_definition_id` of the OMOP cohort table. Left out of the hash's form when it is
     /// the default, 1, so studies without it keep their hash.
     #[serde(skip_serializing_if = "is_default_cohort_id")]
     pub cohort_id: i64,
+    /// `disclosure policy NAME`: the preset the study asks for, in lower case.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disclosure: Option<String>,
+    /// `exported dates exact`: a person-level export keeps calendar dates, where the site's
+    /// configuration allows it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub exact_dates: bool,
+    /// Where the settings a site's policy is measured against were written.
+    #[serde(skip)]
+    pub spans: OutputSpans,
+}
+
+/// Where a study wrote its disclosure settings, to point at one a site's policy refuses. Not
+/// part of the study's meaning: two studies differing only here are equal.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OutputSpans {
+    pub min_cell_count: Option<crate::syntax::ast::Span>,
+    pub disclosure: Option<crate::syntax::ast::Span>,
+}
+
+impl PartialEq for OutputSpans {
+    fn eq(&self, _: &OutputSpans) -> bool {
+        true
+    }
 }
 
 /// The `cohort_definition_id` a study gets unless it names one.
@@ -442,6 +468,9 @@ impl Default for OutputPolicy {
             min_cell_count: 5,
             pseudonymise_ids: true,
             cohort_id: DEFAULT_COHORT_ID,
+            disclosure: None,
+            exact_dates: false,
+            spans: OutputSpans::default(),
         }
     }
 }

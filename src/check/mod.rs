@@ -951,6 +951,8 @@ impl<'a> Checker<'a> {
         let mut seen_min: Option<Span> = None;
         let mut seen_ids: Option<Span> = None;
         let mut seen_cohort: Option<Span> = None;
+        let mut seen_disclosure: Option<Span> = None;
+        let mut seen_dates: Option<Span> = None;
         for item in items {
             match &item.kind {
                 ast::OutputKind::MinCellCount(n) => {
@@ -959,7 +961,10 @@ impl<'a> Checker<'a> {
                     }
                     seen_min = Some(item.span);
                     match n.node.parse::<u64>() {
-                        Ok(v) if (1..=1_000_000).contains(&v) => policy.min_cell_count = v,
+                        Ok(v) if (1..=1_000_000).contains(&v) => {
+                            policy.min_cell_count = v;
+                            policy.spans.min_cell_count = Some(item.span);
+                        }
                         _ => self.push(
                             Diagnostic::new(
                                 Code::InvalidNumber,
@@ -992,6 +997,36 @@ impl<'a> Checker<'a> {
                             .help("the id is the OMOP cohort table's `cohort_definition_id`, a positive 32-bit integer"),
                         ),
                     }
+                }
+                ast::OutputKind::Disclosure(name) => {
+                    if let Some(first) = seen_disclosure {
+                        self.push(duplicate_setting("`disclosure policy`", item.span, first));
+                    }
+                    seen_disclosure = Some(item.span);
+                    let lower = name.node.to_ascii_lowercase();
+                    if crate::disclosure::Policy::preset(&lower).is_some() {
+                        policy.disclosure = Some(lower);
+                        policy.spans.disclosure = Some(item.span);
+                    } else {
+                        let mut d = Diagnostic::new(
+                            Code::UnknownPolicy,
+                            format!("there is no disclosure policy `{}`", name.node),
+                        )
+                        .at(name.span)
+                        .label("not a policy");
+                        d = match crate::diag::did_you_mean(&lower, crate::disclosure::PRESETS) {
+                            Some(s) => d.help(format!("did you mean `{s}`? The policies are ohdsi, opensafely and strict")),
+                            None => d.help("the policies are ohdsi, opensafely and strict, from the loosest to the strictest"),
+                        };
+                        self.push(d);
+                    }
+                }
+                ast::OutputKind::ExportedDates { exact } => {
+                    if let Some(first) = seen_dates {
+                        self.push(duplicate_setting("`exported dates`", item.span, first));
+                    }
+                    seen_dates = Some(item.span);
+                    policy.exact_dates = *exact;
                 }
                 ast::OutputKind::PersonIds { pseudonymised } => {
                     if let Some(first) = seen_ids {

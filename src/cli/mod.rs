@@ -5,6 +5,7 @@ mod data;
 mod render;
 mod repl;
 mod run;
+mod site;
 
 pub use render::render;
 
@@ -30,6 +31,10 @@ const MAX_SHOWN: usize = 50;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// The site's configuration file (disclosure policy, export rules, pseudonym secret);
+    /// default: $COHORTQL_SITE, else cohortql.toml in the working directory.
+    #[arg(long, global = true, value_name = "FILE")]
+    site: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -94,6 +99,13 @@ enum Command {
         /// `cohort id` (default 1); run.json records which was used.
         #[arg(long, value_parser = clap::value_parser!(i64).range(1..=crate::check::MAX_COHORT_ID))]
         cohort_id: Option<i64>,
+        /// A disclosure policy for this run, at least as strict as the site's.
+        #[arg(long, value_enum)]
+        policy: Option<PolicyArg>,
+        /// Also write the dataset under release/ for a trusted third party, as the site's
+        /// configuration allows: pseudonyms, and days relative to index instead of dates.
+        #[arg(long)]
+        export_dataset: bool,
     },
     /// Print each stage's logical, optimised and physical query plan.
     Plan {
@@ -125,6 +137,65 @@ enum Command {
         #[command(subcommand)]
         command: RepoCommand,
     },
+    /// The site's configuration: its disclosure policy and pseudonym secret.
+    Site {
+        #[command(subcommand)]
+        command: SiteCommand,
+    },
+    /// Check what a run would release.
+    Release {
+        #[command(subcommand)]
+        command: ReleaseCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SiteCommand {
+    /// Create the site's configuration with a new random secret (readable by its owner only).
+    Init {
+        #[arg(long, value_enum, default_value_t = PolicyArg::Ohdsi)]
+        policy: PolicyArg,
+        /// What `run --export-dataset` may write.
+        #[arg(long, value_enum, default_value_t = ExportArg::Never)]
+        dataset_export: ExportArg,
+    },
+    /// Print the site's policy and export rules (never its secret).
+    Show,
+}
+
+#[derive(Subcommand, Debug)]
+enum ReleaseCommand {
+    /// Report every count, difference, column, date or file in a release/ directory that the
+    /// site's policy does not allow; exit 1 when there is any.
+    Check {
+        /// A run's release/ directory (or the run's output directory holding it).
+        dir: PathBuf,
+    },
+}
+
+/// The disclosure policies a site or a run may name.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub(crate) enum PolicyArg {
+    Ohdsi,
+    Opensafely,
+    Strict,
+}
+
+impl PolicyArg {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            PolicyArg::Ohdsi => "ohdsi",
+            PolicyArg::Opensafely => "opensafely",
+            PolicyArg::Strict => "strict",
+        }
+    }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ExportArg {
+    Never,
+    RelativeDates,
+    ExactDates,
 }
 
 #[derive(Subcommand, Debug)]
@@ -189,7 +260,7 @@ pub fn main() -> ExitCode {
             write,
             check,
         } => fmt(&files, write, check),
-        Command::Explain { file } => explain(&file),
+        Command::Explain { file } => explain(&file, cli.site.as_deref()),
         Command::Hash { files } => hash(&files),
         Command::Parse { file } => parse(&file),
         Command::Synth {
@@ -203,8 +274,22 @@ pub fn main() -> ExitCode {
             repo,
             out,
             cohort_id,
-        } => run::run_all(&studies, repo.as_deref(), out.as_deref(), cohort_id),
-        Command::Repl { study, repo } => repl::repl(repo.as_deref(), study.as_deref()),
+            policy,
+            export_dataset,
+        } => run::run_all(
+            &studies,
+            repo.as_deref(),
+            out.as_deref(),
+            cohort_id,
+            &run::Options {
+                site: cli.site.as_deref(),
+                policy: policy.map(PolicyArg::name),
+                export_dataset,
+            },
+        ),
+        Command::Repl { study, repo } => {
+            repl::repl(repo.as_deref(), study.as_deref(), cli.site.as_deref())
+        }
         Command::Plan {
             study,
             repo,
@@ -217,6 +302,27 @@ pub fn main() -> ExitCode {
         Command::Repo {
             command: RepoCommand::Demo,
         } => data::demo(),
+        Command::Site {
+            command:
+                SiteCommand::Init {
+                    policy,
+                    dataset_export,
+                },
+        } => site::init(
+            cli.site.as_deref(),
+            policy.name(),
+            match dataset_export {
+                ExportArg::Never => crate::disclosure::Export::Never,
+                ExportArg::RelativeDates => crate::disclosure::Export::RelativeDates,
+                ExportArg::ExactDates => crate::disclosure::Export::ExactDates,
+            },
+        ),
+        Command::Site {
+            command: SiteCommand::Show,
+        } => site::show(cli.site.as_deref()),
+        Command::Release {
+            command: ReleaseCommand::Check { dir },
+        } => site::release_check(&dir, cli.site.as_deref()),
     };
     match outcome {
         Ok(Status::Ok) => ExitCode::SUCCESS,
@@ -409,10 +515,11 @@ pub(crate) fn checked(path: &Path) -> Result<Result<(Compiled, crate::study::Stu
     }
 }
 
-fn explain(path: &Path) -> Result<Status, String> {
+fn explain(path: &Path, site: Option<&Path>) -> Result<Status, String> {
     match checked(path)? {
         Ok((_, study)) => {
-            print!("{}", crate::explain::explain_study(&study));
+            let (_, rules) = site::rules(site, false)?;
+            print!("{}", crate::explain::explain_under(&study, &rules));
             Ok(Status::Ok)
         }
         Err(()) => Ok(Status::StudyErrors),

@@ -171,12 +171,17 @@ fn history_path() -> std::path::PathBuf {
     crate::demo::cache_dir().join("repl-history")
 }
 
-pub(super) fn repl(repo: Option<&Path>, study: Option<&Path>) -> Result<Status, String> {
+pub(super) fn repl(
+    repo: Option<&Path>,
+    study: Option<&Path>,
+    site: Option<&Path>,
+) -> Result<Status, String> {
+    let (_, rules) = super::site::rules(site, false)?;
     let repository = super::run::open(repo)?;
     let dir = repository.dir.clone();
     let runtime = runtime()?;
     let workspace = runtime.block_on(Workspace::open(repository))?;
-    let mut session = Session::new(Some(workspace), runtime);
+    let mut session = Session::new(Some(workspace), runtime, crate::site::locate(site), rules);
     if let Some(path) = study {
         if let Reply::Error(e) = session.handle(&format!(":load {}", path.display())) {
             return Err(e);

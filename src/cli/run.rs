@@ -3,8 +3,9 @@
 use super::data::{demo_repository, runtime};
 use super::{checked, Status};
 use crate::repo::{empty_session, Repository};
-use crate::run::output::{attrition_table, shown};
-use crate::run::workspace::Workspace;
+use crate::disclosure::{Export, Policy};
+use crate::run::output::{attrition_table, shown_released};
+use crate::run::workspace::{Disclosure, Workspace};
 use crate::run::{execute_analysed, explain_plan, sql_script, stage_plans, Dialect};
 use anstream::{eprintln, println};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -51,15 +52,25 @@ fn default_out(study: &Path) -> PathBuf {
     PathBuf::from("output").join(stem(study))
 }
 
+/// How `run` applies the site's rules.
+pub(super) struct Options<'a> {
+    /// `--site`.
+    pub site: Option<&'a Path>,
+    /// `--policy`: a preset at least as strict as the site's.
+    pub policy: Option<&'a str>,
+    pub export_dataset: bool,
+}
+
 /// Runs several studies one after another, each into `<out>/<study name>`.
 pub(super) fn run_all(
     studies: &[PathBuf],
     repo: Option<&Path>,
     out: Option<&Path>,
     cohort_id: Option<i64>,
+    options: &Options,
 ) -> Result<Status, String> {
     if let [study] = studies {
-        return run(study, repo, out, cohort_id);
+        return run(study, repo, out, cohort_id, options);
     }
     if cohort_id.is_some() {
         return Err(
@@ -80,7 +91,7 @@ pub(super) fn run_all(
     let parent = out.unwrap_or(Path::new("output"));
     let mut status = Status::Ok;
     for s in studies {
-        if let Status::StudyErrors = run(s, repo, Some(&parent.join(stem(s))), None)? {
+        if let Status::StudyErrors = run(s, repo, Some(&parent.join(stem(s))), None, options)? {
             status = Status::StudyErrors;
         }
         println!();
@@ -93,12 +104,71 @@ pub(super) fn run(
     repo: Option<&Path>,
     out: Option<&Path>,
     cohort_id: Option<i64>,
+    options: &Options,
 ) -> Result<Status, String> {
     let started = Instant::now();
     let checked = checked(study_path)?;
     let check_time = started.elapsed();
     let Ok((compiled, study)) = checked else {
         return Ok(Status::StudyErrors);
+    };
+    let (site, mut rules) = super::site::rules(options.site, true)?;
+    let site = site.expect("made when missing");
+    if let Some(name) = options.policy {
+        let asked = Policy::preset(name).expect("clap accepts only presets");
+        if !asked.at_least_as_strict_as(&rules.policy) {
+            return Err(format!(
+                "--policy {name} is looser than {} ({}): a run may only tighten it",
+                rules.source,
+                rules.policy.describe()
+            ));
+        }
+        rules.source = format!("--policy {name} (the site's is {})", rules.policy.preset);
+        rules.policy = asked;
+    }
+    let policy = match rules.policy.for_study(&study.output) {
+        Ok(p) => p,
+        Err(looser) => {
+            let mut d = crate::diag::Diagnostic::new(
+                crate::diag::Code::LooserThanSite,
+                format!(
+                    "`{}` asks for less than {} allows",
+                    looser.asked, rules.source
+                ),
+            )
+            .help(format!(
+                "the site's floor is its {}; a study may only tighten it: remove the line, or ask for at least that",
+                looser.floor
+            ));
+            if let Some(span) = looser.span {
+                d = d.at(span).label("looser than the site's policy");
+            }
+            anstream::eprint!(
+                "{}",
+                super::render_all(&[d], &super::display(study_path), &compiled.text)
+            );
+            return Ok(Status::StudyErrors);
+        }
+    };
+    let export = if options.export_dataset {
+        match (rules.dataset_export, study.output.exact_dates) {
+            (Export::Never, _) => {
+                return Err(format!(
+                    "{} allows no person-level dataset to leave the site (dataset_export = \"never\"): run without --export-dataset, or ask the site to allow relative dates",
+                    rules.source
+                ))
+            }
+            (Export::RelativeDates, true) => {
+                return Err(format!(
+                    "the study asks for `exported dates exact`, and {} allows relative dates only (dataset_export = \"relative-dates\"): remove the line to export days relative to index",
+                    rules.source
+                ))
+            }
+            (Export::ExactDates, exact) => Some(exact),
+            (Export::RelativeDates, false) => Some(false),
+        }
+    } else {
+        None
     };
     let repo = open(repo)?;
     let out = out.map_or_else(|| default_out(study_path), Path::to_path_buf);
@@ -121,6 +191,12 @@ pub(super) fn run(
                 &compiled.text,
                 check_time,
                 cohort_id,
+                &Disclosure {
+                    policy: &policy,
+                    source: &rules.source,
+                    site: &site,
+                    export,
+                },
                 &out,
                 &progress,
                 &note,
@@ -128,21 +204,29 @@ pub(super) fn run(
             .await
     });
     spinner.finish_and_clear();
-    let (execution, written) = result?;
-    let policy = &study.output;
-    let t = attrition_table(&execution.attrition, policy);
+    let (_, written) = result?;
+    let t = attrition_table(&written.attrition(), &policy);
     println!("{}", crate::printable::escaped(&study.title));
     println!("{t}");
     println!(
-        "{} persons, {} cohort entries, {} dataset rows in {:.1} s",
-        shown(execution.persons(), policy),
-        shown(written.cohort as u64, policy),
-        shown(written.dataset as u64, policy),
-        started.elapsed().as_secs_f64()
+        "{} persons in {:.1} s; counts as released under the {} policy ({})",
+        shown_released(written.persons(), &policy),
+        started.elapsed().as_secs_f64(),
+        policy.preset,
+        policy.describe()
     );
     println!(
-        "Outputs: {} (cohort, dataset, attrition, attrition by arm and inclusion rules as Parquet and CSV; run.json)",
-        out.display()
+        "Stays at the site: {} (cohort table, dataset, exact counts)",
+        out.join("site").display()
+    );
+    println!(
+        "May leave: {} (counts under disclosure control{}; check with `cohortql release check`)",
+        out.join("release").display(),
+        if written.exported {
+            ", and the exported dataset"
+        } else {
+            ""
+        }
     );
     Ok(Status::Ok)
 }

@@ -9,7 +9,8 @@ use crate::compile::compile_text;
 use crate::diag::Diagnostic;
 use crate::run::workspace::Workspace;
 use crate::run::{Attrition, Dialect};
-use crate::study::{OutputPolicy, Study};
+use crate::disclosure::{Policy, SiteRules};
+use crate::study::Study;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 use draft::{Draft, LineKind, SECTIONS};
 use std::path::{Path, PathBuf};
@@ -54,16 +55,37 @@ pub struct Session {
     undo: Vec<Draft>,
     workspace: Option<std::rc::Rc<Workspace>>,
     runtime: std::rc::Rc<tokio::runtime::Runtime>,
+    /// The site's configuration file, made at the first `:run` if missing (its secret keys the
+    /// pseudonyms), and its rules as the session started.
+    site_path: PathBuf,
+    rules: SiteRules,
 }
 
 impl Session {
-    pub fn new(workspace: Option<Workspace>, runtime: tokio::runtime::Runtime) -> Session {
+    pub fn new(
+        workspace: Option<Workspace>,
+        runtime: tokio::runtime::Runtime,
+        site_path: PathBuf,
+        rules: SiteRules,
+    ) -> Session {
         Session {
             draft: Draft::default(),
             undo: Vec::new(),
             workspace: workspace.map(std::rc::Rc::new),
             runtime: std::rc::Rc::new(runtime),
+            site_path,
+            rules,
         }
+    }
+
+    /// The policy counts are shown under: the site's, tightened by the draft study where it
+    /// asks for more; a line typed in the session can never loosen it.
+    fn policy(&self) -> Policy {
+        let site = &self.rules.policy;
+        compile_text(self.draft.render(true))
+            .study
+            .and_then(|s| site.for_study(&s.output).ok())
+            .unwrap_or_else(|| site.clone())
     }
 
     /// The repository's vocabulary, for completion (no concepts without a repository).
@@ -173,7 +195,7 @@ impl Session {
     fn attrition_text(&self) -> Result<String, String> {
         let study = self.study()?;
         let rows = self.runtime.block_on(self.workspace()?.attrition(&study))?;
-        Ok(attrition_table(&rows, &study))
+        Ok(attrition_table(&rows, &self.policy()))
     }
 
     fn command(&mut self, command: &str) -> Reply {
@@ -267,25 +289,40 @@ impl Session {
             PathBuf::from(arg)
         };
         let text = self.canonical();
+        let (site, _) = crate::site::Site::load_or_create(&self.site_path)?;
+        let policy = self
+            .rules
+            .policy
+            .for_study(&study.output)
+            .map_err(|looser| {
+                format!(
+                    "`{}` asks for less than {} allows ({}): remove it to run",
+                    looser.asked, self.rules.source, looser.floor
+                )
+            })?;
         let notes = std::cell::RefCell::new(String::new());
-        let (run, written) = self.runtime.block_on(self.workspace()?.run_to(
+        let (_, written) = self.runtime.block_on(self.workspace()?.run_to(
             &study,
             Path::new("<repl>"),
             &text,
             std::time::Duration::ZERO,
             None,
+            &crate::run::workspace::Disclosure {
+                policy: &policy,
+                source: &self.rules.source,
+                site: &site,
+                export: None,
+            },
             &out,
             &|_| {},
             &|note| notes.borrow_mut().push_str(&format!("warning: {note}\n")),
         ))?;
-        let rows = run.attrition;
         Ok(format!(
-            "{}{}{} cohort entries, {} dataset rows written to {}",
+            "{}{}\nWritten to {}: site/ stays at the site; release/ holds the counts as released under the {} policy.",
             notes.into_inner(),
-            attrition_table(&rows, &study),
-            crate::run::output::shown(written.cohort as u64, &shown_policy(&study)),
-            crate::run::output::shown(written.dataset as u64, &shown_policy(&study)),
-            out.display()
+            crate::run::output::attrition_table(&written.attrition(), &policy),
+            out.display(),
+            policy.preset
         ))
     }
 
@@ -312,10 +349,8 @@ impl Session {
             return Err("`:concept TEXT`: a name, a code or a concept id".into());
         }
         let hits = self.runtime.block_on(self.workspace()?.concepts(arg))?;
-        // Record counts are counts of persons' data: withheld as the study's counts are.
-        let policy = compile_text(self.draft.render(true))
-            .study
-            .map_or_else(OutputPolicy::default, |s| shown_policy(&s));
+        // Record counts are counts of persons' data: withheld and rounded as live counts are.
+        let policy = self.policy();
         if hits.is_empty() {
             return Ok(format!("No concept matches `{arg}`."));
         }
@@ -343,7 +378,7 @@ impl Session {
                 Cell::new(h.code),
                 Cell::new(if h.standard { "yes" } else { "no" }),
                 Cell::new(h.descendants).set_alignment(CellAlignment::Right),
-                Cell::new(crate::run::output::shown(h.records, &policy))
+                Cell::new(policy.shown_live(h.records))
                     .set_alignment(CellAlignment::Right),
             ]);
         }
@@ -352,14 +387,15 @@ impl Session {
 
     fn tables(&self) -> Result<String, String> {
         let counts = self.runtime.block_on(self.workspace()?.tables())?;
+        let policy = self.policy();
         let mut t = Table::new();
         t.load_preset(UTF8_FULL_CONDENSED)
             .set_header(["table", "rows", "persons"]);
         for c in counts.iter().filter(|c| c.rows > 0) {
             t.add_row(vec![
                 Cell::new(&c.table),
-                Cell::new(c.rows).set_alignment(CellAlignment::Right),
-                Cell::new(c.persons.map_or(String::new(), |p| p.to_string()))
+                Cell::new(policy.shown_live(c.rows as u64)).set_alignment(CellAlignment::Right),
+                Cell::new(c.persons.map_or(String::new(), |p| policy.shown_live(p as u64)))
                     .set_alignment(CellAlignment::Right),
             ]);
         }
@@ -430,23 +466,12 @@ fn diagnostics(diagnostics: &[Diagnostic], text: &str) -> String {
     crate::cli::render_all(diagnostics, "<repl>", text)
 }
 
-/// The attrition as a table, counts below the study's minimum cell count withheld.
-fn attrition_table(rows: &[Attrition], study: &Study) -> String {
+/// The attrition as a table, each count withheld and rounded as live counts are.
+fn attrition_table(rows: &[Attrition], policy: &Policy) -> String {
     format!(
         "{}\n",
-        crate::run::output::attrition_table(rows, &shown_policy(study))
+        crate::run::output::live_attrition_table(rows, policy)
     )
-}
-
-/// The policy the session shows counts under: the study's, but never with a minimum cell count
-/// below the default, so that a line typed in the session (`min cell count 1`) cannot make the
-/// screen show small counts.
-fn shown_policy(study: &Study) -> OutputPolicy {
-    let floor = OutputPolicy::default().min_cell_count;
-    OutputPolicy {
-        min_cell_count: study.output.min_cell_count.max(floor),
-        ..study.output.clone()
-    }
 }
 
 #[cfg(test)]

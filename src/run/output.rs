@@ -1,12 +1,17 @@
-//! Writing a run's outputs: the OMOP cohort table, the analysis dataset and the attrition table
-//! as Parquet and CSV, the study text, and `run.json` tying them to the study and the data.
-//! Everything is written to a temporary sibling directory renamed into place at the end, so a
-//! failed or interrupted run leaves no partial outputs; the same inputs give the same bytes.
+//! Writing a run's outputs in two places: `site/` (the OMOP cohort table, the person-level
+//! dataset and exact counts, as Parquet and CSV: they stay at the site) and `release/` (the
+//! counts under disclosure control, as CSV, and optionally an exported dataset: what may leave),
+//! each with the study text and a `run.json` tying them to the study and the data. Everything
+//! is written to a temporary sibling directory renamed into place at the end, so a failed or
+//! interrupted run leaves no partial outputs; the same inputs give the same bytes.
 
-use super::{ArmAttrition, Attrition, Execution, RuleCount};
+use super::{Attrition, Execution};
+use crate::disclosure::control::{CountRow, Table};
+use crate::disclosure::Policy;
 use crate::repo::write::hidden_sibling;
 use crate::repo::Repository;
-use crate::study::{OutputPolicy, Study};
+use crate::site::Site;
+use crate::study::Study;
 use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, StringBuilder,
 };
@@ -38,6 +43,14 @@ pub struct RunInfo<'a> {
     pub data_warnings: &'a [String],
     /// Time spent reading, parsing and checking the study.
     pub check_time: std::time::Duration,
+    /// The disclosure policy in force: the site's, tightened by the study.
+    pub policy: &'a Policy,
+    /// Where the site's policy was set, in words.
+    pub site_source: &'a str,
+    /// The site's configuration: the secret keying pseudonyms.
+    pub site: &'a Site,
+    /// `--export-dataset`: `Some(exact dates)` to write `release/dataset.csv`.
+    pub export: Option<bool>,
 }
 
 /// A path as `run.json` may publish it: as given when relative and inside the working
@@ -58,28 +71,40 @@ fn shareable_path(path: &Path) -> String {
     }
 }
 
-/// Rows written per output.
+/// What a run wrote: rows of the site's person-level outputs, and the counts it released.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Written {
     pub cohort: usize,
     pub dataset: usize,
-    pub attrition: usize,
-    pub attrition_by_arm: usize,
-    pub inclusion_rules: usize,
+    /// Every released count, as `release/` holds it (withheld where `None`).
+    pub released: Vec<CountRow>,
+    /// Whether `release/dataset.csv` was written.
+    pub exported: bool,
 }
 
-/// A count as it may be published: `None` when it is below the minimum cell count (and not 0).
-pub fn publishable(count: u64, policy: &OutputPolicy) -> Option<u64> {
-    (count == 0 || count >= policy.min_cell_count).then_some(count)
+impl Written {
+    /// The released attrition table's rows.
+    pub fn attrition(&self) -> Vec<&CountRow> {
+        self.released
+            .iter()
+            .filter(|r| r.table == Table::Attrition)
+            .collect()
+    }
+
+    /// The released count of persons in the final cohort.
+    pub fn persons(&self) -> Option<u64> {
+        self.attrition().last().and_then(|r| r.counts[0])
+    }
 }
 
-/// A count as it may be shown: `<5` (the minimum cell count) when it may not be published.
-pub fn shown(count: u64, policy: &OutputPolicy) -> String {
-    publishable(count, policy).map_or(format!("<{}", policy.min_cell_count), |n| n.to_string())
+/// A count as the screen shows a released one: the number, or `<5` (the threshold) where it
+/// is withheld.
+pub fn shown_released(count: Option<u64>, policy: &Policy) -> String {
+    count.map_or_else(|| format!("<{}", policy.threshold), |n| n.to_string())
 }
 
-/// The attrition as a table for the screen, counts withheld as the policy says.
-pub fn attrition_table(rows: &[Attrition], policy: &OutputPolicy) -> String {
+/// The attrition as a table for the screen, its counts as released.
+pub fn attrition_table(rows: &[&CountRow], policy: &Policy) -> String {
     use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED)
@@ -88,8 +113,26 @@ pub fn attrition_table(rows: &[Attrition], policy: &OutputPolicy) -> String {
         t.add_row(vec![
             Cell::new(i).set_alignment(CellAlignment::Right),
             Cell::new(crate::printable::escaped(&a.rule)),
-            Cell::new(shown(a.persons, policy)).set_alignment(CellAlignment::Right),
-            Cell::new(shown(a.entries, policy)).set_alignment(CellAlignment::Right),
+            Cell::new(shown_released(a.counts[0], policy)).set_alignment(CellAlignment::Right),
+            Cell::new(shown_released(a.counts[1], policy)).set_alignment(CellAlignment::Right),
+        ]);
+    }
+    t.to_string()
+}
+
+/// The attrition as a table for an interactive session: each count withheld as the policy
+/// says and rounded to its live rounding, so that successive tables cannot be differenced.
+pub fn live_attrition_table(rows: &[Attrition], policy: &Policy) -> String {
+    use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_header(["step", "rule", "persons", "entries"]);
+    for (i, a) in rows.iter().enumerate() {
+        t.add_row(vec![
+            Cell::new(i).set_alignment(CellAlignment::Right),
+            Cell::new(crate::printable::escaped(&a.rule)),
+            Cell::new(policy.shown_live(a.persons)).set_alignment(CellAlignment::Right),
+            Cell::new(policy.shown_live(a.entries)).set_alignment(CellAlignment::Right),
         ]);
     }
     t.to_string()
@@ -124,26 +167,25 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A person's pseudonym in a study's outputs: keyed by the study, so the same person cannot be
-/// linked across studies from the outputs alone; reversing it needs the repository.
-fn pseudonym(study_hash: &str, person: i64) -> String {
-    let mut h = Sha256::new();
-    h.update(study_hash.as_bytes());
-    h.update(b":");
-    h.update(person.to_string().as_bytes());
-    hex(&h.finalize()[..8])
+/// sha256 of a file's bytes, as `run.json` records those it releases.
+pub fn file_sha256(path: &Path) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(hex(&Sha256::digest(&bytes)))
 }
 
-/// The dataset as published: with pseudonymous ids, person ids become pseudonyms and the index
-/// record id (an internal id of the repository) is left out.
-fn published_dataset(
+/// The dataset's rows at the site. With pseudonymous ids, `person` is the site-keyed pseudonym,
+/// the index record id (an internal id of the repository) is left out, and rows are sorted by
+/// pseudonym, so that their order says nothing of the person ids either; with original ids,
+/// `person_id` and `index_record_id` stay, in the order of person ids.
+fn person_level(
     schema: &SchemaRef,
     batches: &[RecordBatch],
-    policy: &OutputPolicy,
+    pseudonymise: bool,
+    site: &Site,
     study_hash: &str,
 ) -> Result<RecordBatch, String> {
     let all = concat_batches(schema, batches).map_err(|e| e.to_string())?;
-    if !policy.pseudonymise_ids {
+    if !pseudonymise {
         return Ok(all);
     }
     let mut fields: Vec<Field> = Vec::new();
@@ -155,7 +197,7 @@ fn published_dataset(
                 let ids = ids.as_any().downcast_ref::<Int64Array>().expect("int64");
                 let mut b = StringBuilder::new();
                 for i in 0..ids.len() {
-                    b.append_value(pseudonym(study_hash, ids.value(i)));
+                    b.append_value(site.pseudonym(study_hash, ids.value(i)));
                 }
                 fields.push(Field::new("person", DataType::Utf8, false));
                 columns.push(Arc::new(b.finish()));
@@ -167,148 +209,199 @@ fn published_dataset(
             }
         }
     }
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(|e| e.to_string())?;
+    sorted_by_person(&batch)
+}
+
+/// Rows sorted by pseudonym, then by index date (the rows of one person keep their order).
+fn sorted_by_person(batch: &RecordBatch) -> Result<RecordBatch, String> {
+    use datafusion::arrow::compute::{lexsort_to_indices, take, SortColumn};
+    let mut keys = vec![SortColumn {
+        values: batch.column_by_name("person").expect("person").clone(),
+        options: None,
+    }];
+    if let Some(index) = batch.column_by_name("index_date") {
+        keys.push(SortColumn {
+            values: index.clone(),
+            options: None,
+        });
+    }
+    keys.push(SortColumn {
+        values: Arc::new(datafusion::arrow::array::UInt32Array::from_iter_values(
+            0..batch.num_rows() as u32,
+        )),
+        options: None,
+    });
+    let order = lexsort_to_indices(&keys, None).map_err(|e| e.to_string())?;
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| take(c, &order, None))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    RecordBatch::try_new(batch.schema(), columns).map_err(|e| e.to_string())
+}
+
+/// The dataset as exported for a trusted third party: pseudonyms always; with relative dates,
+/// `index_date` becomes `index_year` and every other date column `<name>_day`, the days from
+/// the index date (0 on it, negative before it).
+fn exported_dataset(pseudonymised: &RecordBatch, exact_dates: bool) -> Result<RecordBatch, String> {
+    if exact_dates {
+        return Ok(pseudonymised.clone());
+    }
+    use datafusion::arrow::array::{Date32Array, Int32Array};
+    let schema = pseudonymised.schema();
+    let index = pseudonymised
+        .column_by_name("index_date")
+        .and_then(|c| c.as_any().downcast_ref::<Date32Array>())
+        .ok_or("the dataset has no index date")?
+        .clone();
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("a date");
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for (field, column) in schema.fields().iter().zip(pseudonymised.columns()) {
+        if field.name() == "index_date" {
+            use chrono::Datelike;
+            fields.push(Field::new("index_year", DataType::Int32, false));
+            columns.push(Arc::new(Int32Array::from_iter_values(index.iter().map(|d| {
+                (epoch + chrono::Duration::days(d.unwrap_or(0) as i64)).year()
+            }))));
+        } else if field.data_type() == &DataType::Date32 {
+            let dates = column
+                .as_any()
+                .downcast_ref::<Date32Array>()
+                .expect("a date column");
+            fields.push(Field::new(format!("{}_day", field.name()), DataType::Int32, true));
+            columns.push(Arc::new(Int32Array::from_iter(
+                dates.iter().zip(index.iter()).map(|(d, i)| Some(d? - i?)),
+            )));
+        } else if matches!(field.data_type(), DataType::Timestamp(..) | DataType::Date64) {
+            return Err(format!(
+                "the dataset's column `{}` holds times, which an export with relative dates cannot carry",
+                field.name()
+            ));
+        } else {
+            fields.push(field.as_ref().clone());
+            columns.push(column.clone());
+        }
+    }
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
 }
 
-fn attrition_batch(rows: &[Attrition], policy: &OutputPolicy) -> RecordBatch {
-    let (persons, entries, suppressed) = counts(
-        &rows
-            .iter()
-            .map(|r| (r.persons, r.entries))
-            .collect::<Vec<_>>(),
-        policy,
-    );
-    let schema = Schema::new(vec![
-        Field::new("step", DataType::Int64, false),
-        Field::new("rule", DataType::Utf8, false),
-        Field::new("persons", DataType::Int64, true),
-        Field::new("entries", DataType::Int64, true),
-        Field::new("suppressed", DataType::Boolean, false),
-    ]);
-    RecordBatch::try_new(
-        Arc::new(schema),
-        vec![
-            Arc::new(Int64Array::from_iter_values(0..rows.len() as i64)),
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| r.rule.as_str()),
-            )),
-            Arc::new(Int64Array::from(persons)),
-            Arc::new(Int64Array::from(entries)),
-            Arc::new(BooleanArray::from(suppressed)),
-        ],
-    )
-    .expect("columns of equal length")
+/// Every count of a run, exact, in the rows of the tables it releases.
+pub fn count_rows(run: &Execution) -> Vec<CountRow> {
+    let mut rows = Vec::new();
+    for (i, a) in run.attrition.iter().enumerate() {
+        rows.push(CountRow {
+            table: Table::Attrition,
+            step: Some(i as i64),
+            rule: a.rule.clone(),
+            arm: None,
+            counts: [Some(a.persons), Some(a.entries)],
+            line: i + 2,
+        });
+    }
+    // Rows come rule by rule, one per arm and last one for no arm, from step 1 on.
+    let per_step = run
+        .attrition_by_arm
+        .iter()
+        .position(|r| r.arm.is_none())
+        .map_or(1, |p| p + 1);
+    for (i, a) in run.attrition_by_arm.iter().enumerate() {
+        rows.push(CountRow {
+            table: Table::ByArm,
+            step: Some((i / per_step) as i64 + 1),
+            rule: a.rule.clone(),
+            arm: a.arm.clone(),
+            counts: [Some(a.persons), Some(a.entries)],
+            line: i + 2,
+        });
+    }
+    for (i, r) in run.inclusion_rules.iter().enumerate() {
+        rows.push(CountRow {
+            table: Table::Rule,
+            step: Some(i as i64 + 1),
+            rule: r.rule.clone(),
+            arm: None,
+            counts: [Some(r.persons), Some(r.entries)],
+            line: i + 2,
+        });
+    }
+    let after = run.inclusion_rules.len();
+    for (i, r) in run.rule_combinations.iter().enumerate() {
+        rows.push(CountRow {
+            table: Table::Combination,
+            step: None,
+            rule: r.rule.clone(),
+            arm: None,
+            counts: [Some(r.persons), Some(r.entries)],
+            line: after + i + 2,
+        });
+    }
+    rows
 }
 
-/// Persons and entries as published, and whether either is withheld.
-fn counts(
-    rows: &[(u64, u64)],
-    policy: &OutputPolicy,
-) -> (Vec<Option<i64>>, Vec<Option<i64>>, Vec<bool>) {
-    let persons: Vec<Option<i64>> = rows
-        .iter()
-        .map(|r| publishable(r.0, policy).map(|x| x as i64))
-        .collect();
-    let entries: Vec<Option<i64>> = rows
-        .iter()
-        .map(|r| publishable(r.1, policy).map(|x| x as i64))
-        .collect();
-    let suppressed = persons
-        .iter()
-        .zip(&entries)
-        .map(|(p, e)| p.is_none() || e.is_none())
-        .collect();
-    (persons, entries, suppressed)
+fn count_columns(rows: &[&CountRow]) -> (Vec<Option<i64>>, Vec<Option<i64>>, Vec<bool>) {
+    (
+        rows.iter().map(|r| r.counts[0].map(|c| c as i64)).collect(),
+        rows.iter().map(|r| r.counts[1].map(|c| c as i64)).collect(),
+        rows.iter()
+            .map(|r| r.counts.iter().any(Option::is_none))
+            .collect(),
+    )
 }
 
-/// The attrition by arm: `step` as in the attrition table, `rule`, `arm` (empty for entries
-/// in no arm), `persons`, `entries`, `suppressed`.
-fn arm_attrition_batch(rows: &[ArmAttrition], policy: &OutputPolicy) -> RecordBatch {
-    let (persons, entries, suppressed) = counts(
-        &rows
-            .iter()
-            .map(|r| (r.persons, r.entries))
-            .collect::<Vec<_>>(),
-        policy,
-    );
-    let schema = Schema::new(vec![
-        Field::new("step", DataType::Int64, false),
-        Field::new("rule", DataType::Utf8, false),
-        Field::new("arm", DataType::Utf8, true),
-        Field::new("persons", DataType::Int64, true),
-        Field::new("entries", DataType::Int64, true),
-        Field::new("suppressed", DataType::Boolean, false),
-    ]);
-    // Rows come rule by rule, one per arm and last one for no arm; the attrition table's step
-    // 0 (the index event's records, which have no arm) is not among them.
-    let rules = rows.iter().filter(|r| r.arm.is_none()).count().max(1);
-    let per_rule_rows = (rows.len() / rules).max(1);
-    RecordBatch::try_new(
-        Arc::new(schema),
-        vec![
-            Arc::new(Int64Array::from_iter_values(
-                (0..rows.len()).map(|i| (i / per_rule_rows) as i64 + 1),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|r| r.rule.as_str()),
-            )),
-            Arc::new(StringArray::from_iter(
-                rows.iter().map(|r| r.arm.as_deref()),
-            )),
-            Arc::new(Int64Array::from(persons)),
-            Arc::new(Int64Array::from(entries)),
-            Arc::new(BooleanArray::from(suppressed)),
-        ],
-    )
-    .expect("columns of equal length")
+/// One of the tables of counts, as written: `attrition` (`step`, `rule`), `attrition_by_arm`
+/// (`step`, `rule`, `arm`: empty for entries in no arm) or `inclusion_rules` (`kind`: `rule`
+/// with its `step`, or `combination` with the steps passed in `rule`); then `persons`,
+/// `entries` and `suppressed` in each.
+fn count_batch(rows: &[CountRow], table: Table) -> RecordBatch {
+    let picked: Vec<&CountRow> = rows
+        .iter()
+        .filter(|r| match table {
+            Table::Rule | Table::Combination => {
+                matches!(r.table, Table::Rule | Table::Combination)
+            }
+            t => r.table == t,
+        })
+        .collect();
+    let (persons, entries, suppressed) = count_columns(&picked);
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    if matches!(table, Table::Rule | Table::Combination) {
+        fields.push(Field::new("kind", DataType::Utf8, false));
+        columns.push(Arc::new(StringArray::from_iter_values(picked.iter().map(
+            |r| if r.table == Table::Rule { "rule" } else { "combination" },
+        ))));
+    }
+    fields.push(Field::new("step", DataType::Int64, matches!(table, Table::Rule | Table::Combination)));
+    columns.push(Arc::new(Int64Array::from_iter(picked.iter().map(|r| r.step))));
+    fields.push(Field::new("rule", DataType::Utf8, false));
+    columns.push(Arc::new(StringArray::from_iter_values(
+        picked.iter().map(|r| r.rule.as_str()),
+    )));
+    if table == Table::ByArm {
+        fields.push(Field::new("arm", DataType::Utf8, true));
+        columns.push(Arc::new(StringArray::from_iter(
+            picked.iter().map(|r| r.arm.as_deref()),
+        )));
+    }
+    fields.push(Field::new("persons", DataType::Int64, true));
+    columns.push(Arc::new(Int64Array::from(persons)));
+    fields.push(Field::new("entries", DataType::Int64, true));
+    columns.push(Arc::new(Int64Array::from(entries)));
+    fields.push(Field::new("suppressed", DataType::Boolean, false));
+    columns.push(Arc::new(BooleanArray::from(suppressed)));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("columns of equal length")
 }
 
-/// OHDSI Circe's inclusion-rule report: `kind` (`rule`: one step on its own, with its `step`
-/// number; `combination`: the steps passed, in `rule`, such as `1, 3` or `none`), `persons`,
-/// `entries`, `suppressed`; both among the qualifying index entries.
-fn inclusion_batch(
-    rules: &[RuleCount],
-    combinations: &[RuleCount],
-    policy: &OutputPolicy,
-) -> RecordBatch {
-    let all: Vec<&RuleCount> = rules.iter().chain(combinations).collect();
-    let (persons, entries, suppressed) = counts(
-        &all.iter()
-            .map(|r| (r.persons, r.entries))
-            .collect::<Vec<_>>(),
-        policy,
-    );
-    let schema = Schema::new(vec![
-        Field::new("kind", DataType::Utf8, false),
-        Field::new("step", DataType::Int64, true),
-        Field::new("rule", DataType::Utf8, false),
-        Field::new("persons", DataType::Int64, true),
-        Field::new("entries", DataType::Int64, true),
-        Field::new("suppressed", DataType::Boolean, false),
-    ]);
-    RecordBatch::try_new(
-        Arc::new(schema),
-        vec![
-            Arc::new(StringArray::from_iter_values((0..all.len()).map(|i| {
-                if i < rules.len() {
-                    "rule"
-                } else {
-                    "combination"
-                }
-            }))),
-            Arc::new(Int64Array::from_iter(
-                (0..all.len()).map(|i| (i < rules.len()).then_some(i as i64 + 1)),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                all.iter().map(|r| r.rule.as_str()),
-            )),
-            Arc::new(Int64Array::from(persons)),
-            Arc::new(Int64Array::from(entries)),
-            Arc::new(BooleanArray::from(suppressed)),
-        ],
-    )
-    .expect("columns of equal length")
-}
+/// The tables of counts by file name.
+const COUNT_TABLES: [(&str, Table); 3] = [
+    ("attrition", Table::Attrition),
+    ("attrition_by_arm", Table::ByArm),
+    ("inclusion_rules", Table::Rule),
+];
 
 fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<(), String> {
     let fail = |e: &dyn std::fmt::Display| format!("cannot write {}: {e}", path.display());
@@ -341,22 +434,70 @@ fn write_table(dir: &Path, name: &str, batch: &RecordBatch) -> Result<(), String
     write_csv(&dir.join(format!("{name}.csv")), batch)
 }
 
-/// The `run.json` record.
-fn run_record(info: &RunInfo, run: &Execution, written: &Written) -> serde_json::Value {
-    let policy = &info.study.output;
-    let attrition: Vec<serde_json::Value> = run
-        .attrition
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
+/// What `run.json` says of the study, the data and the tool, in `site/` and `release/` alike.
+fn provenance(info: &RunInfo) -> serde_json::Map<String, serde_json::Value> {
+    let v = json!({
+        "study": {
+            "file": shareable_path(info.study_path),
+            "title": info.study.title,
+            "version": info.study.version,
+        },
+        "study_hash": info.study_hash,
+        "repository": info.repository,
+        "data_fingerprint": info.data_fingerprint,
+        "tool_version": env!("CARGO_PKG_VERSION"),
+        "cohort_definition_id": info.study.output.cohort_id,
+        "cohort_id_from": if info.cohort_id_from_command_line { "--cohort-id" } else { "study" },
+    });
+    match v {
+        serde_json::Value::Object(map) => map,
+        _ => unreachable!("an object"),
+    }
+}
+
+/// The disclosure control applied, exactly, as `release/run.json` states it.
+fn disclosure_record(info: &RunInfo) -> serde_json::Value {
+    let policy = info.policy;
+    json!({
+        "policy": policy.preset,
+        "threshold": policy.threshold,
+        "rounding": policy.rounding,
+        "rule": policy.describe(),
+        "set_by": info.site_source,
+        "tightened_by": policy.tightened_by,
+        "secondary_suppression": policy.rounding <= 1,
+        "dataset_export": match info.export {
+            None => "none",
+            Some(true) => "exact-dates",
+            Some(false) => "relative-dates",
+        },
+        "pseudonyms": "HMAC-SHA-256 keyed by the site's secret over the study hash and the person id, first 16 hexadecimal digits",
+    })
+}
+
+fn attrition_record(rows: &[CountRow]) -> Vec<serde_json::Value> {
+    rows.iter()
+        .filter(|r| r.table == Table::Attrition)
+        .map(|r| {
             json!({
-                "step": i,
-                "rule": a.rule,
-                "persons": publishable(a.persons, policy),
-                "entries": publishable(a.entries, policy),
+                "step": r.step,
+                "rule": r.rule,
+                "persons": r.counts[0],
+                "entries": r.counts[1],
             })
         })
-        .collect();
+        .collect()
+}
+
+/// `site/run.json`: exact counts, row counts, data warnings and timings, for the site.
+fn site_record(
+    info: &RunInfo,
+    run: &Execution,
+    exact: &[CountRow],
+    cohort_rows: usize,
+    dataset_rows: usize,
+    files: &[String],
+) -> serde_json::Value {
     let mut timings: serde_json::Map<String, serde_json::Value> = run
         .timings
         .iter()
@@ -366,42 +507,49 @@ fn run_record(info: &RunInfo, run: &Execution, written: &Written) -> serde_json:
         "check_ms".into(),
         json!(info.check_time.as_secs_f64() * 1e3),
     );
-    json!({
-        "study": {
-            "file": shareable_path(info.study_path),
-            "title": info.study.title,
-            "version": info.study.version,
-        },
-        "study_hash": info.study_hash,
-        "repository": info.repository,
-        "data_fingerprint": info.data_fingerprint,
-        "data_warnings": info.data_warnings,
-        "tool_version": env!("CARGO_PKG_VERSION"),
-        "persons": publishable(run.persons(), policy),
-        "attrition": attrition,
-        // The cohort's and the dataset's rows are entries, counts of persons' data like any
-        // other: withheld as the policy says (the files themselves stay at the site).
-        "rows": {
-            "cohort": publishable(written.cohort as u64, policy),
-            "dataset": publishable(written.dataset as u64, policy),
-            "attrition": written.attrition,
-            "attrition_by_arm": written.attrition_by_arm,
-            "inclusion_rules": written.inclusion_rules,
-        },
-        "output_policy": {
-            "min_cell_count": policy.min_cell_count,
-            "pseudonymise_ids": policy.pseudonymise_ids,
-        },
-        "cohort_definition_id": policy.cohort_id,
-        "cohort_id_from": if info.cohort_id_from_command_line { "--cohort-id" } else { "study" },
-        "timings": timings,
-        "files": OUTPUT_FILES,
-    })
+    let mut record = provenance(info);
+    record.insert("place".into(), json!("site"));
+    record.insert("data_warnings".into(), json!(info.data_warnings));
+    record.insert("persons".into(), json!(run.persons()));
+    record.insert("attrition".into(), json!(attrition_record(exact)));
+    record.insert(
+        "rows".into(),
+        json!({ "cohort": cohort_rows, "dataset": dataset_rows }),
+    );
+    record.insert("disclosure".into(), disclosure_record(info));
+    record.insert(
+        "person_ids".into(),
+        json!(if info.study.output.pseudonymise_ids { "pseudonymised" } else { "original" }),
+    );
+    record.insert("timings".into(), json!(timings));
+    record.insert("files".into(), json!(files));
+    serde_json::Value::Object(record)
 }
 
-/// The files a run writes into its output directory, `run.json` last: `run.json` lists them, and
-/// only a directory holding nothing else is ever replaced.
-pub const OUTPUT_FILES: [&str; 12] = [
+/// `release/run.json`: what may leave the site, with the checksum of every file released.
+fn release_record(
+    info: &RunInfo,
+    released: &[CountRow],
+    files: &[String],
+    checksums: &serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Value {
+    let mut record = provenance(info);
+    record.insert("place".into(), json!("release"));
+    record.insert("disclosure".into(), disclosure_record(info));
+    let persons = released
+        .iter()
+        .filter(|r| r.table == Table::Attrition)
+        .next_back()
+        .and_then(|r| r.counts[0]);
+    record.insert("persons".into(), json!(persons));
+    record.insert("attrition".into(), json!(attrition_record(released)));
+    record.insert("files".into(), json!(files));
+    record.insert("checksums".into(), serde_json::Value::Object(checksums.clone()));
+    serde_json::Value::Object(record)
+}
+
+/// The files a run writes under `site/`, `run.json` last.
+pub const SITE_FILES: [&str; 12] = [
     "cohort.parquet",
     "cohort.csv",
     "dataset.parquet",
@@ -415,6 +563,23 @@ pub const OUTPUT_FILES: [&str; 12] = [
     "study.study",
     "run.json",
 ];
+
+/// The files a run writes under `release/`, `run.json` last; `dataset.csv` only with
+/// `--export-dataset`.
+pub const RELEASE_FILES: [&str; 5] = [
+    "attrition.csv",
+    "attrition_by_arm.csv",
+    "inclusion_rules.csv",
+    "study.study",
+    "run.json",
+];
+
+/// The places of a run's outputs: what stays at the site, and what may leave it.
+pub const PLACES: [&str; 2] = ["site", "release"];
+
+/// The files of a run's flat output directory before outputs were split into `site/` and
+/// `release/`: such a directory is still a previous run's, and may be replaced.
+const FLAT_FILES: [&str; 12] = SITE_FILES;
 
 /// An output directory claimed for one run: checked to be empty, absent or a previous run's
 /// outputs, and locked against other runs into the same place until the outputs are written.
@@ -565,8 +730,9 @@ fn same_file(_: &std::fs::File, path: &Path) -> bool {
     path.exists()
 }
 
-/// Whether `out` may be written: absent, an empty directory, or a directory holding only the
-/// files its `run.json` lists (a previous run's outputs). Never a symbolic link.
+/// Whether `out` may be written: absent, an empty directory, or a previous run's outputs:
+/// `site/` and `release/` each holding only the files its `run.json` lists (or, from before
+/// outputs were split, those files directly in `out`). Never a symbolic link.
 fn check_replaceable(out: &Path) -> Result<(), String> {
     let refuse = |why: String| {
         Err(format!(
@@ -585,38 +751,44 @@ fn check_replaceable(out: &Path) -> Result<(), String> {
     if !meta.is_dir() {
         return refuse("exists and is not a directory".into());
     }
-    let entries: Vec<std::fs::DirEntry> = std::fs::read_dir(out)
-        .map_err(|e| format!("cannot read {}: {e}", out.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("cannot read {}: {e}", out.display()))?;
-    if entries.is_empty() {
+    let names = entries(out)?;
+    if names.is_empty() {
         return Ok(());
     }
-    let manifest: Option<Vec<String>> = std::fs::read_to_string(out.join("run.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-        .filter(|v| v.get("study_hash").is_some_and(|h| h.is_string()))
-        .map(|v| match v.get("files").and_then(|f| f.as_array()) {
-            Some(files) => files
-                .iter()
-                .filter_map(|f| f.as_str().map(str::to_string))
-                .collect(),
-            // Written before run.json listed its files: these are the files it wrote.
-            None => OUTPUT_FILES.iter().map(|f| f.to_string()).collect(),
-        });
-    let Some(manifest) = manifest else {
-        return refuse(
-            "exists and does not hold a previous run's outputs (no run.json of cohortql's)".into(),
-        );
+    let is_dir = |name: &str| {
+        std::fs::symlink_metadata(out.join(name)).is_ok_and(|m| m.is_dir() && !m.is_symlink())
     };
-    let mut foreign: Vec<String> = entries
-        .iter()
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            !manifest.contains(&name) || !e.file_type().is_ok_and(|t| t.is_file())
-        })
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let places = names.iter().all(|(n, _)| PLACES.contains(&n.as_str()) && is_dir(n));
+    let mut foreign: Vec<String> = Vec::new();
+    if places {
+        for (place, _) in &names {
+            let dir = out.join(place);
+            let Some(manifest) = manifest(&dir) else {
+                return refuse(format!(
+                    "holds a {place}/ without a run.json of cohortql's, so it is not a previous run's outputs"
+                ));
+            };
+            foreign.extend(
+                entries(&dir)?
+                    .into_iter()
+                    .filter(|(n, file)| !*file || !manifest.contains(n))
+                    .map(|(n, _)| format!("{place}/{n}")),
+            );
+        }
+    } else {
+        let Some(manifest) = manifest(out) else {
+            return refuse(
+                "exists and does not hold a previous run's outputs (no run.json of cohortql's)"
+                    .into(),
+            );
+        };
+        foreign.extend(
+            names
+                .into_iter()
+                .filter(|(n, file)| !*file || !manifest.contains(n))
+                .map(|(n, _)| n),
+        );
+    }
     if !foreign.is_empty() {
         foreign.sort();
         let shown: Vec<String> = foreign.iter().take(5).map(|f| format!("`{f}`")).collect();
@@ -634,38 +806,109 @@ fn check_replaceable(out: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The names in a directory, each with whether it is a regular file.
+fn entries(dir: &Path) -> Result<Vec<(String, bool)>, String> {
+    let read: Vec<std::fs::DirEntry> = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+    Ok(read
+        .iter()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.file_type().is_ok_and(|t| t.is_file()),
+            )
+        })
+        .collect())
+}
+
+/// The files a directory's `run.json` lists, when it is one of cohortql's.
+fn manifest(dir: &Path) -> Option<Vec<String>> {
+    std::fs::read_to_string(dir.join("run.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .filter(|v| v.get("study_hash").is_some_and(|h| h.is_string()))
+        .map(|v| match v.get("files").and_then(|f| f.as_array()) {
+            Some(files) => files
+                .iter()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect(),
+            // Written before run.json listed its files: these are the files it wrote.
+            None => FLAT_FILES.iter().map(|f| f.to_string()).collect(),
+        })
+}
+
 fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, String> {
+    let site_dir = dir.join("site");
+    let release_dir = dir.join("release");
+    for d in [&site_dir, &release_dir] {
+        std::fs::create_dir(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+    }
+    // At the site: person-level rows and exact counts.
     let cohort = concat_batches(&run.cohort_schema, &run.cohort).map_err(|e| e.to_string())?;
-    write_table(dir, "cohort", &cohort)?;
-    let dataset = published_dataset(
+    write_table(&site_dir, "cohort", &cohort)?;
+    let dataset = person_level(
         &run.dataset_schema,
         &run.dataset,
-        &info.study.output,
+        info.study.output.pseudonymise_ids,
+        info.site,
         info.study_hash,
     )?;
-    write_table(dir, "dataset", &dataset)?;
-    let attrition = attrition_batch(&run.attrition, &info.study.output);
-    write_table(dir, "attrition", &attrition)?;
-    let by_arm = arm_attrition_batch(&run.attrition_by_arm, &info.study.output);
-    write_table(dir, "attrition_by_arm", &by_arm)?;
-    let inclusion = inclusion_batch(
-        &run.inclusion_rules,
-        &run.rule_combinations,
-        &info.study.output,
-    );
-    write_table(dir, "inclusion_rules", &inclusion)?;
-    std::fs::write(dir.join("study.study"), info.study_text)
+    write_table(&site_dir, "dataset", &dataset)?;
+    let exact = count_rows(run);
+    for (name, table) in COUNT_TABLES {
+        write_table(&site_dir, name, &count_batch(&exact, table))?;
+    }
+    std::fs::write(site_dir.join("study.study"), info.study_text)
         .map_err(|e| format!("cannot write the study copy: {e}"))?;
-    let written = Written {
+    let site_files: Vec<String> = SITE_FILES.iter().map(|f| f.to_string()).collect();
+    let record = site_record(info, run, &exact, cohort.num_rows(), dataset.num_rows(), &site_files);
+    write_json(&site_dir.join("run.json"), &record)?;
+
+    // What may leave: counts under disclosure control, as text an output checker can read.
+    let released = crate::disclosure::control::control(&exact, info.policy);
+    let mut files: Vec<String> = Vec::new();
+    for (name, table) in COUNT_TABLES {
+        let file = format!("{name}.csv");
+        write_csv(&release_dir.join(&file), &count_batch(&released, table))?;
+        files.push(file);
+    }
+    std::fs::write(release_dir.join("study.study"), info.study_text)
+        .map_err(|e| format!("cannot write the study copy: {e}"))?;
+    files.push("study.study".to_string());
+    if let Some(exact_dates) = info.export {
+        let pseudonymised = person_level(
+            &run.dataset_schema,
+            &run.dataset,
+            true,
+            info.site,
+            info.study_hash,
+        )?;
+        write_csv(
+            &release_dir.join("dataset.csv"),
+            &exported_dataset(&pseudonymised, exact_dates)?,
+        )?;
+        files.push("dataset.csv".to_string());
+    }
+    let mut checksums = serde_json::Map::new();
+    for f in &files {
+        checksums.insert(f.clone(), json!(file_sha256(&release_dir.join(f))?));
+    }
+    files.push("run.json".to_string());
+    write_json(
+        &release_dir.join("run.json"),
+        &release_record(info, &released, &files, &checksums),
+    )?;
+    Ok(Written {
         cohort: cohort.num_rows(),
         dataset: dataset.num_rows(),
-        attrition: attrition.num_rows(),
-        attrition_by_arm: by_arm.num_rows(),
-        inclusion_rules: inclusion.num_rows(),
-    };
-    let record = serde_json::to_string_pretty(&run_record(info, run, &written))
-        .expect("a JSON value serialises");
-    std::fs::write(dir.join("run.json"), record + "\n")
-        .map_err(|e| format!("cannot write run.json: {e}"))?;
-    Ok(written)
+        released,
+        exported: info.export.is_some(),
+    })
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(value).expect("a JSON value serialises");
+    std::fs::write(path, text + "\n").map_err(|e| format!("cannot write {}: {e}", path.display()))
 }

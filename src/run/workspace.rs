@@ -24,6 +24,17 @@ pub struct Workspace {
     ctx: SessionContext,
 }
 
+/// The disclosure rules of one run.
+pub struct Disclosure<'a> {
+    /// The site's policy tightened by the study.
+    pub policy: &'a crate::disclosure::Policy,
+    /// Where the site's policy was set, in words.
+    pub source: &'a str,
+    pub site: &'a crate::site::Site,
+    /// `--export-dataset`: `Some(exact dates)`.
+    pub export: Option<bool>,
+}
+
 impl Workspace {
     pub async fn open(repo: Repository) -> Result<Workspace, String> {
         let ctx = repo.session().await.map_err(visible)?;
@@ -52,6 +63,7 @@ impl Workspace {
         text: &str,
         check_time: std::time::Duration,
         cohort_id: Option<i64>,
+        disclosure: &Disclosure<'_>,
         out: &Path,
         progress: &dyn Fn(&str),
         note: &dyn Fn(&str),
@@ -97,6 +109,10 @@ impl Workspace {
             data_fingerprint: &fingerprint,
             data_warnings: &warnings,
             check_time,
+            policy: disclosure.policy,
+            site_source: disclosure.source,
+            site: disclosure.site,
+            export: disclosure.export,
         };
         let written = claimed.write(&info, &run)?;
         Ok((run, written))

@@ -472,6 +472,12 @@ fn build_section(pair: Pair<Rule>) -> Section {
                         Rule::cohort_id => {
                             OutputKind::CohortId(text(&p.into_inner().last().unwrap()))
                         }
+                        Rule::disclosure => {
+                            OutputKind::Disclosure(text(&p.into_inner().last().unwrap()))
+                        }
+                        Rule::exported_dates => OutputKind::ExportedDates {
+                            exact: p.into_inner().last().unwrap().as_rule() == Rule::kw_exact,
+                        },
                         _ => OutputKind::PersonIds {
                             pseudonymised: p.into_inner().last().unwrap().as_rule()
                                 == Rule::kw_pseudonymised,

@@ -1,0 +1,476 @@
+//! The counts a run releases, the relations between them that anyone reading the release
+//! knows (an attrition row is the sum of its arms; Circe's combinations add up to the qualifying
+//! entries and to each rule), and the two things done with them: `control` withholds and rounds
+//! counts so that no number of persons from 1 to the threshold can be derived, and `derivable`
+//! looks for such a number in a release, as an output checker would.
+//!
+//! What counts as derivable: a released count; a withheld count that its relation gives exactly
+//! (the one unknown of a sum); the sum of a relation's withheld counts (its total less the
+//! released parts); and the difference of any two of these, across every table and between
+//! persons and entries. Sums of two need no check of their own: a sum of counts is small only
+//! where one of them is. Under a rounding policy released counts are not exact, so no
+//! difference or sum of them is exact either: there the check is that every count is rounded
+//! and none is below the smallest the policy releases.
+
+use super::Policy;
+use std::collections::BTreeSet;
+
+/// The tables of counts a run releases, in the order their rows are kept when one must go:
+/// combinations first, the attrition table last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    Combination,
+    Rule,
+    ByArm,
+    Attrition,
+}
+
+impl Table {
+    /// The file a table is released as.
+    pub fn file(self) -> &'static str {
+        match self {
+            Table::Attrition => "attrition.csv",
+            Table::ByArm => "attrition_by_arm.csv",
+            Table::Rule | Table::Combination => "inclusion_rules.csv",
+        }
+    }
+}
+
+/// The two counts of every row.
+pub const MEASURES: [&str; 2] = ["persons", "entries"];
+
+/// One row of counts: exact at the site, `None` where withheld in a release.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CountRow {
+    pub table: Table,
+    /// The attrition step (attrition and by arm), or the rule's number (rule rows).
+    pub step: Option<i64>,
+    /// The rule; for a combination, the rules passed (`1, 3` or `none`).
+    pub rule: String,
+    /// The arm (by arm only; `None` for entries in no arm).
+    pub arm: Option<String>,
+    /// Persons and entries.
+    pub counts: [Option<u64>; 2],
+    /// The row's line in its file (the header is line 1), for messages.
+    pub line: usize,
+}
+
+impl CountRow {
+    fn place(&self, measure: usize) -> String {
+        format!(
+            "{} line {}, {}",
+            self.table.file(),
+            self.line,
+            MEASURES[measure]
+        )
+    }
+}
+
+/// `total` is the sum of `parts`, in both measures: exactly for entries; for persons, exactly
+/// when each person has one entry, and taken as exact all the same, as a reader would.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Relation {
+    pub total: usize,
+    pub parts: Vec<usize>,
+}
+
+/// The rules passed in a combination row (`1, 3` → {1, 3}; `none` → {}).
+pub fn steps_of(combination: &str) -> BTreeSet<i64> {
+    combination
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+/// Every relation between the rows that a reader of the release knows from the documentation.
+pub fn relations(rows: &[CountRow]) -> Vec<Relation> {
+    let of = |t: Table| -> Vec<usize> { (0..rows.len()).filter(|&i| rows[i].table == t).collect() };
+    let attrition = of(Table::Attrition);
+    let by_arm = of(Table::ByArm);
+    let rules = of(Table::Rule);
+    let combinations = of(Table::Combination);
+    let attrition_step =
+        |step: i64| attrition.iter().copied().find(|&i| rows[i].step == Some(step));
+    let mut out = Vec::new();
+    // An attrition row is the sum of its arms (and of entries in no arm).
+    let steps: BTreeSet<i64> = by_arm.iter().filter_map(|&i| rows[i].step).collect();
+    for &step in &steps {
+        if let Some(total) = attrition_step(step) {
+            let parts = by_arm
+                .iter()
+                .copied()
+                .filter(|&i| rows[i].step == Some(step))
+                .collect();
+            out.push(Relation { total, parts });
+        }
+    }
+    // `assigned to an exposure arm` is the sum of the arms (not of no arm) at the step before.
+    if let Some(assigned) = attrition
+        .iter()
+        .copied()
+        .find(|&i| rows[i].rule == "assigned to an exposure arm")
+    {
+        let before = rows[assigned].step.map(|s| s - 1);
+        let parts: Vec<usize> = by_arm
+            .iter()
+            .copied()
+            .filter(|&i| rows[i].step == before && rows[i].arm.is_some())
+            .collect();
+        if !parts.is_empty() {
+            out.push(Relation {
+                total: assigned,
+                parts,
+            });
+        }
+    }
+    if combinations.is_empty() {
+        return out;
+    }
+    // The combinations add up to the qualifying entries (step 1) ...
+    if let Some(total) = attrition_step(1) {
+        out.push(Relation {
+            total,
+            parts: combinations.clone(),
+        });
+    }
+    let passed: Vec<BTreeSet<i64>> = combinations
+        .iter()
+        .map(|&i| steps_of(&rows[i].rule))
+        .collect();
+    for &rule in &rules {
+        let Some(n) = rows[rule].step else { continue };
+        // ... each rule on its own is the sum of the combinations that pass it ...
+        out.push(Relation {
+            total: rule,
+            parts: combinations
+                .iter()
+                .zip(&passed)
+                .filter(|(_, p)| p.contains(&n))
+                .map(|(&i, _)| i)
+                .collect(),
+        });
+        // ... and the attrition row after rule n is the sum of those passing rules 1 to n.
+        if let Some(total) = attrition_step(n + 1).filter(|&t| rows[t].rule == rows[rule].rule) {
+            out.push(Relation {
+                total,
+                parts: combinations
+                    .iter()
+                    .zip(&passed)
+                    .filter(|(_, p)| (1..=n).all(|k| p.contains(&k)))
+                    .map(|(&i, _)| i)
+                    .collect(),
+            });
+        }
+    }
+    out
+}
+
+/// A number a release gives away, with the released rows it comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    /// What it is, in words, with its value.
+    pub what: String,
+    /// The rows whose released counts give it.
+    pub sources: BTreeSet<usize>,
+}
+
+/// A number known from a release: released, or derived through the relations.
+#[derive(Clone, Debug)]
+struct Known {
+    value: i128,
+    what: String,
+    sources: BTreeSet<usize>,
+    /// The cell it is (row, measure), when it is one.
+    cell: Option<(usize, usize)>,
+}
+
+/// Every count from 1 to `threshold - 1` that can be read or derived from released rows.
+pub fn derivable(rows: &[CountRow], policy: &Policy) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let smallest = policy.smallest_released();
+    for (i, r) in rows.iter().enumerate() {
+        for (m, v) in r.counts.iter().enumerate() {
+            let Some(v) = *v else { continue };
+            if v > 0 && v < smallest {
+                findings.push(Finding {
+                    what: format!(
+                        "{} is {v}, below the smallest count the {} policy releases ({smallest})",
+                        r.place(m),
+                        policy.preset
+                    ),
+                    sources: [i].into(),
+                });
+            } else if policy.rounding > 1 && v % policy.rounding != 0 {
+                findings.push(Finding {
+                    what: format!(
+                        "{} is {v}, not rounded to a multiple of {}",
+                        r.place(m),
+                        policy.rounding
+                    ),
+                    sources: [i].into(),
+                });
+            }
+        }
+    }
+    if policy.rounding > 1 {
+        return findings;
+    }
+    let t = policy.threshold as i128;
+    let small = |v: i128| v >= 1 && v < t;
+    let relations = relations(rows);
+    // Every cell known, released or derived, per measure.
+    let mut known: Vec<[Option<Known>; 2]> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            [0, 1].map(|m| {
+                r.counts[m].map(|v| Known {
+                    value: v as i128,
+                    what: r.place(m),
+                    sources: [i].into(),
+                    cell: Some((i, m)),
+                })
+            })
+        })
+        .collect();
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for rel in &relations {
+            for m in 0..2 {
+                let members: Vec<usize> = std::iter::once(rel.total)
+                    .chain(rel.parts.iter().copied())
+                    .collect();
+                let unknown: Vec<usize> = members
+                    .iter()
+                    .copied()
+                    .filter(|&i| known[i][m].is_none())
+                    .collect();
+                let [missing] = unknown[..] else { continue };
+                let mut sources = BTreeSet::new();
+                let mut parts_sum = 0i128;
+                for &p in &rel.parts {
+                    if let Some(k) = &known[p][m] {
+                        parts_sum += k.value;
+                        sources.extend(&k.sources);
+                    }
+                }
+                let value = if missing == rel.total {
+                    parts_sum
+                } else {
+                    let total = known[rel.total][m].as_ref().expect("known");
+                    sources.extend(&total.sources);
+                    total.value - parts_sum
+                };
+                // A negative value is a relation that does not hold (persons in two arms):
+                // it gives nothing away.
+                if value >= 0 {
+                    known[missing][m] = Some(Known {
+                        value,
+                        what: format!("{} (withheld, but derivable)", rows[missing].place(m)),
+                        sources,
+                        cell: Some((missing, m)),
+                    });
+                    changed = true;
+                }
+            }
+        }
+    }
+    let mut pool: Vec<Known> = known.iter().flatten().flatten().cloned().collect();
+    for k in &pool {
+        let withheld = k.cell.is_some_and(|(i, m)| rows[i].counts[m].is_none());
+        if withheld && small(k.value) {
+            findings.push(Finding {
+                what: format!("{} is {}", k.what, k.value),
+                sources: k.sources.clone(),
+            });
+        }
+    }
+    // The withheld parts of a relation together: its total less its released parts.
+    for rel in &relations {
+        for m in 0..2 {
+            let Some(total) = &known[rel.total][m] else {
+                continue;
+            };
+            let unknown: Vec<usize> = rel
+                .parts
+                .iter()
+                .copied()
+                .filter(|&p| known[p][m].is_none())
+                .collect();
+            if unknown.len() < 2 {
+                continue;
+            }
+            let mut sources = total.sources.clone();
+            let mut value = total.value;
+            for &p in &rel.parts {
+                if let Some(k) = &known[p][m] {
+                    value -= k.value;
+                    sources.extend(&k.sources);
+                }
+            }
+            if value < 0 {
+                continue;
+            }
+            let group = Known {
+                value,
+                what: format!(
+                    "the withheld {} of {} together",
+                    MEASURES[m],
+                    unknown
+                        .iter()
+                        .map(|&p| format!("line {}", rows[p].line))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                        + &format!(" of {}", rows[unknown[0]].table.file())
+                ),
+                sources,
+                cell: None,
+            };
+            if small(value) {
+                findings.push(Finding {
+                    what: format!("{} are {value}", group.what),
+                    sources: group.sources.clone(),
+                });
+            }
+            pool.push(group);
+        }
+    }
+    // Differences: sorted, each number against the following ones less than `t` above it.
+    pool.sort_by_key(|k| k.value);
+    for i in 0..pool.len() {
+        for j in i + 1..pool.len() {
+            let d = pool[j].value - pool[i].value;
+            if d >= t {
+                break;
+            }
+            if d == 0 || (pool[i].cell.is_some() && pool[i].cell == pool[j].cell) {
+                continue;
+            }
+            findings.push(Finding {
+                what: format!(
+                    "{} = {}, less {} = {}, is {d}",
+                    pool[j].what, pool[j].value, pool[i].what, pool[i].value
+                ),
+                sources: pool[i].sources.union(&pool[j].sources).copied().collect(),
+            });
+        }
+    }
+    findings
+}
+
+/// The rows as they may be released under `policy`: counts from 1 to `threshold - 1`
+/// withheld, every other count rounded; a row with one count withheld has both withheld (the
+/// entries of a handful of persons are theirs too). Without rounding, further rows are withheld
+/// until `derivable` finds nothing: for each finding, the least important released row it comes
+/// from (rows of zeros last, since withholding them changes no sum; then combinations before
+/// rules, rules before arms, arms before the attrition table; then the smaller count), which is
+/// complementary suppression.
+pub fn control(exact: &[CountRow], policy: &Policy) -> Vec<CountRow> {
+    let mut released: Vec<CountRow> = exact
+        .iter()
+        .map(|r| {
+            let counts = r.counts.map(|c| c.and_then(|c| policy.released(c)));
+            CountRow {
+                counts: if counts.iter().any(Option::is_none) {
+                    [None, None]
+                } else {
+                    counts
+                },
+                ..r.clone()
+            }
+        })
+        .collect();
+    if policy.rounding > 1 {
+        return released;
+    }
+    loop {
+        let findings = derivable(&released, policy);
+        if findings.is_empty() {
+            return released;
+        }
+        let mut withhold = BTreeSet::new();
+        for f in &findings {
+            if f.sources.iter().any(|s| withhold.contains(s)) {
+                continue;
+            }
+            let least = f
+                .sources
+                .iter()
+                .copied()
+                .filter(|&s| released[s].counts.iter().any(Option::is_some))
+                .min_by_key(|&s| {
+                    let r = &released[s];
+                    let least = r.counts.iter().flatten().copied().min();
+                    // Withholding a row of zeros changes no sum: it protects nothing.
+                    (least == Some(0), r.table, least, s)
+                });
+            if let Some(s) = least {
+                withhold.insert(s);
+            }
+        }
+        if withhold.is_empty() {
+            // Nothing released is left to withhold: every finding is of withheld rows only.
+            return released;
+        }
+        for s in withhold {
+            released[s].counts = [None, None];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrition(counts: &[(u64, u64)]) -> Vec<CountRow> {
+        counts
+            .iter()
+            .enumerate()
+            .map(|(i, &(p, e))| CountRow {
+                table: Table::Attrition,
+                step: Some(i as i64),
+                rule: format!("rule {i}"),
+                arm: None,
+                counts: [Some(p), Some(e)],
+                line: i + 2,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn differencing_between_steps_is_found_and_prevented() {
+        let ohdsi = Policy::preset("ohdsi").unwrap();
+        let rows = attrition(&[(2000, 2000), (1230, 1230), (1226, 1226), (900, 900)]);
+        let found = derivable(&rows, &ohdsi);
+        assert!(
+            found.iter().any(|f| f.what.ends_with("is 4")),
+            "{found:?}"
+        );
+        let released = control(&rows, &ohdsi);
+        assert!(derivable(&released, &ohdsi).is_empty());
+        assert_eq!(released[2].counts, [None, None]);
+        assert_eq!(released[1].counts, [Some(1230), Some(1230)]);
+    }
+
+    #[test]
+    fn a_withheld_arm_is_not_given_by_its_total() {
+        let ohdsi = Policy::preset("ohdsi").unwrap();
+        let mut rows = attrition(&[(100, 100), (60, 60)]);
+        for (arm, n) in [("a", 40u64), ("b", 17), ("none", 3)] {
+            rows.push(CountRow {
+                table: Table::ByArm,
+                step: Some(1),
+                rule: "rule 1".into(),
+                arm: (arm != "none").then(|| arm.to_string()),
+                counts: [Some(n), Some(n)],
+                line: rows.len(),
+            });
+        }
+        let released = control(&rows, &ohdsi);
+        assert!(derivable(&released, &ohdsi).is_empty(), "{released:?}");
+        // The 3 in no arm is withheld, and so is one more cell of its step.
+        let withheld = released.iter().filter(|r| r.counts[0].is_none()).count();
+        assert!(withheld >= 2, "{released:?}");
+    }
+}
