@@ -716,5 +716,9 @@ fn output_and_privacy(out: &mut String, study: &Study, site: &SiteRules) {
         }
         (_, false) => "the site allows one; it would carry pseudonyms, the year of index and days relative to index instead of dates".to_string(),
     };
-    writeln!(out, "  A person-level export (`run --export-dataset`): {export}.").unwrap();
+    writeln!(
+        out,
+        "  A person-level export (`run --export-dataset`): {export}."
+    )
+    .unwrap();
 }

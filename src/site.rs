@@ -61,7 +61,12 @@ impl Site {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("cannot read the site configuration {}: {e}", path.display())),
+            Err(e) => {
+                return Err(format!(
+                    "cannot read the site configuration {}: {e}",
+                    path.display()
+                ))
+            }
         };
         check_private(path)?;
         let bad = |why: String| format!("the site configuration {} {why}", path.display());
@@ -213,7 +218,10 @@ fn write_new_private(path: &Path, text: &str) -> Result<(), String> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| fail(&e))?;
     }
-    let tmp = crate::repo::write::hidden_sibling(path, "new");
+    // Unique to this call: two threads of one process may make the file at the same moment.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = crate::repo::write::hidden_sibling(path, &format!("new{call}"));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -2,6 +2,8 @@
 //! `study error=CODE` blocks in docs/errors.md must produce that code. Their diagnostics are
 //! snapshotted, so a change in any message shows up in review.
 
+mod common;
+
 use cohortql::compile::compile_text;
 use cohortql::diag::{Code, Severity};
 use std::path::{Path, PathBuf};
@@ -104,8 +106,14 @@ fn every_diagnostic_code_is_documented_with_an_example() {
         .into_iter()
         .filter_map(|b| b.expect)
         .collect();
-    // These concern the bytes of a file, which a Markdown block cannot hold; tests/cli.rs covers them.
-    let byte_level = [Code::InvalidUtf8, Code::BinaryFile, Code::TooLarge];
+    // These concern the bytes of a file, which a Markdown block cannot hold, or a site's
+    // configuration, which a study alone does not have; tests/cli.rs covers them.
+    let byte_level = [
+        Code::InvalidUtf8,
+        Code::BinaryFile,
+        Code::TooLarge,
+        Code::LooserThanSite,
+    ];
     for code in Code::ALL {
         assert!(
             text.contains(&format!("### {}: {}", code.id(), code.title())),
@@ -169,6 +177,7 @@ fn the_readme_shows_what_the_commands_print() {
     let dir = tempfile::tempdir().unwrap();
     let cohortql = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_cohortql"))
+            .env("COHORTQL_SITE", common::site_file())
             .args(args)
             .current_dir(dir.path())
             .env("COHORTQL_CACHE_DIR", dir.path().join("cache"))

@@ -94,6 +94,7 @@ fn eunomia_cohorts_agree_with_hand_written_sql() {
 
 fn cohortql(args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_cohortql"))
+        .env("COHORTQL_SITE", common::site_file())
         .args(args)
         .current_dir(root())
         .output()
@@ -174,8 +175,8 @@ fn the_cohort_table_holds_each_entrys_follow_up() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let cohort = dir.path().join("cohort.csv");
-    let dataset = dir.path().join("dataset.csv");
+    let cohort = dir.path().join("site/cohort.csv");
+    let dataset = dir.path().join("site/dataset.csv");
     let pairs = |a: Vec<String>, b: Vec<String>| {
         let mut p: Vec<(String, String)> = a.into_iter().zip(b).collect();
         p.sort();
@@ -211,7 +212,7 @@ fn the_cohort_table_holds_each_entrys_follow_up() {
 /// Persons after each attrition row, from run.json.
 fn attrition_persons(out: &std::path::Path) -> Vec<u64> {
     let run: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("site/run.json")).unwrap()).unwrap();
     run["attrition"]
         .as_array()
         .unwrap()
@@ -265,7 +266,7 @@ fn running_the_eunomia_studies_reproduces_ohdsi_circe_results() {
     );
     for (k, (study, expected)) in CIRCE_COUNTS.iter().enumerate() {
         let out = dir.path().join(study);
-        let subjects = csv_column(&out.join("cohort.csv"), "subject_id");
+        let subjects = csv_column(&out.join("site/cohort.csv"), "subject_id");
         assert_eq!(subjects.len(), *expected, "{study}: cohort entries");
         let distinct: std::collections::BTreeSet<&String> = subjects.iter().collect();
         assert_eq!(distinct.len(), *expected, "{study}: cohort subjects");
@@ -283,7 +284,8 @@ fn running_the_eunomia_studies_reproduces_ohdsi_circe_results() {
         };
         assert_eq!(attrition_persons(&out), want, "{study}: attrition");
         let run: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(out.join("site/run.json")).unwrap())
+                .unwrap();
         assert_eq!(run["persons"], *expected, "{study}: run.json persons");
         assert_eq!(run["rows"]["cohort"], *expected);
         assert_eq!(run["study_hash"].as_str().unwrap().len(), 64);
@@ -310,8 +312,8 @@ fn the_gi_bleed_new_user_study_on_eunomia() {
     let persons = attrition_persons(&out);
     assert_eq!(persons[0], 2694);
     assert_eq!(persons[1..], [2630; 7]);
-    let arms = csv_column(&out.join("dataset.csv"), "arm");
-    let events = csv_column(&out.join("dataset.csv"), "gi_bleed");
+    let arms = csv_column(&out.join("site/dataset.csv"), "arm");
+    let events = csv_column(&out.join("site/dataset.csv"), "gi_bleed");
     let count = |arm: &str, event: &str| {
         arms.iter()
             .zip(&events)
@@ -327,17 +329,17 @@ fn the_gi_bleed_new_user_study_on_eunomia() {
         [124, 706]
     );
     // Pseudonymised: no person ids, no record ids.
-    let header = std::fs::read_to_string(out.join("dataset.csv")).unwrap();
+    let header = std::fs::read_to_string(out.join("site/dataset.csv")).unwrap();
     let header = header.lines().next().unwrap();
     assert!(header.starts_with("person,index_date,"), "{header}");
     assert!(!header.contains("record"), "{header}");
     // The attrition by arm: each step's arms add up to the attrition table's row, and every
     // kept entry is in the arm its index assigns (1,800 celecoxib, 830 diclofenac, none in no
     // arm); the follow-up row is split too.
-    let steps = parquet_column(&out.join("attrition.parquet"), "entries");
-    let by_step = parquet_column(&out.join("attrition_by_arm.parquet"), "step");
-    let by_arm = parquet_column(&out.join("attrition_by_arm.parquet"), "arm");
-    let by_entries = parquet_column(&out.join("attrition_by_arm.parquet"), "entries");
+    let steps = parquet_column(&out.join("site/attrition.parquet"), "entries");
+    let by_step = parquet_column(&out.join("site/attrition_by_arm.parquet"), "step");
+    let by_arm = parquet_column(&out.join("site/attrition_by_arm.parquet"), "arm");
+    let by_entries = parquet_column(&out.join("site/attrition_by_arm.parquet"), "entries");
     for (step, total) in steps.iter().enumerate().skip(1) {
         let sum: u64 = by_step
             .iter()
@@ -363,9 +365,9 @@ fn the_gi_bleed_new_user_study_on_eunomia() {
     );
     // Circe's inclusion-rule report: every rule keeps all 2,630 on its own, so the one
     // combination is every rule passed.
-    let kinds = parquet_column(&out.join("inclusion_rules.parquet"), "kind");
-    let rules = parquet_column(&out.join("inclusion_rules.parquet"), "rule");
-    let persons = parquet_column(&out.join("inclusion_rules.parquet"), "persons");
+    let kinds = parquet_column(&out.join("site/inclusion_rules.parquet"), "kind");
+    let rules = parquet_column(&out.join("site/inclusion_rules.parquet"), "rule");
+    let persons = parquet_column(&out.join("site/inclusion_rules.parquet"), "persons");
     assert_eq!(kinds.iter().filter(|k| *k == "rule").count(), 4);
     assert!(persons.iter().all(|p| p == "2630"), "{persons:?}");
     assert_eq!(rules.last().unwrap(), "1, 2, 3, 4");
@@ -378,13 +380,16 @@ fn two_runs_give_byte_identical_outputs() {
     run_on_eunomia("celecoxib_age40_male", &a);
     run_on_eunomia("celecoxib_age40_male", &b);
     for name in [
-        "cohort.parquet",
-        "cohort.csv",
-        "dataset.parquet",
-        "dataset.csv",
-        "attrition.parquet",
-        "attrition.csv",
-        "study.study",
+        "site/cohort.parquet",
+        "site/cohort.csv",
+        "site/dataset.parquet",
+        "site/dataset.csv",
+        "site/attrition.parquet",
+        "site/attrition.csv",
+        "site/study.study",
+        "release/attrition.csv",
+        "release/attrition_by_arm.csv",
+        "release/inclusion_rules.csv",
     ] {
         let (x, y) = (
             std::fs::read(a.join(name)).unwrap(),
@@ -395,7 +400,10 @@ fn two_runs_give_byte_identical_outputs() {
     }
     // A second run into the same directory replaces the first one's outputs.
     run_on_eunomia("celecoxib", &a);
-    assert_eq!(csv_column(&a.join("cohort.csv"), "subject_id").len(), 1800);
+    assert_eq!(
+        csv_column(&a.join("site/cohort.csv"), "subject_id").len(),
+        1800
+    );
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -466,9 +474,9 @@ fn eras_reproduce_omop_drug_era() {
         .map(|r| (r.person, r.start.to_string(), r.end.unwrap().to_string()))
         .collect();
     let (subjects, starts, ends) = (
-        csv_column(&out.join("cohort.csv"), "subject_id"),
-        csv_column(&out.join("cohort.csv"), "cohort_start_date"),
-        csv_column(&out.join("cohort.csv"), "cohort_end_date"),
+        csv_column(&out.join("site/cohort.csv"), "subject_id"),
+        csv_column(&out.join("site/cohort.csv"), "cohort_start_date"),
+        csv_column(&out.join("site/cohort.csv"), "cohort_end_date"),
     );
     let ours: std::collections::BTreeSet<(i64, String, String)> = subjects
         .iter()

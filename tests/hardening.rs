@@ -14,7 +14,7 @@ use cohortql::repo::write::OutputFormat;
 use cohortql::repo::Repository;
 use cohortql::run::{sql_script, Dialect};
 use cohortql::study::{CodePattern, ConceptExpr, Domain, Study};
-use common::{all_text, eunomia_copy};
+use common::{all_text, eunomia_copy, site_file};
 use datafusion::sql::sqlparser::ast::{self, Visit, Visitor};
 use datafusion::sql::sqlparser::dialect as sqld;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -34,6 +34,7 @@ fn cohortql(args: &[&str], dir: &Path) -> Output {
         .args(args)
         .current_dir(dir)
         .env("COHORTQL_CACHE_DIR", dir.join("cache"))
+        .env("COHORTQL_SITE", site_file())
         .env("NO_COLOR", "1")
         .output()
         .unwrap()
@@ -519,7 +520,7 @@ fn implausible_data_is_warned_of_once_with_counts() {
         assert_eq!(stderr.matches(expected).count(), 1, "{expected}: {stderr}");
     }
     let run: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("site/run.json")).unwrap()).unwrap();
     assert_eq!(run["data_warnings"].as_array().unwrap().len(), 4, "{run}");
 }
 
@@ -566,6 +567,12 @@ fn out_never_replaces_what_a_run_did_not_write() {
     assert_eq!(o.status.code(), Some(0), "{}", all_text(&o));
     let o = run_into(dir.path(), &celecoxib(), &out);
     assert_eq!(o.status.code(), Some(0), "{}", all_text(&o));
+    std::fs::write(out.join("release/extra.csv"), "a,b\n").unwrap();
+    let o = run_into(dir.path(), &celecoxib(), &out);
+    let text = all_text(&o);
+    assert_eq!(o.status.code(), Some(2), "{text}");
+    assert!(text.contains("`release/extra.csv`"), "{text}");
+    std::fs::remove_file(out.join("release/extra.csv")).unwrap();
     std::fs::write(out.join("notes.txt"), "mine").unwrap();
     let o = run_into(dir.path(), &celecoxib(), &out);
     let text = all_text(&o);
@@ -584,7 +591,7 @@ fn out_never_replaces_what_a_run_did_not_write() {
     assert_eq!(o.status.code(), Some(2), "{text}");
     assert!(text.contains("symbolic link"), "{text}");
     assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
-    assert!(out.join("run.json").is_file());
+    assert!(out.join("site/run.json").is_file());
 }
 
 #[test]
@@ -618,7 +625,8 @@ fn a_study_named_with_dots_writes_inside_the_output_directory() {
         dir.path(),
     );
     assert_eq!(o.status.code(), Some(0), "{}", all_text(&o));
-    assert!(dir.path().join("output/study/run.json").is_file());
+    assert!(dir.path().join("output/study/site/run.json").is_file());
+    assert!(dir.path().join("output/study/release/run.json").is_file());
     let mut top: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -813,6 +821,7 @@ fn endless_input_is_refused_without_reading_it_all() {
 fn repl_with(dir: &Path, args: &[&str], input: &str) -> Output {
     use std::io::Write;
     let mut child = Command::new(BIN)
+        .env("COHORTQL_SITE", common::site_file())
         .arg("repl")
         .args(args)
         .current_dir(dir)
@@ -973,7 +982,7 @@ fn run_json_names_the_repository_not_its_path() {
     let out = dir.path().join("out");
     let o = run_into(dir.path(), &celecoxib(), &out);
     assert_eq!(o.status.code(), Some(0), "{}", all_text(&o));
-    let text = std::fs::read_to_string(out.join("run.json")).unwrap();
+    let text = std::fs::read_to_string(out.join("site/run.json")).unwrap();
     let run: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(run["repository"], "eunomia-gibleed");
     assert_eq!(run["study"]["file"], "celecoxib.study");
@@ -985,7 +994,7 @@ fn run_json_names_the_repository_not_its_path() {
         .iter()
         .map(|f| f.as_str().unwrap())
         .collect();
-    let mut present: Vec<String> = std::fs::read_dir(&out)
+    let mut present: Vec<String> = std::fs::read_dir(out.join("site"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();

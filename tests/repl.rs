@@ -2,6 +2,8 @@
 //! line on Eunomia, the attrition after each step, every command, errors that do not end the
 //! session, and a saved study that `check` accepts and `run` takes to the same counts.
 
+mod common;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -12,6 +14,7 @@ fn root() -> PathBuf {
 
 fn repl(input: &str, extra: &[&str]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cohortql"))
+        .env("COHORTQL_SITE", common::site_file())
         .args(["repl", "--repo", "tests/data/eunomia-gibleed"])
         .args(extra)
         .current_dir(root())
@@ -70,12 +73,14 @@ fn a_study_built_line_by_line_shows_its_attrition_and_saves_to_a_runnable_file()
     );
     // The saved study checks and runs to the same counts.
     let check = Command::new(env!("CARGO_BIN_EXE_cohortql"))
+        .env("COHORTQL_SITE", common::site_file())
         .args(["check", saved.to_str().unwrap()])
         .output()
         .unwrap();
     assert_eq!(check.status.code(), Some(0));
     let run_dir = dir.path().join("run");
     let run = Command::new(env!("CARGO_BIN_EXE_cohortql"))
+        .env("COHORTQL_SITE", common::site_file())
         .args([
             "run",
             saved.to_str().unwrap(),
@@ -93,7 +98,8 @@ fn a_study_built_line_by_line_shows_its_attrition_and_saves_to_a_runnable_file()
         String::from_utf8_lossy(&run.stderr)
     );
     let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run_dir.join("run.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("site/run.json")).unwrap())
+            .unwrap();
     assert_eq!(json["persons"], 266);
     let text = std::fs::read_to_string(&saved).unwrap();
     assert!(
@@ -170,7 +176,7 @@ fn every_command_answers() {
         "sql"
     );
     assert!(out.contains("Time zero (index date)"), "explain: {out}");
-    assert!(run_dir.join("run.json").is_file());
+    assert!(run_dir.join("site/run.json").is_file());
     assert!(out.contains("Started again from an empty study"));
     assert!(out.matches("569").count() >= 2, "run and count: {out}");
 }
@@ -298,6 +304,7 @@ fn a_terminal_session_builds_a_study() {
     );
     let out = dir.path().join("out");
     let run = Command::new(env!("CARGO_BIN_EXE_cohortql"))
+        .env("COHORTQL_SITE", common::site_file())
         .args(["run", saved.to_str().unwrap(), "--repo"])
         .arg(root().join("tests/data/eunomia-gibleed"))
         .arg("--out")

@@ -1,6 +1,8 @@
 //! The repository layer: loading Eunomia as it is, the synthetic generator's determinism and
 //! cleanliness, schema round trips, and every kind of malformed input getting a clear message.
 
+mod common;
+
 use cohortql::repo::quality::check_repository;
 use cohortql::repo::write::OutputFormat;
 use cohortql::repo::Repository;
@@ -268,6 +270,7 @@ fn broken_repository(break_it: impl FnOnce(&Path)) -> (i32, String) {
     }
     break_it(dir.path());
     let out = Command::new(BIN)
+        .env("COHORTQL_SITE", common::site_file())
         .args(["repo", "check", dir.path().to_str().unwrap()])
         .env("NO_COLOR", "1")
         .output()
@@ -429,6 +432,7 @@ fn an_empty_file_and_a_damaged_parquet_file_are_reported() {
 #[test]
 fn not_a_directory_and_missing_directories_exit_2_with_a_message() {
     let out = Command::new(BIN)
+        .env("COHORTQL_SITE", common::site_file())
         .args(["repo", "check", "no/such/dir"])
         .output()
         .unwrap();
@@ -436,6 +440,7 @@ fn not_a_directory_and_missing_directories_exit_2_with_a_message() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("no such file or directory"));
     let file = eunomia().join("person.csv.gz");
     let out = Command::new(BIN)
+        .env("COHORTQL_SITE", common::site_file())
         .args(["repo", "check", file.to_str().unwrap()])
         .output()
         .unwrap();
@@ -446,6 +451,7 @@ fn not_a_directory_and_missing_directories_exit_2_with_a_message() {
 #[test]
 fn repo_check_json_reports_tables_and_checks() {
     let out = Command::new(BIN)
+        .env("COHORTQL_SITE", common::site_file())
         .args(["repo", "check", "--json", eunomia().to_str().unwrap()])
         .output()
         .unwrap();
@@ -478,6 +484,7 @@ fn synth_and_the_demo_work_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("r");
     let run = Command::new(BIN)
+        .env("COHORTQL_SITE", common::site_file())
         .args([
             "synth",
             "--persons",
@@ -500,12 +507,14 @@ fn synth_and_the_demo_work_from_the_command_line() {
     assert!(out.join("person.csv").is_file());
     // Refuses to write over an existing repository.
     let again = Command::new(BIN)
+        .env("COHORTQL_SITE", common::site_file())
         .args(["synth", "--persons", "10", "--out", out.to_str().unwrap()])
         .output()
         .unwrap();
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
     let check = Command::new(BIN)
+        .env("COHORTQL_SITE", common::site_file())
         .args(["repo", "check", out.to_str().unwrap()])
         .output()
         .unwrap();
@@ -518,6 +527,7 @@ fn synth_and_the_demo_work_from_the_command_line() {
 
     let cache = dir.path().join("cache");
     let demo = Command::new(BIN)
+        .env("COHORTQL_SITE", common::site_file())
         .args(["repo", "demo"])
         .env("COHORTQL_CACHE_DIR", &cache)
         .output()
@@ -531,6 +541,7 @@ fn synth_and_the_demo_work_from_the_command_line() {
     let path = PathBuf::from(String::from_utf8_lossy(&demo.stdout).trim());
     assert!(path.starts_with(&cache) && path.join("person.parquet").is_file());
     let check = Command::new(BIN)
+        .env("COHORTQL_SITE", common::site_file())
         .args(["repo", "check"])
         .env("COHORTQL_CACHE_DIR", &cache)
         .output()

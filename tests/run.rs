@@ -15,6 +15,7 @@ fn root() -> PathBuf {
 
 fn cohortql(args: &[&str], cache: &Path) -> Output {
     Command::new(BIN)
+        .env("COHORTQL_SITE", common::site_file())
         .args(args)
         .current_dir(root())
         .env("COHORTQL_CACHE_DIR", cache)
@@ -52,12 +53,12 @@ fn run_on_the_demo_repository_prints_attrition_and_writes_every_output() {
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
-    let cohort = std::fs::read_to_string(out.join("cohort.csv")).unwrap();
+    let cohort = std::fs::read_to_string(out.join("site/cohort.csv")).unwrap();
     assert!(
         cohort.starts_with("cohort_definition_id,subject_id,cohort_start_date,cohort_end_date\n")
     );
     let run: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("site/run.json")).unwrap()).unwrap();
     for key in [
         "study_hash",
         "data_fingerprint",
@@ -80,11 +81,11 @@ fn run_on_the_demo_repository_prints_attrition_and_writes_every_output() {
     assert!(String::from_utf8_lossy(&hash.stdout).starts_with(run["study_hash"].as_str().unwrap()));
     // The study text is kept as it was run.
     assert_eq!(
-        std::fs::read(out.join("study.study")).unwrap(),
+        std::fs::read(out.join("site/study.study")).unwrap(),
         std::fs::read(root().join("studies/lung_ct_radiomics_os.study")).unwrap()
     );
     // Endpoints and covariates are columns of the dataset.
-    let dataset = std::fs::read_to_string(out.join("dataset.csv")).unwrap();
+    let dataset = std::fs::read_to_string(out.join("site/dataset.csv")).unwrap();
     let header = dataset.lines().next().unwrap();
     assert!(
         header.starts_with("person,index_date,follow_up_start,follow_up_end"),
@@ -116,7 +117,7 @@ fn small_counts_are_suppressed_in_aggregate_outputs() {
     );
     let text = all_text(&o);
     assert_eq!(o.status.code(), Some(0), "{text}");
-    let attrition = std::fs::read_to_string(out.join("attrition.csv")).unwrap();
+    let attrition = std::fs::read_to_string(out.join("site/attrition.csv")).unwrap();
     let rows: Vec<&str> = attrition.lines().collect();
     assert_eq!(rows[0], "step,rule,persons,entries,suppressed");
     assert_eq!(rows[1], "0,records of the index event,1844,1844,false");
@@ -125,7 +126,7 @@ fn small_counts_are_suppressed_in_aggregate_outputs() {
     assert!(rows[3].ends_with(",,,true"), "{attrition}");
     assert!(text.contains("<10"), "{text}");
     let run: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("site/run.json")).unwrap()).unwrap();
     assert!(run["persons"].is_null(), "{run}");
     // The rows of the cohort and the dataset are entries: as small, and withheld alike (they
     // were once published beside `<10 persons`).
@@ -136,7 +137,7 @@ fn small_counts_are_suppressed_in_aggregate_outputs() {
         "{text}"
     );
     // Row-level outputs stay within the site and are complete.
-    let cohort = std::fs::read_to_string(out.join("cohort.csv")).unwrap();
+    let cohort = std::fs::read_to_string(out.join("site/cohort.csv")).unwrap();
     let n = cohort.lines().count() - 1;
     assert!(n > 0 && n < 10, "{cohort}");
 }
@@ -373,9 +374,10 @@ fn cohorts_outside_observation_with_their_record_end_and_cohort_id() {
         args.extend(extra);
         let o = cohortql(&args, &dir.path().join("cache"));
         assert_eq!(o.status.code(), Some(0), "{}", all_text(&o));
-        let cohort = std::fs::read_to_string(out.join("cohort.csv")).unwrap();
+        let cohort = std::fs::read_to_string(out.join("site/cohort.csv")).unwrap();
         let run: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(out.join("site/run.json")).unwrap())
+                .unwrap();
         (cohort, run)
     };
     let (cohort, json) = run(&dir.path().join("a"), &[]);

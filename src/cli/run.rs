@@ -2,8 +2,8 @@
 
 use super::data::{demo_repository, runtime};
 use super::{checked, Status};
-use crate::repo::{empty_session, Repository};
 use crate::disclosure::{Export, Policy};
+use crate::repo::{empty_session, Repository};
 use crate::run::output::{attrition_table, shown_released};
 use crate::run::workspace::{Disclosure, Workspace};
 use crate::run::{execute_analysed, explain_plan, sql_script, stage_plans, Dialect};
@@ -205,15 +205,15 @@ pub(super) fn run(
     });
     spinner.finish_and_clear();
     let (_, written) = result?;
-    let t = attrition_table(&written.attrition(), &policy);
+    let t = attrition_table(&written.attrition());
     println!("{}", crate::printable::escaped(&study.title));
     println!("{t}");
     println!(
-        "{} persons in {:.1} s; counts as released under the {} policy ({})",
-        shown_released(written.persons(), &policy),
+        "{} persons in {:.1} s; counts as released under the {} (— withheld: below {}, or revealing such a count)",
+        shown_released(written.persons()),
         started.elapsed().as_secs_f64(),
-        policy.preset,
-        policy.describe()
+        policy.describe(),
+        policy.threshold
     );
     println!(
         "Stays at the site: {} (cohort table, dataset, exact counts)",

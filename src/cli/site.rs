@@ -11,7 +11,10 @@ use std::path::Path;
 /// The site's configuration and rules. With `create`, a missing configuration is made (with
 /// the default policy and a new secret) and the making is said on standard error; without it,
 /// a missing configuration gives the default rules and no site.
-pub(super) fn rules(flag: Option<&Path>, create: bool) -> Result<(Option<Site>, SiteRules), String> {
+pub(super) fn rules(
+    flag: Option<&Path>,
+    create: bool,
+) -> Result<(Option<Site>, SiteRules), String> {
     let path = locate(flag);
     let site = if create {
         let (site, created) = Site::load_or_create(&path)?;

@@ -89,8 +89,12 @@ pub fn relations(rows: &[CountRow]) -> Vec<Relation> {
     let by_arm = of(Table::ByArm);
     let rules = of(Table::Rule);
     let combinations = of(Table::Combination);
-    let attrition_step =
-        |step: i64| attrition.iter().copied().find(|&i| rows[i].step == Some(step));
+    let attrition_step = |step: i64| {
+        attrition
+            .iter()
+            .copied()
+            .find(|&i| rows[i].step == Some(step))
+    };
     let mut out = Vec::new();
     // An attrition row is the sum of its arms (and of entries in no arm).
     let steps: BTreeSet<i64> = by_arm.iter().filter_map(|&i| rows[i].step).collect();
@@ -364,8 +368,9 @@ pub fn derivable(rows: &[CountRow], policy: &Policy) -> Vec<Finding> {
 /// entries of a handful of persons are theirs too). Without rounding, further rows are withheld
 /// until `derivable` finds nothing: for each finding, the least important released row it comes
 /// from (rows of zeros last, since withholding them changes no sum; then combinations before
-/// rules, rules before arms, arms before the attrition table; then the smaller count), which is
-/// complementary suppression.
+/// rules, rules before arms, arms before the attrition table, and in that table the first two
+/// steps and the last one after the others; then the larger count), which is complementary
+/// suppression.
 pub fn control(exact: &[CountRow], policy: &Policy) -> Vec<CountRow> {
     let mut released: Vec<CountRow> = exact
         .iter()
@@ -384,6 +389,11 @@ pub fn control(exact: &[CountRow], policy: &Policy) -> Vec<CountRow> {
     if policy.rounding > 1 {
         return released;
     }
+    let last_step = exact
+        .iter()
+        .filter(|r| r.table == Table::Attrition)
+        .filter_map(|r| r.step)
+        .max();
     loop {
         let findings = derivable(&released, policy);
         if findings.is_empty() {
@@ -401,9 +411,17 @@ pub fn control(exact: &[CountRow], policy: &Policy) -> Vec<CountRow> {
                 .filter(|&s| released[s].counts.iter().any(Option::is_some))
                 .min_by_key(|&s| {
                     let r = &released[s];
-                    let least = r.counts.iter().flatten().copied().min();
-                    // Withholding a row of zeros changes no sum: it protects nothing.
-                    (least == Some(0), r.table, least, s)
+                    let least = r.counts.iter().flatten().copied().min().unwrap_or(0);
+                    // Withholding a row of zeros changes no sum: it protects nothing. Then the
+                    // larger count goes: in the attrition table the earlier step, so that the
+                    // cohort's own count stays.
+                    (
+                        least == 0,
+                        r.table,
+                        kept_first(r, &last_step),
+                        std::cmp::Reverse(least),
+                        s,
+                    )
                 });
             if let Some(s) = least {
                 withhold.insert(s);
@@ -417,6 +435,12 @@ pub fn control(exact: &[CountRow], policy: &Policy) -> Vec<CountRow> {
             released[s].counts = [None, None];
         }
     }
+}
+
+/// Whether a row is among those withheld last: the attrition table's first two steps (the
+/// index event's records and the qualifying entries) and its last (the cohort).
+fn kept_first(row: &CountRow, last_step: &Option<i64>) -> bool {
+    row.table == Table::Attrition && (matches!(row.step, Some(0 | 1)) || row.step == *last_step)
 }
 
 #[cfg(test)]
@@ -441,16 +465,20 @@ mod tests {
     #[test]
     fn differencing_between_steps_is_found_and_prevented() {
         let ohdsi = Policy::preset("ohdsi").unwrap();
-        let rows = attrition(&[(2000, 2000), (1230, 1230), (1226, 1226), (900, 900)]);
+        let rows = attrition(&[
+            (2000, 2000),
+            (1500, 1500),
+            (1230, 1230),
+            (1226, 1226),
+            (900, 900),
+        ]);
         let found = derivable(&rows, &ohdsi);
-        assert!(
-            found.iter().any(|f| f.what.ends_with("is 4")),
-            "{found:?}"
-        );
+        assert!(found.iter().any(|f| f.what.ends_with("is 4")), "{found:?}");
         let released = control(&rows, &ohdsi);
         assert!(derivable(&released, &ohdsi).is_empty());
+        // The cohort's count stays; the step before it goes.
         assert_eq!(released[2].counts, [None, None]);
-        assert_eq!(released[1].counts, [Some(1230), Some(1230)]);
+        assert_eq!(released[3].counts, [Some(1226), Some(1226)]);
     }
 
     #[test]

@@ -247,7 +247,10 @@ mod tests {
             ["0", "<8", "10", "10", "15", "1225"]
         );
         let strict = Policy::preset("strict").unwrap();
-        assert_eq!([9, 10, 14, 15].map(|c| strict.shown(c)), ["<10", "10", "10", "20"]);
+        assert_eq!(
+            [9, 10, 14, 15].map(|c| strict.shown(c)),
+            ["<10", "10", "10", "20"]
+        );
         assert!(os.at_least_as_strict_as(&ohdsi));
         assert!(strict.at_least_as_strict_as(&os));
         assert!(!ohdsi.at_least_as_strict_as(&os));

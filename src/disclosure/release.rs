@@ -94,14 +94,21 @@ pub fn check_release(dir: &Path, site: &SiteRules) -> Result<Report, String> {
     }
     let mut out = Vec::new();
     let mut names: Vec<String> = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))? {
+    for entry in
+        std::fs::read_dir(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?
+    {
         let entry = entry.map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let file = std::fs::symlink_metadata(entry.path()).is_ok_and(|m| m.is_file());
         let allowed = COUNT_FILES.iter().any(|(f, _)| *f == name)
             || ["run.json", "study.study", "dataset.csv"].contains(&name.as_str());
         if !file {
-            out.push(at(&name, None, None, "is not a regular file: a release holds files only".into()));
+            out.push(at(
+                &name,
+                None,
+                None,
+                "is not a regular file: a release holds files only".into(),
+            ));
         } else if !allowed {
             out.push(at(
                 &name,
@@ -126,7 +133,12 @@ pub fn check_release(dir: &Path, site: &SiteRules) -> Result<Report, String> {
         }
     }
     if let Some(run) = &run {
-        compare_run_counts(run, &rows, names.iter().any(|n| n == "attrition.csv"), &mut out);
+        compare_run_counts(
+            run,
+            &rows,
+            names.iter().any(|n| n == "attrition.csv"),
+            &mut out,
+        );
     }
     for f in derivable(&rows, &policy) {
         let first = f.sources.iter().next().map(|&i| &rows[i]);
@@ -134,7 +146,11 @@ pub fn check_release(dir: &Path, site: &SiteRules) -> Result<Report, String> {
             first.map_or("run.json", |r| r.table.file()),
             first.map(|r| r.line),
             None,
-            format!("gives away a count of 1 to {}: {}", policy.threshold - 1, f.what),
+            format!(
+                "gives away a count of 1 to {}: {}",
+                policy.threshold - 1,
+                f.what
+            ),
         ));
     }
     if names.iter().any(|n| n == "dataset.csv") {
@@ -153,7 +169,12 @@ fn read_run(dir: &Path, out: &mut Vec<Violation>) -> Option<serde_json::Value> {
     let text = match std::fs::read_to_string(dir.join("run.json")) {
         Ok(t) => t,
         Err(_) => {
-            out.push(at("run.json", None, None, "is missing: a release states its study, data and policy".into()));
+            out.push(at(
+                "run.json",
+                None,
+                None,
+                "is missing: a release states its study, data and policy".into(),
+            ));
             return None;
         }
     };
@@ -180,7 +201,11 @@ fn read_run(dir: &Path, out: &mut Vec<Violation>) -> Option<serde_json::Value> {
 
 /// The site's policy, or what `run.json` states when that is stricter (a study that tightened
 /// it); a `run.json` stating a looser policy is itself a violation.
-fn policy_in_force(site: &SiteRules, run: Option<&serde_json::Value>, out: &mut Vec<Violation>) -> Policy {
+fn policy_in_force(
+    site: &SiteRules,
+    run: Option<&serde_json::Value>,
+    out: &mut Vec<Violation>,
+) -> Policy {
     let stated = run.and_then(|r| r.get("disclosure")).and_then(|d| {
         Some(Policy {
             preset: d.get("policy")?.as_str()?.to_string(),
@@ -208,7 +233,12 @@ fn policy_in_force(site: &SiteRules, run: Option<&serde_json::Value>, out: &mut 
         }
         None => {
             if run.is_some() {
-                out.push(at("run.json", None, Some("disclosure"), "does not state the policy the release was made under".into()));
+                out.push(at(
+                    "run.json",
+                    None,
+                    Some("disclosure"),
+                    "does not state the policy the release was made under".into(),
+                ));
             }
             site.policy.clone()
         }
@@ -223,12 +253,22 @@ fn check_manifest(dir: &Path, run: &serde_json::Value, names: &[String], out: &m
         .unwrap_or_default();
     for name in names {
         if !listed.contains(&name.as_str()) {
-            out.push(at(name, None, None, "is not among the files run.json lists: it was added after the run".into()));
+            out.push(at(
+                name,
+                None,
+                None,
+                "is not among the files run.json lists: it was added after the run".into(),
+            ));
         }
     }
     for name in &listed {
         if !names.iter().any(|n| n == name) && !name.contains('/') {
-            out.push(at(name, None, None, "is listed in run.json but missing".into()));
+            out.push(at(
+                name,
+                None,
+                None,
+                "is listed in run.json but missing".into(),
+            ));
         }
     }
     let checksums = run.get("checksums").and_then(|c| c.as_object());
@@ -270,7 +310,12 @@ fn read_counts(
     let header: Vec<String> = match reader.headers() {
         Ok(h) => h.iter().map(str::to_string).collect(),
         Err(e) => {
-            out.push(at(file, Some(1), None, format!("cannot be read as CSV: {e}")));
+            out.push(at(
+                file,
+                Some(1),
+                None,
+                format!("cannot be read as CSV: {e}"),
+            ));
             return Ok(Vec::new());
         }
     };
@@ -285,13 +330,20 @@ fn read_counts(
         }
     }
     let index = |name: &str| header.iter().position(|h| h == name);
-    let missing: Vec<&str> = expected.iter().copied().filter(|c| index(c).is_none()).collect();
+    let missing: Vec<&str> = expected
+        .iter()
+        .copied()
+        .filter(|c| index(c).is_none())
+        .collect();
     if !missing.is_empty() {
         out.push(at(
             file,
             Some(1),
             None,
-            format!("lacks the column(s) {}, so its counts cannot be checked", missing.join(", ")),
+            format!(
+                "lacks the column(s) {}, so its counts cannot be checked",
+                missing.join(", ")
+            ),
         ));
         return Ok(Vec::new());
     }
@@ -314,7 +366,12 @@ fn read_counts(
             }
             match text.parse::<u64>() {
                 Ok(v) => counts[m] = Some(v),
-                Err(_) => out.push(at(file, Some(line), Some(measure), format!("`{text}` is not a count"))),
+                Err(_) => out.push(at(
+                    file,
+                    Some(line),
+                    Some(measure),
+                    format!("`{text}` is not a count"),
+                )),
             }
         }
         let suppressed = field("suppressed").trim();
@@ -326,7 +383,11 @@ fn read_counts(
                 Some("suppressed"),
                 format!(
                     "is `{suppressed}` where the row {} counts",
-                    if withheld { "withholds" } else { "shows all its" }
+                    if withheld {
+                        "withholds"
+                    } else {
+                        "shows all its"
+                    }
                 ),
             ));
         }
@@ -361,9 +422,21 @@ fn unexpected_column(name: &str) -> String {
 }
 
 /// `run.json`'s `persons` and `attrition` must be the attrition table's released counts.
-fn compare_run_counts(run: &serde_json::Value, rows: &[CountRow], have_table: bool, out: &mut Vec<Violation>) {
-    let attrition: Vec<&CountRow> = rows.iter().filter(|r| r.table == Table::Attrition).collect();
-    let listed = run.get("attrition").and_then(|a| a.as_array()).cloned().unwrap_or_default();
+fn compare_run_counts(
+    run: &serde_json::Value,
+    rows: &[CountRow],
+    have_table: bool,
+    out: &mut Vec<Violation>,
+) {
+    let attrition: Vec<&CountRow> = rows
+        .iter()
+        .filter(|r| r.table == Table::Attrition)
+        .collect();
+    let listed = run
+        .get("attrition")
+        .and_then(|a| a.as_array())
+        .cloned()
+        .unwrap_or_default();
     let count_of = |v: Option<&serde_json::Value>| -> Result<Option<u64>, ()> {
         match v {
             None | Some(serde_json::Value::Null) => Ok(None),
@@ -373,7 +446,12 @@ fn compare_run_counts(run: &serde_json::Value, rows: &[CountRow], have_table: bo
     for (i, step) in listed.iter().enumerate() {
         for (m, measure) in MEASURES.iter().enumerate() {
             let Ok(value) = count_of(step.get(*measure)) else {
-                out.push(at("run.json", None, Some(&format!("attrition[{i}].{measure}")), "is not a count".into()));
+                out.push(at(
+                    "run.json",
+                    None,
+                    Some(&format!("attrition[{i}].{measure}")),
+                    "is not a count".into(),
+                ));
                 continue;
             };
             let table = attrition.get(i).map(|r| r.counts[m]);
@@ -415,7 +493,12 @@ fn compare_run_counts(run: &serde_json::Value, rows: &[CountRow], have_table: bo
             ));
         }
     } else {
-        out.push(at("run.json", None, Some("persons"), "is not a count".into()));
+        out.push(at(
+            "run.json",
+            None,
+            Some("persons"),
+            "is not a count".into(),
+        ));
     }
 }
 
@@ -434,7 +517,10 @@ fn check_dataset(
             file,
             None,
             None,
-            format!("is a person-level dataset, and {} allows none to leave (dataset_export = never)", site.source),
+            format!(
+                "is a person-level dataset, and {} allows none to leave (dataset_export = never)",
+                site.source
+            ),
         ));
     }
     let declared_exact = run
@@ -451,13 +537,23 @@ fn check_dataset(
     let header: Vec<String> = match reader.headers() {
         Ok(h) => h.iter().map(str::to_string).collect(),
         Err(e) => {
-            out.push(at(file, Some(1), None, format!("cannot be read as CSV: {e}")));
+            out.push(at(
+                file,
+                Some(1),
+                None,
+                format!("cannot be read as CSV: {e}"),
+            ));
             return Ok(());
         }
     };
     for h in &header {
         if IDENTIFYING.contains(&h.to_ascii_lowercase().as_str()) {
-            out.push(at(file, Some(1), Some(h), "holds the repository's ids: an export carries pseudonyms only".into()));
+            out.push(at(
+                file,
+                Some(1),
+                Some(h),
+                "holds the repository's ids: an export carries pseudonyms only".into(),
+            ));
         }
     }
     // Per column: the first offending line and how many more.
@@ -465,7 +561,12 @@ fn check_dataset(
     let mut bad_pseudonyms: Option<(usize, usize)> = None;
     let person = header.iter().position(|h| h == "person");
     if person.is_none() {
-        out.push(at(file, Some(1), None, "has no `person` column of pseudonyms".into()));
+        out.push(at(
+            file,
+            Some(1),
+            None,
+            "has no `person` column of pseudonyms".into(),
+        ));
     }
     for record in reader.records() {
         let Ok(record) = record else {
@@ -500,7 +601,11 @@ fn check_dataset(
                 } else {
                     ", which the site does not allow to leave"
                 },
-                if more > 0 { format!(" (and {more} more rows)") } else { String::new() }
+                if more > 0 {
+                    format!(" (and {more} more rows)")
+                } else {
+                    String::new()
+                }
             ),
         ));
     }
@@ -511,7 +616,11 @@ fn check_dataset(
             Some("person"),
             format!(
                 "is not a pseudonym (16 hexadecimal digits){}",
-                if more > 0 { format!(" (and {more} more rows)") } else { String::new() }
+                if more > 0 {
+                    format!(" (and {more} more rows)")
+                } else {
+                    String::new()
+                }
             ),
         ));
     }

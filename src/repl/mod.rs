@@ -7,9 +7,9 @@ pub mod draft;
 
 use crate::compile::compile_text;
 use crate::diag::Diagnostic;
+use crate::disclosure::{Policy, SiteRules};
 use crate::run::workspace::Workspace;
 use crate::run::{Attrition, Dialect};
-use crate::disclosure::{Policy, SiteRules};
 use crate::study::Study;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
 use draft::{Draft, LineKind, SECTIONS};
@@ -320,7 +320,7 @@ impl Session {
         Ok(format!(
             "{}{}\nWritten to {}: site/ stays at the site; release/ holds the counts as released under the {} policy.",
             notes.into_inner(),
-            crate::run::output::attrition_table(&written.attrition(), &policy),
+            crate::run::output::attrition_table(&written.attrition()),
             out.display(),
             policy.preset
         ))
@@ -378,8 +378,7 @@ impl Session {
                 Cell::new(h.code),
                 Cell::new(if h.standard { "yes" } else { "no" }),
                 Cell::new(h.descendants).set_alignment(CellAlignment::Right),
-                Cell::new(policy.shown_live(h.records))
-                    .set_alignment(CellAlignment::Right),
+                Cell::new(policy.shown_live(h.records)).set_alignment(CellAlignment::Right),
             ]);
         }
         Ok(t.to_string())
@@ -395,8 +394,11 @@ impl Session {
             t.add_row(vec![
                 Cell::new(&c.table),
                 Cell::new(policy.shown_live(c.rows as u64)).set_alignment(CellAlignment::Right),
-                Cell::new(c.persons.map_or(String::new(), |p| policy.shown_live(p as u64)))
-                    .set_alignment(CellAlignment::Right),
+                Cell::new(
+                    c.persons
+                        .map_or(String::new(), |p| policy.shown_live(p as u64)),
+                )
+                .set_alignment(CellAlignment::Right),
             ]);
         }
         Ok(t.to_string())

@@ -97,14 +97,18 @@ impl Written {
     }
 }
 
-/// A count as the screen shows a released one: the number, or `<5` (the threshold) where it
-/// is withheld.
-pub fn shown_released(count: Option<u64>, policy: &Policy) -> String {
-    count.map_or_else(|| format!("<{}", policy.threshold), |n| n.to_string())
+/// A count as the screen shows a released one: the number, or `—` where it is withheld. One
+/// mark for every withheld count, below the threshold or withheld to protect one, as in the
+/// released files: telling them apart would say which counts are small.
+pub fn shown_released(count: Option<u64>) -> String {
+    count.map_or_else(|| WITHHELD.to_string(), |n| n.to_string())
 }
 
+/// How the screen marks a withheld count.
+pub const WITHHELD: &str = "—";
+
 /// The attrition as a table for the screen, its counts as released.
-pub fn attrition_table(rows: &[&CountRow], policy: &Policy) -> String {
+pub fn attrition_table(rows: &[&CountRow]) -> String {
     use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED)
@@ -113,8 +117,8 @@ pub fn attrition_table(rows: &[&CountRow], policy: &Policy) -> String {
         t.add_row(vec![
             Cell::new(i).set_alignment(CellAlignment::Right),
             Cell::new(crate::printable::escaped(&a.rule)),
-            Cell::new(shown_released(a.counts[0], policy)).set_alignment(CellAlignment::Right),
-            Cell::new(shown_released(a.counts[1], policy)).set_alignment(CellAlignment::Right),
+            Cell::new(shown_released(a.counts[0])).set_alignment(CellAlignment::Right),
+            Cell::new(shown_released(a.counts[1])).set_alignment(CellAlignment::Right),
         ]);
     }
     t.to_string()
@@ -209,8 +213,8 @@ fn person_level(
             }
         }
     }
-    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-        .map_err(|e| e.to_string())?;
+    let batch =
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())?;
     sorted_by_person(&batch)
 }
 
@@ -264,19 +268,26 @@ fn exported_dataset(pseudonymised: &RecordBatch, exact_dates: bool) -> Result<Re
         if field.name() == "index_date" {
             use chrono::Datelike;
             fields.push(Field::new("index_year", DataType::Int32, false));
-            columns.push(Arc::new(Int32Array::from_iter_values(index.iter().map(|d| {
-                (epoch + chrono::Duration::days(d.unwrap_or(0) as i64)).year()
-            }))));
+            columns.push(Arc::new(Int32Array::from_iter_values(index.iter().map(
+                |d| (epoch + chrono::Duration::days(d.unwrap_or(0) as i64)).year(),
+            ))));
         } else if field.data_type() == &DataType::Date32 {
             let dates = column
                 .as_any()
                 .downcast_ref::<Date32Array>()
                 .expect("a date column");
-            fields.push(Field::new(format!("{}_day", field.name()), DataType::Int32, true));
+            fields.push(Field::new(
+                format!("{}_day", field.name()),
+                DataType::Int32,
+                true,
+            ));
             columns.push(Arc::new(Int32Array::from_iter(
                 dates.iter().zip(index.iter()).map(|(d, i)| Some(d? - i?)),
             )));
-        } else if matches!(field.data_type(), DataType::Timestamp(..) | DataType::Date64) {
+        } else if matches!(
+            field.data_type(),
+            DataType::Timestamp(..) | DataType::Date64
+        ) {
             return Err(format!(
                 "the dataset's column `{}` holds times, which an export with relative dates cannot carry",
                 field.name()
@@ -372,11 +383,23 @@ fn count_batch(rows: &[CountRow], table: Table) -> RecordBatch {
     if matches!(table, Table::Rule | Table::Combination) {
         fields.push(Field::new("kind", DataType::Utf8, false));
         columns.push(Arc::new(StringArray::from_iter_values(picked.iter().map(
-            |r| if r.table == Table::Rule { "rule" } else { "combination" },
+            |r| {
+                if r.table == Table::Rule {
+                    "rule"
+                } else {
+                    "combination"
+                }
+            },
         ))));
     }
-    fields.push(Field::new("step", DataType::Int64, matches!(table, Table::Rule | Table::Combination)));
-    columns.push(Arc::new(Int64Array::from_iter(picked.iter().map(|r| r.step))));
+    fields.push(Field::new(
+        "step",
+        DataType::Int64,
+        matches!(table, Table::Rule | Table::Combination),
+    ));
+    columns.push(Arc::new(Int64Array::from_iter(
+        picked.iter().map(|r| r.step),
+    )));
     fields.push(Field::new("rule", DataType::Utf8, false));
     columns.push(Arc::new(StringArray::from_iter_values(
         picked.iter().map(|r| r.rule.as_str()),
@@ -519,7 +542,11 @@ fn site_record(
     record.insert("disclosure".into(), disclosure_record(info));
     record.insert(
         "person_ids".into(),
-        json!(if info.study.output.pseudonymise_ids { "pseudonymised" } else { "original" }),
+        json!(if info.study.output.pseudonymise_ids {
+            "pseudonymised"
+        } else {
+            "original"
+        }),
     );
     record.insert("timings".into(), json!(timings));
     record.insert("files".into(), json!(files));
@@ -544,7 +571,10 @@ fn release_record(
     record.insert("persons".into(), json!(persons));
     record.insert("attrition".into(), json!(attrition_record(released)));
     record.insert("files".into(), json!(files));
-    record.insert("checksums".into(), serde_json::Value::Object(checksums.clone()));
+    record.insert(
+        "checksums".into(),
+        serde_json::Value::Object(checksums.clone()),
+    );
     serde_json::Value::Object(record)
 }
 
@@ -758,7 +788,9 @@ fn check_replaceable(out: &Path) -> Result<(), String> {
     let is_dir = |name: &str| {
         std::fs::symlink_metadata(out.join(name)).is_ok_and(|m| m.is_dir() && !m.is_symlink())
     };
-    let places = names.iter().all(|(n, _)| PLACES.contains(&n.as_str()) && is_dir(n));
+    let places = names
+        .iter()
+        .all(|(n, _)| PLACES.contains(&n.as_str()) && is_dir(n));
     let mut foreign: Vec<String> = Vec::new();
     if places {
         for (place, _) in &names {
@@ -863,7 +895,14 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
     std::fs::write(site_dir.join("study.study"), info.study_text)
         .map_err(|e| format!("cannot write the study copy: {e}"))?;
     let site_files: Vec<String> = SITE_FILES.iter().map(|f| f.to_string()).collect();
-    let record = site_record(info, run, &exact, cohort.num_rows(), dataset.num_rows(), &site_files);
+    let record = site_record(
+        info,
+        run,
+        &exact,
+        cohort.num_rows(),
+        dataset.num_rows(),
+        &site_files,
+    );
     write_json(&site_dir.join("run.json"), &record)?;
 
     // What may leave: counts under disclosure control, as text an output checker can read.

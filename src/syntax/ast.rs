@@ -676,12 +676,16 @@ pub struct OutputItem {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub enum OutputKind {
     MinCellCount(Spanned<String>),
-    PersonIds { pseudonymised: bool },
+    PersonIds {
+        pseudonymised: bool,
+    },
     CohortId(Spanned<String>),
     /// `disclosure policy NAME`: a preset at least as strict as the site's.
     Disclosure(Spanned<String>),
     /// `exported dates exact|relative`.
-    ExportedDates { exact: bool },
+    ExportedDates {
+        exact: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

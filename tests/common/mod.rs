@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod postgres;
+pub mod random;
 
 use cohortql::compile::compile_text;
 use cohortql::reference::data::Data;
@@ -55,6 +56,14 @@ fn arms_and_none(study: &Study) -> Vec<Option<String>> {
         .map(|a| Some(a.name.clone()))
         .chain([None])
         .collect()
+}
+
+/// The site configuration every command run by the tests uses (`COHORTQL_SITE`), made once,
+/// outside the directories the tests look into.
+pub fn site_file() -> std::path::PathBuf {
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cohortql-site.toml");
+    cohortql::site::Site::load_or_create(&path).unwrap();
+    path
 }
 
 /// Standard output and standard error of a command, as text.
