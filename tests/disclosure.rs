@@ -161,7 +161,11 @@ fn pseudonyms_cannot_be_reversed_without_the_sites_secret() {
     // Celecoxib new users, with the dataset's persons pseudonymised (the default).
     let study = dir.path().join("celecoxib.study");
     let text = std::fs::read_to_string(root().join("studies/eunomia/celecoxib.study")).unwrap();
-    std::fs::write(&study, text.replace("person ids original", "person ids pseudonymised")).unwrap();
+    std::fs::write(
+        &study,
+        text.replace("person ids original", "person ids pseudonymised"),
+    )
+    .unwrap();
     let run = |out: &str, site: &Path| {
         let o = cohortql(
             &[
@@ -559,9 +563,11 @@ fn an_exported_dataset_follows_the_sites_rules() {
     let asking = dir.path().join("asking.study");
     std::fs::write(
         &asking,
-        std::fs::read_to_string(&study)
-            .unwrap()
-            .replacen("\noutput\n", "\noutput\n  exported dates exact\n", 1),
+        std::fs::read_to_string(&study).unwrap().replacen(
+            "\noutput\n",
+            "\noutput\n  exported dates exact\n",
+            1,
+        ),
     )
     .unwrap();
     let o = export(&relative, &asking, "refused");

@@ -204,7 +204,7 @@ pub fn derivable(rows: &[CountRow], policy: &Policy) -> Vec<Finding> {
                     ),
                     sources: [i].into(),
                 });
-            } else if policy.rounding > 1 && v % policy.rounding != 0 {
+            } else if policy.rounding > 1 && !v.is_multiple_of(policy.rounding) {
                 findings.push(Finding {
                     what: format!(
                         "{} is {v}, not rounded to a multiple of {}",

@@ -115,7 +115,7 @@ impl Policy {
     /// by `other`'s rules: a threshold at least as high and a rounding that is a multiple of
     /// the other's.
     pub fn at_least_as_strict_as(&self, other: &Policy) -> bool {
-        self.threshold >= other.threshold && self.rounding % other.rounding == 0
+        self.threshold >= other.threshold && self.rounding.is_multiple_of(other.rounding)
     }
 
     /// This (the site's) policy with a study's requests applied: a study may name a stricter

@@ -393,12 +393,9 @@ impl Session {
         for c in counts.iter().filter(|c| c.rows > 0) {
             t.add_row(vec![
                 Cell::new(&c.table),
-                Cell::new(policy.shown_live(c.rows as u64)).set_alignment(CellAlignment::Right),
-                Cell::new(
-                    c.persons
-                        .map_or(String::new(), |p| policy.shown_live(p as u64)),
-                )
-                .set_alignment(CellAlignment::Right),
+                Cell::new(policy.shown_live(c.rows)).set_alignment(CellAlignment::Right),
+                Cell::new(c.persons.map_or(String::new(), |p| policy.shown_live(p)))
+                    .set_alignment(CellAlignment::Right),
             ]);
         }
         Ok(t.to_string())

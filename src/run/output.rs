@@ -565,8 +565,7 @@ fn release_record(
     record.insert("disclosure".into(), disclosure_record(info));
     let persons = released
         .iter()
-        .filter(|r| r.table == Table::Attrition)
-        .next_back()
+        .rfind(|r| r.table == Table::Attrition)
         .and_then(|r| r.counts[0]);
     record.insert("persons".into(), json!(persons));
     record.insert("attrition".into(), json!(attrition_record(released)));
