@@ -42,16 +42,30 @@ fn run_on_the_demo_repository_prints_attrition_and_writes_every_output() {
     assert!(text.contains("qualifying index event"), "{text}");
     assert!(text.contains("follow-up of at least one day"), "{text}");
     for f in [
-        "cohort.parquet",
-        "cohort.csv",
-        "dataset.parquet",
-        "dataset.csv",
-        "attrition.parquet",
-        "attrition.csv",
-        "run.json",
-        "study.study",
+        "site/cohort.parquet",
+        "site/cohort.csv",
+        "site/dataset.parquet",
+        "site/dataset.csv",
+        "site/attrition.parquet",
+        "site/attrition.csv",
+        "site/run.json",
+        "site/study.study",
+        "release/attrition.csv",
+        "release/attrition_by_arm.csv",
+        "release/inclusion_rules.csv",
+        "release/run.json",
+        "release/study.study",
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
+    }
+    // Nothing person-level is released, and nothing but text.
+    for f in std::fs::read_dir(out.join("release")).unwrap() {
+        let name = f.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(
+            !name.starts_with("cohort") && !name.starts_with("dataset"),
+            "{name}"
+        );
+        assert!(!name.ends_with(".parquet"), "{name}");
     }
     let cohort = std::fs::read_to_string(out.join("site/cohort.csv")).unwrap();
     assert!(
@@ -117,25 +131,33 @@ fn small_counts_are_suppressed_in_aggregate_outputs() {
     );
     let text = all_text(&o);
     assert_eq!(o.status.code(), Some(0), "{text}");
-    let attrition = std::fs::read_to_string(out.join("site/attrition.csv")).unwrap();
+    let attrition = std::fs::read_to_string(out.join("release/attrition.csv")).unwrap();
     let rows: Vec<&str> = attrition.lines().collect();
     assert_eq!(rows[0], "step,rule,persons,entries,suppressed");
     assert_eq!(rows[1], "0,records of the index event,1844,1844,false");
     assert_eq!(rows[2], "1,qualifying index event,1800,1800,false");
     // Fewer than 10 persons started celecoxib in 1959: the count is withheld everywhere.
     assert!(rows[3].ends_with(",,,true"), "{attrition}");
-    assert!(text.contains("<10"), "{text}");
     let run: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("site/run.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("release/run.json")).unwrap())
+            .unwrap();
     assert!(run["persons"].is_null(), "{run}");
-    // The rows of the cohort and the dataset are entries: as small, and withheld alike (they
-    // were once published beside `<10 persons`).
-    assert!(run["rows"]["cohort"].is_null(), "{run}");
-    assert!(run["rows"]["dataset"].is_null(), "{run}");
+    assert_eq!(run["disclosure"]["threshold"], 10);
+    // The rows of the cohort and the dataset are entries: as small; they stay at the site
+    // (they were once published beside `<10 persons`).
+    assert!(run.get("rows").is_none(), "{run}");
+    let site: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("site/run.json")).unwrap()).unwrap();
+    let exact = site["persons"].as_u64().unwrap();
+    assert!(exact > 0 && exact < 10, "{site}");
+    assert!(text.contains("— persons"), "{text}");
     assert!(
-        text.contains("<10 persons, <10 cohort entries, <10 dataset rows"),
+        !text.contains("cohort entries") && !text.contains("dataset rows"),
         "{text}"
     );
+    for line in text.lines().filter(|l| l.contains("1959")) {
+        assert!(line.contains('—'), "{line}");
+    }
     // Row-level outputs stay within the site and are complete.
     let cohort = std::fs::read_to_string(out.join("site/cohort.csv")).unwrap();
     let n = cohort.lines().count() - 1;
@@ -345,8 +367,8 @@ fn the_cohort_table_has_no_duplicate_rows() {
             .count()
             - 1
     };
-    assert_eq!(lines("cohort.csv"), 2);
-    assert_eq!(lines("dataset.csv"), 3);
+    assert_eq!(lines("site/cohort.csv"), 2);
+    assert_eq!(lines("site/dataset.csv"), 3);
 }
 
 /// OHDSI's simple Eunomia cohorts (`createCohorts`) do not look at observation: every celecoxib

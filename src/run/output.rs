@@ -789,10 +789,14 @@ fn check_replaceable(out: &Path) -> Result<(), String> {
     };
     let places = names
         .iter()
-        .all(|(n, _)| PLACES.contains(&n.as_str()) && is_dir(n));
+        .any(|(n, _)| PLACES.contains(&n.as_str()) && is_dir(n));
     let mut foreign: Vec<String> = Vec::new();
     if places {
         for (place, _) in &names {
+            if !PLACES.contains(&place.as_str()) || !is_dir(place) {
+                foreign.push(place.clone());
+                continue;
+            }
             let dir = out.join(place);
             let Some(manifest) = manifest(&dir) else {
                 return refuse(format!(
