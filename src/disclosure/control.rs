@@ -22,6 +22,7 @@ pub enum Table {
     Combination,
     Rule,
     ByArm,
+    Endpoint,
     Attrition,
 }
 
@@ -32,12 +33,23 @@ impl Table {
             Table::Attrition => "attrition.csv",
             Table::ByArm => "attrition_by_arm.csv",
             Table::Rule | Table::Combination => "inclusion_rules.csv",
+            Table::Endpoint => "endpoints.csv",
         }
     }
 }
 
-/// The two counts of every row.
+/// The two counts of every row (in the endpoint table, persons with an event and events).
 pub const MEASURES: [&str; 2] = ["persons", "entries"];
+
+impl Table {
+    /// The names of a row's two counts in its file.
+    pub fn measures(self) -> [&'static str; 2] {
+        match self {
+            Table::Endpoint => ["persons", "events"],
+            _ => MEASURES,
+        }
+    }
+}
 
 /// One row of counts: exact at the site, `None` where withheld in a release.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,7 +73,7 @@ impl CountRow {
             "{} line {}, {}",
             self.table.file(),
             self.line,
-            MEASURES[measure]
+            self.table.measures()[measure]
         )
     }
 }
@@ -96,6 +108,21 @@ pub fn relations(rows: &[CountRow]) -> Vec<Relation> {
             .find(|&i| rows[i].step == Some(step))
     };
     let mut out = Vec::new();
+    // An endpoint's events in all entries are the sum of its events in each arm.
+    let endpoints = of(Table::Endpoint);
+    for &total in endpoints
+        .iter()
+        .filter(|&&i| rows[i].arm.as_deref() == Some(crate::results::ALL))
+    {
+        let parts: Vec<usize> = endpoints
+            .iter()
+            .copied()
+            .filter(|&i| i != total && rows[i].rule == rows[total].rule)
+            .collect();
+        if !parts.is_empty() {
+            out.push(Relation { total, parts });
+        }
+    }
     // An attrition row is the sum of its arms (and of entries in no arm).
     let steps: BTreeSet<i64> = by_arm.iter().filter_map(|&i| rows[i].step).collect();
     for &step in &steps {
@@ -320,7 +347,7 @@ pub fn derivable(rows: &[CountRow], policy: &Policy) -> Vec<Finding> {
                 value,
                 what: format!(
                     "the withheld {} of {} together",
-                    MEASURES[m],
+                    rows[unknown[0]].table.measures()[m],
                     unknown
                         .iter()
                         .map(|&p| format!("line {}", rows[p].line))

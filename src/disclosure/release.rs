@@ -43,11 +43,12 @@ pub struct Report {
     pub counts: usize,
 }
 
-/// The count tables of a release: file, columns before the counts, and the table.
-const COUNT_FILES: [(&str, &[&str]); 3] = [
+/// The count tables of a release: file, and columns before the counts.
+const COUNT_FILES: [(&str, &[&str]); 4] = [
     ("attrition.csv", &["step", "rule"]),
     ("attrition_by_arm.csv", &["step", "rule", "arm"]),
     ("inclusion_rules.csv", &["kind", "step", "rule"]),
+    ("endpoints.csv", &["endpoint", "kind", "group"]),
 ];
 
 /// Keys `release/run.json` may hold: provenance, the policy, released counts, the manifest.
@@ -114,7 +115,7 @@ pub fn check_release(dir: &Path, site: &SiteRules) -> Result<Report, String> {
                 &name,
                 None,
                 None,
-                "is not a file a release may hold (attrition.csv, attrition_by_arm.csv, inclusion_rules.csv, dataset.csv where the site allows an export, study.study, run.json)".into(),
+                "is not a file a release may hold (attrition.csv, attrition_by_arm.csv, inclusion_rules.csv, endpoints.csv, dataset.csv where the site allows an export, study.study, run.json)".into(),
             ));
         } else {
             names.push(name);
@@ -319,10 +320,23 @@ fn read_counts(
             return Ok(Vec::new());
         }
     };
+    let endpoints = file == "endpoints.csv";
+    let measures = if endpoints {
+        Table::Endpoint.measures()
+    } else {
+        MEASURES
+    };
+    let statistics: &[&str] = if endpoints {
+        &crate::results::STATISTIC_COLUMNS
+    } else {
+        &[]
+    };
     let expected: Vec<&str> = keys
         .iter()
         .copied()
-        .chain(["persons", "entries", "suppressed"])
+        .chain(measures)
+        .chain(["suppressed"])
+        .chain(statistics.iter().copied())
         .collect();
     for h in &header {
         if !expected.contains(&h.as_str()) {
@@ -359,7 +373,7 @@ fn read_counts(
         let line = record.position().map_or(0, |p| p.line() as usize);
         let field = |name: &str| index(name).and_then(|i| record.get(i)).unwrap_or("");
         let mut counts = [None, None];
-        for (m, measure) in MEASURES.iter().enumerate() {
+        for (m, measure) in measures.iter().enumerate() {
             let text = field(measure).trim();
             if text.is_empty() {
                 continue;
@@ -394,15 +408,37 @@ fn read_counts(
         let table = match (file, field("kind")) {
             ("attrition.csv", _) => Table::Attrition,
             ("attrition_by_arm.csv", _) => Table::ByArm,
+            ("endpoints.csv", _) => Table::Endpoint,
             (_, "rule") => Table::Rule,
             _ => Table::Combination,
         };
-        let arm = field("arm");
+        // A group whose events are withheld has every statistic of them withheld.
+        if endpoints && counts[1].is_none() {
+            for column in statistics.iter().filter(|c| **c != "person_years") {
+                if !field(column).trim().is_empty() {
+                    out.push(at(
+                        file,
+                        Some(line),
+                        Some(column),
+                        "is a statistic of events that are withheld".into(),
+                    ));
+                }
+            }
+        }
+        let (rule, arm) = if endpoints {
+            (field("endpoint"), Some(field("group").to_string()))
+        } else {
+            let arm = field("arm");
+            (
+                field("rule"),
+                (table == Table::ByArm && !arm.is_empty()).then(|| arm.to_string()),
+            )
+        };
         rows.push(CountRow {
             table,
             step: field("step").trim().parse().ok(),
-            rule: field("rule").to_string(),
-            arm: (table == Table::ByArm && !arm.is_empty()).then(|| arm.to_string()),
+            rule: rule.to_string(),
+            arm,
             counts,
             line,
         });

@@ -10,6 +10,7 @@ use crate::disclosure::control::{CountRow, Table};
 use crate::disclosure::Policy;
 use crate::repo::write::hidden_sibling;
 use crate::repo::Repository;
+use crate::results::{self, EndpointCount};
 use crate::site::Site;
 use crate::study::Study;
 use datafusion::arrow::array::{
@@ -419,6 +420,144 @@ fn count_batch(rows: &[CountRow], table: Table) -> RecordBatch {
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("columns of equal length")
 }
 
+/// The dataset's entries as the results need them: person, arm and each endpoint's outcome.
+fn result_entries(
+    study: &Study,
+    run: &Execution,
+) -> Result<Vec<(i64, Option<String>, Vec<(bool, Option<i64>)>)>, String> {
+    let all = concat_batches(&run.dataset_schema, &run.dataset).map_err(|e| e.to_string())?;
+    let int = |name: &str| -> Result<Option<Int64Array>, String> {
+        match all.column_by_name(name) {
+            None => Ok(None),
+            Some(c) => {
+                let c = cast(c, &DataType::Int64).map_err(|e| e.to_string())?;
+                Ok(Some(
+                    c.as_any()
+                        .downcast_ref::<Int64Array>()
+                        .expect("int64")
+                        .clone(),
+                ))
+            }
+        }
+    };
+    let persons = int("person_id")?.ok_or("the dataset has no person ids")?;
+    let arms = match all.column_by_name("arm") {
+        Some(c) => Some(cast(c, &DataType::Utf8).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let arms = arms
+        .as_ref()
+        .map(|a| a.as_any().downcast_ref::<StringArray>().expect("text"));
+    let mut outcomes = Vec::new();
+    for e in &study.endpoints {
+        let flag =
+            int(&e.name)?.ok_or_else(|| format!("the dataset has no column `{}`", e.name))?;
+        let days = int(&format!("{}_days", e.name))?;
+        outcomes.push((flag, days));
+    }
+    Ok((0..all.num_rows())
+        .map(|i| {
+            (
+                persons.value(i),
+                arms.and_then(|a| (!a.is_null(i)).then(|| a.value(i).to_string())),
+                outcomes
+                    .iter()
+                    .map(|(flag, days)| {
+                        (
+                            !flag.is_null(i) && flag.value(i) == 1,
+                            days.as_ref()
+                                .and_then(|d| (!d.is_null(i)).then(|| d.value(i))),
+                        )
+                    })
+                    .collect(),
+            )
+        })
+        .collect())
+}
+
+/// The endpoint table: each row's counts as given (exact at the site, released in `release/`)
+/// and its statistics computed from them, with the entries of each group taken from the same
+/// rows (the attrition by arm's last step, or the attrition table's).
+fn endpoint_batch(study: &Study, rows: &[CountRow], counts: &[EndpointCount]) -> RecordBatch {
+    let last_step = rows
+        .iter()
+        .filter(|r| r.table == Table::Attrition)
+        .filter_map(|r| r.step)
+        .max();
+    let entries_of = |group: &str| -> Option<u64> {
+        if group == results::ALL {
+            rows.iter()
+                .find(|r| r.table == Table::Attrition && r.step == last_step)
+                .and_then(|r| r.counts[1])
+        } else {
+            rows.iter()
+                .find(|r| {
+                    r.table == Table::ByArm
+                        && r.step == last_step
+                        && r.arm.as_deref() == Some(group)
+                })
+                .and_then(|r| r.counts[1])
+        }
+    };
+    let endpoint_rows: Vec<&CountRow> =
+        rows.iter().filter(|r| r.table == Table::Endpoint).collect();
+    let first_arm = study.arms.first().map(|a| a.name.clone());
+    let basis = |i: usize| results::Basis {
+        events: endpoint_rows[i].counts[1],
+        entries: entries_of(&counts[i].group),
+        person_days: counts[i].person_days,
+    };
+    let stats: Vec<results::Statistics> = (0..counts.len())
+        .map(|i| {
+            let reference = match &first_arm {
+                Some(first) if counts[i].group != *first && counts[i].group != results::ALL => (0
+                    ..counts.len())
+                    .find(|&j| {
+                        counts[j].endpoint == counts[i].endpoint && counts[j].group == *first
+                    })
+                    .map(basis),
+                _ => None,
+            };
+            results::statistics(counts[i].kind, basis(i), reference)
+        })
+        .collect();
+    let refs: Vec<&CountRow> = endpoint_rows.clone();
+    let (persons, events, suppressed) = count_columns(&refs);
+    let mut fields = vec![
+        Field::new("endpoint", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("group", DataType::Utf8, false),
+        Field::new("persons", DataType::Int64, true),
+        Field::new("events", DataType::Int64, true),
+        Field::new("suppressed", DataType::Boolean, false),
+    ];
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            counts.iter().map(|c| c.endpoint.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(counts.iter().map(
+            |c| match c.kind {
+                crate::study::EndpointKind::TimeToEvent => "time-to-event",
+                crate::study::EndpointKind::Binary => "binary",
+            },
+        ))),
+        Arc::new(StringArray::from_iter_values(
+            counts.iter().map(|c| c.group.as_str()),
+        )),
+        Arc::new(Int64Array::from(persons)),
+        Arc::new(Int64Array::from(events)),
+        Arc::new(BooleanArray::from(suppressed)),
+    ];
+    let values: Vec<[Option<f64>; 13]> = stats.iter().map(results::statistic_values).collect();
+    for (k, name) in results::STATISTIC_COLUMNS.iter().enumerate() {
+        fields.push(Field::new(*name, DataType::Float64, true));
+        columns.push(Arc::new(datafusion::arrow::array::Float64Array::from(
+            values.iter().map(|v| v[k]).collect::<Vec<_>>(),
+        )));
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("columns of equal length")
+}
+
 /// The tables of counts by file name.
 const COUNT_TABLES: [(&str, Table); 3] = [
     ("attrition", Table::Attrition),
@@ -578,7 +717,40 @@ fn release_record(
 }
 
 /// The files a run writes under `site/`, `run.json` last.
-pub const SITE_FILES: [&str; 12] = [
+pub const SITE_FILES: [&str; 14] = [
+    "cohort.parquet",
+    "cohort.csv",
+    "dataset.parquet",
+    "dataset.csv",
+    "attrition.parquet",
+    "attrition.csv",
+    "attrition_by_arm.parquet",
+    "attrition_by_arm.csv",
+    "inclusion_rules.parquet",
+    "inclusion_rules.csv",
+    "endpoints.parquet",
+    "endpoints.csv",
+    "study.study",
+    "run.json",
+];
+
+/// The files a run writes under `release/`, `run.json` last; `dataset.csv` only with
+/// `--export-dataset`.
+pub const RELEASE_FILES: [&str; 6] = [
+    "attrition.csv",
+    "attrition_by_arm.csv",
+    "inclusion_rules.csv",
+    "endpoints.csv",
+    "study.study",
+    "run.json",
+];
+
+/// The places of a run's outputs: what stays at the site, and what may leave it.
+pub const PLACES: [&str; 2] = ["site", "release"];
+
+/// The files of a run's flat output directory before outputs were split into `site/` and
+/// `release/`: such a directory is still a previous run's, and may be replaced.
+const FLAT_FILES: [&str; 12] = [
     "cohort.parquet",
     "cohort.csv",
     "dataset.parquet",
@@ -592,23 +764,6 @@ pub const SITE_FILES: [&str; 12] = [
     "study.study",
     "run.json",
 ];
-
-/// The files a run writes under `release/`, `run.json` last; `dataset.csv` only with
-/// `--export-dataset`.
-pub const RELEASE_FILES: [&str; 5] = [
-    "attrition.csv",
-    "attrition_by_arm.csv",
-    "inclusion_rules.csv",
-    "study.study",
-    "run.json",
-];
-
-/// The places of a run's outputs: what stays at the site, and what may leave it.
-pub const PLACES: [&str; 2] = ["site", "release"];
-
-/// The files of a run's flat output directory before outputs were split into `site/` and
-/// `release/`: such a directory is still a previous run's, and may be replaced.
-const FLAT_FILES: [&str; 12] = SITE_FILES;
 
 /// An output directory claimed for one run: checked to be empty, absent or a previous run's
 /// outputs, and locked against other runs into the same place until the outputs are written.
@@ -891,10 +1046,28 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
         info.study_hash,
     )?;
     write_table(&site_dir, "dataset", &dataset)?;
-    let exact = count_rows(run);
+    let entries = result_entries(info.study, run)?;
+    let endpoint_counts = results::endpoint_counts(
+        info.study,
+        &entries
+            .iter()
+            .map(|(person, arm, outcomes)| results::Entry {
+                person: *person,
+                arm: arm.as_deref(),
+                outcomes: outcomes.clone(),
+            })
+            .collect::<Vec<_>>(),
+    );
+    let mut exact = count_rows(run);
+    exact.extend(results::count_rows(&endpoint_counts));
     for (name, table) in COUNT_TABLES {
         write_table(&site_dir, name, &count_batch(&exact, table))?;
     }
+    write_table(
+        &site_dir,
+        "endpoints",
+        &endpoint_batch(info.study, &exact, &endpoint_counts),
+    )?;
     std::fs::write(site_dir.join("study.study"), info.study_text)
         .map_err(|e| format!("cannot write the study copy: {e}"))?;
     let site_files: Vec<String> = SITE_FILES.iter().map(|f| f.to_string()).collect();
@@ -916,6 +1089,11 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
         write_csv(&release_dir.join(&file), &count_batch(&released, table))?;
         files.push(file);
     }
+    write_csv(
+        &release_dir.join("endpoints.csv"),
+        &endpoint_batch(info.study, &released, &endpoint_counts),
+    )?;
+    files.push("endpoints.csv".to_string());
     std::fs::write(release_dir.join("study.study"), info.study_text)
         .map_err(|e| format!("cannot write the study copy: {e}"))?;
     files.push("study.study".to_string());
