@@ -136,3 +136,94 @@ fn endpoint_results_are_the_datasets() {
         .unwrap();
     assert_eq!(check.status.code(), Some(0), "{}", all_text(&check));
 }
+
+/// Kaplan–Meier with Greenwood's variance and log(−log) intervals, and the log-rank test,
+/// agree with lifelines on the aml data (tests/data/aml_survival.json).
+#[test]
+fn survival_agrees_with_lifelines() {
+    use cohortql::results::survival::{kaplan_meier, log_rank};
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/data/aml_survival.json")).unwrap(),
+    )
+    .unwrap();
+    let mut groups = Vec::new();
+    for group in ["Maintained", "Nonmaintained"] {
+        let data = &fixture["data"][group];
+        let observations: Vec<(i64, bool)> = data["time"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(data["status"].as_array().unwrap())
+            .map(|(t, s)| (t.as_i64().unwrap(), s.as_i64().unwrap() == 1))
+            .collect();
+        let steps = kaplan_meier(&observations);
+        let expected = fixture["km"][group].as_array().unwrap();
+        assert_eq!(steps.len(), expected.len(), "{group}");
+        for (s, e) in steps.iter().zip(expected) {
+            assert_eq!(s.time, e["time"].as_i64().unwrap());
+            assert_eq!(s.at_risk, e["at_risk"].as_u64().unwrap());
+            assert_eq!(s.events, e["events"].as_u64().unwrap());
+            assert_eq!(s.censored, e["censored"].as_u64().unwrap());
+            assert!(
+                close(s.survival, e["survival"].as_f64().unwrap()),
+                "{group} {s:?}"
+            );
+            assert!(
+                close(s.lower, e["lower"].as_f64().unwrap()),
+                "{group} {s:?}"
+            );
+            assert!(
+                close(s.upper, e["upper"].as_f64().unwrap()),
+                "{group} {s:?}"
+            );
+        }
+        groups.push(observations);
+    }
+    let (chisq, df, p) = log_rank(&groups).unwrap();
+    assert!(
+        close(chisq, fixture["logrank"]["chisq"].as_f64().unwrap()),
+        "{chisq}"
+    );
+    assert_eq!(df, 1);
+    assert!(close(p, fixture["logrank"]["p"].as_f64().unwrap()), "{p}");
+}
+
+/// The curve that may leave a site: every count a multiple of the rounding, never fewer at
+/// risk than the threshold, each step's number at risk its predecessor's less those who left,
+/// and the estimates those of the rounded counts; a group smaller than the threshold gives none.
+#[test]
+fn the_released_curve_is_made_of_rounded_counts() {
+    use cohortql::results::survival::{coarsened, curve, kaplan_meier};
+    let observations: Vec<(i64, bool)> = (0..437)
+        .map(|i| (1 + (i * 7919 % 365), i % 3 == 0))
+        .collect();
+    let exact = kaplan_meier(&observations);
+    for (base, threshold) in [(5, 5), (5, 8), (10, 10)] {
+        let released = coarsened(&exact, base, threshold);
+        assert!(!released.is_empty());
+        for w in released.windows(2) {
+            assert_eq!(w[1].at_risk, w[0].at_risk - w[0].events - w[0].censored);
+            assert!(w[1].time > w[0].time);
+        }
+        for s in &released {
+            for c in [s.at_risk, s.events, s.censored] {
+                assert_eq!(c % base, 0, "{s:?}");
+            }
+            assert!(s.at_risk >= threshold);
+        }
+        let tallies: Vec<(i64, u64, u64)> = released
+            .iter()
+            .map(|s| (s.time, s.events, s.censored))
+            .collect();
+        let again = curve(released[0].at_risk, &tallies);
+        assert_eq!(&again[..released.len()], &released[..]);
+        // The estimate stays within what moving `base` persons would change: rounding
+        // shifts the cumulative counts by at most half the base each.
+        for s in released.iter().filter(|s| s.at_risk >= 100) {
+            let at = exact.iter().rfind(|e| e.time <= s.time).unwrap();
+            let bound = 1.5 * base as f64 / s.at_risk as f64;
+            assert!((s.survival - at.survival).abs() <= bound, "{s:?} {at:?}");
+        }
+    }
+    assert!(coarsened(&kaplan_meier(&observations[..4]), 5, 5).is_empty());
+}

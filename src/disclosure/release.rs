@@ -102,7 +102,7 @@ pub fn check_release(dir: &Path, site: &SiteRules) -> Result<Report, String> {
         let name = entry.file_name().to_string_lossy().into_owned();
         let file = std::fs::symlink_metadata(entry.path()).is_ok_and(|m| m.is_file());
         let allowed = COUNT_FILES.iter().any(|(f, _)| *f == name)
-            || ["run.json", "study.study", "dataset.csv"].contains(&name.as_str());
+            || ["run.json", "study.study", "dataset.csv", "km.csv"].contains(&name.as_str());
         if !file {
             out.push(at(
                 &name,
@@ -115,7 +115,7 @@ pub fn check_release(dir: &Path, site: &SiteRules) -> Result<Report, String> {
                 &name,
                 None,
                 None,
-                "is not a file a release may hold (attrition.csv, attrition_by_arm.csv, inclusion_rules.csv, endpoints.csv, dataset.csv where the site allows an export, study.study, run.json)".into(),
+                "is not a file a release may hold (attrition.csv, attrition_by_arm.csv, inclusion_rules.csv, endpoints.csv, km.csv, dataset.csv where the site allows an export, study.study, run.json)".into(),
             ));
         } else {
             names.push(name);
@@ -153,6 +153,9 @@ pub fn check_release(dir: &Path, site: &SiteRules) -> Result<Report, String> {
                 f.what
             ),
         ));
+    }
+    if names.iter().any(|n| n == "km.csv") {
+        check_km(&dir.join("km.csv"), &policy, &mut out)?;
     }
     if names.iter().any(|n| n == "dataset.csv") {
         check_dataset(dir, site, run.as_ref(), &mut out)?;
@@ -671,4 +674,106 @@ fn looks_like_date(value: &str) -> bool {
         && b[5..7].iter().all(u8::is_ascii_digit)
         && b[7] == b'-'
         && b[8..10].iter().all(u8::is_ascii_digit)
+}
+
+/// The columns of a released Kaplan–Meier table.
+const KM_COLUMNS: [&str; 10] = [
+    "endpoint", "group", "time", "at_risk", "events", "censored", "survival", "std_err", "lower",
+    "upper",
+];
+
+/// A released Kaplan–Meier table: its columns, every count a multiple of the policy's live
+/// rounding, no step with fewer at risk than the threshold, and each curve's counts adding up
+/// (the next step's number at risk is this one's less its events and censorings).
+fn check_km(path: &Path, policy: &Policy, out: &mut Vec<Violation>) -> Result<(), String> {
+    let file = "km.csv";
+    let base = policy.live_rounding();
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_path(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let header: Vec<String> = match reader.headers() {
+        Ok(h) => h.iter().map(str::to_string).collect(),
+        Err(e) => {
+            out.push(at(
+                file,
+                Some(1),
+                None,
+                format!("cannot be read as CSV: {e}"),
+            ));
+            return Ok(());
+        }
+    };
+    for h in &header {
+        if !KM_COLUMNS.contains(&h.as_str()) {
+            out.push(at(file, Some(1), Some(h), unexpected_column(h)));
+        }
+    }
+    if KM_COLUMNS.iter().any(|c| !header.iter().any(|h| h == c)) {
+        out.push(at(
+            file,
+            Some(1),
+            None,
+            format!("lacks some of the columns {}", KM_COLUMNS.join(", ")),
+        ));
+        return Ok(());
+    }
+    let index = |name: &str| header.iter().position(|h| h == name).expect("present");
+    let mut previous: Option<(String, String, u64)> = None;
+    for record in reader.records() {
+        let Ok(record) = record else {
+            out.push(at(file, None, None, "cannot be read as CSV".into()));
+            break;
+        };
+        let line = record.position().map_or(0, |p| p.line() as usize);
+        let field = |name: &str| record.get(index(name)).unwrap_or("").trim();
+        let mut counts = [0u64; 3];
+        for (k, column) in ["at_risk", "events", "censored"].iter().enumerate() {
+            match field(column).parse::<u64>() {
+                Ok(v) if v.is_multiple_of(base) => counts[k] = v,
+                Ok(v) => out.push(at(
+                    file,
+                    Some(line),
+                    Some(column),
+                    format!(
+                        "is {v}, not a multiple of {base}: a curve is released from rounded counts"
+                    ),
+                )),
+                Err(_) => out.push(at(
+                    file,
+                    Some(line),
+                    Some(column),
+                    format!("`{}` is not a count", field(column)),
+                )),
+            }
+        }
+        if counts[0] < policy.threshold {
+            out.push(at(
+                file,
+                Some(line),
+                Some("at_risk"),
+                format!("is {}, fewer than {} at risk", counts[0], policy.threshold),
+            ));
+        }
+        let key = (field("endpoint").to_string(), field("group").to_string());
+        if let Some((e, g, expected)) = &previous {
+            if (e, g) == (&key.0, &key.1) && counts[0] != *expected {
+                out.push(at(
+                    file,
+                    Some(line),
+                    Some("at_risk"),
+                    format!(
+                        "is {}, where the step before leaves {expected} at risk",
+                        counts[0]
+                    ),
+                ));
+            }
+        }
+        previous = Some((
+            key.0,
+            key.1,
+            counts[0].saturating_sub(counts[1] + counts[2]),
+        ));
+    }
+    Ok(())
 }

@@ -5,6 +5,7 @@
 //! statistics are computed from the counts as released, so they never say more than those do.
 
 pub mod stats;
+pub mod survival;
 
 use crate::disclosure::control::{CountRow, Table};
 use crate::study::{EndpointKind, Study};
@@ -109,6 +110,9 @@ pub struct Statistics {
     /// Against the first arm: the rate difference per 1,000 person-years, or the risk
     /// difference.
     pub difference: Option<stats::Estimate>,
+    /// For all entries of a time-to-event endpoint with arms: the log-rank test between the
+    /// arms (chi-square, degrees of freedom, p).
+    pub log_rank: Option<(f64, usize, f64)>,
 }
 
 /// What the statistics of a group are computed from: its events and entries as released, and
@@ -164,7 +168,7 @@ pub fn statistics(kind: EndpointKind, group: Basis, reference: Option<Basis>) ->
 
 /// The statistic columns of the endpoint table, after `endpoint`, `kind`, `group`, `persons`,
 /// `events` and `suppressed`.
-pub const STATISTIC_COLUMNS: [&str; 13] = [
+pub const STATISTIC_COLUMNS: [&str; 16] = [
     "person_years",
     "rate_per_1000_py",
     "rate_lower",
@@ -178,10 +182,13 @@ pub const STATISTIC_COLUMNS: [&str; 13] = [
     "difference",
     "difference_lower",
     "difference_upper",
+    "logrank_chisq",
+    "logrank_df",
+    "logrank_p",
 ];
 
 /// The statistic columns' values, in `STATISTIC_COLUMNS` order.
-pub fn statistic_values(s: &Statistics) -> [Option<f64>; 13] {
+pub fn statistic_values(s: &Statistics) -> [Option<f64>; 16] {
     let three = |e: Option<stats::Estimate>| [e.map(|e| e.0), e.map(|e| e.1), e.map(|e| e.2)];
     let [r0, r1, r2] = three(s.rate);
     let [k0, k1, k2] = three(s.risk);
@@ -201,5 +208,26 @@ pub fn statistic_values(s: &Statistics) -> [Option<f64>; 13] {
         d0,
         d1,
         d2,
+        s.log_rank.map(|l| l.0),
+        s.log_rank.map(|l| l.1 as f64),
+        s.log_rank.map(|l| l.2),
     ]
+}
+
+/// Each group's `(time, event)` per entry for a time-to-event endpoint (time: days at risk,
+/// `<endpoint>_days + 1`), in the order of `groups`.
+pub fn observations(study: &Study, entries: &[Entry], endpoint: usize) -> Vec<Vec<(i64, bool)>> {
+    groups(study)
+        .iter()
+        .map(|group| {
+            entries
+                .iter()
+                .filter(|x| group == ALL || x.arm == Some(group.as_str()))
+                .filter_map(|x| {
+                    let (event, days) = x.outcomes[endpoint];
+                    days.map(|d| (d + 1, event))
+                })
+                .collect()
+        })
+        .collect()
 }

@@ -420,11 +420,12 @@ fn count_batch(rows: &[CountRow], table: Table) -> RecordBatch {
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("columns of equal length")
 }
 
-/// The dataset's entries as the results need them: person, arm and each endpoint's outcome.
-fn result_entries(
-    study: &Study,
-    run: &Execution,
-) -> Result<Vec<(i64, Option<String>, Vec<(bool, Option<i64>)>)>, String> {
+/// A dataset entry as the results need it: person, arm, and each endpoint's outcome (whether it
+/// happens, and its days).
+type DatasetEntry = (i64, Option<String>, Vec<(bool, Option<i64>)>);
+
+/// The dataset's entries as the results need them.
+fn result_entries(study: &Study, run: &Execution) -> Result<Vec<DatasetEntry>, String> {
     let all = concat_batches(&run.dataset_schema, &run.dataset).map_err(|e| e.to_string())?;
     let int = |name: &str| -> Result<Option<Int64Array>, String> {
         match all.column_by_name(name) {
@@ -478,7 +479,12 @@ fn result_entries(
 /// The endpoint table: each row's counts as given (exact at the site, released in `release/`)
 /// and its statistics computed from them, with the entries of each group taken from the same
 /// rows (the attrition by arm's last step, or the attrition table's).
-fn endpoint_batch(study: &Study, rows: &[CountRow], counts: &[EndpointCount]) -> RecordBatch {
+fn endpoint_batch(
+    study: &Study,
+    rows: &[CountRow],
+    counts: &[EndpointCount],
+    log_ranks: &[(String, Option<(f64, usize, f64)>)],
+) -> RecordBatch {
     let last_step = rows
         .iter()
         .filter(|r| r.table == Table::Attrition)
@@ -548,7 +554,23 @@ fn endpoint_batch(study: &Study, rows: &[CountRow], counts: &[EndpointCount]) ->
         Arc::new(Int64Array::from(events)),
         Arc::new(BooleanArray::from(suppressed)),
     ];
-    let values: Vec<[Option<f64>; 13]> = stats.iter().map(results::statistic_values).collect();
+    let mut stats = stats;
+    for (i, c) in counts.iter().enumerate() {
+        if c.group == results::ALL && !study.arms.is_empty() {
+            // Only when no arm's events are withheld: the test says nothing a withheld count
+            // would not.
+            let released = counts
+                .iter()
+                .enumerate()
+                .all(|(j, d)| d.endpoint != c.endpoint || endpoint_rows[j].counts[1].is_some());
+            stats[i].log_rank = log_ranks
+                .iter()
+                .find(|(name, _)| *name == c.endpoint)
+                .and_then(|(_, l)| *l)
+                .filter(|_| released);
+        }
+    }
+    let values: Vec<[Option<f64>; 16]> = stats.iter().map(results::statistic_values).collect();
     for (k, name) in results::STATISTIC_COLUMNS.iter().enumerate() {
         fields.push(Field::new(*name, DataType::Float64, true));
         columns.push(Arc::new(datafusion::arrow::array::Float64Array::from(
@@ -556,6 +578,50 @@ fn endpoint_batch(study: &Study, rows: &[CountRow], counts: &[EndpointCount]) ->
         )));
     }
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("columns of equal length")
+}
+
+/// The Kaplan–Meier curves: `endpoint`, `group`, `time` (days at risk), `at_risk`, `events`,
+/// `censored`, `survival`, `std_err`, `lower`, `upper`.
+fn km_batch(curves: &[(String, String, Vec<results::survival::Step>)]) -> RecordBatch {
+    use datafusion::arrow::array::Float64Array;
+    let rows: Vec<(&str, &str, &results::survival::Step)> = curves
+        .iter()
+        .flat_map(|(e, g, steps)| steps.iter().map(move |s| (e.as_str(), g.as_str(), s)))
+        .collect();
+    let int = |f: &dyn Fn(&results::survival::Step) -> i64| -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| f(r.2))))
+    };
+    let float = |f: &dyn Fn(&results::survival::Step) -> f64| -> ArrayRef {
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| f(r.2))))
+    };
+    let schema = Schema::new(vec![
+        Field::new("endpoint", DataType::Utf8, false),
+        Field::new("group", DataType::Utf8, false),
+        Field::new("time", DataType::Int64, false),
+        Field::new("at_risk", DataType::Int64, false),
+        Field::new("events", DataType::Int64, false),
+        Field::new("censored", DataType::Int64, false),
+        Field::new("survival", DataType::Float64, false),
+        Field::new("std_err", DataType::Float64, false),
+        Field::new("lower", DataType::Float64, false),
+        Field::new("upper", DataType::Float64, false),
+    ]);
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+            int(&|s| s.time),
+            int(&|s| s.at_risk as i64),
+            int(&|s| s.events as i64),
+            int(&|s| s.censored as i64),
+            float(&|s| s.survival),
+            float(&|s| s.std_err),
+            float(&|s| s.lower),
+            float(&|s| s.upper),
+        ],
+    )
+    .expect("columns of equal length")
 }
 
 /// The tables of counts by file name.
@@ -717,7 +783,7 @@ fn release_record(
 }
 
 /// The files a run writes under `site/`, `run.json` last.
-pub const SITE_FILES: [&str; 14] = [
+pub const SITE_FILES: [&str; 16] = [
     "cohort.parquet",
     "cohort.csv",
     "dataset.parquet",
@@ -730,17 +796,20 @@ pub const SITE_FILES: [&str; 14] = [
     "inclusion_rules.csv",
     "endpoints.parquet",
     "endpoints.csv",
+    "km.parquet",
+    "km.csv",
     "study.study",
     "run.json",
 ];
 
 /// The files a run writes under `release/`, `run.json` last; `dataset.csv` only with
 /// `--export-dataset`.
-pub const RELEASE_FILES: [&str; 6] = [
+pub const RELEASE_FILES: [&str; 7] = [
     "attrition.csv",
     "attrition_by_arm.csv",
     "inclusion_rules.csv",
     "endpoints.csv",
+    "km.csv",
     "study.study",
     "run.json",
 ];
@@ -1047,27 +1116,43 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
     )?;
     write_table(&site_dir, "dataset", &dataset)?;
     let entries = result_entries(info.study, run)?;
-    let endpoint_counts = results::endpoint_counts(
-        info.study,
-        &entries
-            .iter()
-            .map(|(person, arm, outcomes)| results::Entry {
-                person: *person,
-                arm: arm.as_deref(),
-                outcomes: outcomes.clone(),
-            })
-            .collect::<Vec<_>>(),
-    );
+    let result_entries: Vec<results::Entry> = entries
+        .iter()
+        .map(|(person, arm, outcomes)| results::Entry {
+            person: *person,
+            arm: arm.as_deref(),
+            outcomes: outcomes.clone(),
+        })
+        .collect();
+    let endpoint_counts = results::endpoint_counts(info.study, &result_entries);
     let mut exact = count_rows(run);
     exact.extend(results::count_rows(&endpoint_counts));
     for (name, table) in COUNT_TABLES {
         write_table(&site_dir, name, &count_batch(&exact, table))?;
     }
+    let mut curves: Vec<(String, String, Vec<results::survival::Step>)> = Vec::new();
+    let mut log_ranks = Vec::new();
+    for (e, endpoint) in info.study.endpoints.iter().enumerate() {
+        if endpoint.kind != crate::study::EndpointKind::TimeToEvent {
+            continue;
+        }
+        let observations = results::observations(info.study, &result_entries, e);
+        for (group, obs) in results::groups(info.study).into_iter().zip(&observations) {
+            curves.push((
+                endpoint.name.clone(),
+                group,
+                results::survival::kaplan_meier(obs),
+            ));
+        }
+        let arms = &observations[..observations.len() - 1];
+        log_ranks.push((endpoint.name.clone(), results::survival::log_rank(arms)));
+    }
     write_table(
         &site_dir,
         "endpoints",
-        &endpoint_batch(info.study, &exact, &endpoint_counts),
+        &endpoint_batch(info.study, &exact, &endpoint_counts, &log_ranks),
     )?;
+    write_table(&site_dir, "km", &km_batch(&curves))?;
     std::fs::write(site_dir.join("study.study"), info.study_text)
         .map_err(|e| format!("cannot write the study copy: {e}"))?;
     let site_files: Vec<String> = SITE_FILES.iter().map(|f| f.to_string()).collect();
@@ -1091,9 +1176,25 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
     }
     write_csv(
         &release_dir.join("endpoints.csv"),
-        &endpoint_batch(info.study, &released, &endpoint_counts),
+        &endpoint_batch(info.study, &released, &endpoint_counts, &log_ranks),
     )?;
     files.push("endpoints.csv".to_string());
+    let coarsened: Vec<(String, String, Vec<results::survival::Step>)> = curves
+        .iter()
+        .map(|(endpoint, group, steps)| {
+            (
+                endpoint.clone(),
+                group.clone(),
+                results::survival::coarsened(
+                    steps,
+                    info.policy.live_rounding(),
+                    info.policy.threshold,
+                ),
+            )
+        })
+        .collect();
+    write_csv(&release_dir.join("km.csv"), &km_batch(&coarsened))?;
+    files.push("km.csv".to_string());
     std::fs::write(release_dir.join("study.study"), info.study_text)
         .map_err(|e| format!("cannot write the study copy: {e}"))?;
     files.push("study.study".to_string());
