@@ -128,6 +128,33 @@ fn endpoint_results_are_the_datasets() {
         (ratio.ln() + 1.959963984540054 * se).exp()
     ));
     assert_eq!(site, release);
+    // The hazard ratio of diclofenac against celecoxib is the Cox model of the dataset's arms.
+    let (mut times, mut events, mut x) = (Vec::new(), Vec::new(), Vec::new());
+    for d in &dataset {
+        times.push(d["gi_bleed_days"].parse::<i64>().unwrap() + 1);
+        events.push(d["gi_bleed"] == "1");
+        x.push(vec![if d["arm"] == "diclofenac" { 1.0 } else { 0.0 }]);
+    }
+    let fitted = cohortql::results::cox::fit(&times, &events, &x).unwrap();
+    let cox = csv_rows(&dir.path().join("out/release/cox.csv"));
+    assert_eq!(cox.len(), 1);
+    assert_eq!(cox[0]["term"], "diclofenac vs celecoxib");
+    assert!(close(
+        cox[0]["hazard_ratio"].parse().unwrap(),
+        fitted.terms[0].hazard_ratio
+    ));
+    assert!(close(cox[0]["p"].parse().unwrap(), fitted.terms[0].p));
+    let shown = std::process::Command::new(env!("CARGO_BIN_EXE_cohortql"))
+        .args(["results"])
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("240.6 (216.2–266.9)"), "{text}");
+    assert!(
+        text.contains("Cox hazard ratio, diclofenac vs celecoxib (unadjusted): 0.74 (0.61–0.91)"),
+        "{text}"
+    );
     let check = std::process::Command::new(env!("CARGO_BIN_EXE_cohortql"))
         .env("COHORTQL_SITE", common::site_file())
         .args(["release", "check"])
@@ -226,4 +253,79 @@ fn the_released_curve_is_made_of_rounded_counts() {
         }
     }
     assert!(coarsened(&kaplan_meier(&observations[..4]), 5, 5).is_empty());
+}
+
+/// The Cox model (Efron ties) agrees with lifelines on the Rossi recidivism data
+/// (tests/data/rossi_cox.json): with one term and with all seven.
+#[test]
+fn cox_agrees_with_lifelines() {
+    use cohortql::results::cox::fit;
+    let fixture: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/data/rossi_cox.json")).unwrap(),
+    )
+    .unwrap();
+    let names: Vec<&str> = fixture["covariates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let times: Vec<i64> = fixture["week"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let events: Vec<bool> = fixture["arrest"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap() == 1)
+        .collect();
+    let all: Vec<Vec<f64>> = fixture["x"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect()
+        })
+        .collect();
+    for model in fixture["models"].as_array().unwrap() {
+        let terms: Vec<usize> = model["terms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                names
+                    .iter()
+                    .position(|n| *n == t.as_str().unwrap())
+                    .unwrap()
+            })
+            .collect();
+        let x: Vec<Vec<f64>> = all
+            .iter()
+            .map(|r| terms.iter().map(|&j| r[j]).collect())
+            .collect();
+        let fitted = fit(&times, &events, &x).unwrap();
+        assert!(
+            close(
+                fitted.log_likelihood,
+                model["log_likelihood"].as_f64().unwrap()
+            ),
+            "{}",
+            fitted.log_likelihood
+        );
+        for (j, term) in fitted.terms.iter().enumerate() {
+            let expect = |key: &str| model[key][j].as_f64().unwrap();
+            assert!(close(term.coefficient, expect("coef")), "{term:?}");
+            assert!(close(term.std_err, expect("se")), "{term:?}");
+            assert!(close(term.p, expect("p")), "{term:?}");
+            assert!(close(term.lower, expect("lower")), "{term:?}");
+            assert!(close(term.upper, expect("upper")), "{term:?}");
+        }
+    }
 }

@@ -4,6 +4,7 @@
 mod data;
 mod render;
 mod repl;
+mod results;
 mod run;
 mod site;
 
@@ -141,6 +142,11 @@ enum Command {
     Site {
         #[command(subcommand)]
         command: SiteCommand,
+    },
+    /// Print the endpoint results of a run (its release/, as released).
+    Results {
+        /// A run's output directory, or its release/.
+        dir: PathBuf,
     },
     /// Check what a run would release.
     Release {
@@ -320,6 +326,7 @@ pub fn main() -> ExitCode {
         Command::Site {
             command: SiteCommand::Show,
         } => site::show(cli.site.as_deref()),
+        Command::Results { dir } => results::results(&dir),
         Command::Release {
             command: ReleaseCommand::Check { dir },
         } => site::release_check(&dir, cli.site.as_deref()),

@@ -215,6 +215,10 @@ pub(super) fn run(
         policy.describe(),
         policy.threshold
     );
+    let endpoints = super::results::endpoint_text(&out)?;
+    if !endpoints.is_empty() {
+        println!("{endpoints}");
+    }
     println!(
         "Stays at the site: {} (cohort table, dataset, exact counts)",
         out.join("site").display()

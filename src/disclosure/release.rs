@@ -102,7 +102,14 @@ pub fn check_release(dir: &Path, site: &SiteRules) -> Result<Report, String> {
         let name = entry.file_name().to_string_lossy().into_owned();
         let file = std::fs::symlink_metadata(entry.path()).is_ok_and(|m| m.is_file());
         let allowed = COUNT_FILES.iter().any(|(f, _)| *f == name)
-            || ["run.json", "study.study", "dataset.csv", "km.csv"].contains(&name.as_str());
+            || [
+                "run.json",
+                "study.study",
+                "dataset.csv",
+                "km.csv",
+                "cox.csv",
+            ]
+            .contains(&name.as_str());
         if !file {
             out.push(at(
                 &name,
@@ -115,7 +122,7 @@ pub fn check_release(dir: &Path, site: &SiteRules) -> Result<Report, String> {
                 &name,
                 None,
                 None,
-                "is not a file a release may hold (attrition.csv, attrition_by_arm.csv, inclusion_rules.csv, endpoints.csv, km.csv, dataset.csv where the site allows an export, study.study, run.json)".into(),
+                "is not a file a release may hold (attrition.csv, attrition_by_arm.csv, inclusion_rules.csv, endpoints.csv, km.csv, cox.csv, dataset.csv where the site allows an export, study.study, run.json)".into(),
             ));
         } else {
             names.push(name);
@@ -153,6 +160,9 @@ pub fn check_release(dir: &Path, site: &SiteRules) -> Result<Report, String> {
                 f.what
             ),
         ));
+    }
+    if names.iter().any(|n| n == "cox.csv") {
+        check_cox(&dir.join("cox.csv"), &mut out)?;
     }
     if names.iter().any(|n| n == "km.csv") {
         check_km(&dir.join("km.csv"), &policy, &mut out)?;
@@ -774,6 +784,71 @@ fn check_km(path: &Path, policy: &Policy, out: &mut Vec<Violation>) -> Result<()
             key.1,
             counts[0].saturating_sub(counts[1] + counts[2]),
         ));
+    }
+    Ok(())
+}
+
+/// The columns of a released table of Cox models.
+const COX_COLUMNS: [&str; 10] = [
+    "endpoint",
+    "model",
+    "term",
+    "hazard_ratio",
+    "lower",
+    "upper",
+    "p",
+    "coefficient",
+    "std_err",
+    "withheld",
+];
+
+/// A released table of Cox models: its columns, and nothing but the reason in a withheld row.
+fn check_cox(path: &Path, out: &mut Vec<Violation>) -> Result<(), String> {
+    let file = "cox.csv";
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_path(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let header: Vec<String> = match reader.headers() {
+        Ok(h) => h.iter().map(str::to_string).collect(),
+        Err(e) => {
+            out.push(at(
+                file,
+                Some(1),
+                None,
+                format!("cannot be read as CSV: {e}"),
+            ));
+            return Ok(());
+        }
+    };
+    for h in &header {
+        if !COX_COLUMNS.contains(&h.as_str()) {
+            out.push(at(file, Some(1), Some(h), unexpected_column(h)));
+        }
+    }
+    let Some(withheld) = header.iter().position(|h| h == "withheld") else {
+        out.push(at(file, Some(1), None, "has no column `withheld`".into()));
+        return Ok(());
+    };
+    for record in reader.records() {
+        let Ok(record) = record else {
+            out.push(at(file, None, None, "cannot be read as CSV".into()));
+            break;
+        };
+        let line = record.position().map_or(0, |p| p.line() as usize);
+        if record.get(withheld).is_some_and(|w| !w.trim().is_empty()) {
+            for (c, h) in header.iter().enumerate() {
+                let statistic = !["endpoint", "model", "term", "withheld"].contains(&h.as_str());
+                if statistic && record.get(c).is_some_and(|v| !v.trim().is_empty()) {
+                    out.push(at(
+                        file,
+                        Some(line),
+                        Some(h),
+                        "is given in a withheld model".into(),
+                    ));
+                }
+            }
+        }
     }
     Ok(())
 }

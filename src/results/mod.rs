@@ -4,6 +4,7 @@
 //! first. The counts are released under disclosure control like every other count; the
 //! statistics are computed from the counts as released, so they never say more than those do.
 
+pub mod cox;
 pub mod stats;
 pub mod survival;
 

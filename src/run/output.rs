@@ -624,6 +624,111 @@ fn km_batch(curves: &[(String, String, Vec<results::survival::Step>)]) -> Record
     .expect("columns of equal length")
 }
 
+/// A Cox model of one endpoint on the arms: its terms (each arm after the first, against the
+/// first) and the fit, or why there is none.
+type ArmModel = (
+    Vec<String>,
+    Result<results::cox::Fit, results::cox::Failure>,
+);
+
+/// The Cox model of time to event on the arms, unadjusted: one indicator per arm after the
+/// first.
+fn arm_model(study: &Study, arms: &[Vec<(i64, bool)>]) -> ArmModel {
+    let names: Vec<String> = study
+        .arms
+        .iter()
+        .skip(1)
+        .map(|a| format!("{} vs {}", a.name, study.arms[0].name))
+        .collect();
+    let (mut times, mut events, mut x) = (Vec::new(), Vec::new(), Vec::new());
+    for (g, group) in arms.iter().enumerate() {
+        for &(t, e) in group {
+            times.push(t);
+            events.push(e);
+            x.push(
+                (1..arms.len())
+                    .map(|k| f64::from(u8::from(k == g)))
+                    .collect(),
+            );
+        }
+    }
+    (names, results::cox::fit(&times, &events, &x))
+}
+
+/// The Cox models: `endpoint`, `model` (`unadjusted`), `term`, `hazard_ratio` with `lower` and
+/// `upper` (95%), `p` (Wald), `coefficient`, `std_err`, and `withheld` with the reason
+/// (`not fitted: …`, or too few events to release).
+fn cox_batch(models: &[(String, ArmModel)], publishable: &dyn Fn(&str) -> bool) -> RecordBatch {
+    use datafusion::arrow::array::Float64Array;
+    let mut endpoint = Vec::new();
+    let mut term = Vec::new();
+    let mut values: [Vec<Option<f64>>; 6] = Default::default();
+    let mut withheld: Vec<Option<String>> = Vec::new();
+    for (name, (terms, fit)) in models {
+        let shown = publishable(name);
+        for (j, t) in terms.iter().enumerate() {
+            endpoint.push(name.clone());
+            term.push(t.clone());
+            let got = fit.as_ref().ok().filter(|_| shown).map(|f| &f.terms[j]);
+            for (k, v) in [
+                got.map(|g| g.hazard_ratio),
+                got.map(|g| g.lower),
+                got.map(|g| g.upper),
+                got.map(|g| g.p),
+                got.map(|g| g.coefficient),
+                got.map(|g| g.std_err),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                values[k].push(v);
+            }
+            withheld.push(match fit {
+                Err(results::cox::Failure::NoEvents) => Some("not fitted: no events".into()),
+                Err(results::cox::Failure::Singular) => {
+                    Some("not fitted: an arm has no entries or no variation".into())
+                }
+                Err(results::cox::Failure::NotConverged) => {
+                    Some("not fitted: did not converge (an arm without events?)".into())
+                }
+                Ok(_) if !shown => Some("withheld: an arm has too few events to release".into()),
+                Ok(_) => None,
+            });
+        }
+    }
+    let mut fields = vec![
+        Field::new("endpoint", DataType::Utf8, false),
+        Field::new("model", DataType::Utf8, false),
+        Field::new("term", DataType::Utf8, false),
+    ];
+    let n = endpoint.len();
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(endpoint)),
+        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
+            "unadjusted",
+            n,
+        ))),
+        Arc::new(StringArray::from(term)),
+    ];
+    for (k, name) in [
+        "hazard_ratio",
+        "lower",
+        "upper",
+        "p",
+        "coefficient",
+        "std_err",
+    ]
+    .iter()
+    .enumerate()
+    {
+        fields.push(Field::new(*name, DataType::Float64, true));
+        columns.push(Arc::new(Float64Array::from(values[k].clone())));
+    }
+    fields.push(Field::new("withheld", DataType::Utf8, true));
+    columns.push(Arc::new(StringArray::from(withheld)));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("columns of equal length")
+}
+
 /// The tables of counts by file name.
 const COUNT_TABLES: [(&str, Table); 3] = [
     ("attrition", Table::Attrition),
@@ -783,7 +888,7 @@ fn release_record(
 }
 
 /// The files a run writes under `site/`, `run.json` last.
-pub const SITE_FILES: [&str; 16] = [
+pub const SITE_FILES: [&str; 18] = [
     "cohort.parquet",
     "cohort.csv",
     "dataset.parquet",
@@ -798,18 +903,21 @@ pub const SITE_FILES: [&str; 16] = [
     "endpoints.csv",
     "km.parquet",
     "km.csv",
+    "cox.parquet",
+    "cox.csv",
     "study.study",
     "run.json",
 ];
 
 /// The files a run writes under `release/`, `run.json` last; `dataset.csv` only with
 /// `--export-dataset`.
-pub const RELEASE_FILES: [&str; 7] = [
+pub const RELEASE_FILES: [&str; 8] = [
     "attrition.csv",
     "attrition_by_arm.csv",
     "inclusion_rules.csv",
     "endpoints.csv",
     "km.csv",
+    "cox.csv",
     "study.study",
     "run.json",
 ];
@@ -1131,6 +1239,7 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
         write_table(&site_dir, name, &count_batch(&exact, table))?;
     }
     let mut curves: Vec<(String, String, Vec<results::survival::Step>)> = Vec::new();
+    let mut models: Vec<(String, ArmModel)> = Vec::new();
     let mut log_ranks = Vec::new();
     for (e, endpoint) in info.study.endpoints.iter().enumerate() {
         if endpoint.kind != crate::study::EndpointKind::TimeToEvent {
@@ -1146,6 +1255,9 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
         }
         let arms = &observations[..observations.len() - 1];
         log_ranks.push((endpoint.name.clone(), results::survival::log_rank(arms)));
+        if arms.len() >= 2 {
+            models.push((endpoint.name.clone(), arm_model(info.study, arms)));
+        }
     }
     write_table(
         &site_dir,
@@ -1153,6 +1265,7 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
         &endpoint_batch(info.study, &exact, &endpoint_counts, &log_ranks),
     )?;
     write_table(&site_dir, "km", &km_batch(&curves))?;
+    write_table(&site_dir, "cox", &cox_batch(&models, &|_| true))?;
     std::fs::write(site_dir.join("study.study"), info.study_text)
         .map_err(|e| format!("cannot write the study copy: {e}"))?;
     let site_files: Vec<String> = SITE_FILES.iter().map(|f| f.to_string()).collect();
@@ -1195,6 +1308,18 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
         .collect();
     write_csv(&release_dir.join("km.csv"), &km_batch(&coarsened))?;
     files.push("km.csv".to_string());
+    // A model is released only when every arm's events are, and at least the threshold each.
+    let publishable = |endpoint: &str| {
+        released
+            .iter()
+            .filter(|r| r.table == Table::Endpoint && r.rule == endpoint)
+            .all(|r| r.counts[1].is_some_and(|e| e >= info.policy.threshold))
+    };
+    write_csv(
+        &release_dir.join("cox.csv"),
+        &cox_batch(&models, &publishable),
+    )?;
+    files.push("cox.csv".to_string());
     std::fs::write(release_dir.join("study.study"), info.study_text)
         .map_err(|e| format!("cannot write the study copy: {e}"))?;
     files.push("study.study".to_string());

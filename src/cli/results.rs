@@ -1,0 +1,164 @@
+//! `cohortql results DIR`, and the results `run` prints: the endpoint table of a run's
+//! `release/`, as released (so the screen never shows more than may leave).
+
+use super::Status;
+use anstream::println;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// The release directory of `dir`: `dir/release` for a run's output directory, else `dir`.
+fn release_of(dir: &Path) -> PathBuf {
+    if dir.join("release").is_dir() {
+        dir.join("release")
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+fn rows_of(path: &Path) -> Result<Vec<HashMap<String, String>>, String> {
+    let mut reader =
+        csv::Reader::from_path(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .iter()
+        .map(String::from)
+        .collect();
+    reader
+        .records()
+        .map(|r| {
+            r.map(|r| {
+                header
+                    .iter()
+                    .cloned()
+                    .zip(r.iter().map(String::from))
+                    .collect()
+            })
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        })
+        .collect()
+}
+
+fn number(row: &HashMap<String, String>, column: &str) -> Option<f64> {
+    row.get(column).and_then(|v| v.parse().ok())
+}
+
+/// An estimate with its interval, `240.6 (216.2–266.9)`, or `—`.
+fn estimate(
+    row: &HashMap<String, String>,
+    column: &str,
+    lower: &str,
+    upper: &str,
+    digits: usize,
+) -> String {
+    match (number(row, column), number(row, lower), number(row, upper)) {
+        (Some(v), Some(lo), Some(hi)) => format!("{v:.digits$} ({lo:.digits$}–{hi:.digits$})"),
+        (Some(v), _, _) => format!("{v:.digits$}"),
+        _ => crate::run::output::WITHHELD.to_string(),
+    }
+}
+
+/// The endpoint table of a release as text; empty when the study has no endpoints.
+pub(super) fn endpoint_text(dir: &Path) -> Result<String, String> {
+    let path = release_of(dir).join("endpoints.csv");
+    if !path.exists() {
+        return Err(format!(
+            "{} holds no endpoints.csv: give a run's output or release directory",
+            release_of(dir).display()
+        ));
+    }
+    let rows = rows_of(&path)?;
+    if rows.is_empty() {
+        return Ok(String::new());
+    }
+    use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "endpoint",
+        "group",
+        "events",
+        "person-years",
+        "rate per 1,000 PY (95% CI)",
+        "risk (95% CI)",
+        "vs first arm: ratio (95% CI)",
+    ]);
+    let mut tests = Vec::new();
+    for r in &rows {
+        let right = |text: String| Cell::new(text).set_alignment(CellAlignment::Right);
+        let events = r["events"].clone();
+        t.add_row(vec![
+            Cell::new(crate::printable::escaped(&r["endpoint"])),
+            Cell::new(crate::printable::escaped(&r["group"])),
+            right(if events.is_empty() {
+                crate::run::output::WITHHELD.to_string()
+            } else {
+                events
+            }),
+            right(number(r, "person_years").map_or(String::new(), |v| format!("{v:.1}"))),
+            right(if r["kind"] == "time-to-event" {
+                estimate(r, "rate_per_1000_py", "rate_lower", "rate_upper", 1)
+            } else {
+                String::new()
+            }),
+            right(if r["kind"] == "binary" {
+                estimate(r, "risk", "risk_lower", "risk_upper", 3)
+            } else {
+                String::new()
+            }),
+            right(if number(r, "ratio").is_some() {
+                estimate(r, "ratio", "ratio_lower", "ratio_upper", 2)
+            } else {
+                String::new()
+            }),
+        ]);
+        if let (Some(chisq), Some(df), Some(p)) = (
+            number(r, "logrank_chisq"),
+            number(r, "logrank_df"),
+            number(r, "logrank_p"),
+        ) {
+            tests.push(format!(
+                "{}: log-rank test between arms, chi-square {chisq:.2} on {df} df, p = {p:.4}",
+                crate::printable::escaped(&r["endpoint"])
+            ));
+        }
+    }
+    let cox = release_of(dir).join("cox.csv");
+    if cox.exists() {
+        for r in rows_of(&cox)? {
+            let hr = estimate(&r, "hazard_ratio", "lower", "upper", 2);
+            tests.push(
+                match (number(&r, "p"), r.get("withheld").filter(|w| !w.is_empty())) {
+                    (Some(p), _) => format!(
+                        "{}: Cox hazard ratio, {} ({}): {hr}, p = {p:.4}",
+                        crate::printable::escaped(&r["endpoint"]),
+                        crate::printable::escaped(&r["term"]),
+                        r["model"]
+                    ),
+                    (None, why) => format!(
+                        "{}: Cox hazard ratio, {} ({}): {}",
+                        crate::printable::escaped(&r["endpoint"]),
+                        crate::printable::escaped(&r["term"]),
+                        r["model"],
+                        why.map_or("—", |w| w.as_str())
+                    ),
+                },
+            );
+        }
+    }
+    let mut text = t.to_string();
+    for line in tests {
+        text.push('\n');
+        text.push_str(&line);
+    }
+    Ok(text)
+}
+
+pub(super) fn results(dir: &Path) -> Result<Status, String> {
+    let text = endpoint_text(dir)?;
+    if text.is_empty() {
+        println!("The study has no endpoints.");
+    } else {
+        println!("{text}");
+    }
+    Ok(Status::Ok)
+}
