@@ -153,7 +153,74 @@ pub(super) fn endpoint_text(dir: &Path) -> Result<String, String> {
     Ok(text)
 }
 
+/// Table 1 of a release, compact: one line per number (mean (SD)) or level (n (%)), one
+/// column per group, and the standardised mean differences against the first arm.
+pub(super) fn table1_text(dir: &Path) -> Result<String, String> {
+    let path = release_of(dir).join("table1.csv");
+    if !path.exists() {
+        return Ok(String::new());
+    }
+    let rows = rows_of(&path)?;
+    let mut groups: Vec<String> = Vec::new();
+    let mut lines: Vec<(String, String)> = Vec::new();
+    for r in &rows {
+        if !groups.contains(&r["group"]) {
+            groups.push(r["group"].clone());
+        }
+        let key = (r["covariate"].clone(), r["level"].clone());
+        if !lines.contains(&key) && r["level"] != crate::results::table1::MISSING {
+            lines.push(key);
+        }
+    }
+    if lines.is_empty() {
+        return Ok(String::new());
+    }
+    use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
+    let mut t = Table::new();
+    let mut header = vec!["Table 1".to_string()];
+    header.extend(groups.iter().cloned());
+    header.push("SMD".to_string());
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+    for (covariate, level) in &lines {
+        let mut cells = vec![Cell::new(crate::printable::escaped(&if level.is_empty() {
+            format!("{covariate}, mean (SD)")
+        } else {
+            format!("{covariate} = {level}, n (%)")
+        }))];
+        let mut smd = String::new();
+        for g in &groups {
+            let r = rows
+                .iter()
+                .find(|r| &r["covariate"] == covariate && &r["level"] == level && &r["group"] == g);
+            let text = match r {
+                None => String::new(),
+                Some(r) if r["n"].is_empty() => crate::run::output::WITHHELD.to_string(),
+                Some(r) if level.is_empty() => match (number(r, "mean"), number(r, "sd")) {
+                    (Some(m), Some(s)) => format!("{m:.1} ({s:.1})"),
+                    (Some(m), None) => format!("{m:.1}"),
+                    _ => crate::run::output::WITHHELD.to_string(),
+                },
+                Some(r) => match number(r, "percent") {
+                    Some(p) => format!("{} ({p:.1}%)", r["n"]),
+                    None => r["n"].clone(),
+                },
+            };
+            if let Some(s) = r.and_then(|r| number(r, "smd")) {
+                smd = format!("{s:.3}");
+            }
+            cells.push(Cell::new(text).set_alignment(CellAlignment::Right));
+        }
+        cells.push(Cell::new(smd).set_alignment(CellAlignment::Right));
+        t.add_row(cells);
+    }
+    Ok(t.to_string())
+}
+
 pub(super) fn results(dir: &Path) -> Result<Status, String> {
+    let table1 = table1_text(dir)?;
+    if !table1.is_empty() {
+        println!("{table1}");
+    }
     let text = endpoint_text(dir)?;
     if text.is_empty() {
         println!("The study has no endpoints.");

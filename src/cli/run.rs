@@ -215,6 +215,10 @@ pub(super) fn run(
         policy.describe(),
         policy.threshold
     );
+    let table1 = super::results::table1_text(&out)?;
+    if !table1.is_empty() {
+        println!("{table1}");
+    }
     let endpoints = super::results::endpoint_text(&out)?;
     if !endpoints.is_empty() {
         println!("{endpoints}");

@@ -21,6 +21,7 @@ use std::collections::BTreeSet;
 pub enum Table {
     Combination,
     Rule,
+    Table1,
     ByArm,
     Endpoint,
     Attrition,
@@ -34,6 +35,7 @@ impl Table {
             Table::ByArm => "attrition_by_arm.csv",
             Table::Rule | Table::Combination => "inclusion_rules.csv",
             Table::Endpoint => "endpoints.csv",
+            Table::Table1 => "table1.csv",
         }
     }
 }
@@ -46,6 +48,7 @@ impl Table {
     pub fn measures(self) -> [&'static str; 2] {
         match self {
             Table::Endpoint => ["persons", "events"],
+            Table::Table1 => ["n", "n"],
             _ => MEASURES,
         }
     }
@@ -108,18 +111,55 @@ pub fn relations(rows: &[CountRow]) -> Vec<Relation> {
             .find(|&i| rows[i].step == Some(step))
     };
     let mut out = Vec::new();
-    // An endpoint's events in all entries are the sum of its events in each arm.
-    let endpoints = of(Table::Endpoint);
-    for &total in endpoints
-        .iter()
-        .filter(|&&i| rows[i].arm.as_deref() == Some(crate::results::ALL))
-    {
-        let parts: Vec<usize> = endpoints
+    // An endpoint's events, and Table 1's counts, in all entries are the sums of those in
+    // each arm.
+    for table in [Table::Endpoint, Table::Table1] {
+        let rows_of = of(table);
+        for &total in rows_of
             .iter()
-            .copied()
-            .filter(|&i| i != total && rows[i].rule == rows[total].rule)
-            .collect();
-        if !parts.is_empty() {
+            .filter(|&&i| rows[i].arm.as_deref() == Some(crate::results::ALL))
+        {
+            let parts: Vec<usize> = rows_of
+                .iter()
+                .copied()
+                .filter(|&i| i != total && rows[i].rule == rows[total].rule)
+                .collect();
+            if !parts.is_empty() {
+                out.push(Relation { total, parts });
+            }
+        }
+    }
+    // Table 1's levels of a covariate, with its missing values, add up to the group's entries:
+    // the attrition by arm's last step, or the attrition table's.
+    let last = attrition.iter().filter_map(|&i| rows[i].step).max();
+    let mut covariates: Vec<(String, String)> = of(Table::Table1)
+        .into_iter()
+        .map(|i| {
+            (
+                crate::results::table1::covariate_of(&rows[i].rule).to_string(),
+                rows[i].arm.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    covariates.sort();
+    covariates.dedup();
+    for (covariate, group) in covariates {
+        let total = if group == crate::results::ALL {
+            attrition.iter().copied().find(|&i| rows[i].step == last)
+        } else {
+            by_arm
+                .iter()
+                .copied()
+                .find(|&i| rows[i].step == last && rows[i].arm.as_deref() == Some(group.as_str()))
+        };
+        if let Some(total) = total {
+            let parts = of(Table::Table1)
+                .into_iter()
+                .filter(|&i| {
+                    crate::results::table1::covariate_of(&rows[i].rule) == covariate
+                        && rows[i].arm.as_deref() == Some(group.as_str())
+                })
+                .collect();
             out.push(Relation { total, parts });
         }
     }

@@ -44,11 +44,12 @@ pub struct Report {
 }
 
 /// The count tables of a release: file, and columns before the counts.
-const COUNT_FILES: [(&str, &[&str]); 4] = [
+const COUNT_FILES: [(&str, &[&str]); 5] = [
     ("attrition.csv", &["step", "rule"]),
     ("attrition_by_arm.csv", &["step", "rule", "arm"]),
     ("inclusion_rules.csv", &["kind", "step", "rule"]),
     ("endpoints.csv", &["endpoint", "kind", "group"]),
+    ("table1.csv", &["covariate", "level", "kind", "group"]),
 ];
 
 /// Keys `release/run.json` may hold: provenance, the policy, released counts, the manifest.
@@ -122,7 +123,7 @@ pub fn check_release(dir: &Path, site: &SiteRules) -> Result<Report, String> {
                 &name,
                 None,
                 None,
-                "is not a file a release may hold (attrition.csv, attrition_by_arm.csv, inclusion_rules.csv, endpoints.csv, km.csv, cox.csv, dataset.csv where the site allows an export, study.study, run.json)".into(),
+                "is not a file a release may hold (attrition.csv, attrition_by_arm.csv, inclusion_rules.csv, endpoints.csv, km.csv, cox.csv, table1.csv, dataset.csv where the site allows an export, study.study, run.json)".into(),
             ));
         } else {
             names.push(name);
@@ -334,13 +335,18 @@ fn read_counts(
         }
     };
     let endpoints = file == "endpoints.csv";
+    let table1 = file == "table1.csv";
     let measures = if endpoints {
         Table::Endpoint.measures()
+    } else if table1 {
+        Table::Table1.measures()
     } else {
         MEASURES
     };
     let statistics: &[&str] = if endpoints {
         &crate::results::STATISTIC_COLUMNS
+    } else if table1 {
+        &crate::results::table1::STATISTIC_COLUMNS
     } else {
         &[]
     };
@@ -422,11 +428,13 @@ fn read_counts(
             ("attrition.csv", _) => Table::Attrition,
             ("attrition_by_arm.csv", _) => Table::ByArm,
             ("endpoints.csv", _) => Table::Endpoint,
+            ("table1.csv", _) => Table::Table1,
             (_, "rule") => Table::Rule,
             _ => Table::Combination,
         };
-        // A group whose events are withheld has every statistic of them withheld.
-        if endpoints && counts[1].is_none() {
+        // A group whose events are withheld has every statistic of them withheld; a Table 1
+        // row with a withheld count, every statistic.
+        if (endpoints && counts[1].is_none()) || (table1 && counts.iter().any(Option::is_none)) {
             for column in statistics.iter().filter(|c| **c != "person_years") {
                 if !field(column).trim().is_empty() {
                     out.push(at(
@@ -439,18 +447,26 @@ fn read_counts(
             }
         }
         let (rule, arm) = if endpoints {
-            (field("endpoint"), Some(field("group").to_string()))
+            (
+                field("endpoint").to_string(),
+                Some(field("group").to_string()),
+            )
+        } else if table1 {
+            (
+                crate::results::table1::rule_of(field("covariate"), field("level")),
+                Some(field("group").to_string()),
+            )
         } else {
             let arm = field("arm");
             (
-                field("rule"),
+                field("rule").to_string(),
                 (table == Table::ByArm && !arm.is_empty()).then(|| arm.to_string()),
             )
         };
         rows.push(CountRow {
             table,
             step: field("step").trim().parse().ok(),
-            rule: rule.to_string(),
+            rule,
             arm,
             counts,
             line,

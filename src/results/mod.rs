@@ -7,6 +7,7 @@
 pub mod cox;
 pub mod stats;
 pub mod survival;
+pub mod table1;
 
 use crate::disclosure::control::{CountRow, Table};
 use crate::study::{EndpointKind, Study};

@@ -729,6 +729,175 @@ fn cox_batch(models: &[(String, ArmModel)], publishable: &dyn Fn(&str) -> bool) 
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("columns of equal length")
 }
 
+/// Each entry's arm and covariate values, for Table 1.
+fn covariate_values(
+    study: &Study,
+    run: &Execution,
+) -> Result<(Vec<Option<String>>, Vec<Vec<results::table1::Value>>), String> {
+    use crate::study::{CovariateValue, ValueKind};
+    use datafusion::arrow::array::Float64Array;
+    use results::table1::Value;
+    let all = concat_batches(&run.dataset_schema, &run.dataset).map_err(|e| e.to_string())?;
+    let n = all.num_rows();
+    let arms: Vec<Option<String>> = match all.column_by_name("arm") {
+        Some(c) => {
+            let c = cast(c, &DataType::Utf8).map_err(|e| e.to_string())?;
+            let c = c.as_any().downcast_ref::<StringArray>().expect("text");
+            (0..n)
+                .map(|i| (!c.is_null(i)).then(|| c.value(i).to_string()))
+                .collect()
+        }
+        None => vec![None; n],
+    };
+    let mut values = vec![Vec::with_capacity(study.covariates.len()); n];
+    for covariate in &study.covariates {
+        let column = all
+            .column_by_name(&covariate.name)
+            .ok_or_else(|| format!("the dataset has no column `{}`", covariate.name))?;
+        match results::table1::kind_of(&covariate.value) {
+            ValueKind::Date => values.iter_mut().for_each(|v| v.push(Value::Missing)),
+            ValueKind::Number | ValueKind::Flag => {
+                let c = cast(column, &DataType::Float64).map_err(|e| e.to_string())?;
+                let c = c.as_any().downcast_ref::<Float64Array>().expect("float");
+                for (i, v) in values.iter_mut().enumerate() {
+                    v.push(if c.is_null(i) {
+                        Value::Missing
+                    } else {
+                        Value::Number(c.value(i))
+                    });
+                }
+            }
+            ValueKind::Category => {
+                let sex = matches!(covariate.value, CovariateValue::Sex);
+                let c = cast(column, &DataType::Utf8).map_err(|e| e.to_string())?;
+                let c = c.as_any().downcast_ref::<StringArray>().expect("text");
+                for (i, v) in values.iter_mut().enumerate() {
+                    v.push(if c.is_null(i) {
+                        Value::Missing
+                    } else {
+                        let text = c.value(i);
+                        Value::Category(match (sex, text) {
+                            (true, "8507") => "male".to_string(),
+                            (true, "8532") => "female".to_string(),
+                            _ => text.to_string(),
+                        })
+                    });
+                }
+            }
+        }
+    }
+    Ok((arms, values))
+}
+
+/// Table 1: `covariate`, `level` (a category; `0` or `1` for a flag; empty for a number's
+/// entries with a value; `(missing)` for those without), `kind`, `group`, `n` (entries),
+/// `suppressed`, then `percent` (flags and categories: of the group's entries with a value),
+/// `mean`, `sd`, `median`, `q1`, `q3` (numbers) and `smd` (against the first arm). The counts
+/// are given as in `rows`; the statistics of a row with a withheld count are withheld,
+/// percentages are computed from the counts as given, and a balance needs both rows given.
+fn table1_batch(
+    rows: &[CountRow],
+    table: &[results::table1::Row],
+    first_arm: Option<&str>,
+) -> RecordBatch {
+    use datafusion::arrow::array::Float64Array;
+    let given: Vec<&CountRow> = rows.iter().filter(|r| r.table == Table::Table1).collect();
+    let last_step = rows
+        .iter()
+        .filter(|r| r.table == Table::Attrition)
+        .filter_map(|r| r.step)
+        .max();
+    let entries_of = |group: &str| -> Option<u64> {
+        rows.iter()
+            .find(|r| {
+                r.step == last_step
+                    && if group == results::ALL {
+                        r.table == Table::Attrition
+                    } else {
+                        r.table == Table::ByArm && r.arm.as_deref() == Some(group)
+                    }
+            })
+            .and_then(|r| r.counts[1])
+    };
+    let shown = |i: usize| given[i].counts.iter().all(Option::is_some);
+    let (_, n, suppressed) = count_columns(&given);
+    let missing_of = |r: &results::table1::Row| -> Option<u64> {
+        table
+            .iter()
+            .position(|o| {
+                o.covariate == r.covariate
+                    && o.group == r.group
+                    && o.level == results::table1::MISSING
+            })
+            .and_then(|j| given[j].counts[1])
+    };
+    let mut stats: [Vec<Option<f64>>; 7] = Default::default();
+    for (i, r) in table.iter().enumerate() {
+        let keep = |v: Option<f64>| v.filter(|_| shown(i) && given[i].counts[0] != Some(0));
+        let category = r.kind != crate::study::ValueKind::Number;
+        let percent = match (given[i].counts[1], missing_of(r), entries_of(&r.group)) {
+            (Some(n), Some(m), Some(e))
+                if category && r.level != results::table1::MISSING && e > m =>
+            {
+                Some(100.0 * n as f64 / (e - m) as f64)
+            }
+            _ => None,
+        };
+        let reference = table.iter().position(|o| {
+            o.covariate == r.covariate && o.level == r.level && Some(o.group.as_str()) == first_arm
+        });
+        let balance = r.smd.filter(|_| shown(i) && reference.is_some_and(shown));
+        for (k, v) in [
+            percent,
+            keep(r.mean).filter(|_| r.kind == crate::study::ValueKind::Number),
+            keep(r.sd),
+            keep(r.median),
+            keep(r.q1),
+            keep(r.q3),
+            balance,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            stats[k].push(v);
+        }
+    }
+    let kind = |k: crate::study::ValueKind| match k {
+        crate::study::ValueKind::Number => "number",
+        crate::study::ValueKind::Flag => "flag",
+        _ => "category",
+    };
+    let mut fields = vec![
+        Field::new("covariate", DataType::Utf8, false),
+        Field::new("level", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("group", DataType::Utf8, false),
+        Field::new("n", DataType::Int64, true),
+        Field::new("suppressed", DataType::Boolean, false),
+    ];
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(
+            table.iter().map(|r| r.covariate.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            table.iter().map(|r| r.level.as_str()),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            table.iter().map(|r| kind(r.kind)),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            table.iter().map(|r| r.group.as_str()),
+        )),
+        Arc::new(Int64Array::from(n)),
+        Arc::new(BooleanArray::from(suppressed)),
+    ];
+    for (k, name) in results::table1::STATISTIC_COLUMNS.iter().enumerate() {
+        fields.push(Field::new(*name, DataType::Float64, true));
+        columns.push(Arc::new(Float64Array::from(stats[k].clone())));
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("columns of equal length")
+}
+
 /// The tables of counts by file name.
 const COUNT_TABLES: [(&str, Table); 3] = [
     ("attrition", Table::Attrition),
@@ -888,7 +1057,7 @@ fn release_record(
 }
 
 /// The files a run writes under `site/`, `run.json` last.
-pub const SITE_FILES: [&str; 18] = [
+pub const SITE_FILES: [&str; 20] = [
     "cohort.parquet",
     "cohort.csv",
     "dataset.parquet",
@@ -905,19 +1074,22 @@ pub const SITE_FILES: [&str; 18] = [
     "km.csv",
     "cox.parquet",
     "cox.csv",
+    "table1.parquet",
+    "table1.csv",
     "study.study",
     "run.json",
 ];
 
 /// The files a run writes under `release/`, `run.json` last; `dataset.csv` only with
 /// `--export-dataset`.
-pub const RELEASE_FILES: [&str; 8] = [
+pub const RELEASE_FILES: [&str; 9] = [
     "attrition.csv",
     "attrition_by_arm.csv",
     "inclusion_rules.csv",
     "endpoints.csv",
     "km.csv",
     "cox.csv",
+    "table1.csv",
     "study.study",
     "run.json",
 ];
@@ -1233,8 +1405,16 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
         })
         .collect();
     let endpoint_counts = results::endpoint_counts(info.study, &result_entries);
+    let (arms, covariates) = covariate_values(info.study, run)?;
+    let table1 = results::table1::table1(
+        info.study,
+        &arms.iter().map(Option::as_deref).collect::<Vec<_>>(),
+        &covariates,
+    );
+    let first_arm = info.study.arms.first().map(|a| a.name.as_str());
     let mut exact = count_rows(run);
     exact.extend(results::count_rows(&endpoint_counts));
+    exact.extend(results::table1::count_rows(&table1));
     for (name, table) in COUNT_TABLES {
         write_table(&site_dir, name, &count_batch(&exact, table))?;
     }
@@ -1265,6 +1445,11 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
         &endpoint_batch(info.study, &exact, &endpoint_counts, &log_ranks),
     )?;
     write_table(&site_dir, "km", &km_batch(&curves))?;
+    write_table(
+        &site_dir,
+        "table1",
+        &table1_batch(&exact, &table1, first_arm),
+    )?;
     write_table(&site_dir, "cox", &cox_batch(&models, &|_| true))?;
     std::fs::write(site_dir.join("study.study"), info.study_text)
         .map_err(|e| format!("cannot write the study copy: {e}"))?;
@@ -1308,6 +1493,11 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
         .collect();
     write_csv(&release_dir.join("km.csv"), &km_batch(&coarsened))?;
     files.push("km.csv".to_string());
+    write_csv(
+        &release_dir.join("table1.csv"),
+        &table1_batch(&released, &table1, first_arm),
+    )?;
+    files.push("table1.csv".to_string());
     // A model is released only when every arm's events are, and at least the threshold each.
     let publishable = |endpoint: &str| {
         released
