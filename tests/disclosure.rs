@@ -608,7 +608,7 @@ fn exact_counts(
             cohortql::run::execute(study, &ctx, &|_| {}).await
         })
         .unwrap();
-    cohortql::run::output::count_rows(&run)
+    cohortql::run::output::every_count(study, &run).unwrap()
 }
 
 /// An independent check of released rows: every released count, every count the documented
@@ -650,6 +650,48 @@ fn leaks(rows: &[CountRow], exact: &[CountRow], policy: &Policy) -> Vec<String> 
                 a,
                 idx(Table::ByArm)
                     .filter(|&b| rows[b].step == before && rows[b].arm.is_some())
+                    .collect(),
+            ));
+        }
+    }
+    // Results: each arm's counts add up to all entries', and Table 1's levels of a covariate
+    // with its missing values to the group's entries at the last step.
+    for table in [Table::Endpoint, Table::Table1] {
+        for total in idx(table).filter(|&i| rows[i].arm.as_deref() == Some("all")) {
+            let parts: Vec<usize> = idx(table)
+                .filter(|&i| i != total && rows[i].rule == rows[total].rule)
+                .collect();
+            if !parts.is_empty() {
+                sums.push((total, parts));
+            }
+        }
+    }
+    let last = idx(Table::Attrition).filter_map(|a| rows[a].step).max();
+    let mut covariates: Vec<(String, String)> = idx(Table::Table1)
+        .map(|i| {
+            (
+                rows[i].rule.split(" = ").next().unwrap().to_string(),
+                rows[i].arm.clone().unwrap(),
+            )
+        })
+        .collect();
+    covariates.sort();
+    covariates.dedup();
+    for (covariate, group) in covariates {
+        let total = if group == "all" {
+            idx(Table::Attrition).find(|&a| rows[a].step == last)
+        } else {
+            idx(Table::ByArm)
+                .find(|&b| rows[b].step == last && rows[b].arm.as_deref() == Some(&group))
+        };
+        if let Some(total) = total {
+            sums.push((
+                total,
+                idx(Table::Table1)
+                    .filter(|&i| {
+                        rows[i].rule.split(" = ").next() == Some(covariate.as_str())
+                            && rows[i].arm.as_deref() == Some(&group)
+                    })
                     .collect(),
             ));
         }

@@ -329,3 +329,101 @@ fn cox_agrees_with_lifelines() {
         }
     }
 }
+
+/// Table 1 of the NSAID study on the demo repository is its dataset summarised: means, SDs,
+/// medians and quartiles of numbers, counts and percentages of categories, and standardised
+/// mean differences, recomputed here from `site/dataset.csv`; in the release, the levels of a
+/// covariate and its missing values add up to the arm's entries wherever all are given.
+#[test]
+fn table1_is_the_dataset_summarised() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_cohortql"))
+        .env("COHORTQL_SITE", common::site_file())
+        .args(["run", "studies/nsaid_gi_bleed.study", "--out"])
+        .arg(dir.path().join("out"))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", all_text(&o));
+    let printed = String::from_utf8_lossy(&o.stdout);
+    assert!(printed.contains("age, mean (SD)"), "{printed}");
+    let dataset = csv_rows(&dir.path().join("out/site/dataset.csv"));
+    let table = csv_rows(&dir.path().join("out/site/table1.csv"));
+    let row = |covariate: &str, level: &str, group: &str| {
+        table
+            .iter()
+            .find(|r| r["covariate"] == covariate && r["level"] == level && r["group"] == group)
+            .unwrap_or_else(|| panic!("no {covariate} {level} {group}"))
+    };
+    let summary = |group: &str| {
+        let mut ages: Vec<f64> = dataset
+            .iter()
+            .filter(|d| group == "all" || d["arm"] == group)
+            .map(|d| d["age"].parse().unwrap())
+            .collect();
+        ages.sort_by(f64::total_cmp);
+        let n = ages.len() as f64;
+        let mean = ages.iter().sum::<f64>() / n;
+        let sd = (ages.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+        let median = if ages.len() % 2 == 1 {
+            ages[ages.len() / 2]
+        } else {
+            (ages[ages.len() / 2 - 1] + ages[ages.len() / 2]) / 2.0
+        };
+        (n, mean, sd, median)
+    };
+    for group in ["celecoxib", "diclofenac", "all"] {
+        let (n, mean, sd, median) = summary(group);
+        let r = row("age", "", group);
+        assert_eq!(r["n"].parse::<f64>().unwrap(), n);
+        assert!(close(r["mean"].parse().unwrap(), mean), "{group}");
+        assert!(close(r["sd"].parse().unwrap(), sd), "{group}");
+        assert!(close(r["median"].parse().unwrap(), median), "{group}");
+        let females = dataset
+            .iter()
+            .filter(|d| (group == "all" || d["arm"] == group) && d["sex"] == "8532")
+            .count() as f64;
+        let f = row("sex", "female", group);
+        assert_eq!(f["n"].parse::<f64>().unwrap(), females);
+        assert!(close(f["percent"].parse().unwrap(), 100.0 * females / n));
+    }
+    let (_, m0, s0, _) = summary("celecoxib");
+    let (_, m1, s1, _) = summary("diclofenac");
+    let smd = (m1 - m0) / ((s1 * s1 + s0 * s0) / 2.0).sqrt();
+    assert!(close(
+        row("age", "", "diclofenac")["smd"].parse().unwrap(),
+        smd
+    ));
+    // The released Table 1 adds up where it is given.
+    let released = csv_rows(&dir.path().join("out/release/table1.csv"));
+    let by_arm = csv_rows(&dir.path().join("out/release/attrition_by_arm.csv"));
+    let last = by_arm
+        .iter()
+        .map(|r| r["step"].parse::<u64>().unwrap())
+        .max()
+        .unwrap();
+    for arm in ["celecoxib", "diclofenac"] {
+        let Some(entries) = by_arm
+            .iter()
+            .find(|r| r["step"].parse::<u64>().unwrap() == last && r["arm"] == arm)
+            .and_then(|r| r["entries"].parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let sex: Vec<Option<u64>> = released
+            .iter()
+            .filter(|r| r["covariate"] == "sex" && r["group"] == arm)
+            .map(|r| r["n"].parse().ok())
+            .collect();
+        if sex.iter().all(Option::is_some) {
+            assert_eq!(sex.iter().flatten().sum::<u64>(), entries, "{arm}");
+        }
+    }
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_cohortql"))
+        .env("COHORTQL_SITE", common::site_file())
+        .args(["release", "check"])
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(0), "{}", all_text(&check));
+}

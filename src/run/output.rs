@@ -301,7 +301,34 @@ fn exported_dataset(pseudonymised: &RecordBatch, exact_dates: bool) -> Result<Re
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
 }
 
-/// Every count of a run, exact, in the rows of the tables it releases.
+/// Every count a run releases, exact: the attrition tables' (`count_rows`), the endpoint
+/// table's and Table 1's.
+pub fn every_count(study: &Study, run: &Execution) -> Result<Vec<CountRow>, String> {
+    let entries = result_entries(study, run)?;
+    let result_entries: Vec<results::Entry> = entries
+        .iter()
+        .map(|(person, arm, outcomes)| results::Entry {
+            person: *person,
+            arm: arm.as_deref(),
+            outcomes: outcomes.clone(),
+        })
+        .collect();
+    let (arms, covariates) = covariate_values(study, run)?;
+    let table1 = results::table1::table1(
+        study,
+        &arms.iter().map(Option::as_deref).collect::<Vec<_>>(),
+        &covariates,
+    );
+    let mut rows = count_rows(run);
+    rows.extend(results::count_rows(&results::endpoint_counts(
+        study,
+        &result_entries,
+    )));
+    rows.extend(results::table1::count_rows(&table1));
+    Ok(rows)
+}
+
+/// The attrition tables' counts of a run, exact, in the rows of the tables it releases.
 pub fn count_rows(run: &Execution) -> Vec<CountRow> {
     let mut rows = Vec::new();
     for (i, a) in run.attrition.iter().enumerate() {
