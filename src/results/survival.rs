@@ -97,10 +97,13 @@ pub fn curve(n: u64, tallies: &[(i64, u64, u64)]) -> Vec<Step> {
     out
 }
 
+/// A log-rank test: the chi-square statistic, its degrees of freedom, and the p-value.
+pub type LogRank = (f64, usize, f64);
+
 /// The log-rank test of equal survival in `groups` (each a list of `(time, event)`): the
 /// chi-square statistic over k − 1 groups, its degrees of freedom and p-value. `None` with
 /// fewer than two groups holding entries, or no events.
-pub fn log_rank(groups: &[Vec<(i64, bool)>]) -> Option<(f64, usize, f64)> {
+pub fn log_rank(groups: &[Vec<(i64, bool)>]) -> Option<LogRank> {
     let groups: Vec<&Vec<(i64, bool)>> = groups.iter().filter(|g| !g.is_empty()).collect();
     let k = groups.len();
     if k < 2 {

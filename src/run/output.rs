@@ -510,7 +510,7 @@ fn endpoint_batch(
     study: &Study,
     rows: &[CountRow],
     counts: &[EndpointCount],
-    log_ranks: &[(String, Option<(f64, usize, f64)>)],
+    log_ranks: &[(String, Option<results::survival::LogRank>)],
 ) -> RecordBatch {
     let last_step = rows
         .iter()
@@ -756,11 +756,11 @@ fn cox_batch(models: &[(String, ArmModel)], publishable: &dyn Fn(&str) -> bool) 
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("columns of equal length")
 }
 
+/// Each entry's arm, and its value of each covariate.
+type CovariateValues = (Vec<Option<String>>, Vec<Vec<results::table1::Value>>);
+
 /// Each entry's arm and covariate values, for Table 1.
-fn covariate_values(
-    study: &Study,
-    run: &Execution,
-) -> Result<(Vec<Option<String>>, Vec<Vec<results::table1::Value>>), String> {
+fn covariate_values(study: &Study, run: &Execution) -> Result<CovariateValues, String> {
     use crate::study::{CovariateValue, ValueKind};
     use datafusion::arrow::array::Float64Array;
     use results::table1::Value;
