@@ -43,6 +43,7 @@ pub enum Code {
     UnknownModality,
     NonNumericInteraction,
     UnknownCovariate,
+    ConfounderKind,
     MissingIndex,
     DuplicateSection,
     DuplicateSetting,
@@ -59,7 +60,7 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 42] = [
+    pub const ALL: [Code; 43] = [
         Code::InvalidUtf8,
         Code::BinaryFile,
         Code::EmptyFile,
@@ -89,6 +90,7 @@ impl Code {
         Code::UnknownModality,
         Code::NonNumericInteraction,
         Code::UnknownCovariate,
+        Code::ConfounderKind,
         Code::MissingIndex,
         Code::DuplicateSection,
         Code::DuplicateSetting,
@@ -136,6 +138,7 @@ impl Code {
             Code::UnknownModality => "E0404",
             Code::NonNumericInteraction => "E0405",
             Code::UnknownCovariate => "E0406",
+            Code::ConfounderKind => "E0407",
             Code::MissingIndex => "E0500",
             Code::DuplicateSection => "E0501",
             Code::DuplicateSetting => "E0502",
@@ -192,6 +195,7 @@ impl Code {
             Code::UnknownModality => "unknown imaging modality",
             Code::NonNumericInteraction => "an interaction with a category",
             Code::UnknownCovariate => "unknown covariate in an interaction",
+            Code::ConfounderKind => "a confounder that is not a number, a flag or sex",
             Code::MissingIndex => "no index date",
             Code::DuplicateSection => "a section written twice",
             Code::DuplicateSetting => "a setting written twice",

@@ -92,7 +92,18 @@ pub fn explain_under(study: &Study, site: &SiteRules) -> String {
     if !study.covariates.is_empty() {
         out.push_str("\nCovariates (one column each)\n");
         for c in &study.covariates {
-            writeln!(out, "  {}: {}.", c.name, x.covariate(&c.value)).unwrap();
+            writeln!(
+                out,
+                "  {}: {}.{}",
+                c.name,
+                x.covariate(&c.value),
+                if c.confounder {
+                    " A confounder: the adjusted Cox model of each time-to-event endpoint adjusts for it."
+                } else {
+                    ""
+                }
+            )
+            .unwrap();
         }
     }
 

@@ -140,9 +140,14 @@ fn layout(file: &StudyFile) -> Vec<Line> {
                 for d in defs {
                     lines.push(item(
                         format!(
-                            "{:w$} = {}",
+                            "{:w$} = {}{}",
                             d.name.node,
                             covariate_text(&d.value),
+                            if d.confounder.is_some() {
+                                " as confounder"
+                            } else {
+                                ""
+                            },
                             w = width
                         ),
                         d.span,

@@ -363,6 +363,10 @@ pub enum Exit {
 pub struct Covariate {
     pub name: String,
     pub value: CovariateValue,
+    /// `as confounder`: the adjusted Cox model adjusts for it. Left out of the hash's form
+    /// when false, so studies without it keep their hash.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub confounder: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -427,3 +427,59 @@ fn table1_is_the_dataset_summarised() {
         .unwrap();
     assert_eq!(check.status.code(), Some(0), "{}", all_text(&check));
 }
+
+/// Covariates marked `as confounder` are adjusted for: the adjusted model of the GI bleed study
+/// on Eunomia is the Cox model of the dataset's arm, age and sex, fitted here from
+/// `site/dataset.csv`.
+#[test]
+fn the_adjusted_model_adjusts_for_the_confounders() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(root().join("studies/eunomia/gi_bleed_new_users.study"))
+        .unwrap()
+        .replace(
+            "age      = age at index\n",
+            "age      = age at index as confounder\n",
+        )
+        .replace(
+            "male     = sex is male\n",
+            "male     = sex is male as confounder\n",
+        );
+    assert_eq!(text.matches("as confounder").count(), 2);
+    let study = dir.path().join("adjusted.study");
+    std::fs::write(&study, text).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_cohortql"))
+        .env("COHORTQL_SITE", common::site_file())
+        .arg("run")
+        .arg(&study)
+        .args(["--repo", "tests/data/eunomia-gibleed", "--out"])
+        .arg(dir.path().join("out"))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", all_text(&o));
+    let dataset = csv_rows(&dir.path().join("out/site/dataset.csv"));
+    let (mut times, mut events, mut x) = (Vec::new(), Vec::new(), Vec::new());
+    for d in &dataset {
+        times.push(d["gi_bleed_days"].parse::<i64>().unwrap() + 1);
+        events.push(d["gi_bleed"] == "1");
+        x.push(vec![
+            if d["arm"] == "diclofenac" { 1.0 } else { 0.0 },
+            d["age"].parse().unwrap(),
+            d["male"].parse().unwrap(),
+        ]);
+    }
+    let fitted = cohortql::results::cox::fit(&times, &events, &x).unwrap();
+    let cox = csv_rows(&dir.path().join("out/release/cox.csv"));
+    let adjusted: Vec<&HashMap<String, String>> =
+        cox.iter().filter(|r| r["model"] == "adjusted").collect();
+    let terms: Vec<&str> = adjusted.iter().map(|r| r["term"].as_str()).collect();
+    assert_eq!(terms, ["diclofenac vs celecoxib", "age", "male"]);
+    for (r, t) in adjusted.iter().zip(&fitted.terms) {
+        assert!(
+            close(r["hazard_ratio"].parse().unwrap(), t.hazard_ratio),
+            "{r:?}"
+        );
+        assert!(close(r["p"].parse().unwrap(), t.p), "{r:?}");
+    }
+    assert_eq!(cox.iter().filter(|r| r["model"] == "unadjusted").count(), 1);
+}

@@ -844,9 +844,28 @@ impl<'a> Checker<'a> {
                 // Resolved below, once every covariate's kind is known.
                 ast::CovariateValue::Interaction(_) => CovariateValue::Interaction(Vec::new()),
             };
+            if let (Some(at), ValueKind::Date | ValueKind::Category) =
+                (def.confounder, value_kind(&value))
+            {
+                if !matches!(value, CovariateValue::Sex | CovariateValue::Interaction(_)) {
+                    self.push(
+                        Diagnostic::new(
+                            Code::ConfounderKind,
+                            format!(
+                                "`{}` cannot be a confounder: a model adjusts for numbers, flags and sex",
+                                def.name.node
+                            ),
+                        )
+                        .at(at)
+                        .label("not a number, a flag or sex")
+                        .help("adjust for a number derived from it (days since, a count) or a flag; a date or a concept value is not a term of the model"),
+                    );
+                }
+            }
             built.push(Covariate {
                 name: def.name.node.clone(),
                 value,
+                confounder: def.confounder.is_some(),
             });
         }
         for (i, def) in defs.iter().enumerate() {

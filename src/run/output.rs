@@ -651,52 +651,112 @@ fn km_batch(curves: &[(String, String, Vec<results::survival::Step>)]) -> Record
     .expect("columns of equal length")
 }
 
-/// A Cox model of one endpoint on the arms: its terms (each arm after the first, against the
-/// first) and the fit, or why there is none.
-type ArmModel = (
-    Vec<String>,
-    Result<results::cox::Fit, results::cox::Failure>,
-);
-
-/// The Cox model of time to event on the arms, unadjusted: one indicator per arm after the
-/// first.
-fn arm_model(study: &Study, arms: &[Vec<(i64, bool)>]) -> ArmModel {
-    let names: Vec<String> = study
-        .arms
-        .iter()
-        .skip(1)
-        .map(|a| format!("{} vs {}", a.name, study.arms[0].name))
-        .collect();
-    let (mut times, mut events, mut x) = (Vec::new(), Vec::new(), Vec::new());
-    for (g, group) in arms.iter().enumerate() {
-        for &(t, e) in group {
-            times.push(t);
-            events.push(e);
-            x.push(
-                (1..arms.len())
-                    .map(|k| f64::from(u8::from(k == g)))
-                    .collect(),
-            );
-        }
-    }
-    (names, results::cox::fit(&times, &events, &x))
+/// A Cox model of one endpoint: `unadjusted` (on the arms) or `adjusted` (on the arms and the
+/// study's confounders); its terms; the fit, or why there is none; the entries it used (those
+/// with every term's value) less its terms: the residual degrees of freedom.
+struct CoxModel {
+    endpoint: String,
+    model: &'static str,
+    terms: Vec<String>,
+    fit: Result<results::cox::Fit, results::cox::Failure>,
+    residual_df: i64,
 }
 
-/// The Cox models: `endpoint`, `model` (`unadjusted`), `term`, `hazard_ratio` with `lower` and
-/// `upper` (95%), `p` (Wald), `coefficient`, `std_err`, and `withheld` with the reason
-/// (`not fitted: …`, or too few events to release).
-fn cox_batch(models: &[(String, ArmModel)], publishable: &dyn Fn(&str) -> bool) -> RecordBatch {
+/// The least residual degrees of freedom with which a model is released.
+const MIN_RESIDUAL_DF: i64 = 10;
+
+/// The Cox models of a time-to-event endpoint: on one indicator per arm after the first, and,
+/// when the study marks covariates `as confounder`, on those too (numbers and flags as they
+/// are, sex as an indicator of male; entries without a value left out).
+fn cox_models(
+    study: &Study,
+    endpoint: usize,
+    entries: &[results::Entry],
+    covariates: &[Vec<results::table1::Value>],
+) -> Vec<CoxModel> {
+    use results::table1::Value;
+    let arms: Vec<&str> = study.arms.iter().map(|a| a.name.as_str()).collect();
+    let arm_terms: Vec<String> = arms
+        .iter()
+        .skip(1)
+        .map(|a| format!("{a} vs {}", arms[0]))
+        .collect();
+    let confounders: Vec<usize> = (0..study.covariates.len())
+        .filter(|&c| study.covariates[c].confounder)
+        .collect();
+    let mut out = Vec::new();
+    for (model, adjust) in [("unadjusted", &[][..]), ("adjusted", &confounders[..])] {
+        if model == "adjusted" && adjust.is_empty() {
+            continue;
+        }
+        let (mut times, mut events, mut x) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, entry) in entries.iter().enumerate() {
+            let (event, Some(days)) = entry.outcomes[endpoint] else {
+                continue;
+            };
+            let Some(g) = entry.arm.and_then(|a| arms.iter().position(|n| *n == a)) else {
+                continue;
+            };
+            let mut row: Vec<f64> = (1..arms.len())
+                .map(|k| f64::from(u8::from(k == g)))
+                .collect();
+            let mut complete = true;
+            for &c in adjust {
+                match &covariates[i][c] {
+                    Value::Number(v) => row.push(*v),
+                    Value::Category(l) => row.push(f64::from(u8::from(l == "male"))),
+                    Value::Missing => complete = false,
+                }
+            }
+            if complete {
+                times.push(days + 1);
+                events.push(event);
+                x.push(row);
+            }
+        }
+        let mut terms = arm_terms.clone();
+        terms.extend(adjust.iter().map(|&c| {
+            let covariate = &study.covariates[c];
+            if matches!(covariate.value, crate::study::CovariateValue::Sex) {
+                format!("{} (male)", covariate.name)
+            } else {
+                covariate.name.clone()
+            }
+        }));
+        out.push(CoxModel {
+            endpoint: study.endpoints[endpoint].name.clone(),
+            model,
+            residual_df: times.len() as i64 - terms.len() as i64,
+            fit: results::cox::fit(&times, &events, &x),
+            terms,
+        });
+    }
+    out
+}
+
+/// The Cox models: `endpoint`, `model` (`unadjusted` or `adjusted`), `term`, `hazard_ratio`
+/// with `lower` and `upper` (95%), `p` (Wald), `coefficient`, `std_err`, and `withheld` with
+/// the reason: not fitted, or (where `publishable` says no) too few events or residual degrees
+/// of freedom to release.
+fn cox_batch(
+    models: &[CoxModel],
+    publishable: &dyn Fn(&str) -> bool,
+    release: bool,
+) -> RecordBatch {
     use datafusion::arrow::array::Float64Array;
     let mut endpoint = Vec::new();
+    let mut model = Vec::new();
     let mut term = Vec::new();
     let mut values: [Vec<Option<f64>>; 6] = Default::default();
     let mut withheld: Vec<Option<String>> = Vec::new();
-    for (name, (terms, fit)) in models {
-        let shown = publishable(name);
-        for (j, t) in terms.iter().enumerate() {
-            endpoint.push(name.clone());
+    for m in models {
+        let enough_df = !release || m.residual_df >= MIN_RESIDUAL_DF;
+        let shown = publishable(&m.endpoint) && enough_df;
+        for (j, t) in m.terms.iter().enumerate() {
+            endpoint.push(m.endpoint.clone());
+            model.push(m.model);
             term.push(t.clone());
-            let got = fit.as_ref().ok().filter(|_| shown).map(|f| &f.terms[j]);
+            let got = m.fit.as_ref().ok().filter(|_| shown).map(|f| &f.terms[j]);
             for (k, v) in [
                 got.map(|g| g.hazard_ratio),
                 got.map(|g| g.lower),
@@ -710,14 +770,17 @@ fn cox_batch(models: &[(String, ArmModel)], publishable: &dyn Fn(&str) -> bool) 
             {
                 values[k].push(v);
             }
-            withheld.push(match fit {
+            withheld.push(match &m.fit {
                 Err(results::cox::Failure::NoEvents) => Some("not fitted: no events".into()),
                 Err(results::cox::Failure::Singular) => {
-                    Some("not fitted: an arm has no entries or no variation".into())
+                    Some("not fitted: a term has no variation, or repeats others".into())
                 }
-                Err(results::cox::Failure::NotConverged) => {
-                    Some("not fitted: did not converge (an arm without events?)".into())
-                }
+                Err(results::cox::Failure::NotConverged) => Some(
+                    "not fitted: did not converge (a term separates events from the rest)".into(),
+                ),
+                Ok(_) if !enough_df => Some(format!(
+                    "withheld: fewer than {MIN_RESIDUAL_DF} residual degrees of freedom"
+                )),
                 Ok(_) if !shown => Some("withheld: an arm has too few events to release".into()),
                 Ok(_) => None,
             });
@@ -728,13 +791,9 @@ fn cox_batch(models: &[(String, ArmModel)], publishable: &dyn Fn(&str) -> bool) 
         Field::new("model", DataType::Utf8, false),
         Field::new("term", DataType::Utf8, false),
     ];
-    let n = endpoint.len();
     let mut columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(endpoint)),
-        Arc::new(StringArray::from_iter_values(std::iter::repeat_n(
-            "unadjusted",
-            n,
-        ))),
+        Arc::new(StringArray::from(model)),
         Arc::new(StringArray::from(term)),
     ];
     for (k, name) in [
@@ -1446,7 +1505,7 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
         write_table(&site_dir, name, &count_batch(&exact, table))?;
     }
     let mut curves: Vec<(String, String, Vec<results::survival::Step>)> = Vec::new();
-    let mut models: Vec<(String, ArmModel)> = Vec::new();
+    let mut models: Vec<CoxModel> = Vec::new();
     let mut log_ranks = Vec::new();
     for (e, endpoint) in info.study.endpoints.iter().enumerate() {
         if endpoint.kind != crate::study::EndpointKind::TimeToEvent {
@@ -1463,7 +1522,7 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
         let arms = &observations[..observations.len() - 1];
         log_ranks.push((endpoint.name.clone(), results::survival::log_rank(arms)));
         if arms.len() >= 2 {
-            models.push((endpoint.name.clone(), arm_model(info.study, arms)));
+            models.extend(cox_models(info.study, e, &result_entries, &covariates));
         }
     }
     write_table(
@@ -1477,7 +1536,7 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
         "table1",
         &table1_batch(&exact, &table1, first_arm),
     )?;
-    write_table(&site_dir, "cox", &cox_batch(&models, &|_| true))?;
+    write_table(&site_dir, "cox", &cox_batch(&models, &|_| true, false))?;
     std::fs::write(site_dir.join("study.study"), info.study_text)
         .map_err(|e| format!("cannot write the study copy: {e}"))?;
     let site_files: Vec<String> = SITE_FILES.iter().map(|f| f.to_string()).collect();
@@ -1534,7 +1593,7 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
     };
     write_csv(
         &release_dir.join("cox.csv"),
-        &cox_batch(&models, &publishable),
+        &cox_batch(&models, &publishable, true),
     )?;
     files.push("cox.csv".to_string());
     std::fs::write(release_dir.join("study.study"), info.study_text)

@@ -602,6 +602,9 @@ pub enum ExitKind {
 pub struct CovariateDef {
     pub name: Name,
     pub value: CovariateValue,
+    /// `as confounder`: the adjusted Cox model adjusts for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confounder: Option<Span>,
     pub span: Span,
 }
 

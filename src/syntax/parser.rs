@@ -1299,6 +1299,10 @@ fn build_covariate(pair: Pair<Rule>) -> CovariateDef {
     let mut inner = pair.into_inner();
     let name = text(&inner.next().unwrap());
     let v = inner.next().unwrap();
+    let confounder = inner
+        .next()
+        .filter(|p| p.as_rule() == Rule::confounder)
+        .map(|p| span(&p));
     let value = match v.as_rule() {
         Rule::interaction => {
             CovariateValue::Interaction(v.into_inner().map(|p| text(&p)).collect())
@@ -1375,6 +1379,7 @@ fn build_covariate(pair: Pair<Rule>) -> CovariateDef {
     CovariateDef {
         name,
         value,
+        confounder,
         span: s,
     }
 }

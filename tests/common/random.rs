@@ -274,6 +274,7 @@ fn covariate(rng: &mut ChaCha8Rng, i: usize) -> Covariate {
     Covariate {
         name: format!("c{i}"),
         value,
+        confounder: false,
     }
 }
 
