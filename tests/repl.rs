@@ -148,7 +148,8 @@ fn every_command_answers() {
     let o = repl(
         &format!(
             ":help\n:tables\n:concept diclofenac\n:concept 1118084\n:concept cyanocobal\n\
-             :plan\n:sql duckdb\n:explain\n:run {}\n:reset\n:show\n:undo\n:count\n:quit\n",
+             :plan\n:sql duckdb\n:explain\n:run {}\n:results {}\n:reset\n:show\n:undo\n:count\n:quit\n",
+            run_dir.display(),
             run_dir.display()
         ),
         &["studies/eunomia/celecoxib_age40.study"],
@@ -181,6 +182,10 @@ fn every_command_answers() {
     );
     assert!(out.contains("Time zero (index date)"), "explain: {out}");
     assert!(run_dir.join("site/run.json").is_file());
+    assert!(
+        out.contains("The study has no endpoints."),
+        "results: {out}"
+    );
     assert!(out.contains("Started again from an empty study"));
     // `:run` shows the counts as released (exact under ohdsi), `:count` rounds them.
     assert!(

@@ -4,7 +4,6 @@
 mod data;
 mod render;
 mod repl;
-mod results;
 mod run;
 mod site;
 
@@ -326,7 +325,10 @@ pub fn main() -> ExitCode {
         Command::Site {
             command: SiteCommand::Show,
         } => site::show(cli.site.as_deref()),
-        Command::Results { dir } => results::results(&dir),
+        Command::Results { dir } => crate::results::report::report(&dir).map(|text| {
+            anstream::println!("{text}");
+            Status::Ok
+        }),
         Command::Release {
             command: ReleaseCommand::Check { dir },
         } => site::release_check(&dir, cli.site.as_deref()),

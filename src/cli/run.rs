@@ -215,11 +215,11 @@ pub(super) fn run(
         policy.describe(),
         policy.threshold
     );
-    let table1 = super::results::table1_text(&out)?;
+    let table1 = crate::results::report::table1_text(&out)?;
     if !table1.is_empty() {
         println!("{table1}");
     }
-    let endpoints = super::results::endpoint_text(&out)?;
+    let endpoints = crate::results::report::endpoint_text(&out)?;
     if !endpoints.is_empty() {
         println!("{endpoints}");
     }

@@ -7,9 +7,9 @@ use super::draft::{Draft, LineKind, SECTIONS};
 use crate::syntax::{accepts_after, KEYWORDS};
 
 /// The REPL's commands, for completion and hints.
-pub const COMMANDS: [&str; 15] = [
-    ":help", ":show", ":explain", ":count", ":run", ":plan", ":sql", ":concept", ":tables",
-    ":load", ":save", ":undo", ":reset", ":quit", ":exit",
+pub const COMMANDS: [&str; 16] = [
+    ":help", ":show", ":explain", ":count", ":run", ":results", ":plan", ":sql", ":concept",
+    ":tables", ":load", ":save", ":undo", ":reset", ":quit", ":exit",
 ];
 
 /// The SQL dialects `:sql` takes.

@@ -37,6 +37,7 @@ Commands:
   :explain            the study in plain English
   :count              the attrition so far, on the repository
   :run [DIR]          run the study; outputs to DIR (default output/repl)
+  :results [DIR]      Table 1, rates, survival tests and hazard ratios of a run, as released
   :plan               the query plan of each stage
   :sql [DIALECT]      the study as SQL (postgres, mysql, sqlite, duckdb, bigquery)
   :concept TEXT       concepts whose name or synonym contains TEXT, or whose code or id is TEXT
@@ -223,6 +224,11 @@ impl Session {
             "save" => self.save(arg),
             "load" => self.load(arg),
             "run" => self.run(arg),
+            "results" => crate::results::report::report(&if arg.is_empty() {
+                PathBuf::from("output").join("repl")
+            } else {
+                PathBuf::from(arg)
+            }),
             "plan" => self
                 .study()
                 .and_then(|s| self.runtime.block_on(self.workspace()?.plans(&s))),

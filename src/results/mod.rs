@@ -5,6 +5,7 @@
 //! statistics are computed from the counts as released, so they never say more than those do.
 
 pub mod cox;
+pub mod report;
 pub mod stats;
 pub mod survival;
 pub mod table1;

@@ -1,8 +1,7 @@
-//! `cohortql results DIR`, and the results `run` prints: the endpoint table of a run's
-//! `release/`, as released (so the screen never shows more than may leave).
+//! The results of a run as text, read from its `release/` (so a screen never shows more than
+//! may leave): Table 1, the endpoint table, the log-rank tests and the hazard ratios. For
+//! `cohortql results`, `run` and the REPL's `:results`.
 
-use super::Status;
-use anstream::println;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -59,7 +58,7 @@ fn estimate(
 }
 
 /// The endpoint table of a release as text; empty when the study has no endpoints.
-pub(super) fn endpoint_text(dir: &Path) -> Result<String, String> {
+pub fn endpoint_text(dir: &Path) -> Result<String, String> {
     let path = release_of(dir).join("endpoints.csv");
     if !path.exists() {
         return Err(format!(
@@ -155,7 +154,7 @@ pub(super) fn endpoint_text(dir: &Path) -> Result<String, String> {
 
 /// Table 1 of a release, compact: one line per number (mean (SD)) or level (n (%)), one
 /// column per group, and the standardised mean differences against the first arm.
-pub(super) fn table1_text(dir: &Path) -> Result<String, String> {
+pub fn table1_text(dir: &Path) -> Result<String, String> {
     let path = release_of(dir).join("table1.csv");
     if !path.exists() {
         return Ok(String::new());
@@ -216,16 +215,17 @@ pub(super) fn table1_text(dir: &Path) -> Result<String, String> {
     Ok(t.to_string())
 }
 
-pub(super) fn results(dir: &Path) -> Result<Status, String> {
-    let table1 = table1_text(dir)?;
-    if !table1.is_empty() {
-        println!("{table1}");
+/// Table 1, then the endpoint table and the tests: everything `results` prints.
+pub fn report(dir: &Path) -> Result<String, String> {
+    let mut text = table1_text(dir)?;
+    let endpoints = endpoint_text(dir)?;
+    if !text.is_empty() {
+        text.push('\n');
     }
-    let text = endpoint_text(dir)?;
-    if text.is_empty() {
-        println!("The study has no endpoints.");
+    if endpoints.is_empty() {
+        text.push_str("The study has no endpoints.");
     } else {
-        println!("{text}");
+        text.push_str(&endpoints);
     }
-    Ok(Status::Ok)
+    Ok(text)
 }
