@@ -387,6 +387,32 @@ fn table1_is_the_dataset_summarised() {
         assert_eq!(f["n"].parse::<f64>().unwrap(), females);
         assert!(close(f["percent"].parse().unwrap(), 100.0 * females / n));
     }
+    // Sex and ten-year age bands come first in every Table 1, whatever the study declares; the
+    // columns the run adds for them are in no dataset.
+    let header = std::fs::read_to_string(dir.path().join("out/site/dataset.csv")).unwrap();
+    assert!(
+        !header.lines().next().unwrap().contains("cohortql_"),
+        "{header}"
+    );
+    assert_eq!(table[0]["covariate"], "[sex]");
+    for group in ["celecoxib", "all"] {
+        let banded: u64 = table
+            .iter()
+            .filter(|r| r["covariate"] == "[age band]" && r["group"] == group)
+            .map(|r| r["n"].parse::<u64>().unwrap())
+            .sum();
+        let entries = dataset
+            .iter()
+            .filter(|d| group == "all" || d["arm"] == group)
+            .count();
+        assert_eq!(banded as usize, entries, "{group}");
+        let sixties = dataset
+            .iter()
+            .filter(|d| group == "all" || d["arm"] == group)
+            .filter(|d| (60..70).contains(&d["age"].parse::<i64>().unwrap()))
+            .count();
+        assert_eq!(row("[age band]", "60–69", group)["n"], sixties.to_string());
+    }
     let (_, m0, s0, _) = summary("celecoxib");
     let (_, m1, s1, _) = summary("diclofenac");
     let smd = (m1 - m0) / ((s1 * s1 + s0 * s0) / 2.0).sqrt();

@@ -1079,7 +1079,7 @@ impl<'a> Checker<'a> {
     /// A covariate or endpoint name becomes a dataset column: unique, and not one of ours.
     fn column_name(&mut self, columns: &mut HashMap<String, Span>, name: &ast::Name, what: &str) {
         let lower = name.node.to_ascii_lowercase();
-        if RESERVED_COLUMNS.contains(&lower.as_str()) {
+        if RESERVED_COLUMNS.contains(&lower.as_str()) || lower.starts_with("cohortql_") {
             self.push(
                 Diagnostic::new(
                     Code::DuplicateName,

@@ -79,15 +79,57 @@ pub fn smd(m1: f64, s1: f64, m0: f64, s0: f64) -> Option<f64> {
     (pooled > 0.0).then(|| (m1 - m0) / pooled)
 }
 
-/// Table 1 from each entry's arm and covariate values (`values[entry][covariate]`, in the
-/// study's order). Date covariates are left out.
-pub fn table1(study: &Study, arms: &[Option<&str>], values: &[Vec<Value>]) -> Vec<Row> {
+/// The columns every Table 1 starts with, whatever the study declares: sex, and age at index
+/// in ten-year bands. Their names cannot be a covariate's.
+pub const SEX: &str = "[sex]";
+pub const AGE_BAND: &str = "[age band]";
+
+/// The dataset columns a run adds for them, left out of every dataset it writes (a covariate
+/// may not be named `cohortql_…`).
+pub const SEX_COLUMN: &str = "cohortql_table1_sex";
+pub const AGE_COLUMN: &str = "cohortql_table1_age";
+
+/// The study as a run executes it: with the two columns above as covariates.
+pub fn with_demographics(study: &Study) -> Study {
+    use crate::study::{Anchor, Covariate, CovariateValue, Quantity};
+    let mut run = study.clone();
+    run.covariates.push(Covariate {
+        name: SEX_COLUMN.to_string(),
+        value: CovariateValue::Sex,
+        confounder: false,
+    });
+    run.covariates.push(Covariate {
+        name: AGE_COLUMN.to_string(),
+        value: CovariateValue::Quantity(Quantity::Age(Anchor::Index)),
+        confounder: false,
+    });
+    run
+}
+
+/// An age's ten-year band: `0–9`, `10–19`, …, `90 and over`.
+pub fn age_band(age: f64) -> String {
+    let decade = (age.max(0.0) / 10.0).floor() as i64 * 10;
+    if decade >= 90 {
+        "90 and over".to_string()
+    } else {
+        format!("{decade}–{}", decade + 9)
+    }
+}
+
+/// Table 1 from each entry's arm and its value of each column (`values[entry][column]`, in the
+/// order of `columns`: name and kind). Dates are left out.
+pub fn table1(
+    study: &Study,
+    columns: &[(String, ValueKind)],
+    arms: &[Option<&str>],
+    values: &[Vec<Value>],
+) -> Vec<Row> {
     let groups = groups(study);
     let in_group = |g: &str, i: usize| g == ALL || arms[i] == Some(g);
     let first = study.arms.first().map(|a| a.name.clone());
     let mut out = Vec::new();
-    for (c, covariate) in study.covariates.iter().enumerate() {
-        let kind = kind_of(&covariate.value);
+    for (c, (name, kind)) in columns.iter().enumerate() {
+        let kind = *kind;
         match kind {
             ValueKind::Date => continue,
             ValueKind::Number => {
@@ -116,7 +158,7 @@ pub fn table1(study: &Study, arms: &[Option<&str>], values: &[Vec<Value>]) -> Ve
                         _ => None,
                     };
                     out.push(Row {
-                        covariate: covariate.name.clone(),
+                        covariate: name.clone(),
                         level: String::new(),
                         kind,
                         group: g.clone(),
@@ -128,7 +170,7 @@ pub fn table1(study: &Study, arms: &[Option<&str>], values: &[Vec<Value>]) -> Ve
                         q3: quantile(&v, 0.75),
                         smd: balance,
                     });
-                    out.push(missing_row(&covariate.name, kind, g, missing));
+                    out.push(missing_row(name, kind, g, missing));
                 }
             }
             ValueKind::Flag | ValueKind::Category => {
@@ -186,7 +228,7 @@ pub fn table1(study: &Study, arms: &[Option<&str>], values: &[Vec<Value>]) -> Ve
                             _ => None,
                         };
                         out.push(Row {
-                            covariate: covariate.name.clone(),
+                            covariate: name.clone(),
                             level: level.clone(),
                             kind,
                             group: g.clone(),
@@ -204,7 +246,7 @@ pub fn table1(study: &Study, arms: &[Option<&str>], values: &[Vec<Value>]) -> Ve
                     let missing = (0..values.len())
                         .filter(|&i| in_group(g, i) && values[i][c] == Value::Missing)
                         .count() as u64;
-                    out.push(missing_row(&covariate.name, kind, g, missing));
+                    out.push(missing_row(name, kind, g, missing));
                 }
             }
         }

@@ -190,6 +190,15 @@ fn person_level(
     study_hash: &str,
 ) -> Result<RecordBatch, String> {
     let all = concat_batches(schema, batches).map_err(|e| e.to_string())?;
+    // The columns a run adds for Table 1 are not the study's: no dataset carries them.
+    let keep: Vec<usize> = (0..schema.fields().len())
+        .filter(|&i| {
+            let name = schema.field(i).name();
+            name != results::table1::SEX_COLUMN && name != results::table1::AGE_COLUMN
+        })
+        .collect();
+    let all = all.project(&keep).map_err(|e| e.to_string())?;
+    let schema = &all.schema();
     if !pseudonymise {
         return Ok(all);
     }
@@ -313,11 +322,12 @@ pub fn every_count(study: &Study, run: &Execution) -> Result<Vec<CountRow>, Stri
             outcomes: outcomes.clone(),
         })
         .collect();
-    let (arms, covariates) = covariate_values(study, run)?;
+    let (arms, columns, values) = covariate_values(study, run)?;
     let table1 = results::table1::table1(
         study,
+        &columns,
         &arms.iter().map(Option::as_deref).collect::<Vec<_>>(),
-        &covariates,
+        &values,
     );
     let mut rows = count_rows(run);
     rows.extend(results::count_rows(&results::endpoint_counts(
@@ -815,10 +825,15 @@ fn cox_batch(
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("columns of equal length")
 }
 
-/// Each entry's arm, and its value of each covariate.
-type CovariateValues = (Vec<Option<String>>, Vec<Vec<results::table1::Value>>);
+/// Each entry's arm, Table 1's columns (name and kind), and each entry's value of each.
+type CovariateValues = (
+    Vec<Option<String>>,
+    Vec<(String, crate::study::ValueKind)>,
+    Vec<Vec<results::table1::Value>>,
+);
 
-/// Each entry's arm and covariate values, for Table 1.
+/// Each entry's arm and its value of each Table 1 column: sex and the age band first, then the
+/// study's covariates.
 fn covariate_values(study: &Study, run: &Execution) -> Result<CovariateValues, String> {
     use crate::study::{CovariateValue, ValueKind};
     use datafusion::arrow::array::Float64Array;
@@ -835,12 +850,36 @@ fn covariate_values(study: &Study, run: &Execution) -> Result<CovariateValues, S
         }
         None => vec![None; n],
     };
-    let mut values = vec![Vec::with_capacity(study.covariates.len()); n];
+    let mut columns: Vec<(String, ValueKind, &str, bool)> = vec![
+        (
+            results::table1::SEX.to_string(),
+            ValueKind::Category,
+            results::table1::SEX_COLUMN,
+            true,
+        ),
+        (
+            results::table1::AGE_BAND.to_string(),
+            ValueKind::Category,
+            results::table1::AGE_COLUMN,
+            false,
+        ),
+    ];
     for covariate in &study.covariates {
-        let column = all
-            .column_by_name(&covariate.name)
-            .ok_or_else(|| format!("the dataset has no column `{}`", covariate.name))?;
-        match results::table1::kind_of(&covariate.value) {
+        columns.push((
+            covariate.name.clone(),
+            results::table1::kind_of(&covariate.value),
+            covariate.name.as_str(),
+            matches!(covariate.value, CovariateValue::Sex),
+        ));
+    }
+    let mut values = vec![Vec::with_capacity(columns.len()); n];
+    for (name, kind, column_name, sex) in &columns {
+        let Some(column) = all.column_by_name(column_name) else {
+            // Run without the demographic columns (a study executed on its own): none to show.
+            values.iter_mut().for_each(|v| v.push(Value::Missing));
+            continue;
+        };
+        match kind {
             ValueKind::Date => values.iter_mut().for_each(|v| v.push(Value::Missing)),
             ValueKind::Number | ValueKind::Flag => {
                 let c = cast(column, &DataType::Float64).map_err(|e| e.to_string())?;
@@ -853,8 +892,18 @@ fn covariate_values(study: &Study, run: &Execution) -> Result<CovariateValues, S
                     });
                 }
             }
+            ValueKind::Category if name == results::table1::AGE_BAND => {
+                let c = cast(column, &DataType::Float64).map_err(|e| e.to_string())?;
+                let c = c.as_any().downcast_ref::<Float64Array>().expect("float");
+                for (i, v) in values.iter_mut().enumerate() {
+                    v.push(if c.is_null(i) {
+                        Value::Missing
+                    } else {
+                        Value::Category(results::table1::age_band(c.value(i)))
+                    });
+                }
+            }
             ValueKind::Category => {
-                let sex = matches!(covariate.value, CovariateValue::Sex);
                 let c = cast(column, &DataType::Utf8).map_err(|e| e.to_string())?;
                 let c = c.as_any().downcast_ref::<StringArray>().expect("text");
                 for (i, v) in values.iter_mut().enumerate() {
@@ -862,7 +911,7 @@ fn covariate_values(study: &Study, run: &Execution) -> Result<CovariateValues, S
                         Value::Missing
                     } else {
                         let text = c.value(i);
-                        Value::Category(match (sex, text) {
+                        Value::Category(match (*sex, text) {
                             (true, "8507") => "male".to_string(),
                             (true, "8532") => "female".to_string(),
                             _ => text.to_string(),
@@ -872,7 +921,8 @@ fn covariate_values(study: &Study, run: &Execution) -> Result<CovariateValues, S
             }
         }
     }
-    Ok((arms, values))
+    let columns = columns.into_iter().map(|(n, k, _, _)| (n, k)).collect();
+    Ok((arms, columns, values))
 }
 
 /// Table 1: `covariate`, `level` (a category; `0` or `1` for a flag; empty for a number's
@@ -1491,12 +1541,16 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
         })
         .collect();
     let endpoint_counts = results::endpoint_counts(info.study, &result_entries);
-    let (arms, covariates) = covariate_values(info.study, run)?;
+    let (arms, columns, values) = covariate_values(info.study, run)?;
     let table1 = results::table1::table1(
         info.study,
+        &columns,
         &arms.iter().map(Option::as_deref).collect::<Vec<_>>(),
-        &covariates,
+        &values,
     );
+    // The study's covariates, without the demographic columns, for the models.
+    let covariates: Vec<Vec<results::table1::Value>> =
+        values.iter().map(|v| v[2..].to_vec()).collect();
     let first_arm = info.study.arms.first().map(|a| a.name.as_str());
     let mut exact = count_rows(run);
     exact.extend(results::count_rows(&endpoint_counts));

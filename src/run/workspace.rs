@@ -84,7 +84,13 @@ impl Workspace {
         let study = &effective;
         let repo = self.repo.clone();
         let fingerprint = tokio::task::spawn_blocking(move || data_fingerprint(&repo));
-        let run = execute(study, &self.ctx, progress).await;
+        // With the columns Table 1 always shows (sex, age at index); no dataset written keeps them.
+        let run = execute(
+            &crate::results::table1::with_demographics(study),
+            &self.ctx,
+            progress,
+        )
+        .await;
         let fingerprint = fingerprint
             .await
             .map_err(|_| "the data fingerprint failed".to_string())??;
