@@ -465,3 +465,22 @@ fn new_constructs_are_refused_when_misused() {
         assert_eq!(out.status.code(), Some(want), "case {i}: {all}");
     }
 }
+
+/// Columns named `cohortql_…` are the run's own (Table 1's sex and age): a covariate or an
+/// endpoint may not take such a name.
+#[test]
+fn column_names_of_the_run_are_refused() {
+    let compiled = cohortql::compile::compile_text(
+        "study \"Ours\"\npopulation\n  index = first visit\ncovariates\n  cohortql_table1_age = age at index\n"
+            .to_string(),
+    );
+    assert!(compiled.has_errors());
+    assert!(
+        compiled
+            .diagnostics
+            .iter()
+            .any(|d| d.code.id() == "E0201" && d.message.contains("cohortql_table1_age")),
+        "{:?}",
+        compiled.diagnostics
+    );
+}
