@@ -128,6 +128,30 @@ fn endpoint_results_are_the_datasets() {
         (ratio.ln() + 1.959963984540054 * se).exp()
     ));
     assert_eq!(site, release);
+    // Numbers at risk every 90 days (the longest follow-up is over a year): the entries with
+    // more days at risk than the day, exact at the site and rounded to 5 as released.
+    let at_site = csv_rows(&dir.path().join("out/site/at_risk.csv"));
+    let released = csv_rows(&dir.path().join("out/release/at_risk.csv"));
+    assert_eq!(at_site.len(), released.len());
+    assert!(at_site.iter().any(|r| r["day"] == "90"));
+    for (s, r) in at_site.iter().zip(&released) {
+        let day: i64 = s["day"].parse().unwrap();
+        let expected = dataset
+            .iter()
+            .filter(|d| s["group"] == "all" || d["arm"] == s["group"])
+            .filter(|d| d["gi_bleed_days"].parse::<i64>().unwrap() + 1 > day)
+            .count() as u64;
+        assert_eq!(s["at_risk"].parse::<u64>().unwrap(), expected, "{s:?}");
+        if expected >= 5 {
+            assert_eq!(
+                r["at_risk"].parse::<u64>().unwrap(),
+                (expected + 2) / 5 * 5,
+                "{r:?}"
+            );
+        } else {
+            assert_eq!(r["at_risk"], "", "{r:?}");
+        }
+    }
     // The hazard ratio of diclofenac against celecoxib is the Cox model of the dataset's arms.
     let (mut times, mut events, mut x) = (Vec::new(), Vec::new(), Vec::new());
     for d in &dataset {

@@ -108,6 +108,7 @@ pub fn check_release(dir: &Path, site: &SiteRules) -> Result<Report, String> {
                 "study.study",
                 "dataset.csv",
                 "km.csv",
+                "at_risk.csv",
                 "cox.csv",
             ]
             .contains(&name.as_str());
@@ -123,7 +124,7 @@ pub fn check_release(dir: &Path, site: &SiteRules) -> Result<Report, String> {
                 &name,
                 None,
                 None,
-                "is not a file a release may hold (attrition.csv, attrition_by_arm.csv, inclusion_rules.csv, endpoints.csv, km.csv, cox.csv, table1.csv, dataset.csv where the site allows an export, study.study, run.json)".into(),
+                "is not a file a release may hold (attrition.csv, attrition_by_arm.csv, inclusion_rules.csv, endpoints.csv, km.csv, at_risk.csv, cox.csv, table1.csv, dataset.csv where the site allows an export, study.study, run.json)".into(),
             ));
         } else {
             names.push(name);
@@ -164,6 +165,9 @@ pub fn check_release(dir: &Path, site: &SiteRules) -> Result<Report, String> {
     }
     if names.iter().any(|n| n == "cox.csv") {
         check_cox(&dir.join("cox.csv"), &mut out)?;
+    }
+    if names.iter().any(|n| n == "at_risk.csv") {
+        check_at_risk(&dir.join("at_risk.csv"), &policy, &mut out)?;
     }
     if names.iter().any(|n| n == "km.csv") {
         check_km(&dir.join("km.csv"), &policy, &mut out)?;
@@ -864,6 +868,63 @@ fn check_cox(path: &Path, out: &mut Vec<Violation>) -> Result<(), String> {
                     ));
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// Released numbers at risk: `endpoint`, `group`, `day`, `at_risk`; each empty or a multiple of
+/// the policy's live rounding and at least the threshold.
+fn check_at_risk(path: &Path, policy: &Policy, out: &mut Vec<Violation>) -> Result<(), String> {
+    let file = "at_risk.csv";
+    let base = policy.live_rounding();
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_path(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let header: Vec<String> = match reader.headers() {
+        Ok(h) => h.iter().map(str::to_string).collect(),
+        Err(e) => {
+            out.push(at(
+                file,
+                Some(1),
+                None,
+                format!("cannot be read as CSV: {e}"),
+            ));
+            return Ok(());
+        }
+    };
+    for h in &header {
+        if !["endpoint", "group", "day", "at_risk"].contains(&h.as_str()) {
+            out.push(at(file, Some(1), Some(h), unexpected_column(h)));
+        }
+    }
+    let Some(column) = header.iter().position(|h| h == "at_risk") else {
+        out.push(at(file, Some(1), None, "has no column `at_risk`".into()));
+        return Ok(());
+    };
+    for record in reader.records() {
+        let Ok(record) = record else {
+            out.push(at(file, None, None, "cannot be read as CSV".into()));
+            break;
+        };
+        let line = record.position().map_or(0, |p| p.line() as usize);
+        let text = record.get(column).unwrap_or("").trim();
+        if text.is_empty() {
+            continue;
+        }
+        match text.parse::<u64>() {
+            Ok(v) if v.is_multiple_of(base) && v >= policy.threshold => {}
+            Ok(v) => out.push(at(
+                file,
+                Some(line),
+                Some("at_risk"),
+                format!(
+                    "is {v}: numbers at risk are released rounded to a multiple of {base}, and not below {}",
+                    policy.threshold
+                ),
+            )),
+            Err(_) => out.push(at(file, Some(line), Some("at_risk"), format!("`{text}` is not a count"))),
         }
     }
     Ok(())

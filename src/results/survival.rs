@@ -208,3 +208,22 @@ pub fn coarsened(steps: &[Step], base: u64, threshold: u64) -> Vec<Step> {
     }
     out
 }
+
+/// The days at which numbers at risk are given: every 30 days when the longest time at risk is
+/// a year or less, every 90 up to three years, every 365 beyond; from day 0.
+pub fn at_risk_times(longest: i64) -> Vec<i64> {
+    let step = if longest <= 365 {
+        30
+    } else if longest <= 3 * 365 {
+        90
+    } else {
+        365
+    };
+    (0..=longest.max(0) / step).map(|k| k * step).collect()
+}
+
+/// Entries still at risk on day `t` of follow-up: those whose time at risk is more than `t`
+/// days (day 0 is the first day; an entry with 1 day at risk is at risk on day 0 only).
+pub fn at_risk(observations: &[(i64, bool)], t: i64) -> u64 {
+    observations.iter().filter(|o| o.0 > t).count() as u64
+}

@@ -617,6 +617,55 @@ fn endpoint_batch(
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("columns of equal length")
 }
 
+/// Numbers at risk at regular days of follow-up (`survival::at_risk_times` of the longest time
+/// at risk in the endpoint): `endpoint`, `group`, `day`, `at_risk`. With `rounding`, each is
+/// rounded to its multiple and left out below `threshold` (as released).
+fn at_risk_batch(
+    tables: &[(String, String, Vec<(i64, bool)>)],
+    rounding: Option<(u64, u64)>,
+) -> RecordBatch {
+    let mut endpoint = Vec::new();
+    let mut group = Vec::new();
+    let mut day = Vec::new();
+    let mut count: Vec<Option<i64>> = Vec::new();
+    for (e, g, observations) in tables {
+        let longest = tables
+            .iter()
+            .filter(|(other, _, _)| other == e)
+            .flat_map(|(_, _, o)| o.iter().map(|o| o.0))
+            .max()
+            .unwrap_or(0);
+        for t in results::survival::at_risk_times(longest) {
+            let n = results::survival::at_risk(observations, t);
+            endpoint.push(e.clone());
+            group.push(g.clone());
+            day.push(t);
+            count.push(match rounding {
+                None => Some(n as i64),
+                Some((base, threshold)) => {
+                    (n >= threshold).then(|| ((n + base / 2) / base * base) as i64)
+                }
+            });
+        }
+    }
+    let schema = Schema::new(vec![
+        Field::new("endpoint", DataType::Utf8, false),
+        Field::new("group", DataType::Utf8, false),
+        Field::new("day", DataType::Int64, false),
+        Field::new("at_risk", DataType::Int64, true),
+    ]);
+    RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(StringArray::from(endpoint)),
+            Arc::new(StringArray::from(group)),
+            Arc::new(Int64Array::from(day)),
+            Arc::new(Int64Array::from(count)),
+        ],
+    )
+    .expect("columns of equal length")
+}
+
 /// The Kaplan–Meier curves: `endpoint`, `group`, `time` (days at risk), `at_risk`, `events`,
 /// `censored`, `survival`, `std_err`, `lower`, `upper`.
 fn km_batch(curves: &[(String, String, Vec<results::survival::Step>)]) -> RecordBatch {
@@ -1193,7 +1242,7 @@ fn release_record(
 }
 
 /// The files a run writes under `site/`, `run.json` last.
-pub const SITE_FILES: [&str; 20] = [
+pub const SITE_FILES: [&str; 22] = [
     "cohort.parquet",
     "cohort.csv",
     "dataset.parquet",
@@ -1208,6 +1257,8 @@ pub const SITE_FILES: [&str; 20] = [
     "endpoints.csv",
     "km.parquet",
     "km.csv",
+    "at_risk.parquet",
+    "at_risk.csv",
     "cox.parquet",
     "cox.csv",
     "table1.parquet",
@@ -1218,12 +1269,13 @@ pub const SITE_FILES: [&str; 20] = [
 
 /// The files a run writes under `release/`, `run.json` last; `dataset.csv` only with
 /// `--export-dataset`.
-pub const RELEASE_FILES: [&str; 9] = [
+pub const RELEASE_FILES: [&str; 10] = [
     "attrition.csv",
     "attrition_by_arm.csv",
     "inclusion_rules.csv",
     "endpoints.csv",
     "km.csv",
+    "at_risk.csv",
     "cox.csv",
     "table1.csv",
     "study.study",
@@ -1559,6 +1611,7 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
         write_table(&site_dir, name, &count_batch(&exact, table))?;
     }
     let mut curves: Vec<(String, String, Vec<results::survival::Step>)> = Vec::new();
+    let mut at_risk_tables: Vec<(String, String, Vec<(i64, bool)>)> = Vec::new();
     let mut models: Vec<CoxModel> = Vec::new();
     let mut log_ranks = Vec::new();
     for (e, endpoint) in info.study.endpoints.iter().enumerate() {
@@ -1567,6 +1620,7 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
         }
         let observations = results::observations(info.study, &result_entries, e);
         for (group, obs) in results::groups(info.study).into_iter().zip(&observations) {
+            at_risk_tables.push((endpoint.name.clone(), group.clone(), obs.clone()));
             curves.push((
                 endpoint.name.clone(),
                 group,
@@ -1585,6 +1639,7 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
         &endpoint_batch(info.study, &exact, &endpoint_counts, &log_ranks),
     )?;
     write_table(&site_dir, "km", &km_batch(&curves))?;
+    write_table(&site_dir, "at_risk", &at_risk_batch(&at_risk_tables, None))?;
     write_table(
         &site_dir,
         "table1",
@@ -1633,6 +1688,14 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
         .collect();
     write_csv(&release_dir.join("km.csv"), &km_batch(&coarsened))?;
     files.push("km.csv".to_string());
+    write_csv(
+        &release_dir.join("at_risk.csv"),
+        &at_risk_batch(
+            &at_risk_tables,
+            Some((info.policy.live_rounding(), info.policy.threshold)),
+        ),
+    )?;
+    files.push("at_risk.csv".to_string());
     write_csv(
         &release_dir.join("table1.csv"),
         &table1_batch(&released, &table1, first_arm),
