@@ -532,4 +532,18 @@ fn the_adjusted_model_adjusts_for_the_confounders() {
         assert!(close(r["p"].parse().unwrap(), t.p), "{r:?}");
     }
     assert_eq!(cox.iter().filter(|r| r["model"] == "unadjusted").count(), 1);
+    // The model's size: exact at the site, rounded to 5 as released.
+    let at_site = csv_rows(&dir.path().join("out/site/cox.csv"));
+    let events = events.iter().filter(|&&e| e).count();
+    for r in at_site.iter().filter(|r| r["model"] == "adjusted") {
+        assert_eq!(r["events"], events.to_string());
+        assert_eq!(r["residual_df"], (dataset.len() - 3).to_string());
+    }
+    for r in &adjusted {
+        assert_eq!(r["events"].parse::<usize>().unwrap(), (events + 2) / 5 * 5);
+        assert_eq!(
+            r["residual_df"].parse::<usize>().unwrap(),
+            (dataset.len() - 3 + 2) / 5 * 5
+        );
+    }
 }

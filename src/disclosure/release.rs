@@ -164,7 +164,7 @@ pub fn check_release(dir: &Path, site: &SiteRules) -> Result<Report, String> {
         ));
     }
     if names.iter().any(|n| n == "cox.csv") {
-        check_cox(&dir.join("cox.csv"), &mut out)?;
+        check_cox(&dir.join("cox.csv"), &policy, &mut out)?;
     }
     if names.iter().any(|n| n == "at_risk.csv") {
         check_at_risk(&dir.join("at_risk.csv"), &policy, &mut out)?;
@@ -809,7 +809,7 @@ fn check_km(path: &Path, policy: &Policy, out: &mut Vec<Violation>) -> Result<()
 }
 
 /// The columns of a released table of Cox models.
-const COX_COLUMNS: [&str; 10] = [
+const COX_COLUMNS: [&str; 12] = [
     "endpoint",
     "model",
     "term",
@@ -819,11 +819,14 @@ const COX_COLUMNS: [&str; 10] = [
     "p",
     "coefficient",
     "std_err",
+    "events",
+    "residual_df",
     "withheld",
 ];
 
-/// A released table of Cox models: its columns, and nothing but the reason in a withheld row.
-fn check_cox(path: &Path, out: &mut Vec<Violation>) -> Result<(), String> {
+/// A released table of Cox models: its columns, nothing but the reason in a withheld row, and
+/// each model's events and residual degrees of freedom rounded to the policy's live rounding.
+fn check_cox(path: &Path, policy: &Policy, out: &mut Vec<Violation>) -> Result<(), String> {
     let file = "cox.csv";
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
@@ -856,6 +859,21 @@ fn check_cox(path: &Path, out: &mut Vec<Violation>) -> Result<(), String> {
             break;
         };
         let line = record.position().map_or(0, |p| p.line() as usize);
+        let base = policy.live_rounding();
+        for column in ["events", "residual_df"] {
+            let Some(c) = header.iter().position(|h| h == column) else {
+                continue;
+            };
+            let text = record.get(c).unwrap_or("").trim();
+            if !text.is_empty() && !text.parse::<u64>().is_ok_and(|v| v.is_multiple_of(base)) {
+                out.push(at(
+                    file,
+                    Some(line),
+                    Some(column),
+                    format!("is {text}, not a count rounded to a multiple of {base}"),
+                ));
+            }
+        }
         if record.get(withheld).is_some_and(|w| !w.trim().is_empty()) {
             for (c, h) in header.iter().enumerate() {
                 let statistic = !["endpoint", "model", "term", "withheld"].contains(&h.as_str());

@@ -719,6 +719,8 @@ struct CoxModel {
     terms: Vec<String>,
     fit: Result<results::cox::Fit, results::cox::Failure>,
     residual_df: i64,
+    /// Events among the entries the model used.
+    events: u64,
 }
 
 /// The least residual degrees of freedom with which a model is released.
@@ -786,6 +788,7 @@ fn cox_models(
             endpoint: study.endpoints[endpoint].name.clone(),
             model,
             residual_df: times.len() as i64 - terms.len() as i64,
+            events: events.iter().filter(|&&e| e).count() as u64,
             fit: results::cox::fit(&times, &events, &x),
             terms,
         });
@@ -800,7 +803,7 @@ fn cox_models(
 fn cox_batch(
     models: &[CoxModel],
     publishable: &dyn Fn(&str) -> bool,
-    release: bool,
+    release: Option<u64>,
 ) -> RecordBatch {
     use datafusion::arrow::array::Float64Array;
     let mut endpoint = Vec::new();
@@ -808,10 +811,20 @@ fn cox_batch(
     let mut term = Vec::new();
     let mut values: [Vec<Option<f64>>; 6] = Default::default();
     let mut withheld: Vec<Option<String>> = Vec::new();
+    let mut sizes: [Vec<Option<i64>>; 2] = Default::default();
     for m in models {
-        let enough_df = !release || m.residual_df >= MIN_RESIDUAL_DF;
+        let enough_df = release.is_none() || m.residual_df >= MIN_RESIDUAL_DF;
         let shown = publishable(&m.endpoint) && enough_df;
+        // As released, the model's size is rounded like every count that is not exact.
+        let size = |v: i64| match release {
+            None => Some(v),
+            Some(base) => (shown && m.fit.is_ok())
+                .then(|| (v.max(0) as u64 + base / 2) / base * base)
+                .map(|v| v as i64),
+        };
         for (j, t) in m.terms.iter().enumerate() {
+            sizes[0].push(size(m.events as i64));
+            sizes[1].push(size(m.residual_df));
             endpoint.push(m.endpoint.clone());
             model.push(m.model);
             term.push(t.clone());
@@ -868,6 +881,10 @@ fn cox_batch(
     {
         fields.push(Field::new(*name, DataType::Float64, true));
         columns.push(Arc::new(Float64Array::from(values[k].clone())));
+    }
+    for (k, name) in ["events", "residual_df"].iter().enumerate() {
+        fields.push(Field::new(*name, DataType::Int64, true));
+        columns.push(Arc::new(Int64Array::from(sizes[k].clone())));
     }
     fields.push(Field::new("withheld", DataType::Utf8, true));
     columns.push(Arc::new(StringArray::from(withheld)));
@@ -1645,7 +1662,7 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
         "table1",
         &table1_batch(&exact, &table1, first_arm),
     )?;
-    write_table(&site_dir, "cox", &cox_batch(&models, &|_| true, false))?;
+    write_table(&site_dir, "cox", &cox_batch(&models, &|_| true, None))?;
     std::fs::write(site_dir.join("study.study"), info.study_text)
         .map_err(|e| format!("cannot write the study copy: {e}"))?;
     let site_files: Vec<String> = SITE_FILES.iter().map(|f| f.to_string()).collect();
@@ -1710,7 +1727,7 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
     };
     write_csv(
         &release_dir.join("cox.csv"),
-        &cox_batch(&models, &publishable, true),
+        &cox_batch(&models, &publishable, Some(info.policy.live_rounding())),
     )?;
     files.push("cox.csv".to_string());
     std::fs::write(release_dir.join("study.study"), info.study_text)
