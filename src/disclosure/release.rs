@@ -718,27 +718,9 @@ const KM_COLUMNS: [&str; 10] = [
 fn check_km(path: &Path, policy: &Policy, out: &mut Vec<Violation>) -> Result<(), String> {
     let file = "km.csv";
     let base = policy.live_rounding();
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .from_path(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let header: Vec<String> = match reader.headers() {
-        Ok(h) => h.iter().map(str::to_string).collect(),
-        Err(e) => {
-            out.push(at(
-                file,
-                Some(1),
-                None,
-                format!("cannot be read as CSV: {e}"),
-            ));
-            return Ok(());
-        }
+    let Some((mut reader, header)) = open_table(path, file, &KM_COLUMNS, out)? else {
+        return Ok(());
     };
-    for h in &header {
-        if !KM_COLUMNS.contains(&h.as_str()) {
-            out.push(at(file, Some(1), Some(h), unexpected_column(h)));
-        }
-    }
     if KM_COLUMNS.iter().any(|c| !header.iter().any(|h| h == c)) {
         out.push(at(
             file,
@@ -828,27 +810,9 @@ const COX_COLUMNS: [&str; 12] = [
 /// each model's events and residual degrees of freedom rounded to the policy's live rounding.
 fn check_cox(path: &Path, policy: &Policy, out: &mut Vec<Violation>) -> Result<(), String> {
     let file = "cox.csv";
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .from_path(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let header: Vec<String> = match reader.headers() {
-        Ok(h) => h.iter().map(str::to_string).collect(),
-        Err(e) => {
-            out.push(at(
-                file,
-                Some(1),
-                None,
-                format!("cannot be read as CSV: {e}"),
-            ));
-            return Ok(());
-        }
+    let Some((mut reader, header)) = open_table(path, file, &COX_COLUMNS, out)? else {
+        return Ok(());
     };
-    for h in &header {
-        if !COX_COLUMNS.contains(&h.as_str()) {
-            out.push(at(file, Some(1), Some(h), unexpected_column(h)));
-        }
-    }
     let Some(withheld) = header.iter().position(|h| h == "withheld") else {
         out.push(at(file, Some(1), None, "has no column `withheld`".into()));
         return Ok(());
@@ -896,27 +860,11 @@ fn check_cox(path: &Path, policy: &Policy, out: &mut Vec<Violation>) -> Result<(
 fn check_at_risk(path: &Path, policy: &Policy, out: &mut Vec<Violation>) -> Result<(), String> {
     let file = "at_risk.csv";
     let base = policy.live_rounding();
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .from_path(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let header: Vec<String> = match reader.headers() {
-        Ok(h) => h.iter().map(str::to_string).collect(),
-        Err(e) => {
-            out.push(at(
-                file,
-                Some(1),
-                None,
-                format!("cannot be read as CSV: {e}"),
-            ));
-            return Ok(());
-        }
+    let Some((mut reader, header)) =
+        open_table(path, file, &["endpoint", "group", "day", "at_risk"], out)?
+    else {
+        return Ok(());
     };
-    for h in &header {
-        if !["endpoint", "group", "day", "at_risk"].contains(&h.as_str()) {
-            out.push(at(file, Some(1), Some(h), unexpected_column(h)));
-        }
-    }
     let Some(column) = header.iter().position(|h| h == "at_risk") else {
         out.push(at(file, Some(1), None, "has no column `at_risk`".into()));
         return Ok(());
@@ -946,4 +894,36 @@ fn check_at_risk(path: &Path, policy: &Policy, out: &mut Vec<Violation>) -> Resu
         }
     }
     Ok(())
+}
+
+/// A released table opened for checking, with its header; every column not among `allowed` is
+/// reported. `None` (with the violation reported) when its header cannot be read.
+fn open_table(
+    path: &Path,
+    file: &str,
+    allowed: &[&str],
+    out: &mut Vec<Violation>,
+) -> Result<Option<(csv::Reader<std::fs::File>, Vec<String>)>, String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_path(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let header: Vec<String> = match reader.headers() {
+        Ok(h) => h.iter().map(str::to_string).collect(),
+        Err(e) => {
+            out.push(at(
+                file,
+                Some(1),
+                None,
+                format!("cannot be read as CSV: {e}"),
+            ));
+            return Ok(None);
+        }
+    };
+    for h in &header {
+        if !allowed.contains(&h.as_str()) {
+            out.push(at(file, Some(1), Some(h), unexpected_column(h)));
+        }
+    }
+    Ok(Some((reader, header)))
 }

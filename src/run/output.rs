@@ -313,29 +313,67 @@ fn exported_dataset(pseudonymised: &RecordBatch, exact_dates: bool) -> Result<Re
 /// Every count a run releases, exact: the attrition tables' (`count_rows`), the endpoint
 /// table's and Table 1's.
 pub fn every_count(study: &Study, run: &Execution) -> Result<Vec<CountRow>, String> {
-    let entries = result_entries(study, run)?;
-    let result_entries: Vec<results::Entry> = entries
+    let site = site_results(study, run)?;
+    let mut rows = count_rows(run);
+    rows.extend(results::count_rows(&site.endpoint_counts));
+    rows.extend(results::table1::count_rows(&site.table1));
+    Ok(rows)
+}
+
+/// What the results are computed from and their exact counts, read once from the dataset.
+struct SiteResults {
+    entries: Vec<DatasetEntry>,
+    /// Each entry's value of each Table 1 column (the demographic columns first).
+    values: Vec<Vec<results::table1::Value>>,
+    endpoint_counts: Vec<EndpointCount>,
+    table1: Vec<results::table1::Row>,
+}
+
+fn site_results(study: &Study, run: &Execution) -> Result<SiteResults, String> {
+    let all = concat_batches(&run.dataset_schema, &run.dataset).map_err(|e| e.to_string())?;
+    let entries = result_entries(study, &all)?;
+    let (columns, values) = covariate_values(study, &all)?;
+    let endpoint_counts = results::endpoint_counts(study, &entry_views(&entries));
+    let arms: Vec<Option<&str>> = entries.iter().map(|e| e.1.as_deref()).collect();
+    let table1 = results::table1::table1(study, &columns, &arms, &values);
+    Ok(SiteResults {
+        entries,
+        values,
+        endpoint_counts,
+        table1,
+    })
+}
+
+/// The entries as `results` takes them.
+fn entry_views(entries: &[DatasetEntry]) -> Vec<results::Entry<'_>> {
+    entries
         .iter()
         .map(|(person, arm, outcomes)| results::Entry {
             person: *person,
             arm: arm.as_deref(),
             outcomes: outcomes.clone(),
         })
-        .collect();
-    let (arms, columns, values) = covariate_values(study, run)?;
-    let table1 = results::table1::table1(
-        study,
-        &columns,
-        &arms.iter().map(Option::as_deref).collect::<Vec<_>>(),
-        &values,
-    );
-    let mut rows = count_rows(run);
-    rows.extend(results::count_rows(&results::endpoint_counts(
-        study,
-        &result_entries,
-    )));
-    rows.extend(results::table1::count_rows(&table1));
-    Ok(rows)
+        .collect()
+}
+
+/// The entries (of the attrition by arm's last step, or for `all` the attrition table's) of a
+/// group, as `rows` give them.
+fn group_entries(rows: &[CountRow], group: &str) -> Option<u64> {
+    let last_step = rows
+        .iter()
+        .filter(|r| r.table == Table::Attrition)
+        .filter_map(|r| r.step)
+        .max();
+    rows.iter()
+        .find(|r| {
+            r.step == last_step
+                && if group == results::ALL {
+                    r.table == Table::Attrition
+                } else {
+                    r.table == Table::ByArm && r.arm.as_deref() == Some(group)
+                }
+        })
+        .and_then(|r| r.counts[1])
 }
 
 /// The attrition tables' counts of a run, exact, in the rows of the tables it releases.
@@ -462,8 +500,7 @@ fn count_batch(rows: &[CountRow], table: Table) -> RecordBatch {
 type DatasetEntry = (i64, Option<String>, Vec<(bool, Option<i64>)>);
 
 /// The dataset's entries as the results need them.
-fn result_entries(study: &Study, run: &Execution) -> Result<Vec<DatasetEntry>, String> {
-    let all = concat_batches(&run.dataset_schema, &run.dataset).map_err(|e| e.to_string())?;
+fn result_entries(study: &Study, all: &RecordBatch) -> Result<Vec<DatasetEntry>, String> {
     let int = |name: &str| -> Result<Option<Int64Array>, String> {
         match all.column_by_name(name) {
             None => Ok(None),
@@ -522,26 +559,7 @@ fn endpoint_batch(
     counts: &[EndpointCount],
     log_ranks: &[(String, Option<results::survival::LogRank>)],
 ) -> RecordBatch {
-    let last_step = rows
-        .iter()
-        .filter(|r| r.table == Table::Attrition)
-        .filter_map(|r| r.step)
-        .max();
-    let entries_of = |group: &str| -> Option<u64> {
-        if group == results::ALL {
-            rows.iter()
-                .find(|r| r.table == Table::Attrition && r.step == last_step)
-                .and_then(|r| r.counts[1])
-        } else {
-            rows.iter()
-                .find(|r| {
-                    r.table == Table::ByArm
-                        && r.step == last_step
-                        && r.arm.as_deref() == Some(group)
-                })
-                .and_then(|r| r.counts[1])
-        }
-    };
+    let entries_of = |group: &str| group_entries(rows, group);
     let endpoint_rows: Vec<&CountRow> =
         rows.iter().filter(|r| r.table == Table::Endpoint).collect();
     let first_arm = study.arms.first().map(|a| a.name.clone());
@@ -891,31 +909,19 @@ fn cox_batch(
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("columns of equal length")
 }
 
-/// Each entry's arm, Table 1's columns (name and kind), and each entry's value of each.
+/// Table 1's columns (name and kind), and each entry's value of each.
 type CovariateValues = (
-    Vec<Option<String>>,
     Vec<(String, crate::study::ValueKind)>,
     Vec<Vec<results::table1::Value>>,
 );
 
-/// Each entry's arm and its value of each Table 1 column: sex and the age band first, then the
+/// Each entry's value of each Table 1 column: sex and the age band first, then the
 /// study's covariates.
-fn covariate_values(study: &Study, run: &Execution) -> Result<CovariateValues, String> {
+fn covariate_values(study: &Study, all: &RecordBatch) -> Result<CovariateValues, String> {
     use crate::study::{CovariateValue, ValueKind};
     use datafusion::arrow::array::Float64Array;
     use results::table1::Value;
-    let all = concat_batches(&run.dataset_schema, &run.dataset).map_err(|e| e.to_string())?;
     let n = all.num_rows();
-    let arms: Vec<Option<String>> = match all.column_by_name("arm") {
-        Some(c) => {
-            let c = cast(c, &DataType::Utf8).map_err(|e| e.to_string())?;
-            let c = c.as_any().downcast_ref::<StringArray>().expect("text");
-            (0..n)
-                .map(|i| (!c.is_null(i)).then(|| c.value(i).to_string()))
-                .collect()
-        }
-        None => vec![None; n],
-    };
     let mut columns: Vec<(String, ValueKind, &str, bool)> = vec![
         (
             results::table1::SEX.to_string(),
@@ -988,7 +994,7 @@ fn covariate_values(study: &Study, run: &Execution) -> Result<CovariateValues, S
         }
     }
     let columns = columns.into_iter().map(|(n, k, _, _)| (n, k)).collect();
-    Ok((arms, columns, values))
+    Ok((columns, values))
 }
 
 /// Table 1: `covariate`, `level` (a category; `0` or `1` for a flag; empty for a number's
@@ -1004,23 +1010,7 @@ fn table1_batch(
 ) -> RecordBatch {
     use datafusion::arrow::array::Float64Array;
     let given: Vec<&CountRow> = rows.iter().filter(|r| r.table == Table::Table1).collect();
-    let last_step = rows
-        .iter()
-        .filter(|r| r.table == Table::Attrition)
-        .filter_map(|r| r.step)
-        .max();
-    let entries_of = |group: &str| -> Option<u64> {
-        rows.iter()
-            .find(|r| {
-                r.step == last_step
-                    && if group == results::ALL {
-                        r.table == Table::Attrition
-                    } else {
-                        r.table == Table::ByArm && r.arm.as_deref() == Some(group)
-                    }
-            })
-            .and_then(|r| r.counts[1])
-    };
+    let entries_of = |group: &str| group_entries(rows, group);
     let shown = |i: usize| given[i].counts.iter().all(Option::is_some);
     let (_, n, suppressed) = count_columns(&given);
     let missing_of = |r: &results::table1::Row| -> Option<u64> {
@@ -1600,23 +1590,13 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
         info.study_hash,
     )?;
     write_table(&site_dir, "dataset", &dataset)?;
-    let entries = result_entries(info.study, run)?;
-    let result_entries: Vec<results::Entry> = entries
-        .iter()
-        .map(|(person, arm, outcomes)| results::Entry {
-            person: *person,
-            arm: arm.as_deref(),
-            outcomes: outcomes.clone(),
-        })
-        .collect();
-    let endpoint_counts = results::endpoint_counts(info.study, &result_entries);
-    let (arms, columns, values) = covariate_values(info.study, run)?;
-    let table1 = results::table1::table1(
-        info.study,
-        &columns,
-        &arms.iter().map(Option::as_deref).collect::<Vec<_>>(),
-        &values,
-    );
+    let SiteResults {
+        entries,
+        values,
+        endpoint_counts,
+        table1,
+    } = site_results(info.study, run)?;
+    let result_entries = entry_views(&entries);
     // The study's covariates, without the demographic columns, for the models.
     let covariates: Vec<Vec<results::table1::Value>> =
         values.iter().map(|v| v[2..].to_vec()).collect();
