@@ -7,7 +7,9 @@
 //! What counts as derivable: a released count; a withheld count that its relation gives exactly
 //! (the one unknown of a sum); the sum of a relation's withheld counts (its total less the
 //! released parts); and the difference of any two of these, across every table and between
-//! persons and entries. Sums of two need no check of their own: a sum of counts is small only
+//! persons and entries, except two that count sets sharing nobody, whose difference is the size
+//! of no group: two levels of one covariate in Table 1, and two exposure arms (their entries;
+//! their persons when each person has one entry). Sums of two need no check of their own: a sum of counts is small only
 //! where one of them is. Under a rounding policy released counts are not exact, so no
 //! difference or sum of them is exact either: there the check is that every count is rounded
 //! and none is below the smallest the policy releases.
@@ -253,6 +255,74 @@ struct Known {
     sources: BTreeSet<usize>,
     /// The cell it is (row, measure), when it is one.
     cell: Option<(usize, usize)>,
+    scope: Scope,
+}
+
+/// What the release says about whom a number counts: enough to know when two numbers count
+/// sets that share nobody, whose difference is then the size of no group.
+#[derive(Clone, Debug, Default)]
+struct Scope {
+    /// The one arm its persons are in (`None` when they may be in any).
+    arm: Option<Arm>,
+    /// Table 1: the covariate and level; the levels of a covariate and its missing values
+    /// share nobody.
+    level: Option<(String, String)>,
+    /// Whether it counts entries (or events, one per entry), not persons: two arms' entries
+    /// are always different entries.
+    entries: bool,
+}
+
+/// An arm, or the entries in no arm (the attrition by arm).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Arm {
+    Named(String),
+    None,
+}
+
+/// The scope of a row's count: by arm rows and the per-arm rows of the endpoint table and
+/// Table 1 count one arm; the attrition table, the inclusion rules and the `all` rows count
+/// every arm.
+fn scope_of(row: &CountRow, measure: usize) -> Scope {
+    let arm = match row.table {
+        Table::ByArm => Some(row.arm.clone().map_or(Arm::None, Arm::Named)),
+        Table::Endpoint | Table::Table1 => row
+            .arm
+            .clone()
+            .filter(|a| a != crate::results::ALL)
+            .map(Arm::Named),
+        _ => None,
+    };
+    let level = (row.table == Table::Table1).then(|| {
+        let covariate = crate::results::table1::covariate_of(&row.rule);
+        (
+            covariate.to_string(),
+            row.rule[covariate.len()..].to_string(),
+        )
+    });
+    Scope {
+        arm,
+        level,
+        entries: measure == 1 || row.table == Table::Table1,
+    }
+}
+
+/// Whether two numbers count sets that share nobody: two levels of one covariate, or two arms
+/// where both count entries or each person has one entry (`one_entry_each`; otherwise a
+/// person with two entries may be in both arms).
+fn disjoint(a: &Scope, b: &Scope, one_entry_each: bool) -> bool {
+    let levels = matches!((&a.level, &b.level), (Some((c, l)), Some((d, k))) if c == d && l != k);
+    let arms = matches!((&a.arm, &b.arm), (Some(x), Some(y)) if x != y)
+        && (one_entry_each || (a.entries && b.entries));
+    levels || arms
+}
+
+/// Whether the release shows that each person has one entry: the cohort (the attrition table's
+/// last step) released with as many persons as entries.
+fn one_entry_each(rows: &[CountRow]) -> bool {
+    rows.iter()
+        .filter(|r| r.table == Table::Attrition)
+        .max_by_key(|r| r.step)
+        .is_some_and(|r| r.counts[0].is_some() && r.counts[0] == r.counts[1])
 }
 
 /// Every count from 1 to `threshold - 1` that can be read or derived from released rows.
@@ -300,6 +370,7 @@ pub fn derivable(rows: &[CountRow], policy: &Policy) -> Vec<Finding> {
                     what: r.place(m),
                     sources: [i].into(),
                     cell: Some((i, m)),
+                    scope: scope_of(r, m),
                 })
             })
         })
@@ -341,6 +412,7 @@ pub fn derivable(rows: &[CountRow], policy: &Policy) -> Vec<Finding> {
                         what: format!("{} (withheld, but derivable)", rows[missing].place(m)),
                         sources,
                         cell: Some((missing, m)),
+                        scope: scope_of(&rows[missing], m),
                     });
                     changed = true;
                 }
@@ -397,6 +469,18 @@ pub fn derivable(rows: &[CountRow], policy: &Policy) -> Vec<Finding> {
                 ),
                 sources,
                 cell: None,
+                scope: {
+                    let first = scope_of(&rows[unknown[0]], m);
+                    Scope {
+                        arm: first.arm.filter(|a| {
+                            unknown
+                                .iter()
+                                .all(|&p| scope_of(&rows[p], m).arm.as_ref() == Some(a))
+                        }),
+                        level: None,
+                        entries: first.entries,
+                    }
+                },
             };
             if small(value) {
                 findings.push(Finding {
@@ -408,6 +492,7 @@ pub fn derivable(rows: &[CountRow], policy: &Policy) -> Vec<Finding> {
         }
     }
     // Differences: sorted, each number against the following ones less than `t` above it.
+    let one_entry = one_entry_each(rows);
     pool.sort_by_key(|k| k.value);
     for i in 0..pool.len() {
         for j in i + 1..pool.len() {
@@ -415,7 +500,10 @@ pub fn derivable(rows: &[CountRow], policy: &Policy) -> Vec<Finding> {
             if d >= t {
                 break;
             }
-            if d == 0 || (pool[i].cell.is_some() && pool[i].cell == pool[j].cell) {
+            if d == 0
+                || (pool[i].cell.is_some() && pool[i].cell == pool[j].cell)
+                || disjoint(&pool[i].scope, &pool[j].scope, one_entry)
+            {
                 continue;
             }
             findings.push(Finding {
@@ -567,5 +655,56 @@ mod tests {
         // The 3 in no arm is withheld, and so is one more cell of its step.
         let withheld = released.iter().filter(|r| r.counts[0].is_none()).count();
         assert!(withheld >= 2, "{released:?}");
+    }
+
+    /// Two arms of 40 and 37 persons: different persons, so the 3 between them is the size of
+    /// no group, and both are released; but where a person may have two entries (persons
+    /// fewer than entries), the same persons may be in both and one of them goes.
+    #[test]
+    fn two_arms_are_differenced_only_when_they_may_share_persons() {
+        let ohdsi = Policy::preset("ohdsi").unwrap();
+        let arms = |persons: [u64; 2], entries: [u64; 2]| {
+            let mut rows = attrition(&[(100, 100), (77, 77)]);
+            rows[1].counts = [Some(persons[0] + persons[1]), Some(entries[0] + entries[1])];
+            for (k, arm) in ["a", "b"].into_iter().enumerate() {
+                rows.push(CountRow {
+                    table: Table::ByArm,
+                    step: Some(1),
+                    rule: "rule 1".into(),
+                    arm: Some(arm.into()),
+                    counts: [Some(persons[k]), Some(entries[k])],
+                    line: rows.len(),
+                });
+            }
+            rows
+        };
+        let one_entry_each = arms([40, 37], [40, 37]);
+        assert!(derivable(&one_entry_each, &ohdsi).is_empty());
+        assert_eq!(control(&one_entry_each, &ohdsi), one_entry_each);
+        let repeated = arms([40, 37], [50, 45]);
+        let found = derivable(&repeated, &ohdsi);
+        assert!(found.iter().any(|f| f.what.ends_with("is 3")), "{found:?}");
+        assert!(derivable(&control(&repeated, &ohdsi), &ohdsi).is_empty());
+    }
+
+    /// Two levels of one covariate share nobody; two covariates may, and an arm's count is part
+    /// of all entries'.
+    #[test]
+    fn table1_levels_are_not_differenced_but_covariates_are() {
+        let ohdsi = Policy::preset("ohdsi").unwrap();
+        let row = |rule: &str, arm: &str, n: u64| CountRow {
+            table: Table::Table1,
+            step: None,
+            rule: rule.into(),
+            arm: Some(arm.into()),
+            counts: [Some(n), Some(n)],
+            line: 2,
+        };
+        let levels = vec![row("smoker = yes", "a", 40), row("smoker = no", "a", 37)];
+        assert!(derivable(&levels, &ohdsi).is_empty());
+        let covariates = vec![row("smoker = yes", "a", 40), row("diabetic = 1", "a", 37)];
+        assert!(!derivable(&covariates, &ohdsi).is_empty());
+        let nested = vec![row("smoker = yes", "a", 40), row("smoker = yes", "all", 42)];
+        assert!(!derivable(&nested, &ohdsi).is_empty());
     }
 }
