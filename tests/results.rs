@@ -1,11 +1,24 @@
 //! Results at the site: the intervals agree with an independent implementation (SciPy, values in
-//! tests/data/intervals.json), and the endpoint table of a run agrees with the dataset it comes
-//! from, at the site and as released.
+//! tests/data/intervals.json), survival and Cox models with lifelines, the endpoint table of a
+//! run agrees with the dataset it comes from, at the site and as released, and the per-arm
+//! counts with the reference evaluator on the spec repositories and random studies.
 
 mod common;
 
+use cohortql::disclosure::Export;
+use cohortql::reference::data::Data;
+use cohortql::reference::{evaluate_study, Outcome};
+use cohortql::repo::rows::{load_rows, write_rows};
+use cohortql::repo::write::OutputFormat;
+use cohortql::repo::Repository;
 use cohortql::results::stats::{poisson_exact, wilson};
+use cohortql::site::Site;
+use cohortql::study::{EndpointKind, Study};
+use cohortql::synth::{generate, SynthOptions};
 use common::all_text;
+use common::random::{random_data, random_study};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -546,4 +559,248 @@ fn the_adjusted_model_adjusts_for_the_confounders() {
             (dataset.len() - 3 + 2) / 5 * 5
         );
     }
+}
+
+/// Runs a study as `run --out` does, on `data` written as a repository, and gives the output
+/// directory (`site/` holds the exact results).
+fn run_at_site(study: &Study, text: &str, data: &Data) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    write_rows(data, &repo, OutputFormat::Parquet).unwrap();
+    run_on(study, text, &repo, dir)
+}
+
+/// Runs a study as `run --out` does on the repository `repo`, into `dir/out`.
+fn run_on(study: &Study, text: &str, repo: &Path, dir: tempfile::TempDir) -> tempfile::TempDir {
+    use cohortql::run::workspace::{Disclosure, Workspace};
+    let site = Site::create(&dir.path().join("cohortql.toml"), "ohdsi", Export::Never).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime
+        .block_on(async {
+            let workspace = Workspace::open(Repository::open(repo).unwrap()).await?;
+            let disclosure = Disclosure {
+                policy: &site.policy,
+                source: "the test's site",
+                site: &site,
+                export: None,
+            };
+            workspace
+                .run_to(
+                    study,
+                    Path::new("study.study"),
+                    text,
+                    std::time::Duration::ZERO,
+                    None,
+                    &disclosure,
+                    &dir.path().join("out"),
+                    &|_| {},
+                    &|_| {},
+                )
+                .await
+        })
+        .unwrap_or_else(|e| panic!("the study does not run: {e}"));
+    dir
+}
+
+/// Checks a run's exact per-arm results against a tally of the reference evaluator's rows:
+/// entries per group in Table 1, persons per arm after follow-up, and per endpoint and group
+/// the persons with an event, the events and the days at risk (`days + 1` per entry), the
+/// Kaplan–Meier curve's events and censorings, and the numbers at risk. Gives how many
+/// (endpoint, group) results held any entry.
+fn check_site_results(what: &str, study: &Study, data: &Data, out: &Path) -> usize {
+    let evaluation = evaluate_study(study, data);
+    let site = out.join("out/site");
+    let groups: Vec<String> = cohortql::results::groups(study);
+    let rows_of = |group: &str| -> Vec<&cohortql::reference::DatasetRow> {
+        evaluation
+            .rows
+            .iter()
+            .filter(|r| group == "all" || r.entry.arm.as_deref() == Some(group))
+            .collect()
+    };
+    let table1 = csv_rows(&site.join("table1.csv"));
+    for group in &groups {
+        let n: usize = table1
+            .iter()
+            .filter(|r| r["covariate"] == "[sex]" && &r["group"] == group)
+            .map(|r| r["n"].parse::<usize>().unwrap())
+            .sum();
+        assert_eq!(
+            n,
+            rows_of(group).len(),
+            "{what}: Table 1's entries in {group}"
+        );
+    }
+    for arm in &study.arms {
+        let persons: std::collections::BTreeSet<i64> =
+            rows_of(&arm.name).iter().map(|r| r.entry.person).collect();
+        let last = csv_rows(&site.join("attrition_by_arm.csv"))
+            .into_iter()
+            .rfind(|r| r["arm"] == arm.name)
+            .unwrap();
+        assert_eq!(last["rule"], "follow-up of at least one day");
+        assert_eq!(
+            last["persons"].parse::<usize>().unwrap(),
+            persons.len(),
+            "{what}: persons followed up in {}",
+            arm.name
+        );
+    }
+    let endpoints = csv_rows(&site.join("endpoints.csv"));
+    let km = csv_rows(&site.join("km.csv"));
+    let at_risk = csv_rows(&site.join("at_risk.csv"));
+    let mut nonempty = 0;
+    for (e, endpoint) in study.endpoints.iter().enumerate() {
+        for group in &groups {
+            let rows = rows_of(group);
+            nonempty += usize::from(!rows.is_empty());
+            let outcomes: Vec<&Outcome> = rows.iter().map(|r| &r.endpoints[e]).collect();
+            let events = outcomes.iter().filter(|o| o.event == 1).count();
+            let persons: std::collections::BTreeSet<i64> = rows
+                .iter()
+                .filter(|r| r.endpoints[e].event == 1)
+                .map(|r| r.entry.person)
+                .collect();
+            let got = endpoints
+                .iter()
+                .find(|r| r["endpoint"] == endpoint.name && &r["group"] == group)
+                .unwrap_or_else(|| panic!("{what}: no row for {} in {group}", endpoint.name));
+            let place = format!("{what}: {} in {group}", endpoint.name);
+            assert_eq!(
+                got["persons"].parse::<usize>().unwrap(),
+                persons.len(),
+                "{place}"
+            );
+            assert_eq!(got["events"].parse::<usize>().unwrap(), events, "{place}");
+            if endpoint.kind != EndpointKind::TimeToEvent {
+                assert_eq!(got["person_years"], "", "{place}");
+                continue;
+            }
+            let days: i64 = outcomes.iter().map(|o| o.days.unwrap() + 1).sum();
+            let person_years: f64 = got["person_years"].parse().unwrap();
+            assert!(
+                close(person_years * 365.25, days as f64),
+                "{place}: {person_years} person-years for {days} days"
+            );
+            // The curve: every entry is an event or censored, at its time; on day `d` of the
+            // numbers at risk, those with `days >= d` are.
+            let curve: Vec<&HashMap<String, String>> = km
+                .iter()
+                .filter(|r| r["endpoint"] == endpoint.name && &r["group"] == group)
+                .collect();
+            for step in &curve {
+                // Time is days at risk, the day of leaving included: `days + 1`.
+                let t: i64 = step["time"].parse().unwrap();
+                let at = |o: &&&Outcome| o.days == Some(t - 1);
+                let count = |column: &str| step[column].parse::<usize>().unwrap();
+                assert_eq!(
+                    count("events"),
+                    outcomes.iter().filter(at).filter(|o| o.event == 1).count(),
+                    "{place}: events at time {t}"
+                );
+                assert_eq!(
+                    count("censored"),
+                    outcomes.iter().filter(at).filter(|o| o.event == 0).count(),
+                    "{place}: censored at time {t}"
+                );
+                assert_eq!(
+                    count("at_risk"),
+                    outcomes.iter().filter(|o| o.days >= Some(t - 1)).count(),
+                    "{place}: at risk at time {t}"
+                );
+            }
+            let stepped: usize = curve
+                .iter()
+                .map(|s| {
+                    s["events"].parse::<usize>().unwrap() + s["censored"].parse::<usize>().unwrap()
+                })
+                .sum();
+            assert_eq!(stepped, rows.len(), "{place}: entries on the curve");
+            for row in at_risk
+                .iter()
+                .filter(|r| r["endpoint"] == endpoint.name && &r["group"] == group)
+            {
+                let day: i64 = row["day"].parse().unwrap();
+                assert_eq!(
+                    row["at_risk"].parse::<usize>().unwrap(),
+                    outcomes.iter().filter(|o| o.days >= Some(day)).count(),
+                    "{place}: at risk at day {day}"
+                );
+            }
+        }
+    }
+    nonempty
+}
+
+/// The per-arm counts of the results (Table 1's entries, persons followed up, events, persons
+/// with an event, person-time, the Kaplan–Meier steps and the numbers at risk), as a run writes
+/// them at the site, equal a tally of the reference evaluator's rows on every spec repository,
+/// for every study in studies/ over a synthetic repository, and on random studies over random
+/// repositories.
+#[test]
+fn site_results_agree_with_the_reference_evaluator() {
+    common::with_big_stack(|| {
+        let mut nonempty = 0;
+        for (name, spec) in common::spec::specs() {
+            let study = common::checked(&name, &spec.study);
+            let data = common::spec::data(&spec);
+            let out = run_at_site(&study, &spec.study, &data);
+            nonempty += check_site_results(&name, &study, &data, out.path());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        let options = SynthOptions {
+            persons: 1_500,
+            seed: 11,
+            format: OutputFormat::Parquet,
+        };
+        generate(&options, &repo, &|_| {}).unwrap();
+        let data = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let ctx = Repository::open(&repo).unwrap().session().await.unwrap();
+                load_rows(&ctx).await.unwrap()
+            });
+        for path in study_files() {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let study = common::checked(&name, &text);
+            let out = run_on(&study, &text, &repo, tempfile::tempdir().unwrap());
+            nonempty += check_site_results(&name, &study, &data, out.path());
+        }
+        let base = common::checked(
+            "base",
+            "study \"random\"\npopulation\n  index = first condition\n",
+        );
+        for seed in 0..20 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let data = random_data(&mut rng);
+            let study = random_study(&mut rng, &base);
+            let out = run_at_site(&study, "-- a random study\n", &data);
+            nonempty += check_site_results(&format!("seed {seed}"), &study, &data, out.path());
+        }
+        assert!(nonempty >= 20, "too few results held anyone: {nonempty}");
+    });
+}
+
+/// The study files of studies/ and studies/eunomia/.
+fn study_files() -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for dir in [root().join("studies"), root().join("studies/eunomia")] {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "study") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    assert!(files.len() >= 9, "study files are missing");
+    files
 }

@@ -4,6 +4,7 @@
 
 pub mod postgres;
 pub mod random;
+pub mod spec;
 
 use cohortql::compile::compile_text;
 use cohortql::reference::data::Data;
