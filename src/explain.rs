@@ -167,7 +167,9 @@ fn indent(text: &str) -> String {
     text.lines().map(|l| format!("  {l}\n")).collect()
 }
 
-struct Explainer<'a> {
+/// The plain-English phrases of one study, for `explain` and for the review report's tables.
+/// Study text inside them is not yet escaped: callers escape what they show.
+pub struct Explainer<'a> {
     study: &'a Study,
 }
 
@@ -246,8 +248,13 @@ fn number_test_words(t: &NumberTest) -> String {
     }
 }
 
-impl Explainer<'_> {
-    fn concepts(&self, e: &ConceptExpr) -> String {
+impl<'a> Explainer<'a> {
+    pub fn new(study: &'a Study) -> Explainer<'a> {
+        Explainer { study }
+    }
+
+    /// A concept set's expression in words.
+    pub fn concepts(&self, e: &ConceptExpr) -> String {
         match e {
             ConceptExpr::Concept { id, label: Some(l) } => {
                 format!("concept {id} \"{}\"", escaped(l))
@@ -299,7 +306,7 @@ impl Explainer<'_> {
         }
     }
 
-    fn query(&self, q: &EventQuery, many: bool) -> String {
+    pub fn query(&self, q: &EventQuery, many: bool) -> String {
         let alternatives: Vec<String> = q.alternatives().map(|a| self.alt(a, many)).collect();
         alternatives.join(", or ")
     }
@@ -366,7 +373,7 @@ impl Explainer<'_> {
     }
 
     /// An exact inclusive range of days, in words, with its anchor.
-    fn window(&self, w: &Window) -> String {
+    pub fn window(&self, w: &Window) -> String {
         match *w {
             Window::FollowUp => {
                 "during follow-up (from follow-up start to follow-up end, both days included)"
@@ -397,7 +404,7 @@ impl Explainer<'_> {
         }
     }
 
-    fn criterion(&self, c: &Criterion) -> String {
+    pub fn criterion(&self, c: &Criterion) -> String {
         match c {
             Criterion::All(parts) => parts.iter().map(|p| self.part(p)).collect::<Vec<_>>().join(" and "),
             Criterion::Any(parts) => parts.iter().map(|p| self.part(p)).collect::<Vec<_>>().join(" or "),
@@ -460,7 +467,7 @@ impl Explainer<'_> {
         }
     }
 
-    fn index(&self, index: &IndexEvent) -> String {
+    pub fn index(&self, index: &IndexEvent) -> String {
         let mut out = String::new();
         let q = self.query(&index.query, false);
         if let Some(day) = index.at_date {
@@ -521,7 +528,7 @@ impl Explainer<'_> {
         out
     }
 
-    fn follow_up(&self, f: &FollowUp) -> String {
+    pub fn follow_up(&self, f: &FollowUp) -> String {
         let mut out = String::new();
         match f.start_offset {
             0 => out.push_str("Follow-up starts on the index date (day 0).\n"),
@@ -572,7 +579,7 @@ impl Explainer<'_> {
         out
     }
 
-    fn exit(&self, e: &Exit) -> String {
+    pub fn exit(&self, e: &Exit) -> String {
         match e {
             Exit::ObservationEnd => "the end of the observation period that contains the index date".to_string(),
             Exit::ExposureEnd { concepts, gap, extra } => format!(
@@ -591,7 +598,7 @@ impl Explainer<'_> {
         }
     }
 
-    fn covariate(&self, v: &CovariateValue) -> String {
+    pub fn covariate(&self, v: &CovariateValue) -> String {
         match v {
             CovariateValue::Sex => "sex (gender concept of the person)".to_string(),
             CovariateValue::Quantity(q) => quantity_description(*q),
@@ -680,7 +687,7 @@ fn output_and_privacy(out: &mut String, study: &Study, site: &SiteRules) {
             writeln!(out, "  Disclosure control: {} ({from}).", policy.describe()).unwrap();
             writeln!(
                 out,
-                "  It applies to every count that leaves the site: the released tables (attrition, attrition by arm, inclusion rules), run.json and the screen."
+                "  It applies to every count that leaves the site: the released tables (attrition, attrition by arm, inclusion rules, Table 1, endpoints, Kaplan–Meier curves, numbers at risk, Cox models), run.json, the screen and the review report."
             )
             .unwrap();
             if policy.rounding > 1 {

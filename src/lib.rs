@@ -28,6 +28,7 @@ pub mod printable;
 pub mod reference;
 pub mod repl;
 pub mod repo;
+pub mod report;
 pub mod results;
 pub mod run;
 pub mod site;

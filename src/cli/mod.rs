@@ -4,6 +4,7 @@
 mod data;
 mod render;
 mod repl;
+mod report;
 mod run;
 mod site;
 
@@ -146,6 +147,23 @@ enum Command {
     Results {
         /// A run's output directory, or its release/.
         dir: PathBuf,
+    },
+    /// Write the review report of a study: its protocol (from the study file alone) or, with
+    /// --run, the protocol and the run's released results; one self-contained HTML file, and
+    /// its content as JSON beside it.
+    Report {
+        /// The study file (with --run, the run's own study.study when left out).
+        study: Option<PathBuf>,
+        /// Look up concept names, codes and vocabularies, and the data source's description,
+        /// in this repository.
+        #[arg(long)]
+        repo: Option<PathBuf>,
+        /// A run's output directory (or its release/): add its released results.
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// The HTML file to write; the JSON goes beside it (report.html → report.json).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Check what a run would release.
     Release {
@@ -329,6 +347,18 @@ pub fn main() -> ExitCode {
             anstream::println!("{text}");
             Status::Ok
         }),
+        Command::Report {
+            study,
+            repo,
+            run,
+            out,
+        } => report::report(
+            study.as_deref(),
+            repo.as_deref(),
+            run.as_deref(),
+            &out,
+            cli.site.as_deref(),
+        ),
         Command::Release {
             command: ReleaseCommand::Check { dir },
         } => site::release_check(&dir, cli.site.as_deref()),

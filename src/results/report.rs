@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// The release directory of `dir`: `dir/release` for a run's output directory, else `dir`.
-fn release_of(dir: &Path) -> PathBuf {
+pub fn release_of(dir: &Path) -> PathBuf {
     if dir.join("release").is_dir() {
         dir.join("release")
     } else {
@@ -14,7 +14,8 @@ fn release_of(dir: &Path) -> PathBuf {
     }
 }
 
-fn rows_of(path: &Path) -> Result<Vec<HashMap<String, String>>, String> {
+/// The rows of a release's CSV file as maps from column to value.
+pub fn rows_of(path: &Path) -> Result<Vec<HashMap<String, String>>, String> {
     let mut reader =
         csv::Reader::from_path(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let header: Vec<String> = reader
@@ -38,7 +39,8 @@ fn rows_of(path: &Path) -> Result<Vec<HashMap<String, String>>, String> {
         .collect()
 }
 
-fn number(row: &HashMap<String, String>, column: &str) -> Option<f64> {
+/// A cell as a number; `None` when empty (withheld) or not a number.
+pub fn number(row: &HashMap<String, String>, column: &str) -> Option<f64> {
     row.get(column).and_then(|v| v.parse().ok())
 }
 
@@ -57,8 +59,45 @@ fn estimate(
     }
 }
 
-/// The endpoint table of a release as text; empty when the study has no endpoints.
-pub fn endpoint_text(dir: &Path) -> Result<String, String> {
+/// A table of results as it is shown, on a screen or in the review report: cells as text,
+/// `—` where a count is withheld.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Grid {
+    pub header: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+    /// Lines shown below the table: the tests and models.
+    pub notes: Vec<String>,
+}
+
+impl Grid {
+    /// The table as text, numbers aligned right (every column after the first `text_columns`).
+    pub fn text(&self, text_columns: usize) -> String {
+        use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
+        let mut t = Table::new();
+        t.load_preset(UTF8_FULL_CONDENSED)
+            .set_header(self.header.clone());
+        for row in &self.rows {
+            t.add_row(row.iter().enumerate().map(|(i, cell)| {
+                let c = Cell::new(cell);
+                if i >= text_columns {
+                    c.set_alignment(CellAlignment::Right)
+                } else {
+                    c
+                }
+            }));
+        }
+        let mut text = t.to_string();
+        for line in &self.notes {
+            text.push('\n');
+            text.push_str(line);
+        }
+        text
+    }
+}
+
+/// The endpoint table of a release, with the log-rank tests and hazard ratios as notes;
+/// `None` when the study has no endpoints.
+pub fn endpoint_grid(dir: &Path) -> Result<Option<Grid>, String> {
     let path = release_of(dir).join("endpoints.csv");
     if !path.exists() {
         return Err(format!(
@@ -68,11 +107,9 @@ pub fn endpoint_text(dir: &Path) -> Result<String, String> {
     }
     let rows = rows_of(&path)?;
     if rows.is_empty() {
-        return Ok(String::new());
+        return Ok(None);
     }
-    use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
-    let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED).set_header([
+    let header = [
         "endpoint",
         "group",
         "events",
@@ -80,35 +117,37 @@ pub fn endpoint_text(dir: &Path) -> Result<String, String> {
         "rate per 1,000 PY (95% CI)",
         "risk (95% CI)",
         "vs first arm: ratio (95% CI)",
-    ]);
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut cells = Vec::new();
     let mut tests = Vec::new();
     for r in &rows {
-        let right = |text: String| Cell::new(text).set_alignment(CellAlignment::Right);
         let events = r["events"].clone();
-        t.add_row(vec![
-            Cell::new(crate::printable::escaped(&r["endpoint"])),
-            Cell::new(crate::printable::escaped(&r["group"])),
-            right(if events.is_empty() {
+        cells.push(vec![
+            crate::printable::escaped(&r["endpoint"]).into_owned(),
+            crate::printable::escaped(&r["group"]).into_owned(),
+            if events.is_empty() {
                 crate::run::output::WITHHELD.to_string()
             } else {
                 events
-            }),
-            right(number(r, "person_years").map_or(String::new(), |v| format!("{v:.1}"))),
-            right(if r["kind"] == "time-to-event" {
+            },
+            number(r, "person_years").map_or(String::new(), |v| format!("{v:.1}")),
+            if r["kind"] == "time-to-event" {
                 estimate(r, "rate_per_1000_py", "rate_lower", "rate_upper", 1)
             } else {
                 String::new()
-            }),
-            right(if r["kind"] == "binary" {
+            },
+            if r["kind"] == "binary" {
                 estimate(r, "risk", "risk_lower", "risk_upper", 3)
             } else {
                 String::new()
-            }),
-            right(if number(r, "ratio").is_some() {
+            },
+            if number(r, "ratio").is_some() {
                 estimate(r, "ratio", "ratio_lower", "ratio_upper", 2)
             } else {
                 String::new()
-            }),
+            },
         ]);
         if let (Some(chisq), Some(df), Some(p)) = (
             number(r, "logrank_chisq"),
@@ -144,20 +183,25 @@ pub fn endpoint_text(dir: &Path) -> Result<String, String> {
             );
         }
     }
-    let mut text = t.to_string();
-    for line in tests {
-        text.push('\n');
-        text.push_str(&line);
-    }
-    Ok(text)
+    Ok(Some(Grid {
+        header,
+        rows: cells,
+        notes: tests,
+    }))
+}
+
+/// The endpoint table of a release as text; empty when the study has no endpoints.
+pub fn endpoint_text(dir: &Path) -> Result<String, String> {
+    Ok(endpoint_grid(dir)?.map_or(String::new(), |g| g.text(2)))
 }
 
 /// Table 1 of a release, compact: one line per number (mean (SD)) or level (n (%)), one
-/// column per group, and the standardised mean differences against the first arm.
-pub fn table1_text(dir: &Path) -> Result<String, String> {
+/// column per group, and the standardised mean differences against the first arm; `None`
+/// when there is nothing to show.
+pub fn table1_grid(dir: &Path) -> Result<Option<Grid>, String> {
     let path = release_of(dir).join("table1.csv");
     if !path.exists() {
-        return Ok(String::new());
+        return Ok(None);
     }
     let rows = rows_of(&path)?;
     let mut groups: Vec<String> = Vec::new();
@@ -172,20 +216,23 @@ pub fn table1_text(dir: &Path) -> Result<String, String> {
         }
     }
     if lines.is_empty() {
-        return Ok(String::new());
+        return Ok(None);
     }
-    use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};
-    let mut t = Table::new();
     let mut header = vec!["Table 1".to_string()];
-    header.extend(groups.iter().cloned());
+    header.extend(
+        groups
+            .iter()
+            .map(|g| crate::printable::escaped(g).into_owned()),
+    );
     header.push("SMD".to_string());
-    t.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+    let mut cells = Vec::new();
     for (covariate, level) in &lines {
-        let mut cells = vec![Cell::new(crate::printable::escaped(&if level.is_empty() {
+        let mut line = vec![crate::printable::escaped(&if level.is_empty() {
             format!("{covariate}, mean (SD)")
         } else {
             format!("{covariate} = {level}, n (%)")
-        }))];
+        })
+        .into_owned()];
         let mut smd = String::new();
         for g in &groups {
             let r = rows
@@ -207,12 +254,21 @@ pub fn table1_text(dir: &Path) -> Result<String, String> {
             if let Some(s) = r.and_then(|r| number(r, "smd")) {
                 smd = format!("{s:.3}");
             }
-            cells.push(Cell::new(text).set_alignment(CellAlignment::Right));
+            line.push(text);
         }
-        cells.push(Cell::new(smd).set_alignment(CellAlignment::Right));
-        t.add_row(cells);
+        line.push(smd);
+        cells.push(line);
     }
-    Ok(t.to_string())
+    Ok(Some(Grid {
+        header,
+        rows: cells,
+        notes: Vec::new(),
+    }))
+}
+
+/// Table 1 of a release as text; empty when there is nothing to show.
+pub fn table1_text(dir: &Path) -> Result<String, String> {
+    Ok(table1_grid(dir)?.map_or(String::new(), |g| g.text(1)))
 }
 
 /// Table 1, then the endpoint table and the tests: everything `results` prints.
