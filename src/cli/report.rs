@@ -4,8 +4,8 @@
 use super::data::runtime;
 use super::{checked, site, Status};
 use crate::disclosure::release::check_release;
-use crate::report::{build, html, released, vocabulary, Source};
 use crate::repo::Repository;
+use crate::report::{build, html, released, vocabulary, Source};
 use anstream::{eprintln, println};
 use std::path::{Path, PathBuf};
 

@@ -32,7 +32,12 @@ pub(super) fn rules(
     let rules = match &site {
         Some(s) => SiteRules {
             policy: s.policy.clone(),
-            source: format!("the site configuration {}", path.display()),
+            // As released files and reports name it: a site's directory layout is not theirs
+            // to publish.
+            source: format!(
+                "the site configuration {}",
+                crate::run::output::shareable_path(&path)
+            ),
             dataset_export: s.dataset_export,
         },
         None => SiteRules::default(),

@@ -116,7 +116,11 @@ pub fn windows(study: &Study) -> Vec<DesignWindow> {
     for step in &study.steps {
         let mut ws = Vec::new();
         criterion_windows(&step.criterion, &mut ws);
-        let kind = if step.exclude { "exclusion" } else { "inclusion" };
+        let kind = if step.exclude {
+            "exclusion"
+        } else {
+            "inclusion"
+        };
         add(kind, &step.rule, ws);
     }
     for arm in &study.arms {
@@ -328,7 +332,9 @@ pub fn diagram(study: &Study, entry: &str) -> String {
     let mut axis = format!(
         r##"<g class="axis"><line x1="{x0:.1}" y1="{axis_y:.1}" x2="{x1:.1}" y2="{axis_y:.1}" stroke="#222"/>"##
     );
-    for d in [-3650, -1825, -365, -180, -90, -30, -7, 0, 7, 30, 90, 180, 365, 1825, 3650] {
+    for d in [
+        -3650, -1825, -365, -180, -90, -30, -7, 0, 7, 30, 90, 180, 365, 1825, 3650,
+    ] {
         if d < low || d > high {
             continue;
         }

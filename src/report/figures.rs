@@ -231,7 +231,10 @@ pub fn km_figure(endpoint: &str, curves: &[&Curve]) -> String {
             sy(last) + 4.0 + k as f64 * 12.0,
             esc(&curve.group)
         ));
-        let (lx, ly) = (x0 + (k % 4) as f64 * 190.0, height - 26.0 + (k / 4) as f64 * 16.0);
+        let (lx, ly) = (
+            x0 + (k % 4) as f64 * 190.0,
+            height - 26.0 + (k / 4) as f64 * 16.0,
+        );
         c.raw(&format!(
             r##"<g class="legend"><line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="#222" stroke-width="2" stroke-dasharray="{dash}"/><text x="{:.1}" y="{:.1}">{}</text></g>"##,
             lx + 40.0,

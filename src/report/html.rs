@@ -69,9 +69,7 @@ pub fn render(report: &Report, study: &crate::study::Study) -> Result<String, St
     let mut env = Environment::new();
     env.add_template("report.html", TEMPLATE)
         .map_err(|e| format!("the report template does not parse: {e}"))?;
-    let template = env
-        .get_template("report.html")
-        .map_err(|e| e.to_string())?;
+    let template = env.get_template("report.html").map_err(|e| e.to_string())?;
     template
         .render(context! {
             r => Serde(report),

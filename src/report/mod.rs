@@ -233,8 +233,12 @@ pub fn build(
         "A retrospective cohort study over data in the OMOP Common Data Model. {entry}"
     )];
     design_text.push(format!(
-        "{} attrition steps are applied in order; {}.",
-        study.steps.len(),
+        "{} applied in order; {}.",
+        match study.steps.len() {
+            0 => "No attrition steps are".to_string(),
+            1 => "1 attrition step is".to_string(),
+            n => format!("{n} attrition steps are"),
+        },
         match study.arms.len() {
             0 => "there are no exposure arms".to_string(),
             1 => "one exposure arm is defined".to_string(),
@@ -243,10 +247,12 @@ pub fn build(
             ),
         }
     ));
+    let count =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     design_text.push(format!(
-        "{} covariates and {} endpoints are measured; person-level data stay at the site, and only aggregates under disclosure control leave it.",
-        study.covariates.len(),
-        study.endpoints.len()
+        "{} and {} are measured; person-level data stay at the site, and only aggregates under disclosure control leave it.",
+        count(study.covariates.len(), "covariate", "covariates"),
+        count(study.endpoints.len(), "endpoint", "endpoints")
     ));
 
     let mut follow_up_note: Vec<String> = follow_up_words.lines().map(str::to_string).collect();

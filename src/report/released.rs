@@ -4,7 +4,7 @@
 
 use crate::results::report::{endpoint_grid, number, rows_of, table1_grid, Grid};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 /// One box of the attrition flow.
@@ -64,8 +64,6 @@ pub struct Provenance {
     /// The disclosure rule in force, in words.
     pub policy: String,
     pub policy_set_by: String,
-    /// Milliseconds per stage, where the run recorded them.
-    pub timings: BTreeMap<String, f64>,
 }
 
 /// Everything the results part shows.
@@ -96,14 +94,6 @@ pub fn read(release: &Path) -> Result<Released, String> {
             .map_err(|e| format!("cannot read {}: {e}", run_path.display()))?,
     )
     .map_err(|e| format!("{} is not JSON: {e}", run_path.display()))?;
-    let timings = run["timings"]
-        .as_object()
-        .map(|t| {
-            t.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
-                .collect()
-        })
-        .unwrap_or_default();
     let provenance = Provenance {
         study_hash: text(&run, "study_hash"),
         data_fingerprint: text(&run, "data_fingerprint"),
@@ -112,7 +102,6 @@ pub fn read(release: &Path) -> Result<Released, String> {
         cohort_definition_id: run["cohort_definition_id"].as_i64(),
         policy: text(&run["disclosure"], "rule"),
         policy_set_by: text(&run["disclosure"], "set_by"),
-        timings,
     };
     let mut attrition: Vec<FlowStep> = Vec::new();
     for r in rows_of(&release.join("attrition.csv"))? {

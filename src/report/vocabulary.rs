@@ -62,9 +62,7 @@ pub fn inline_expressions(study: &Study) -> Vec<(String, &ConceptExpr)> {
     for e in &study.follow_up.exits {
         match e {
             Exit::Event(q) => query_exprs("follow-up exit", q, &mut out),
-            Exit::ExposureEnd { concepts, .. } => {
-                push_inline("follow-up exit", concepts, &mut out)
-            }
+            Exit::ExposureEnd { concepts, .. } => push_inline("follow-up exit", concepts, &mut out),
             _ => {}
         }
     }

@@ -56,7 +56,7 @@ pub struct RunInfo<'a> {
 
 /// A path as `run.json` may publish it: as given when relative and inside the working
 /// directory, otherwise only its file name.
-fn shareable_path(path: &Path) -> String {
+pub fn shareable_path(path: &Path) -> String {
     let inside = path.is_relative()
         && path.components().all(|c| {
             matches!(
