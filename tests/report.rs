@@ -138,6 +138,8 @@ struct Loaded {
 }
 
 fn chromium(args: &[&str]) -> Output {
+    // A profile of its own for each browser, so that tests running at once do not share one.
+    let profile = tempfile::tempdir().unwrap();
     Command::new("chromium")
         .args([
             "--headless",
@@ -146,9 +148,10 @@ fn chromium(args: &[&str]) -> Output {
             "--hide-scrollbars",
             "--enable-logging=stderr",
             "--v=0",
+            &format!("--user-data-dir={}", profile.path().display()),
         ])
         .args(args)
-        .env("HOME", std::env::temp_dir())
+        .env("HOME", profile.path())
         .output()
         .unwrap_or_else(|e| {
             panic!("cannot run chromium ({e}): `bash .ci/run` installs Debian's chromium package")
