@@ -105,7 +105,7 @@ fn compare_on_big_stack(repo: &Repository, studies: &[(&str, &str)]) {
             let arms = !study.arms.is_empty();
             let mut want = vec!["attrition"];
             want.extend(arms.then_some("attrition_by_arm"));
-            want.extend(["inclusion_rules", "rule_combinations"]);
+            want.extend(["inclusion_rules", "rule_combinations", "followed"]);
             want.extend(arms.then_some("followed_by_arm"));
             want.extend(["cohort", "dataset"]);
             assert_eq!(names, want, "{path}");
@@ -143,6 +143,14 @@ fn compare_on_big_stack(repo: &Repository, studies: &[(&str, &str)]) {
                     );
                 }
             }
+            // The last attrition row, persons with a day of follow-up, is its own query.
+            let followed = text(result("followed"));
+            let last = run.attrition.last().unwrap();
+            assert!(
+                followed.contains(&format!(" {} ", last.persons)),
+                "{path}: followed {followed} lacks {}",
+                last.persons
+            );
             let attrition = text(result("attrition"));
             for a in &run.attrition[..run.attrition.len() - 1] {
                 assert!(
@@ -230,8 +238,8 @@ fn parse_every_dialect() {
             let statements = Parser::parse_sql(dialect, &script)
                 .unwrap_or_else(|e| panic!("{study} in {name}: {e}"));
             // Four stages, the attrition (with its split by arm and the inclusion-rule report),
-            // follow-up per arm, the cohort and the dataset.
-            assert_eq!(statements.len(), 11, "{study} in {name}");
+            // the persons followed up (in all and per arm), the cohort and the dataset.
+            assert_eq!(statements.len(), 12, "{study} in {name}");
         }
     }
 }

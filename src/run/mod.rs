@@ -111,6 +111,69 @@ fn register(
 /// Where `EXPLAIN ANALYZE` output of each executed plan goes, when asked for.
 type Analysis = std::sync::Mutex<Option<Vec<(String, String)>>>;
 
+/// The seam between the stage pipeline and an engine: how each stage's result is kept for the
+/// next stage, and how a result is read back. The pipeline (`run_stages`) is written once;
+/// an engine is one implementation: DataFusion in memory (`InMemory`), plans only for `plan`
+/// and `sql` (`PlansOnly`). A new source or engine implements these two operations.
+pub(crate) trait Materialiser {
+    /// Runs `plan` and keeps its result as the table `name`; gives the plan that reads it.
+    async fn keep(&self, name: &'static str, plan: LogicalPlan) -> Result<LogicalPlan, String>;
+    /// Runs `plan` and gives its rows.
+    async fn rows(
+        &self,
+        name: &'static str,
+        plan: LogicalPlan,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), String>;
+}
+
+/// DataFusion: each stage collected into memory and registered as a table of the session.
+struct InMemory<'a> {
+    ctx: &'a SessionContext,
+    analysis: &'a Analysis,
+}
+
+impl Materialiser for InMemory<'_> {
+    async fn keep(&self, name: &'static str, plan: LogicalPlan) -> Result<LogicalPlan, String> {
+        let (schema, batches) = self.rows(name, plan).await?;
+        register(self.ctx, name, schema, batches).map_err(engine)
+    }
+
+    async fn rows(
+        &self,
+        name: &'static str,
+        plan: LogicalPlan,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), String> {
+        collect(self.ctx, self.analysis, name, plan)
+            .await
+            .map_err(engine)
+    }
+}
+
+/// No engine: each stage's plan is recorded, and the next stage reads an empty table with its
+/// columns. Gives `stage_plans`, and so `plan` and `sql`, the pipeline `run` executes.
+struct PlansOnly<'a> {
+    ctx: &'a SessionContext,
+    plans: std::sync::Mutex<Vec<(&'static str, LogicalPlan)>>,
+}
+
+impl Materialiser for PlansOnly<'_> {
+    async fn keep(&self, name: &'static str, plan: LogicalPlan) -> Result<LogicalPlan, String> {
+        let schema = Arc::new(plan.schema().as_arrow().clone());
+        self.plans.lock().expect("not poisoned").push((name, plan));
+        register(self.ctx, name, schema, vec![]).map_err(engine)
+    }
+
+    async fn rows(
+        &self,
+        name: &'static str,
+        plan: LogicalPlan,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), String> {
+        let schema = Arc::new(plan.schema().as_arrow().clone());
+        self.plans.lock().expect("not poisoned").push((name, plan));
+        Ok((schema, Vec::new()))
+    }
+}
+
 async fn collect(
     ctx: &SessionContext,
     analysis: &Analysis,
@@ -135,17 +198,6 @@ async fn collect(
     let batches = frame.collect().await?;
     let schema = batches.first().map_or(schema, |b| b.schema());
     Ok((schema, batches))
-}
-
-/// Executes a stage and keeps its result as the named table; returns a scan of it.
-async fn materialise(
-    ctx: &SessionContext,
-    analysis: &Analysis,
-    name: &str,
-    plan: LogicalPlan,
-) -> DfResult<LogicalPlan> {
-    let (schema, batches) = collect(ctx, analysis, name, plan).await?;
-    register(ctx, name, schema, batches)
 }
 
 /// Every row of a result, each column's value as text (`None` for NULL), by column name.
@@ -209,7 +261,17 @@ pub async fn execute(
     ctx: &SessionContext,
     progress: &dyn Fn(&str),
 ) -> Result<Execution, String> {
-    run_stages(study, ctx, progress, &Analysis::new(None)).await
+    let analysis = Analysis::new(None);
+    run_stages(
+        study,
+        ctx,
+        &InMemory {
+            ctx,
+            analysis: &analysis,
+        },
+        progress,
+    )
+    .await
 }
 
 /// Runs a study as `execute` does, and gives each stage's plan as `EXPLAIN ANALYZE` shows it:
@@ -220,7 +282,16 @@ pub async fn execute_analysed(
     progress: &dyn Fn(&str),
 ) -> Result<(Execution, Vec<(String, String)>), String> {
     let analysis = Analysis::new(Some(Vec::new()));
-    let run = run_stages(study, ctx, progress, &analysis).await?;
+    let run = run_stages(
+        study,
+        ctx,
+        &InMemory {
+            ctx,
+            analysis: &analysis,
+        },
+        progress,
+    )
+    .await?;
     let stages = analysis
         .into_inner()
         .expect("not poisoned")
@@ -228,11 +299,13 @@ pub async fn execute_analysed(
     Ok((run, stages))
 }
 
+/// The stage pipeline, written once: index entries, the population with its attrition,
+/// follow-up, the cohort and the dataset, each stage kept by `m` for the next.
 async fn run_stages(
     study: &Study,
     ctx: &SessionContext,
+    m: &impl Materialiser,
     progress: &dyn Fn(&str),
-    analysis: &Analysis,
 ) -> Result<Execution, String> {
     let mut timings = Vec::new();
     let mut clock = Instant::now();
@@ -255,19 +328,13 @@ async fn run_stages(
     let setup = started.elapsed();
     progress("index events");
     let entries = planned!(planner.entries());
-    let entries = materialise(ctx, analysis, plan::ENTRIES, entries)
-        .await
-        .map_err(engine)?;
+    let entries = m.keep(plan::ENTRIES, entries).await?;
     lap("entries", &mut timings);
     progress("attrition steps");
     let population = planned!(planner.population(entries));
-    let population = materialise(ctx, analysis, plan::POPULATION, population)
-        .await
-        .map_err(engine)?;
+    let population = m.keep(plan::POPULATION, population).await?;
     let counts = planned!(planner.attrition(population.clone()));
-    let (_, counts) = collect(ctx, analysis, "attrition", counts)
-        .await
-        .map_err(engine)?;
+    let (_, counts) = m.rows("attrition", counts).await?;
     let mut attrition: Vec<Attrition> = planner
         .attrition_rules()
         .into_iter()
@@ -285,27 +352,18 @@ async fn run_stages(
         Vec::new()
     } else {
         let plan = planned!(planner.arm_attrition(population.clone()));
-        collect(ctx, analysis, "attrition by arm", plan)
-            .await
-            .map_err(engine)?
-            .1
+        m.rows("attrition_by_arm", plan).await?.1
     };
     let plan = planned!(planner.inclusion_rules(population.clone()));
-    let (_, rules) = collect(ctx, analysis, "inclusion rules", plan)
-        .await
-        .map_err(engine)?;
+    let (_, rules) = m.rows("inclusion_rules", plan).await?;
     let plan = planned!(planner.rule_combinations(population.clone()));
-    let (_, combinations) = collect(ctx, analysis, "rule combinations", plan)
-        .await
-        .map_err(engine)?;
+    let (_, combinations) = m.rows("rule_combinations", plan).await?;
     lap("population", &mut timings);
     progress("follow-up");
     let survivors = planned!(planner.survivors(population));
     let follow_up = planned!(planner.follow_up(survivors));
-    let follow_up = materialise(ctx, analysis, plan::FOLLOW_UP, follow_up)
-        .await
-        .map_err(engine)?;
-    let followed = LogicalPlanBuilder::from(follow_up.clone())
+    let follow_up = m.keep(plan::FOLLOW_UP, follow_up).await?;
+    let followed = planned!(LogicalPlanBuilder::from(follow_up.clone())
         .aggregate(
             Vec::<datafusion::logical_expr::Expr>::new(),
             vec![
@@ -313,11 +371,8 @@ async fn run_stages(
                 count(lit(1i64)).alias("entries"),
             ],
         )
-        .and_then(|b| b.build())
-        .map_err(engine)?;
-    let (_, followed) = collect(ctx, analysis, "followed", followed)
-        .await
-        .map_err(engine)?;
+        .and_then(|b| b.build()));
+    let (_, followed) = m.rows("followed", followed).await?;
     attrition.push(Attrition {
         rule: "follow-up of at least one day".to_string(),
         persons: int_at(&followed, "persons"),
@@ -327,27 +382,18 @@ async fn run_stages(
         Vec::new()
     } else {
         let plan = planned!(planner.arm_followed(follow_up.clone()));
-        collect(ctx, analysis, "followed by arm", plan)
-            .await
-            .map_err(engine)?
-            .1
+        m.rows("followed_by_arm", plan).await?.1
     };
     let attrition_by_arm = arm_rows(study, &attrition, &by_arm, &followed_by_arm);
     let (inclusion_rules, rule_combinations) = rule_counts(study, &rules, &combinations);
     let cohort = planned!(planner.cohort(follow_up));
-    let cohort = materialise(ctx, analysis, plan::COHORT, cohort)
-        .await
-        .map_err(engine)?;
+    let cohort = m.keep(plan::COHORT, cohort).await?;
     lap("follow_up", &mut timings);
     progress("covariates and endpoints");
     let table = planned!(planner.cohort_table(cohort.clone()));
-    let (cohort_schema, cohort_rows) = collect(ctx, analysis, "cohort", table)
-        .await
-        .map_err(engine)?;
+    let (cohort_schema, cohort_rows) = m.rows("cohort", table).await?;
     let dataset = planned!(planner.dataset(cohort));
-    let (dataset_schema, dataset_rows) = collect(ctx, analysis, "dataset", dataset)
-        .await
-        .map_err(engine)?;
+    let (dataset_schema, dataset_rows) = m.rows("dataset", dataset).await?;
     lap("dataset", &mut timings);
     timings.insert(0, ("plan", setup + planning));
     let tables_read = planner.tables_read();
@@ -455,62 +501,18 @@ fn rule_counts(
     (each, combined)
 }
 
-/// The plans of every stage, without running them: each stage reads an empty table with the
-/// previous stage's columns. For `plan` and `sql`.
+/// The plans of every stage, without running them: the pipeline `run` executes, each stage
+/// reading an empty table with the previous stage's columns. For `plan` and `sql`.
 pub async fn stage_plans(
     study: &Study,
     ctx: &SessionContext,
 ) -> Result<Vec<(&'static str, LogicalPlan)>, String> {
-    let mut planner = Planner::new(study, ctx).await.map_err(engine)?;
-    let empty = |name: &str, plan: &LogicalPlan| -> DfResult<LogicalPlan> {
-        register(
-            ctx,
-            name,
-            Arc::new(plan.schema().as_arrow().clone()),
-            vec![],
-        )
+    let only = PlansOnly {
+        ctx,
+        plans: std::sync::Mutex::new(Vec::new()),
     };
-    let mut build = || -> DfResult<Vec<(&'static str, LogicalPlan)>> {
-        let mut out = Vec::new();
-        let entries = planner.entries()?;
-        let entries_scan = empty(plan::ENTRIES, &entries)?;
-        out.push((plan::ENTRIES, entries));
-        let population = planner.population(entries_scan)?;
-        let population_scan = empty(plan::POPULATION, &population)?;
-        out.push((plan::POPULATION, population));
-        out.push(("attrition", planner.attrition(population_scan.clone())?));
-        if !study.arms.is_empty() {
-            out.push((
-                "attrition_by_arm",
-                planner.arm_attrition(population_scan.clone())?,
-            ));
-        }
-        out.push((
-            "inclusion_rules",
-            planner.inclusion_rules(population_scan.clone())?,
-        ));
-        out.push((
-            "rule_combinations",
-            planner.rule_combinations(population_scan.clone())?,
-        ));
-        let survivors = planner.survivors(population_scan)?;
-        let follow_up = planner.follow_up(survivors)?;
-        let follow_up_scan = empty(plan::FOLLOW_UP, &follow_up)?;
-        out.push((plan::FOLLOW_UP, follow_up));
-        if !study.arms.is_empty() {
-            out.push((
-                "followed_by_arm",
-                planner.arm_followed(follow_up_scan.clone())?,
-            ));
-        }
-        let cohort = planner.cohort(follow_up_scan)?;
-        let cohort_scan = empty(plan::COHORT, &cohort)?;
-        out.push((plan::COHORT, cohort));
-        out.push(("cohort", planner.cohort_table(cohort_scan.clone())?));
-        out.push(("dataset", planner.dataset(cohort_scan)?));
-        Ok(out)
-    };
-    build().map_err(engine)
+    run_stages(study, ctx, &only, &|_| {}).await?;
+    Ok(only.plans.into_inner().expect("not poisoned"))
 }
 
 /// The logical, optimised and physical plans of a stage, as text.

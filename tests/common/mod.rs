@@ -254,7 +254,7 @@ pub fn on_postgres(server: &postgres::Postgres, schema: &str, study: &Study) -> 
     if !study.arms.is_empty() {
         want.push("attrition_by_arm");
     }
-    want.extend(["inclusion_rules", "rule_combinations"]);
+    want.extend(["inclusion_rules", "rule_combinations", "followed"]);
     if !study.arms.is_empty() {
         want.push("followed_by_arm");
     }
