@@ -1,7 +1,8 @@
 //! Spec tests: the semantics of the language, one construct per file in tests/spec/, as tiny
 //! input tables, a study, and what it must give: entries, attrition, follow-up, covariates and
 //! endpoints. Every engine runs them: the reference evaluator, the DataFusion plans, and the
-//! SQL written for PostgreSQL on a real PostgreSQL server.
+//! SQL written for PostgreSQL on a real PostgreSQL server, run as a script and through a
+//! database repository.
 
 mod common;
 
@@ -95,6 +96,20 @@ fn the_postgres_sql_meets_every_spec() {
         for (name, spec) in specs() {
             check_spec(&name, &spec, &data(&spec), &|study, data| {
                 by_postgres(&server, study, data)
+            });
+        }
+    });
+}
+
+/// A PostgreSQL repository (`--repo postgresql://…`): the stages run inside the database, the
+/// results come back through the same `Execution`, and every spec holds.
+#[test]
+fn a_database_repository_meets_every_spec() {
+    common::with_big_stack(|| {
+        let server = common::postgres::Postgres::start();
+        for (name, spec) in specs() {
+            check_spec(&name, &spec, &data(&spec), &|study, data| {
+                common::by_database(&server, study, data)
             });
         }
     });

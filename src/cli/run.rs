@@ -5,7 +5,8 @@ use super::{checked, Status};
 use crate::disclosure::{Export, Policy};
 use crate::repo::{empty_session, Repository};
 use crate::run::output::{attrition_table, shown_released};
-use crate::run::workspace::{Disclosure, Workspace};
+use crate::run::database::{is_database, Database};
+use crate::run::workspace::{run_in_database, Disclosure, Workspace};
 use crate::run::{execute_analysed, explain_plan, sql_script, stage_plans, Dialect};
 use anstream::{eprintln, println};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -14,6 +15,12 @@ use std::time::Instant;
 
 /// The repository in `dir`, or the built-in demo repository.
 pub(super) fn open(dir: Option<&Path>) -> Result<Repository, String> {
+    if let Some(url) = dir.and_then(Path::to_str).filter(|d| is_database(d)) {
+        return Err(format!(
+            "{}: a PostgreSQL repository is read by `run`; this command reads repository directories",
+            url.split('?').next().unwrap_or(url).split('@').next_back().unwrap_or(url)
+        ));
+    }
     let dir = match dir {
         Some(d) => d.to_path_buf(),
         None => demo_repository()?,
@@ -59,6 +66,12 @@ pub(super) struct Options<'a> {
     /// `--policy`: a preset at least as strict as the site's.
     pub policy: Option<&'a str>,
     pub export_dataset: bool,
+}
+
+/// Where `run` reads the data: a repository directory, or a PostgreSQL database.
+enum Source {
+    Files(Repository),
+    Database(Database),
 }
 
 /// Runs several studies one after another, each into `<out>/<study name>`.
@@ -170,7 +183,10 @@ pub(super) fn run(
     } else {
         None
     };
-    let repo = open(repo)?;
+    let source = match repo.and_then(Path::to_str).filter(|r| is_database(r)) {
+        Some(url) => Source::Database(Database::parse(url)?),
+        None => Source::Files(open(repo)?),
+    };
     let out = out.map_or_else(|| default_out(study_path), Path::to_path_buf);
     let started = Instant::now();
     let spinner = ProgressBar::new_spinner();
@@ -179,29 +195,49 @@ pub(super) fn run(
     );
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
     let result = runtime()?.block_on(async {
-        let workspace = Workspace::open(repo).await?;
         let progress = |stage: &str| spinner.set_message(stage.to_string());
         let note = |text: &str| {
             spinner.suspend(|| eprintln!("{}", warning(&crate::printable::escaped(text))))
         };
-        workspace
-            .run_to(
-                &study,
-                study_path,
-                &compiled.text,
-                check_time,
-                cohort_id,
-                &Disclosure {
-                    policy: &policy,
-                    source: &rules.source,
-                    site: &site,
-                    export,
-                },
-                &out,
-                &progress,
-                &note,
-            )
-            .await
+        let disclosure = Disclosure {
+            policy: &policy,
+            source: &rules.source,
+            site: &site,
+            export,
+        };
+        match source {
+            Source::Database(db) => {
+                run_in_database(
+                    &db,
+                    &study,
+                    study_path,
+                    &compiled.text,
+                    check_time,
+                    cohort_id,
+                    &disclosure,
+                    &out,
+                    &progress,
+                    &note,
+                )
+                .await
+            }
+            Source::Files(repo) => {
+                Workspace::open(repo)
+                    .await?
+                    .run_to(
+                        &study,
+                        study_path,
+                        &compiled.text,
+                        check_time,
+                        cohort_id,
+                        &disclosure,
+                        &out,
+                        &progress,
+                        &note,
+                    )
+                    .await
+            }
+        }
     });
     spinner.finish_and_clear();
     let (_, written) = result?;

@@ -35,6 +35,77 @@ pub struct Disclosure<'a> {
     pub export: Option<bool>,
 }
 
+/// Claims `out` for a run, telling `note` of leftovers of interrupted runs it removed.
+fn claim(out: &Path, note: &dyn Fn(&str)) -> Result<OutputDir, String> {
+    let claimed = OutputDir::claim(out)?;
+    for leftover in &claimed.removed_leftovers {
+        note(&format!(
+            "removed {}, left by an interrupted run into {}",
+            leftover.display(),
+            out.display()
+        ));
+    }
+    Ok(claimed)
+}
+
+/// The study with the command line's `--cohort-id`, if any.
+fn with_cohort_id(study: &Study, cohort_id: Option<i64>) -> Study {
+    let mut effective = study.clone();
+    if let Some(id) = cohort_id {
+        effective.output.cohort_id = id;
+    }
+    effective
+}
+
+/// Runs a study in a PostgreSQL repository and writes its outputs to `out`, as
+/// `Workspace::run_to` does for a directory: the same files and `run.json`, the repository
+/// named by host, database and schema (never the password), the fingerprint the database's
+/// (`database::fingerprint`). The data checks of a file repository do not run here.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_in_database(
+    db: &super::database::Database,
+    study: &Study,
+    study_path: &Path,
+    text: &str,
+    check_time: std::time::Duration,
+    cohort_id: Option<i64>,
+    disclosure: &Disclosure<'_>,
+    out: &Path,
+    progress: &dyn Fn(&str),
+    note: &dyn Fn(&str),
+) -> Result<(Execution, Written), String> {
+    let claimed = claim(out, note)?;
+    let hash = study_hash(study);
+    let effective = with_cohort_id(study, cohort_id);
+    let study = &effective;
+    let run = super::database::execute_in(
+        db,
+        &crate::results::table1::with_demographics(study),
+        progress,
+    )
+    .await
+    .map_err(visible)?;
+    progress("fingerprinting the data");
+    let fingerprint = super::database::fingerprint(db).await.map_err(visible)?;
+    let info = RunInfo {
+        study,
+        study_path,
+        study_text: text,
+        study_hash: &hash,
+        cohort_id_from_command_line: cohort_id.is_some(),
+        repository: &db.describe(),
+        data_fingerprint: &fingerprint,
+        data_warnings: &[],
+        check_time,
+        policy: disclosure.policy,
+        site_source: disclosure.source,
+        site: disclosure.site,
+        export: disclosure.export,
+    };
+    let written = claimed.write(&info, &run)?;
+    Ok((run, written))
+}
+
 impl Workspace {
     pub async fn open(repo: Repository) -> Result<Workspace, String> {
         let ctx = repo.session().await.map_err(visible)?;
@@ -68,19 +139,9 @@ impl Workspace {
         progress: &dyn Fn(&str),
         note: &dyn Fn(&str),
     ) -> Result<(Execution, Written), String> {
-        let claimed = OutputDir::claim(out)?;
-        for leftover in &claimed.removed_leftovers {
-            note(&format!(
-                "removed {}, left by an interrupted run into {}",
-                leftover.display(),
-                out.display()
-            ));
-        }
+        let claimed = claim(out, note)?;
         let hash = study_hash(study);
-        let mut effective = study.clone();
-        if let Some(id) = cohort_id {
-            effective.output.cohort_id = id;
-        }
+        let effective = with_cohort_id(study, cohort_id);
         let study = &effective;
         let repo = self.repo.clone();
         let fingerprint = tokio::task::spawn_blocking(move || data_fingerprint(&repo));

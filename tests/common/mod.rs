@@ -197,6 +197,33 @@ pub fn on_repository(study: &Study, dir: &std::path::Path) -> Got {
         execute(study, &ctx, &|_| {}).await
     });
     let run = run.unwrap_or_else(|e| panic!("the study does not run: {e}"));
+    got_from_execution(study, &run)
+}
+
+/// Runs the study inside PostgreSQL through a database repository (`--repo postgresql://…`)
+/// on the rows, loaded into a schema of their own.
+pub fn by_database(server: &postgres::Postgres, study: &Study, data: &Data) -> Got {
+    let dir = tempfile::tempdir().unwrap();
+    write_rows(data, dir.path(), OutputFormat::Parquet).unwrap();
+    let schema = server.load(&Repository::open(dir.path()).unwrap());
+    in_database(server, &schema, study)
+}
+
+/// Runs the study inside PostgreSQL on the repository loaded into `schema`.
+pub fn in_database(server: &postgres::Postgres, schema: &str, study: &Study) -> Got {
+    let db = cohortql::run::database::Database::parse(&server.url(schema)).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let run = runtime
+        .block_on(cohortql::run::database::execute_in(&db, study, &|_| {}))
+        .unwrap_or_else(|e| panic!("the study does not run in the database: {e}"));
+    got_from_execution(study, &run)
+}
+
+/// An execution's results in the shape the specs state them.
+pub fn got_from_execution(study: &Study, run: &cohortql::run::Execution) -> Got {
     let d = &run.dataset;
     if std::env::var("SPEC_DEBUG").is_ok() {
         eprintln!(

@@ -112,6 +112,15 @@ impl Postgres {
         server
     }
 
+    /// The URL of a schema of this server, as `--repo` takes it: its Unix socket, user and
+    /// database `postgres`.
+    pub fn url(&self, schema: &str) -> String {
+        format!(
+            "postgresql://postgres@/postgres?host={}&schema={schema}",
+            self.dir.path().display()
+        )
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

@@ -1,0 +1,326 @@
+//! A PostgreSQL OMOP CDM as a repository: the study's stages run inside the database as the
+//! SQL `cohortql sql --dialect postgres` writes, each kept in a temporary table, all in one
+//! transaction that is rolled back at the end, so nothing is left behind. Only the results come
+//! back, as text cast to the types of the plans that made them, into the same `Execution` as a
+//! file repository gives. This module is the `Materialiser` of the seam for databases.
+
+use super::{engine, register, to_sql, Dialect, Execution, Materialiser};
+use crate::study::Study;
+use datafusion::arrow::array::{ArrayRef, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionContext;
+use std::sync::Arc;
+use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
+
+/// Where a PostgreSQL repository is: the connection, and the schemas of the CDM tables and of
+/// the vocabulary.
+#[derive(Clone, Debug)]
+pub struct Database {
+    config: Config,
+    /// The schema of the clinical tables (`?schema=`, `--repo-schema`).
+    pub schema: String,
+    /// The schema of the vocabulary tables, when not the same.
+    pub vocab_schema: Option<String>,
+}
+
+/// Whether a `--repo` names a database rather than a directory.
+pub fn is_database(repo: &str) -> bool {
+    repo.starts_with("postgresql://") || repo.starts_with("postgres://")
+}
+
+/// A name as SQL may use it unquoted: lower-case letters, digits and underscores, not first a
+/// digit. Schema names are spliced into `SET search_path`, so nothing else is accepted.
+fn plain_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= 63
+}
+
+impl Database {
+    /// Parses `postgresql://user@host:port/db?schema=cdm&vocab_schema=vocab` (libpq's URL
+    /// form; `host=/socket/dir` for a Unix socket). The password comes from the URL, else
+    /// `PGPASSWORD`, else `~/.pgpass`; it is never shown.
+    pub fn parse(url: &str) -> Result<Database, String> {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut schema = None;
+        let mut vocab_schema = None;
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("schema", v)) => schema = Some(v.to_string()),
+                Some(("vocab_schema", v)) => vocab_schema = Some(v.to_string()),
+                _ => kept.push(pair),
+            }
+        }
+        let rest = if kept.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        let mut config: Config = rest.parse().map_err(|e| {
+            format!("--repo {}: not a PostgreSQL connection URL: {e}", redacted(url))
+        })?;
+        if config.get_password().is_none() {
+            if let Some(p) = std::env::var_os("PGPASSWORD") {
+                config.password(p.to_string_lossy().as_bytes());
+            } else if let Some(p) = pgpass(&config) {
+                config.password(p.as_bytes());
+            }
+        }
+        if config.get_user().is_none() {
+            if let Ok(user) = std::env::var("PGUSER").or_else(|_| std::env::var("USER")) {
+                config.user(&user);
+            }
+        }
+        let schema = schema.unwrap_or_else(|| "public".to_string());
+        for s in std::iter::once(&schema).chain(vocab_schema.as_ref()) {
+            if !plain_identifier(s) {
+                return Err(format!(
+                    "--repo {}: schema `{s}` is not a plain SQL name (lower-case letters, digits and underscores)",
+                    redacted(url)
+                ));
+            }
+        }
+        Ok(Database {
+            config,
+            schema,
+            vocab_schema,
+        })
+    }
+
+    /// `host:port/db schema cdm`, for messages and `run.json`: never the password.
+    pub fn describe(&self) -> String {
+        let host = self
+            .config
+            .get_hosts()
+            .first()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .unwrap_or_else(|| "localhost".into());
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        format!(
+            "postgresql {host}:{port}/{} schema {}",
+            self.config.get_dbname().unwrap_or("postgres"),
+            self.schema
+        )
+    }
+
+    /// Opens a connection; its driver runs on the current runtime until the client is dropped.
+    pub async fn connect(&self) -> Result<Client, String> {
+        let (client, connection) = self
+            .config
+            .connect(NoTls)
+            .await
+            .map_err(|e| format!("cannot connect to {}: {}", self.describe(), reason(&e)))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+}
+
+/// A URL with its password replaced, for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let credentials = &url[s + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// The server's message of an error (`password authentication failed for user "x"`), else the
+/// client's.
+fn reason(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text = format!("{text}: {s}");
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+/// The password `~/.pgpass` (or `PGPASSFILE`) gives for this connection: lines of
+/// `host:port:database:user:password`, `*` matching anything, the first match winning.
+fn pgpass(config: &Config) -> Option<String> {
+    let path = std::env::var_os("PGPASSFILE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".pgpass")))?;
+    let text = std::fs::read_to_string(path).ok()?;
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(_)) | None => "localhost".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
+    let db = config.get_dbname().unwrap_or("postgres").to_string();
+    let user = config.get_user().unwrap_or_default().to_string();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let fields: Vec<&str> = line.splitn(5, ':').collect();
+        if let [h, p, d, u, password] = fields[..] {
+            let fits = |pattern: &str, value: &str| pattern == "*" || pattern == value;
+            if fits(h, &host) && fits(p, &port) && fits(d, &db) && fits(u, &user) {
+                return Some(password.to_string());
+            }
+        }
+    }
+    None
+}
+
+/// The stages kept in temporary tables of one transaction.
+struct InDatabase<'a> {
+    client: &'a Client,
+    ctx: &'a SessionContext,
+}
+
+impl InDatabase<'_> {
+    async fn query(&self, sql: &str) -> Result<Vec<tokio_postgres::SimpleQueryRow>, String> {
+        let messages = self
+            .client
+            .simple_query(sql)
+            .await
+            .map_err(|e| format!("the database refused a query: {}", reason(&e)))?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some(r),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+impl Materialiser for InDatabase<'_> {
+    async fn keep(&self, name: &'static str, plan: LogicalPlan) -> Result<LogicalPlan, String> {
+        let schema = Arc::new(plan.schema().as_arrow().clone());
+        let sql = to_sql(&plan, Dialect::Postgres)?;
+        self.query(&format!("CREATE TEMPORARY TABLE {name} AS\n{sql}"))
+            .await?;
+        register(self.ctx, name, schema, vec![]).map_err(engine)
+    }
+
+    async fn rows(
+        &self,
+        _name: &'static str,
+        plan: LogicalPlan,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), String> {
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        let sql = to_sql(&plan, Dialect::Postgres)?;
+        let rows = self.query(&sql).await?;
+        if rows.is_empty() {
+            return Ok((schema, Vec::new()));
+        }
+        let names: Vec<&str> = rows[0].columns().iter().map(|c| c.name()).collect();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        for (i, field) in schema.fields().iter().enumerate() {
+            // By name where the database kept it (it folds unquoted names to lower case), else
+            // by position.
+            let at = names
+                .iter()
+                .position(|n| *n == field.name().as_str())
+                .unwrap_or(i);
+            let text: StringArray = rows.iter().map(|r| r.get(at)).collect();
+            let typed = cast(&text, field.data_type()).map_err(|e| {
+                format!(
+                    "the database gave `{}` values that are not {}: {e}",
+                    field.name(),
+                    field.data_type()
+                )
+            })?;
+            columns.push(typed);
+        }
+        let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())?;
+        Ok((schema, vec![batch]))
+    }
+}
+
+/// Runs a study in the database: one transaction, the search path set to the CDM schema (and
+/// the vocabulary's), every stage a temporary table, everything rolled back at the end.
+pub async fn execute_in(
+    db: &Database,
+    study: &Study,
+    progress: &dyn Fn(&str),
+) -> Result<Execution, String> {
+    let client = db.connect().await?;
+    let ctx = crate::repo::empty_session().map_err(|e| e.to_string())?;
+    let search_path = match &db.vocab_schema {
+        Some(v) => format!("{}, {v}", db.schema),
+        None => db.schema.clone(),
+    };
+    client
+        .batch_execute(&format!("BEGIN; SET LOCAL search_path TO {search_path}, pg_temp"))
+        .await
+        .map_err(|e| format!("{}: {}", db.describe(), reason(&e)))?;
+    let m = InDatabase {
+        client: &client,
+        ctx: &ctx,
+    };
+    let run = super::run_stages(study, &ctx, &m, progress).await;
+    // Temporary tables go with the transaction, whatever happened.
+    let _ = client.batch_execute("ROLLBACK").await;
+    run.map_err(|e| format!("{}: {e}", db.describe()))
+}
+
+/// The data fingerprint of a database: sha256 over, for each OMOP table in the schema (in the
+/// order of `repo::schema::TABLES`), its name, its row count and the md5 the database computes
+/// over the sorted md5s of its rows' text. Reruns on unchanged tables give the same fingerprint.
+pub async fn fingerprint(db: &Database) -> Result<String, String> {
+    use sha2::{Digest, Sha256};
+    let client = db.connect().await?;
+    let present: Vec<String> = client
+        .query(
+            "SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1",
+            &[&db.schema],
+        )
+        .await
+        .map_err(|e| format!("{}: {}", db.describe(), reason(&e)))?
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    let mut hasher = Sha256::new();
+    for table in crate::repo::schema::TABLES {
+        if !present.iter().any(|p| p == table.name) {
+            continue;
+        }
+        let sql = format!(
+            "SELECT count(*)::text, coalesce(md5(string_agg(h, '' ORDER BY h)), '') FROM (SELECT md5(t::text) AS h FROM {}.{} t) rows",
+            db.schema, table.name
+        );
+        let rows = client
+            .simple_query(&sql)
+            .await
+            .map_err(|e| format!("{}: {}", db.describe(), reason(&e)))?;
+        for m in rows {
+            if let SimpleQueryMessage::Row(r) = m {
+                hasher.update(table.name.as_bytes());
+                hasher.update([0]);
+                hasher.update(r.get(0).unwrap_or_default().as_bytes());
+                hasher.update([0]);
+                hasher.update(r.get(1).unwrap_or_default().as_bytes());
+                hasher.update([0]);
+            }
+        }
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
