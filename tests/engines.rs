@@ -1,5 +1,6 @@
-//! The engines agree: the reference evaluator, the DataFusion plans and the PostgreSQL SQL run
-//! on a PostgreSQL server give the same entries, attrition, follow-up, covariates and endpoints
+//! The engines agree: the reference evaluator, the DataFusion plans, the PostgreSQL SQL run
+//! on a PostgreSQL server and a PostgreSQL repository (the stages run in the database) give the
+//! same entries, attrition, follow-up, covariates and endpoints
 //! for every study in studies/ on a synthetic repository, and for random studies on random
 //! small repositories.
 
@@ -12,8 +13,8 @@ use cohortql::synth::{generate, SynthOptions};
 use common::postgres::Postgres;
 use common::random::{random_data, random_study};
 use common::{
-    by_datafusion, by_postgres, by_reference, checked, on_postgres, on_repository, with_big_stack,
-    Got,
+    by_database, by_datafusion, by_postgres, by_reference, checked, in_database, on_postgres,
+    on_repository, with_big_stack, Got,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -113,6 +114,12 @@ fn every_study_over_a_synthetic_repository() {
         assert_agree(&name, &reference, &datafusion);
         let postgres = on_postgres(&server, &schema, &study);
         assert_agree(&format!("{name} on PostgreSQL"), &reference, &postgres);
+        let database = in_database(&server, &schema, &study);
+        assert_agree(
+            &format!("{name} in a PostgreSQL repository"),
+            &reference,
+            &database,
+        );
         non_empty += usize::from(!reference.entries.is_empty());
     }
     assert!(
@@ -152,6 +159,12 @@ fn random_studies_over_random_repositories() {
             &format!("seed {seed} on PostgreSQL: {study:#?}"),
             &reference,
             &postgres,
+        );
+        let database = by_database(&server, &study, &data);
+        assert_agree(
+            &format!("seed {seed} in a PostgreSQL repository: {study:#?}"),
+            &reference,
+            &database,
         );
         indexed += usize::from(reference.attrition[0] > 0);
         populated += usize::from(!reference.entries.is_empty());

@@ -94,6 +94,7 @@ pub(super) fn demo() -> Result<Status, String> {
 }
 
 pub(super) fn repo_check(dir: Option<&Path>, json: bool) -> Result<Status, String> {
+    super::run::files_only(dir)?;
     let dir = match dir {
         Some(d) => d.to_path_buf(),
         None => demo_repository()?,

@@ -137,6 +137,7 @@ pub(super) fn report(
     let lookups = match repo {
         None => None,
         Some(dir) => {
+            super::run::files_only(Some(dir))?;
             let repository = Repository::open(dir).map_err(|problems| {
                 problems
                     .iter()

@@ -4,8 +4,8 @@ use super::data::{demo_repository, runtime};
 use super::{checked, Status};
 use crate::disclosure::{Export, Policy};
 use crate::repo::{empty_session, Repository};
-use crate::run::output::{attrition_table, shown_released};
 use crate::run::database::{is_database, Database};
+use crate::run::output::{attrition_table, shown_released};
 use crate::run::workspace::{run_in_database, Disclosure, Workspace};
 use crate::run::{execute_analysed, explain_plan, sql_script, stage_plans, Dialect};
 use anstream::{eprintln, println};
@@ -13,14 +13,20 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// The repository in `dir`, or the built-in demo repository.
-pub(super) fn open(dir: Option<&Path>) -> Result<Repository, String> {
-    if let Some(url) = dir.and_then(Path::to_str).filter(|d| is_database(d)) {
-        return Err(format!(
+/// Refuses a database URL where a command reads repository directories only.
+pub(super) fn files_only(dir: Option<&Path>) -> Result<(), String> {
+    match dir.and_then(Path::to_str).filter(|d| is_database(d)) {
+        Some(url) => Err(format!(
             "{}: a PostgreSQL repository is read by `run`; this command reads repository directories",
             url.split('?').next().unwrap_or(url).split('@').next_back().unwrap_or(url)
-        ));
+        )),
+        None => Ok(()),
     }
+}
+
+/// The repository in `dir`, or the built-in demo repository.
+pub(super) fn open(dir: Option<&Path>) -> Result<Repository, String> {
+    files_only(dir)?;
     let dir = match dir {
         Some(d) => d.to_path_buf(),
         None => demo_repository()?,

@@ -64,7 +64,10 @@ impl Database {
             format!("{base}?{}", kept.join("&"))
         };
         let mut config: Config = rest.parse().map_err(|e| {
-            format!("--repo {}: not a PostgreSQL connection URL: {e}", redacted(url))
+            format!(
+                "--repo {}: not a PostgreSQL connection URL: {e}",
+                redacted(url)
+            )
         })?;
         if config.get_password().is_none() {
             if let Some(p) = std::env::var_os("PGPASSWORD") {
@@ -169,7 +172,12 @@ fn pgpass(config: &Config) -> Option<String> {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         Some(tokio_postgres::config::Host::Unix(_)) | None => "localhost".to_string(),
     };
-    let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
+    let port = config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432)
+        .to_string();
     let db = config.get_dbname().unwrap_or("postgres").to_string();
     let user = config.get_user().unwrap_or_default().to_string();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -251,6 +259,47 @@ impl Materialiser for InDatabase<'_> {
     }
 }
 
+/// Refuses a schema the database does not have, naming those it has, and a CDM schema
+/// without a `person` table.
+async fn check_schemas(db: &Database, client: &Client) -> Result<(), String> {
+    let schemas: Vec<String> = client
+        .query(
+            "SELECT schema_name::text FROM information_schema.schemata \
+             WHERE schema_name NOT LIKE 'pg\\_%' AND schema_name <> 'information_schema' \
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("{}: {}", db.describe(), reason(&e)))?
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect();
+    for s in std::iter::once(&db.schema).chain(db.vocab_schema.as_ref()) {
+        if !schemas.contains(s) {
+            return Err(format!(
+                "{}: the database has no schema `{s}` (it has: {}); name the CDM's with ?schema=",
+                db.describe(),
+                schemas.join(", ")
+            ));
+        }
+    }
+    let person = client
+        .query(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = $1 AND table_name = 'person'",
+            &[&db.schema],
+        )
+        .await
+        .map_err(|e| format!("{}: {}", db.describe(), reason(&e)))?;
+    if person.is_empty() {
+        return Err(format!(
+            "{}: schema `{}` has no OMOP `person` table: is it the CDM's schema?",
+            db.describe(),
+            db.schema
+        ));
+    }
+    Ok(())
+}
+
 /// Runs a study in the database: one transaction, the search path set to the CDM schema (and
 /// the vocabulary's), every stage a temporary table, everything rolled back at the end.
 pub async fn execute_in(
@@ -259,13 +308,16 @@ pub async fn execute_in(
     progress: &dyn Fn(&str),
 ) -> Result<Execution, String> {
     let client = db.connect().await?;
+    check_schemas(db, &client).await?;
     let ctx = crate::repo::empty_session().map_err(|e| e.to_string())?;
     let search_path = match &db.vocab_schema {
         Some(v) => format!("{}, {v}", db.schema),
         None => db.schema.clone(),
     };
     client
-        .batch_execute(&format!("BEGIN; SET LOCAL search_path TO {search_path}, pg_temp"))
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL search_path TO {search_path}, pg_temp"
+        ))
         .await
         .map_err(|e| format!("{}: {}", db.describe(), reason(&e)))?;
     let m = InDatabase {

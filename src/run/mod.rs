@@ -562,7 +562,8 @@ fn to_sql(plan: &LogicalPlan, kind: Dialect) -> Result<String, String> {
     // Not `with_pretty`: it drops parentheses around day arithmetic that SQL needs.
     let unparser = Unparser::new(&portable);
     let mut statement = unparser.plan_to_sql(plan).map_err(engine)?;
-    let _ = datafusion::sql::sqlparser::ast::VisitMut::visit(&mut statement, &mut dialect::Unqualify);
+    let _ =
+        datafusion::sql::sqlparser::ast::VisitMut::visit(&mut statement, &mut dialect::Unqualify);
     Ok(statement.to_string())
 }
 

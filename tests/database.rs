@@ -1,0 +1,187 @@
+//! A PostgreSQL OMOP CDM as a repository, from the command line: Eunomia loaded into the
+//! throwaway server gives OHDSI's counts and the same outputs as from files; the fingerprint
+//! is stable and names no password; nothing is left in the database; and each fault (no
+//! server, no schema, a bad URL) gives a clear message, exit 2 and no output.
+
+mod common;
+
+use cohortql::repo::Repository;
+use common::postgres::Postgres;
+use common::{all_text, site_file};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_cohortql");
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn cohortql(args: &[&str], dir: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env("COHORTQL_SITE", site_file())
+        .env("NO_COLOR", "1")
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap()
+}
+
+fn run(study: &str, repo: &str, out: &Path) -> Output {
+    let study = root().join(format!("studies/eunomia/{study}.study"));
+    cohortql(
+        &[
+            "run",
+            study.to_str().unwrap(),
+            "--repo",
+            repo,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        out.parent().unwrap(),
+    )
+}
+
+/// OHDSI's Circe counts of the Eunomia cohorts, and the GI-bleed study's.
+const COUNTS: [(&str, u64); 5] = [
+    ("celecoxib", 1800),
+    ("celecoxib_age40", 569),
+    ("celecoxib_age40_male", 266),
+    ("celecoxib_censored", 1750),
+    ("gi_bleed_new_users", 2630),
+];
+
+fn persons(out: &Path) -> u64 {
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("site/run.json")).unwrap()).unwrap();
+    run["persons"].as_u64().unwrap()
+}
+
+#[test]
+fn eunomia_in_postgresql_gives_the_outputs_of_its_files() {
+    common::with_big_stack(eunomia_in_postgresql);
+}
+
+fn eunomia_in_postgresql() {
+    let files = root().join("tests/data/eunomia-gibleed");
+    let server = Postgres::start();
+    let schema = server.load(&Repository::open(&files).unwrap());
+    let url = server.url(&schema);
+    let dir = tempfile::tempdir().unwrap();
+    for (study, expected) in COUNTS {
+        let (db, fs) = (
+            dir.path().join(format!("{study}-db")),
+            dir.path().join(format!("{study}-files")),
+        );
+        let o = run(study, &url, &db);
+        assert_eq!(o.status.code(), Some(0), "{study}: {}", all_text(&o));
+        let o = run(study, files.to_str().unwrap(), &fs);
+        assert_eq!(o.status.code(), Some(0), "{study}: {}", all_text(&o));
+        assert_eq!(persons(&db), expected, "{study}: OHDSI's count");
+        for file in [
+            "site/cohort.csv",
+            "site/dataset.csv",
+            "site/attrition.csv",
+            "site/attrition_by_arm.csv",
+            "site/inclusion_rules.csv",
+            "site/endpoints.csv",
+            "site/table1.csv",
+            "release/attrition.csv",
+            "release/endpoints.csv",
+            "release/table1.csv",
+        ] {
+            let (a, b) = (
+                std::fs::read_to_string(db.join(file)).unwrap(),
+                std::fs::read_to_string(fs.join(file)).unwrap(),
+            );
+            assert!(
+                a == b,
+                "{study}: {file} differs between the database and the files"
+            );
+        }
+        let run_json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(db.join("release/run.json")).unwrap())
+                .unwrap();
+        let repository = run_json["repository"].as_str().unwrap();
+        assert!(
+            repository.starts_with("postgresql ")
+                && repository.ends_with(&format!("schema {schema}")),
+            "{repository}"
+        );
+    }
+    // The fingerprint is the database's, stable over reruns, and changes with the data.
+    let fingerprint = |out: &Path| -> String {
+        let run: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("site/run.json")).unwrap())
+                .unwrap();
+        run["data_fingerprint"].as_str().unwrap().to_string()
+    };
+    let again = dir.path().join("again");
+    let o = run("celecoxib", &url, &again);
+    assert_eq!(o.status.code(), Some(0), "{}", all_text(&o));
+    let before = fingerprint(&again);
+    assert_eq!(before, fingerprint(&dir.path().join("celecoxib-db")));
+    assert_eq!(before.len(), 64);
+    server.psql(&format!(
+        "DELETE FROM {schema}.person WHERE person_id = (SELECT min(person_id) FROM {schema}.person);"
+    ));
+    let o = run("celecoxib", &url, &again);
+    assert_eq!(o.status.code(), Some(0), "{}", all_text(&o));
+    assert_ne!(
+        fingerprint(&again),
+        before,
+        "the fingerprint ignores a deleted row"
+    );
+    // Nothing of a run is left in the database.
+    let left = server.psql("SELECT count(*) FROM pg_class WHERE relname LIKE 'cohortql%';");
+    assert!(left.lines().any(|l| l.trim() == "0"), "{left}");
+
+    // Faults: each names the database, never a password, exits 2 and writes nothing.
+    let socket = url
+        .split("host=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_string();
+    let cases = [
+        (
+            format!("postgresql://postgres:s3cret@/postgres?host=/nonexistent-socket-dir&schema={schema}"),
+            "cannot connect to postgresql /nonexistent-socket-dir:5432/postgres",
+        ),
+        (
+            format!("postgresql://postgres@/postgres?host={socket}&schema=no_such_schema"),
+            "the database has no schema `no_such_schema`",
+        ),
+        (
+            format!("postgresql://postgres@/postgres?host={socket}&schema=Bad;Schema"),
+            "not a plain SQL name",
+        ),
+        (
+            format!("postgresql://postgres@/postgres?host={socket}&schema={schema}&nonsense=1"),
+            "not a PostgreSQL connection URL",
+        ),
+    ];
+    for (url, says) in cases {
+        let out = dir.path().join("fault");
+        let o = run("celecoxib", &url, &out);
+        let text = all_text(&o);
+        assert_eq!(o.status.code(), Some(2), "{url}: {text}");
+        assert!(text.contains(says), "{url}: {text}");
+        assert!(
+            !text.contains("s3cret"),
+            "{url}: the password is shown: {text}"
+        );
+        assert!(!out.exists(), "{url}: an output was written");
+    }
+    // Commands that read directories only say so.
+    let o = cohortql(&["repo", "check", &url], dir.path());
+    assert_eq!(o.status.code(), Some(2), "{}", all_text(&o));
+    assert!(
+        all_text(&o).contains("is read by `run`"),
+        "{}",
+        all_text(&o)
+    );
+}
