@@ -176,6 +176,114 @@ fn eunomia_in_postgresql() {
         );
         assert!(!out.exists(), "{url}: an output was written");
     }
+    // Write-back: into the CDM's own cohort table (it exists) and into a new one, replacing
+    // only the rows of the cohort id, as ATLAS does.
+    let table_rows = |table: &str, id: i64| -> usize {
+        let out = server.psql(&format!(
+            "SELECT count(*) FROM {table} WHERE cohort_definition_id = {id};"
+        ));
+        out.lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .next()
+            .unwrap()
+    };
+    // An existing cohort table holding another cohort.
+    server.psql(&format!(
+        "CREATE TABLE {schema}.cohort (cohort_definition_id BIGINT NOT NULL, subject_id BIGINT NOT NULL, \
+         cohort_start_date DATE NOT NULL, cohort_end_date DATE NOT NULL); \
+         INSERT INTO {schema}.cohort VALUES (1, 10, '2001-01-01', '2001-02-01'), (1, 11, '2002-01-01', '2002-02-01');"
+    ));
+    let others = table_rows(&format!("{schema}.cohort"), 1);
+    assert_eq!(others, 2);
+    for table in [
+        format!("{schema}.cohort"),
+        format!("{schema}.cohortql_written"),
+    ] {
+        for _ in 0..2 {
+            let out = dir.path().join("written");
+            let study = root().join("studies/eunomia/celecoxib.study");
+            let o = cohortql(
+                &[
+                    "run",
+                    study.to_str().unwrap(),
+                    "--repo",
+                    &url,
+                    "--out",
+                    out.to_str().unwrap(),
+                    "--cohort-id",
+                    "7",
+                    "--write-cohort",
+                    &table,
+                ],
+                dir.path(),
+            );
+            assert_eq!(o.status.code(), Some(0), "{table}: {}", all_text(&o));
+            assert!(
+                all_text(&o).contains("cohort_definition_id 7"),
+                "{}",
+                all_text(&o)
+            );
+            let written = std::fs::read_to_string(out.join("site/cohort.csv")).unwrap();
+            assert_eq!(
+                table_rows(&table, 7),
+                written.lines().count() - 1,
+                "{table}"
+            );
+        }
+    }
+    assert_eq!(
+        table_rows(&format!("{schema}.cohort"), 1),
+        others,
+        "another cohort changed"
+    );
+    let listed = server.psql(&format!(
+        "SELECT subject_id, cohort_start_date, cohort_end_date FROM {schema}.cohortql_written \
+         WHERE cohort_definition_id = 7 ORDER BY 1, 2;"
+    ));
+    let site = std::fs::read_to_string(dir.path().join("written/site/cohort.csv")).unwrap();
+    let mut expected: Vec<String> = site
+        .lines()
+        .skip(1)
+        .map(|l| l.splitn(2, ',').nth(1).unwrap().to_string())
+        .collect();
+    expected.sort_by_key(|l| {
+        let id: i64 = l.split(',').next().unwrap().parse().unwrap();
+        (id, l.clone())
+    });
+    let got: Vec<String> = listed
+        .lines()
+        .filter(|l| l.chars().next().is_some_and(|c| c.is_ascii_digit()))
+        .map(String::from)
+        .collect();
+    assert_eq!(got, expected);
+    for (args, says) in [
+        (
+            vec![
+                "--repo",
+                files.to_str().unwrap(),
+                "--write-cohort",
+                "results.cohort",
+            ],
+            "give --repo postgresql://",
+        ),
+        (
+            vec![
+                "--repo",
+                url.as_str(),
+                "--write-cohort",
+                "cohort; DROP TABLE person",
+            ],
+            "give SCHEMA.TABLE",
+        ),
+    ] {
+        let study = root().join("studies/eunomia/celecoxib.study");
+        let mut all = vec!["run", study.to_str().unwrap(), "--out", "refused"];
+        all.extend(args);
+        let o = cohortql(&all, dir.path());
+        assert_eq!(o.status.code(), Some(2), "{}", all_text(&o));
+        assert!(all_text(&o).contains(says), "{}", all_text(&o));
+        assert!(!dir.path().join("refused").exists());
+    }
     // Commands that read directories only say so.
     let o = cohortql(&["repo", "check", &url], dir.path());
     assert_eq!(o.status.code(), Some(2), "{}", all_text(&o));

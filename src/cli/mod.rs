@@ -107,6 +107,11 @@ enum Command {
         /// configuration allows: pseudonyms, and days relative to index instead of dates.
         #[arg(long)]
         export_dataset: bool,
+        /// With a PostgreSQL repository: also write the cohort into this OHDSI cohort table
+        /// (SCHEMA.TABLE, created if missing), replacing only the rows of its cohort id, as
+        /// ATLAS and the HADES packages read it.
+        #[arg(long, value_name = "SCHEMA.TABLE")]
+        write_cohort: Option<String>,
     },
     /// Print each stage's logical, optimised and physical query plan.
     Plan {
@@ -299,6 +304,7 @@ pub fn main() -> ExitCode {
             cohort_id,
             policy,
             export_dataset,
+            write_cohort,
         } => run::run_all(
             &studies,
             repo.as_deref(),
@@ -308,6 +314,7 @@ pub fn main() -> ExitCode {
                 site: cli.site.as_deref(),
                 policy: policy.map(PolicyArg::name),
                 export_dataset,
+                write_cohort: write_cohort.as_deref(),
             },
         ),
         Command::Repl { study, repo } => {

@@ -4,7 +4,7 @@ use super::data::{demo_repository, runtime};
 use super::{checked, Status};
 use crate::disclosure::{Export, Policy};
 use crate::repo::{empty_session, Repository};
-use crate::run::database::{is_database, Database};
+use crate::run::database::{is_database, CohortTable, Database};
 use crate::run::output::{attrition_table, shown_released};
 use crate::run::workspace::{run_in_database, Disclosure, Workspace};
 use crate::run::{execute_analysed, explain_plan, sql_script, stage_plans, Dialect};
@@ -72,6 +72,8 @@ pub(super) struct Options<'a> {
     /// `--policy`: a preset at least as strict as the site's.
     pub policy: Option<&'a str>,
     pub export_dataset: bool,
+    /// `--write-cohort SCHEMA.TABLE`.
+    pub write_cohort: Option<&'a str>,
 }
 
 /// Where `run` reads the data: a repository directory, or a PostgreSQL database.
@@ -193,6 +195,14 @@ pub(super) fn run(
         Some(url) => Source::Database(Database::parse(url)?),
         None => Source::Files(open(repo)?),
     };
+    let write_back = match (options.write_cohort, &source) {
+        (None, _) => None,
+        (Some(table), Source::Database(_)) => Some(CohortTable::parse(table)?),
+        (Some(_), Source::Files(_)) => return Err(
+            "--write-cohort writes into the database the study runs in: give --repo postgresql://…"
+                .to_string(),
+        ),
+    };
     let out = out.map_or_else(|| default_out(study_path), Path::to_path_buf);
     let started = Instant::now();
     let spinner = ProgressBar::new_spinner();
@@ -215,6 +225,7 @@ pub(super) fn run(
             Source::Database(db) => {
                 run_in_database(
                     &db,
+                    write_back.as_ref(),
                     &study,
                     study_path,
                     &compiled.text,

@@ -376,3 +376,108 @@ pub async fn fingerprint(db: &Database) -> Result<String, String> {
         .map(|b| format!("{b:02x}"))
         .collect())
 }
+
+/// An OHDSI cohort table to write a cohort back into: `SCHEMA.TABLE`, both plain SQL names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CohortTable {
+    pub schema: String,
+    pub table: String,
+}
+
+impl CohortTable {
+    pub fn parse(text: &str) -> Result<CohortTable, String> {
+        match text.split_once('.') {
+            Some((schema, table)) if plain_identifier(schema) && plain_identifier(table) => {
+                Ok(CohortTable {
+                    schema: schema.to_string(),
+                    table: table.to_string(),
+                })
+            }
+            _ => Err(format!(
+                "--write-cohort {text}: give SCHEMA.TABLE, both plain SQL names (lower-case letters, digits and underscores), e.g. results.cohort"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for CohortTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.schema, self.table)
+    }
+}
+
+/// Writes the run's cohort into an OHDSI cohort table, as ATLAS and CohortGenerator do: the
+/// table is created if missing (OHDSI's four columns), the rows of `cohort_id` are deleted and
+/// the new ones inserted, all in one transaction, so readers see the old cohort or the new one.
+pub async fn write_cohort(
+    db: &Database,
+    table: &CohortTable,
+    cohort_id: i64,
+    run: &Execution,
+) -> Result<(), String> {
+    use datafusion::arrow::array::{Array, Date32Array, Int64Array};
+    use datafusion::arrow::datatypes::DataType;
+    let mut client = db.connect().await?;
+    let failed =
+        |e: tokio_postgres::Error| format!("{}: writing {table}: {}", db.describe(), reason(&e));
+    let transaction = client.transaction().await.map_err(failed)?;
+    transaction
+        .batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS {table} (cohort_definition_id BIGINT NOT NULL, subject_id BIGINT NOT NULL, cohort_start_date DATE NOT NULL, cohort_end_date DATE NOT NULL)"
+        ))
+        .await
+        .map_err(failed)?;
+    transaction
+        .execute(
+            &format!("DELETE FROM {table} WHERE cohort_definition_id = $1"),
+            &[&cohort_id],
+        )
+        .await
+        .map_err(failed)?;
+    let column = |b: &RecordBatch, name: &str, t: &DataType| -> Result<ArrayRef, String> {
+        let c = b
+            .column_by_name(name)
+            .ok_or_else(|| format!("the cohort has no column {name}"))?;
+        cast(c, t).map_err(|e| e.to_string())
+    };
+    for b in &run.cohort {
+        let ids = column(b, "subject_id", &DataType::Int64)?;
+        let starts = column(b, "cohort_start_date", &DataType::Date32)?;
+        let ends = column(b, "cohort_end_date", &DataType::Date32)?;
+        let ids = ids.as_any().downcast_ref::<Int64Array>().expect("cast");
+        let starts = starts.as_any().downcast_ref::<Date32Array>().expect("cast");
+        let ends = ends.as_any().downcast_ref::<Date32Array>().expect("cast");
+        // Numbers and dates only, written by this function: nothing from the study or the data
+        // is spliced in as text.
+        let mut start = 0;
+        while start < b.num_rows() {
+            let end = (start + 1000).min(b.num_rows());
+            let mut values = Vec::new();
+            for i in start..end {
+                if ids.is_null(i) || starts.is_null(i) || ends.is_null(i) {
+                    return Err("the cohort has a row without a person or a date".into());
+                }
+                let date = |a: &Date32Array| {
+                    a.value_as_date(i)
+                        .map(|d| d.to_string())
+                        .ok_or_else(|| "a cohort date out of range".to_string())
+                };
+                values.push(format!(
+                    "({cohort_id}, {}, DATE '{}', DATE '{}')",
+                    ids.value(i),
+                    date(starts)?,
+                    date(ends)?
+                ));
+            }
+            transaction
+                .batch_execute(&format!(
+                    "INSERT INTO {table} (cohort_definition_id, subject_id, cohort_start_date, cohort_end_date) VALUES {}",
+                    values.join(", ")
+                ))
+                .await
+                .map_err(failed)?;
+            start = end;
+        }
+    }
+    transaction.commit().await.map_err(failed)
+}

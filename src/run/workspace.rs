@@ -60,10 +60,13 @@ fn with_cohort_id(study: &Study, cohort_id: Option<i64>) -> Study {
 /// Runs a study in a PostgreSQL repository and writes its outputs to `out`, as
 /// `Workspace::run_to` does for a directory: the same files and `run.json`, the repository
 /// named by host, database and schema (never the password), the fingerprint the database's
-/// (`database::fingerprint`). The data checks of a file repository do not run here.
+/// (`database::fingerprint`). The data checks of a file repository do not run here. With
+/// `write_back`, the cohort is written into that table of the database before the outputs are
+/// written, so a refused write leaves no outputs.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_in_database(
     db: &super::database::Database,
+    write_back: Option<&super::database::CohortTable>,
     study: &Study,
     study_path: &Path,
     text: &str,
@@ -87,6 +90,16 @@ pub async fn run_in_database(
     .map_err(visible)?;
     progress("fingerprinting the data");
     let fingerprint = super::database::fingerprint(db).await.map_err(visible)?;
+    if let Some(table) = write_back {
+        progress("writing the cohort back");
+        super::database::write_cohort(db, table, study.output.cohort_id, &run)
+            .await
+            .map_err(visible)?;
+        note(&format!(
+            "wrote the cohort into {table} as cohort_definition_id {}",
+            study.output.cohort_id
+        ));
+    }
     let info = RunInfo {
         study,
         study_path,
