@@ -284,6 +284,29 @@ fn eunomia_in_postgresql() {
         assert!(all_text(&o).contains(says), "{}", all_text(&o));
         assert!(!dir.path().join("refused").exists());
     }
+    // A statement timeout set by the server (here through the URL's `options`) and a column
+    // of the wrong type: a message from the database, exit 2, nothing written.
+    let timeout = format!(
+        "postgresql://postgres@/postgres?host={socket}&schema={schema}&options=-c%20statement_timeout%3D1"
+    );
+    let broken = server.load(&Repository::open(&files).unwrap());
+    server.psql(&format!(
+        "ALTER TABLE {broken}.drug_era ALTER COLUMN drug_era_start_date TYPE text;"
+    ));
+    for (url, says) in [
+        (timeout, "statement timeout"),
+        (
+            server.url(&broken),
+            "`drug_era.drug_era_start_date` is text; the CDM and cohortql read it as date",
+        ),
+    ] {
+        let out = dir.path().join("fault");
+        let o = run("celecoxib", &url, &out);
+        let text = all_text(&o);
+        assert_eq!(o.status.code(), Some(2), "{url}: {text}");
+        assert!(text.contains(says), "{url}: {text}");
+        assert!(!out.exists(), "{url}: an output was written");
+    }
     // Commands that read directories only say so.
     let o = cohortql(&["repo", "check", &url], dir.path());
     assert_eq!(o.status.code(), Some(2), "{}", all_text(&o));

@@ -300,6 +300,81 @@ async fn check_schemas(db: &Database, client: &Client) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a column of PostgreSQL type `pg` holds what the CDM's `kind` says: the stages'
+/// SQL does date arithmetic on dates and compares ids as numbers.
+fn type_fits(kind: crate::repo::schema::Kind, pg: &str) -> bool {
+    use crate::repo::schema::Kind;
+    match kind {
+        Kind::Integer => matches!(pg, "smallint" | "integer" | "bigint" | "numeric"),
+        Kind::Float => matches!(
+            pg,
+            "smallint" | "integer" | "bigint" | "numeric" | "real" | "double precision"
+        ),
+        Kind::Text => matches!(pg, "text" | "character varying" | "character"),
+        Kind::Date => pg == "date",
+        Kind::Datetime => pg.starts_with("timestamp") || pg == "date",
+    }
+}
+
+/// Refuses, all at once, OMOP tables of the schema whose columns cohortql reads are missing
+/// or of another type, naming each table and column; and a schema without an essential table.
+async fn check_columns(db: &Database, client: &Client) -> Result<(), String> {
+    let schemas: Vec<&str> = std::iter::once(db.schema.as_str())
+        .chain(db.vocab_schema.as_deref())
+        .collect();
+    let rows = client
+        .query(
+            "SELECT table_name::text, column_name::text, data_type::text \
+             FROM information_schema.columns WHERE table_schema = ANY($1)",
+            &[&schemas],
+        )
+        .await
+        .map_err(|e| format!("{}: {}", db.describe(), reason(&e)))?;
+    let mut columns: std::collections::HashMap<(String, String), String> = Default::default();
+    for r in &rows {
+        columns.insert((r.get(0), r.get(1)), r.get(2));
+    }
+    let mut problems = Vec::new();
+    for table in crate::repo::schema::TABLES {
+        let present = columns.keys().any(|(t, _)| t == table.name);
+        if !present {
+            if table.essential {
+                problems.push(format!("there is no table `{}`", table.name));
+            }
+            continue;
+        }
+        for c in table.columns {
+            match columns.get(&(table.name.to_string(), c.name.to_string())) {
+                None if c.required => problems.push(match c.v53_name {
+                    Some(old) if columns.contains_key(&(table.name.to_string(), old.to_string())) => {
+                        format!(
+                            "`{}.{old}` is the CDM v5.3 name of `{}`: rename it, or give a view with the v5.4 names",
+                            table.name, c.name
+                        )
+                    }
+                    _ => format!("`{}.{}` is missing", table.name, c.name),
+                }),
+                Some(pg) if !type_fits(c.kind, pg) => problems.push(format!(
+                    "`{}.{}` is {pg}; the CDM and cohortql read it as {}",
+                    table.name,
+                    c.name,
+                    c.kind.name()
+                )),
+                _ => {}
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: the OMOP tables are not as the CDM specifies:\n  {}",
+            db.describe(),
+            problems.join("\n  ")
+        ))
+    }
+}
+
 /// Runs a study in the database: one transaction, the search path set to the CDM schema (and
 /// the vocabulary's), every stage a temporary table, everything rolled back at the end.
 pub async fn execute_in(
@@ -309,6 +384,7 @@ pub async fn execute_in(
 ) -> Result<Execution, String> {
     let client = db.connect().await?;
     check_schemas(db, &client).await?;
+    check_columns(db, &client).await?;
     let ctx = crate::repo::empty_session().map_err(|e| e.to_string())?;
     let search_path = match &db.vocab_schema {
         Some(v) => format!("{}, {v}", db.schema),
