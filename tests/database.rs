@@ -307,6 +307,81 @@ fn eunomia_in_postgresql() {
         assert!(text.contains(says), "{url}: {text}");
         assert!(!out.exists(), "{url}: an output was written");
     }
+    // Ctrl-C while a statement waits in the database (here on a lock another session holds):
+    // the statement is cancelled on the server, the run exits 2 and writes nothing.
+    let mut holder = server
+        .psql_command()
+        .args([
+            "-c",
+            &format!(
+                "BEGIN; LOCK TABLE {schema}.drug_era IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60); COMMIT;"
+            ),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The run's statements, waiting on a lock (their text is cut at 1 kB in pg_stat_activity).
+    let waiting = |what: &str| -> usize {
+        let out = server.psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '{what}%';"
+        ));
+        out.lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .next()
+            .unwrap()
+    };
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = dir.path().join("interrupted");
+    let study = root().join("studies/eunomia/celecoxib.study");
+    let child = Command::new(BIN)
+        .args([
+            "run",
+            study.to_str().unwrap(),
+            "--repo",
+            &url,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .current_dir(dir.path())
+        .env("COHORTQL_SITE", site_file())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while waiting("CREATE TEMPORARY TABLE cohortql") == 0 {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the run never waited on the lock: {}",
+            server.psql(
+                "SELECT pid, state, wait_event_type, left(query, 120) FROM pg_stat_activity;"
+            )
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let o = child.wait_with_output().unwrap();
+    let text = all_text(&o);
+    assert_eq!(o.status.code(), Some(2), "{text}");
+    assert!(text.contains("interrupted"), "{text}");
+    assert!(!out.exists(), "an interrupted run wrote outputs");
+    // The server no longer runs the cancelled statement.
+    let started = std::time::Instant::now();
+    while waiting("CREATE TEMPORARY TABLE cohortql") > 0 {
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "the statement still waits on the server"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
     // Commands that read directories only say so.
     let o = cohortql(&["repo", "check", &url], dir.path());
     assert_eq!(o.status.code(), Some(2), "{}", all_text(&o));

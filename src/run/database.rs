@@ -400,7 +400,16 @@ pub async fn execute_in(
         client: &client,
         ctx: &ctx,
     };
-    let run = super::run_stages(study, &ctx, &m, progress).await;
+    // Ctrl-C cancels the statement running on the server (a client that only dies leaves it
+    // running there), then the transaction is rolled back like any failure.
+    let cancel = client.cancel_token();
+    let run = tokio::select! {
+        run = super::run_stages(study, &ctx, &m, progress) => run,
+        _ = tokio::signal::ctrl_c() => {
+            let _ = cancel.cancel_query(NoTls).await;
+            Err("interrupted: the statement running in the database was cancelled, and nothing was kept".to_string())
+        }
+    };
     // Temporary tables go with the transaction, whatever happened.
     let _ = client.batch_execute("ROLLBACK").await;
     run.map_err(|e| format!("{}: {e}", db.describe()))

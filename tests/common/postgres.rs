@@ -165,6 +165,18 @@ impl Postgres {
         )
     }
 
+    /// psql connected to this server as `postgres`, to spawn: a session of its own that the
+    /// test holds open (to keep a lock, say).
+    pub fn psql_command(&self) -> Command {
+        let mut command = Command::new("psql");
+        command
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres"])
+            .args(["-d", "postgres", "-p", "5432", "-h"])
+            .arg(self.dir.path())
+            .env_remove("PGPASSWORD");
+        command
+    }
+
     fn run_psql(
         &self,
         input: &str,
