@@ -3,7 +3,6 @@
 //! Every window is spelled out as an inclusive range of days around its named anchor, and every
 //! concept set is listed with its codes.
 
-use crate::check::quantity_words;
 use crate::disclosure::{Export, SiteRules};
 use crate::printable::{escaped, escaped_keeping_lines};
 use crate::study::*;
@@ -664,14 +663,14 @@ impl<'a> Explainer<'a> {
 
 fn quantity_description(q: Quantity) -> String {
     match q {
-        Quantity::Age(_) => format!("{} (completed years of age on that day)", quantity_words(q)),
+        Quantity::Age(_) => format!("{} (completed years of age on that day)", q.words()),
         Quantity::CalendarAge(_) => {
             format!(
                 "{} (the year of that day minus the year of birth, as OHDSI computes age)",
-                quantity_words(q)
+                q.words()
             )
         }
-        _ => quantity_words(q),
+        _ => q.words(),
     }
 }
 

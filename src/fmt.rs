@@ -543,11 +543,7 @@ pub fn criterion_text(c: &Criterion) -> String {
             }
         }
         CriterionKind::Compare { quantity, test } => {
-            format!(
-                "{} {}",
-                crate::check::quantity_words(quantity.node),
-                literal_test_text(test)
-            )
+            format!("{} {}", quantity.node.words(), literal_test_text(test))
         }
     }
 }
@@ -796,7 +792,7 @@ fn covariate_text(v: &CovariateValue) -> String {
         }
         CovariateValue::Flag(c) => criterion_text(c),
         CovariateValue::Sex => "sex".to_string(),
-        CovariateValue::Quantity(q) => crate::check::quantity_words(q.node),
+        CovariateValue::Quantity(q) => q.node.words(),
     }
 }
 

@@ -9,7 +9,8 @@
 //!                                                                 └─reference evaluator (tests' oracle)
 //! ```
 //!
-//! Each stage is a function of its input alone; diagnostics are values, rendered only by `cli`.
+//! Each stage is a function of its input alone; diagnostics are values, rendered to text only by
+//! `render` (for `cli` and the REPL).
 
 // Diagnostics are large values made rarely, on the error path: boxing them buys nothing.
 #![allow(clippy::result_large_err, clippy::large_enum_variant)]
@@ -26,6 +27,8 @@ pub mod hash;
 pub mod plan;
 pub mod printable;
 pub mod reference;
+pub mod release;
+pub mod render;
 pub mod repl;
 pub mod repo;
 pub mod report;

@@ -596,7 +596,7 @@ fn exact_counts(
     data: &cohortql::reference::data::Data,
 ) -> Vec<CountRow> {
     let dir = tempfile::tempdir().unwrap();
-    cohortql::repo::rows::write_rows(
+    cohortql::reference::rows::write_rows(
         data,
         dir.path(),
         cohortql::repo::write::OutputFormat::Parquet,

@@ -6,7 +6,7 @@
 
 mod common;
 
-use cohortql::repo::rows::load_rows;
+use cohortql::reference::rows::load_rows;
 use cohortql::repo::write::OutputFormat;
 use cohortql::repo::Repository;
 use cohortql::synth::{generate, SynthOptions};

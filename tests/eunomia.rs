@@ -6,7 +6,7 @@ mod common;
 
 use cohortql::compile::compile_text;
 use cohortql::reference::evaluate_study;
-use cohortql::repo::rows::load_rows;
+use cohortql::reference::rows::load_rows;
 use cohortql::repo::Repository;
 use cohortql::study::Domain;
 use datafusion::arrow::array::{Array, Int64Array};

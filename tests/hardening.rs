@@ -9,7 +9,7 @@ mod common;
 use chrono::NaiveDate;
 use cohortql::printable::is_unsafe;
 use cohortql::reference::data::{Concept, Data, Period, Person, Record};
-use cohortql::repo::rows::write_rows;
+use cohortql::reference::rows::write_rows;
 use cohortql::repo::write::OutputFormat;
 use cohortql::repo::Repository;
 use cohortql::run::{sql_script, Dialect};

@@ -7,8 +7,8 @@ mod common;
 
 use cohortql::disclosure::Export;
 use cohortql::reference::data::Data;
+use cohortql::reference::rows::{load_rows, write_rows};
 use cohortql::reference::{evaluate_study, Outcome};
-use cohortql::repo::rows::{load_rows, write_rows};
 use cohortql::repo::write::OutputFormat;
 use cohortql::repo::Repository;
 use cohortql::results::stats::{poisson_exact, wilson};

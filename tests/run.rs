@@ -339,8 +339,12 @@ fn the_cohort_table_has_no_duplicate_rows() {
             .collect(),
         ..Data::default()
     };
-    cohortql::repo::rows::write_rows(&data, &repo, cohortql::repo::write::OutputFormat::Parquet)
-        .unwrap();
+    cohortql::reference::rows::write_rows(
+        &data,
+        &repo,
+        cohortql::repo::write::OutputFormat::Parquet,
+    )
+    .unwrap();
     let study = dir.path().join("all.study");
     std::fs::write(
         &study,
@@ -416,7 +420,7 @@ fn cohorts_outside_observation_with_their_record_end_and_cohort_id() {
         .unwrap()
         .block_on(async {
             let ctx = repo.session().await.unwrap();
-            cohortql::repo::rows::load_rows(&ctx).await.unwrap()
+            cohortql::reference::rows::load_rows(&ctx).await.unwrap()
         });
     let mut want: Vec<String> = data
         .records

@@ -714,7 +714,7 @@ impl Checker<'_> {
                 }
                 (ast::Literal::Date(d), false) => {
                     this.push(
-                        Diagnostic::new(Code::TypeMismatch, format!("{} is a number, but {d} is a date", quantity_words(quantity.node)))
+                        Diagnostic::new(Code::TypeMismatch, format!("{} is a number, but {d} is a date", quantity.node.words()))
                             .at(lit.span)
                             .label("a date")
                             .also(quantity.span, "a number of years")
@@ -726,10 +726,7 @@ impl Checker<'_> {
                     this.push(
                         Diagnostic::new(
                             Code::TypeMismatch,
-                            format!(
-                                "{} is a date, but {n} is a number",
-                                quantity_words(quantity.node)
-                            ),
+                            format!("{} is a date, but {n} is a number", quantity.node.words()),
                         )
                         .at(lit.span)
                         .label("a number")
@@ -778,13 +775,4 @@ fn between_reversed(low: &str, high: &str, span: Span) -> Diagnostic {
     .help(format!(
         "write the smaller bound first: `between {high} and {low}`"
     ))
-}
-
-pub fn quantity_words(q: Quantity) -> String {
-    match q {
-        Quantity::Age(a) => format!("age at {}", a.words()),
-        Quantity::CalendarAge(a) => format!("calendar age at {}", a.words()),
-        Quantity::Year(a) => format!("year of {}", a.words()),
-        Quantity::Date(a) => format!("date of {}", a.words()),
-    }
 }

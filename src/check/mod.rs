@@ -6,7 +6,7 @@ mod events;
 
 pub use concepts::{MAX_CONCEPT_ID, VOCABULARIES};
 use events::{alt_has_values, alt_has_visit};
-pub use events::{has_end_date, has_values, has_visit, quantity_words, MAX_DAYS, MODALITIES};
+pub use events::{has_end_date, has_values, has_visit, MAX_DAYS, MODALITIES};
 
 use crate::diag::{Code, Diagnostic};
 use crate::fmt;

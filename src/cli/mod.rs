@@ -2,16 +2,14 @@
 //! diagnostics, and exit codes (0 ok, 1 errors in a study, 2 usage or I/O errors).
 
 mod data;
-mod render;
 mod repl;
 mod report;
 mod run;
 mod site;
 
-pub use render::render;
+pub use crate::render::{render, render_all};
 
 use crate::compile::{compile_bytes, Compiled};
-use crate::diag::Diagnostic;
 use crate::syntax::source;
 use anstream::{eprint, print};
 use clap::{Parser, Subcommand};
@@ -404,14 +402,6 @@ fn display(path: &Path) -> String {
     }
 }
 
-fn plain_io(e: &std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => "no such file".to_string(),
-        std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
-        _ => e.to_string(),
-    }
-}
-
 fn load(path: &Path) -> Result<Compiled, String> {
     Ok(compile_bytes(&source::read_study_file(path)?))
 }
@@ -520,7 +510,7 @@ fn fmt(files: &[PathBuf], write: bool, check_only: bool) -> Result<Status, Strin
             }
         } else if write && path != Path::new("-") {
             if formatted.as_bytes() != bytes.as_slice() {
-                write_atomically(path, formatted.as_bytes())?;
+                crate::repo::write::write_atomically(path, formatted.as_bytes())?;
             }
         } else {
             print!("{formatted}");
@@ -530,25 +520,6 @@ fn fmt(files: &[PathBuf], write: bool, check_only: bool) -> Result<Status, Strin
         Status::StudyErrors
     } else {
         Status::Ok
-    })
-}
-
-/// Writes through a temporary file in the same directory and a rename, so a failure leaves the
-/// original untouched.
-pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), String> {
-    let tmp = crate::repo::write::hidden_sibling(path, "partial");
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(contents)?;
-        f.sync_all()?;
-        if let Ok(meta) = std::fs::metadata(path) {
-            std::fs::set_permissions(&tmp, meta.permissions())?;
-        }
-        std::fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("cannot write {}: {}", path.display(), plain_io(&e))
     })
 }
 
@@ -600,12 +571,4 @@ fn parse(path: &Path) -> Result<Status, String> {
             Ok(Status::StudyErrors)
         }
     }
-}
-
-/// Several diagnostics rendered one after another, each followed by a blank line.
-pub fn render_all(diagnostics: &[Diagnostic], path: &str, text: &str) -> String {
-    diagnostics
-        .iter()
-        .map(|d| render(d, path, text) + "\n")
-        .collect()
 }

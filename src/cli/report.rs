@@ -3,7 +3,7 @@
 
 use super::data::runtime;
 use super::{checked, site, Status};
-use crate::disclosure::release::check_release;
+use crate::release::check_release;
 use crate::repo::Repository;
 use crate::report::{build, html, released, vocabulary, Source};
 use anstream::{eprintln, println};

@@ -2,8 +2,8 @@
 //! the site's rules as every other command finds them.
 
 use super::Status;
-use crate::disclosure::release::check_release;
 use crate::disclosure::{Export, SiteRules};
+use crate::release::check_release;
 use crate::site::{locate, Site};
 use anstream::{eprintln, println};
 use std::path::Path;

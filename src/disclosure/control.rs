@@ -42,6 +42,14 @@ impl Table {
     }
 }
 
+/// The group of a results row about all entries (the others are about one arm each).
+pub const ALL: &str = "all";
+
+/// The covariate of a Table 1 row's rule (`sex = female` → `sex`).
+pub fn covariate_of(rule: &str) -> &str {
+    rule.split(" = ").next().unwrap_or(rule)
+}
+
 /// The two counts of every row (in the endpoint table, persons with an event and events).
 pub const MEASURES: [&str; 2] = ["persons", "entries"];
 
@@ -119,7 +127,7 @@ pub fn relations(rows: &[CountRow]) -> Vec<Relation> {
         let rows_of = of(table);
         for &total in rows_of
             .iter()
-            .filter(|&&i| rows[i].arm.as_deref() == Some(crate::results::ALL))
+            .filter(|&&i| rows[i].arm.as_deref() == Some(ALL))
         {
             let parts: Vec<usize> = rows_of
                 .iter()
@@ -138,7 +146,7 @@ pub fn relations(rows: &[CountRow]) -> Vec<Relation> {
         .into_iter()
         .map(|i| {
             (
-                crate::results::table1::covariate_of(&rows[i].rule).to_string(),
+                covariate_of(&rows[i].rule).to_string(),
                 rows[i].arm.clone().unwrap_or_default(),
             )
         })
@@ -146,7 +154,7 @@ pub fn relations(rows: &[CountRow]) -> Vec<Relation> {
     covariates.sort();
     covariates.dedup();
     for (covariate, group) in covariates {
-        let total = if group == crate::results::ALL {
+        let total = if group == ALL {
             attrition.iter().copied().find(|&i| rows[i].step == last)
         } else {
             by_arm
@@ -158,7 +166,7 @@ pub fn relations(rows: &[CountRow]) -> Vec<Relation> {
             let parts = of(Table::Table1)
                 .into_iter()
                 .filter(|&i| {
-                    crate::results::table1::covariate_of(&rows[i].rule) == covariate
+                    covariate_of(&rows[i].rule) == covariate
                         && rows[i].arm.as_deref() == Some(group.as_str())
                 })
                 .collect();
@@ -285,15 +293,11 @@ enum Arm {
 fn scope_of(row: &CountRow, measure: usize) -> Scope {
     let arm = match row.table {
         Table::ByArm => Some(row.arm.clone().map_or(Arm::None, Arm::Named)),
-        Table::Endpoint | Table::Table1 => row
-            .arm
-            .clone()
-            .filter(|a| a != crate::results::ALL)
-            .map(Arm::Named),
+        Table::Endpoint | Table::Table1 => row.arm.clone().filter(|a| a != ALL).map(Arm::Named),
         _ => None,
     };
     let level = (row.table == Table::Table1).then(|| {
-        let covariate = crate::results::table1::covariate_of(&row.rule);
+        let covariate = covariate_of(&row.rule);
         (
             covariate.to_string(),
             row.rule[covariate.len()..].to_string(),

@@ -3,7 +3,10 @@
 //! releases, with the checker that proves no small count can be derived from them.
 
 pub mod control;
-pub mod release;
+
+/// How a withheld count is shown, on a screen or in a report: one mark for every withheld
+/// count, since telling a small count from one withheld to protect it would say which are small.
+pub const WITHHELD: &str = "—";
 
 use crate::study::OutputPolicy;
 use serde::Serialize;

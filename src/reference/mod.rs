@@ -6,6 +6,7 @@
 //! `evaluate_study` adds consent, follow-up and the dataset of covariates and endpoints.
 
 pub mod data;
+pub mod rows;
 
 use crate::study::*;
 use chrono::{Datelike, Duration, NaiveDate};

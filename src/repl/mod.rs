@@ -262,7 +262,7 @@ impl Session {
         }
         self.study()?;
         let path = PathBuf::from(arg);
-        crate::cli::write_atomically(&path, self.canonical().as_bytes())?;
+        crate::repo::write::write_atomically(&path, self.canonical().as_bytes())?;
         Ok(format!("Saved {}.", path.display()))
     }
 
@@ -468,7 +468,7 @@ pub fn input_is_complete(draft: &Draft, input: &str) -> bool {
 
 /// Diagnostics rendered against the study text, which the session's lines make up.
 fn diagnostics(diagnostics: &[Diagnostic], text: &str) -> String {
-    crate::cli::render_all(diagnostics, "<repl>", text)
+    crate::render::render_all(diagnostics, "<repl>", text)
 }
 
 /// The attrition as a table, each count withheld and rounded as live counts are.

@@ -4,7 +4,6 @@
 pub mod browse;
 pub mod files;
 pub mod quality;
-pub mod rows;
 pub mod schema;
 pub mod write;
 

@@ -271,3 +271,28 @@ fn finish(builder: &mut ColumnBuilder) -> ArrayRef {
         ColumnBuilder::Date(b) => Arc::new(b.finish()),
     }
 }
+
+/// Writes through a temporary file in the same directory and a rename, so a failure leaves the
+/// original untouched (its permissions are kept).
+pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let tmp = hidden_sibling(path, "partial");
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            std::fs::set_permissions(&tmp, meta.permissions())?;
+        }
+        std::fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file".to_string(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+            _ => e.to_string(),
+        };
+        format!("cannot write {}: {why}", path.display())
+    })
+}

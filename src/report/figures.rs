@@ -5,7 +5,7 @@
 use super::design::wrap;
 use super::released::{ArmCount, Curve, FlowStep};
 use super::svg::{esc, Canvas};
-use crate::run::output::WITHHELD;
+use crate::disclosure::WITHHELD;
 
 fn persons_text(n: Option<u64>) -> String {
     n.map_or(format!("{WITHHELD} persons (withheld)"), |n| {

@@ -14,7 +14,7 @@ use crate::disclosure::control::{CountRow, Table};
 use crate::study::{EndpointKind, Study};
 
 /// The group of entries a result row is about: an arm by name, or `all` entries.
-pub const ALL: &str = "all";
+pub use crate::disclosure::control::ALL;
 
 /// Days in a year of person-time.
 pub const DAYS_PER_YEAR: f64 = 365.25;

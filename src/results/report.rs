@@ -55,7 +55,7 @@ fn estimate(
     match (number(row, column), number(row, lower), number(row, upper)) {
         (Some(v), Some(lo), Some(hi)) => format!("{v:.digits$} ({lo:.digits$}–{hi:.digits$})"),
         (Some(v), _, _) => format!("{v:.digits$}"),
-        _ => crate::run::output::WITHHELD.to_string(),
+        _ => crate::disclosure::WITHHELD.to_string(),
     }
 }
 
@@ -128,7 +128,7 @@ pub fn endpoint_grid(dir: &Path) -> Result<Option<Grid>, String> {
             crate::printable::escaped(&r["endpoint"]).into_owned(),
             crate::printable::escaped(&r["group"]).into_owned(),
             if events.is_empty() {
-                crate::run::output::WITHHELD.to_string()
+                crate::disclosure::WITHHELD.to_string()
             } else {
                 events
             },
@@ -240,11 +240,11 @@ pub fn table1_grid(dir: &Path) -> Result<Option<Grid>, String> {
                 .find(|r| &r["covariate"] == covariate && &r["level"] == level && &r["group"] == g);
             let text = match r {
                 None => String::new(),
-                Some(r) if r["n"].is_empty() => crate::run::output::WITHHELD.to_string(),
+                Some(r) if r["n"].is_empty() => crate::disclosure::WITHHELD.to_string(),
                 Some(r) if level.is_empty() => match (number(r, "mean"), number(r, "sd")) {
                     (Some(m), Some(s)) => format!("{m:.1} ({s:.1})"),
                     (Some(m), None) => format!("{m:.1}"),
-                    _ => crate::run::output::WITHHELD.to_string(),
+                    _ => crate::disclosure::WITHHELD.to_string(),
                 },
                 Some(r) => match number(r, "percent") {
                     Some(p) => format!("{} ({p:.1}%)", r["n"]),

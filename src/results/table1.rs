@@ -285,9 +285,7 @@ pub fn rule_of(covariate: &str, level: &str) -> String {
 }
 
 /// The covariate of a Table 1 row's rule.
-pub fn covariate_of(rule: &str) -> &str {
-    rule.split(" = ").next().unwrap_or(rule)
-}
+pub use crate::disclosure::control::covariate_of;
 
 /// Table 1's counts as rows for disclosure control: `n` by covariate and level (`rule`) and
 /// group (`arm`), in both measures, since each counts entries.

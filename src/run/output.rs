@@ -105,8 +105,7 @@ pub fn shown_released(count: Option<u64>) -> String {
     count.map_or_else(|| WITHHELD.to_string(), |n| n.to_string())
 }
 
-/// How the screen marks a withheld count.
-pub const WITHHELD: &str = "—";
+pub use crate::disclosure::WITHHELD;
 
 /// The attrition as a table for the screen, its counts as released.
 pub fn attrition_table(rows: &[&CountRow]) -> String {

@@ -5,21 +5,7 @@
 
 use serde::Serialize;
 
-/// A byte range in the study text.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, Serialize)]
-pub struct Span {
-    pub start: usize,
-    pub end: usize,
-}
-
-impl Span {
-    pub fn new(start: usize, end: usize) -> Span {
-        Span { start, end }
-    }
-    pub fn to(self, other: Span) -> Span {
-        Span::new(self.start.min(other.start), self.end.max(other.end))
-    }
-}
+pub use crate::diag::Span;
 
 /// A value and the span it was written at.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -450,6 +436,16 @@ pub enum Quantity {
 }
 
 impl Quantity {
+    /// `age at index`, `year of follow-up start`: the quantity as the language writes it.
+    pub fn words(self) -> String {
+        match self {
+            Quantity::Age(a) => format!("age at {}", a.words()),
+            Quantity::CalendarAge(a) => format!("calendar age at {}", a.words()),
+            Quantity::Year(a) => format!("year of {}", a.words()),
+            Quantity::Date(a) => format!("date of {}", a.words()),
+        }
+    }
+
     /// The date the quantity is measured on.
     pub fn anchor(self) -> Anchor {
         match self {

@@ -8,8 +8,8 @@ pub mod spec;
 
 use cohortql::compile::compile_text;
 use cohortql::reference::data::Data;
+use cohortql::reference::rows::write_rows;
 use cohortql::reference::{evaluate_study, Cell};
-use cohortql::repo::rows::write_rows;
 use cohortql::repo::write::OutputFormat;
 use cohortql::repo::Repository;
 use cohortql::run::{execute, sql_script, Dialect};

@@ -3,8 +3,8 @@
 //! release someone edited by hand: a count the policy withholds, a derivable difference, a
 //! person-level column, an exact date where none may leave, a file no release holds.
 
-use super::control::{derivable, CountRow, Table, MEASURES};
-use super::{Export, Policy, SiteRules};
+use crate::disclosure::control::{derivable, CountRow, Table, MEASURES};
+use crate::disclosure::{Export, Policy, SiteRules};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -1,4 +1,5 @@
-//! Renders diagnostics as `file:line:column`, the source line, a caret under the span, and help.
+//! Renders diagnostics as `file:line:column`, the source line, a caret under the span, and help:
+//! the one place diagnostics become text, for the command line and the REPL.
 //!
 //! Written here rather than with a diagnostics crate because study files may hold lines of
 //! megabytes: only a window of a long line around the span is shown.
@@ -134,4 +135,12 @@ fn excerpt(text: &str, span: Span) -> (String, usize, usize) {
         span_shown + usize::from(span_shown < inside_text.len())
     };
     (shown, caret_at, caret_len)
+}
+
+/// Several diagnostics rendered one after another, each followed by a blank line.
+pub fn render_all(diagnostics: &[Diagnostic], path: &str, text: &str) -> String {
+    diagnostics
+        .iter()
+        .map(|d| render(d, path, text) + "\n")
+        .collect()
 }

@@ -1,9 +1,9 @@
 //! Between a repository and the reference evaluator's plain rows, for tests that compare engines:
 //! reading a whole (small) repository into rows, and writing rows as a repository.
 
-use super::write::{Cell, OutputFormat, TableWriter, WriteError};
-use super::{clean_engine_message, RepoError};
-use crate::reference::data::{Concept, Data, Period, Person, Record};
+use super::data::{Concept, Data, Period, Person, Record};
+use crate::repo::write::{Cell, OutputFormat, TableWriter, WriteError};
+use crate::repo::{clean_engine_message, RepoError};
 use crate::study::Domain;
 use chrono::NaiveDate;
 use datafusion::arrow::array::{
@@ -230,7 +230,7 @@ pub async fn load_rows(ctx: &SessionContext) -> Result<Data, RepoError> {
 /// engines the same data. Image occurrences get a DICOM concept for each modality; image
 /// features, which live in three tables, are not written.
 pub fn write_rows(data: &Data, dir: &Path, format: OutputFormat) -> Result<(), WriteError> {
-    use super::schema::{domain_source, TABLES};
+    use crate::repo::schema::{domain_source, TABLES};
     let table = |name: &str| {
         TABLES
             .iter()
