@@ -382,6 +382,55 @@ fn eunomia_in_postgresql() {
     }
     let _ = holder.kill();
     let _ = holder.wait();
+    // The schemas from the command line: the CDM's, and the vocabulary in a schema of its own.
+    let split = server.load(&Repository::open(&files).unwrap());
+    let mut moves = format!("CREATE SCHEMA {split}_vocab;");
+    for table in ["concept", "concept_ancestor", "concept_relationship"] {
+        moves.push_str(&format!(
+            " ALTER TABLE {split}.{table} SET SCHEMA {split}_vocab;"
+        ));
+    }
+    server.psql(&moves);
+    let bare = format!("postgresql://postgres@/postgres?host={socket}");
+    let out = dir.path().join("split");
+    let study = root().join("studies/eunomia/gi_bleed_new_users.study");
+    let vocab = format!("{split}_vocab");
+    let o = cohortql(
+        &[
+            "run",
+            study.to_str().unwrap(),
+            "--repo",
+            &bare,
+            "--repo-schema",
+            &split,
+            "--vocab-schema",
+            &vocab,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", all_text(&o));
+    assert_eq!(persons(&out), 2630);
+    let o = cohortql(
+        &[
+            "run",
+            study.to_str().unwrap(),
+            "--repo",
+            files.to_str().unwrap(),
+            "--repo-schema",
+            "cdm",
+            "--out",
+            "refused",
+        ],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", all_text(&o));
+    assert!(
+        all_text(&o).contains("name schemas of a database"),
+        "{}",
+        all_text(&o)
+    );
     // Commands that read directories only say so.
     let o = cohortql(&["repo", "check", &url], dir.path());
     assert_eq!(o.status.code(), Some(2), "{}", all_text(&o));

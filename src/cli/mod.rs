@@ -110,6 +110,13 @@ enum Command {
         /// ATLAS and the HADES packages read it.
         #[arg(long, value_name = "SCHEMA.TABLE")]
         write_cohort: Option<String>,
+        /// With a PostgreSQL repository: the schema of the CDM's tables (instead of the URL's
+        /// `schema=`; default public).
+        #[arg(long)]
+        repo_schema: Option<String>,
+        /// With a PostgreSQL repository: the schema of the vocabulary tables, when apart.
+        #[arg(long)]
+        vocab_schema: Option<String>,
     },
     /// Print each stage's logical, optimised and physical query plan.
     Plan {
@@ -303,6 +310,8 @@ pub fn main() -> ExitCode {
             policy,
             export_dataset,
             write_cohort,
+            repo_schema,
+            vocab_schema,
         } => run::run_all(
             &studies,
             repo.as_deref(),
@@ -313,6 +322,8 @@ pub fn main() -> ExitCode {
                 policy: policy.map(PolicyArg::name),
                 export_dataset,
                 write_cohort: write_cohort.as_deref(),
+                repo_schema: repo_schema.as_deref(),
+                vocab_schema: vocab_schema.as_deref(),
             },
         ),
         Command::Repl { study, repo } => {

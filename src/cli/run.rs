@@ -74,6 +74,9 @@ pub(super) struct Options<'a> {
     pub export_dataset: bool,
     /// `--write-cohort SCHEMA.TABLE`.
     pub write_cohort: Option<&'a str>,
+    /// `--repo-schema`, `--vocab-schema`.
+    pub repo_schema: Option<&'a str>,
+    pub vocab_schema: Option<&'a str>,
 }
 
 /// Where `run` reads the data: a repository directory, or a PostgreSQL database.
@@ -192,7 +195,15 @@ pub(super) fn run(
         None
     };
     let source = match repo.and_then(Path::to_str).filter(|r| is_database(r)) {
-        Some(url) => Source::Database(Database::parse(url)?),
+        Some(url) => Source::Database(
+            Database::parse(url)?.with_schemas(options.repo_schema, options.vocab_schema)?,
+        ),
+        None if options.repo_schema.is_some() || options.vocab_schema.is_some() => {
+            return Err(
+                "--repo-schema and --vocab-schema name schemas of a database: give --repo postgresql://…"
+                    .to_string(),
+            )
+        }
         None => Source::Files(open(repo)?),
     };
     let write_back = match (options.write_cohort, &source) {

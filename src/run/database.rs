@@ -97,6 +97,28 @@ impl Database {
         })
     }
 
+    /// The schemas the command line names (`--repo-schema`, `--vocab-schema`), over the URL's.
+    pub fn with_schemas(
+        mut self,
+        schema: Option<&str>,
+        vocab_schema: Option<&str>,
+    ) -> Result<Database, String> {
+        for s in schema.iter().chain(vocab_schema.iter()) {
+            if !plain_identifier(s) {
+                return Err(format!(
+                    "schema `{s}` is not a plain SQL name (lower-case letters, digits and underscores)"
+                ));
+            }
+        }
+        if let Some(s) = schema {
+            self.schema = s.to_string();
+        }
+        if let Some(v) = vocab_schema {
+            self.vocab_schema = Some(v.to_string());
+        }
+        Ok(self)
+    }
+
     /// `host:port/db schema cdm`, for messages and `run.json`: never the password.
     pub fn describe(&self) -> String {
         let host = self
