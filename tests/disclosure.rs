@@ -9,7 +9,7 @@ mod common;
 use cohortql::disclosure::control::{control, steps_of, CountRow, Table};
 use cohortql::disclosure::Policy;
 use common::random::{random_data, random_study};
-use common::{all_text, checked, with_big_stack};
+use common::{all_text, checked, csv_rows, with_big_stack};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
@@ -56,23 +56,6 @@ fn eunomia() -> String {
         .join("tests/data/eunomia-gibleed")
         .to_string_lossy()
         .into_owned()
-}
-
-/// The rows of a CSV file as maps from column to value (the release's files quote as CSV does).
-fn csv_rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
-    let mut reader = csv::Reader::from_path(path).unwrap();
-    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
-    reader
-        .records()
-        .map(|r| {
-            let r = r.unwrap();
-            header
-                .iter()
-                .cloned()
-                .zip(r.iter().map(String::from))
-                .collect()
-        })
-        .collect()
 }
 
 /// Every count in a release's attrition tables and run.json, as numbers (withheld ones left

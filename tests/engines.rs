@@ -14,7 +14,7 @@ use common::postgres::Postgres;
 use common::random::{random_data, random_study};
 use common::{
     by_database, by_datafusion, by_postgres, by_reference, checked, in_database, on_postgres,
-    on_repository, with_big_stack, Got,
+    on_repository, study_files, with_big_stack, Got,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -64,21 +64,6 @@ fn assert_agree(what: &str, reference: &Got, datafusion: &Got) {
             reference.entries[i]
         );
     }
-}
-
-fn study_files() -> Vec<std::path::PathBuf> {
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("studies");
-    let mut files = Vec::new();
-    for dir in [root.clone(), root.join("eunomia")] {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "study") {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
-    files
 }
 
 #[test]

@@ -7,7 +7,7 @@
 mod common;
 
 use cohortql::study::*;
-use common::{all_text, checked, site_file};
+use common::{all_text, checked, csv_rows, site_file, study_files};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -25,21 +25,6 @@ fn cohortql(args: &[&str], dir: &Path) -> Output {
         .env("NO_COLOR", "1")
         .output()
         .unwrap()
-}
-
-fn study_files() -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for dir in [root().join("studies"), root().join("studies/eunomia")] {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "study") {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
-    assert!(files.len() >= 9, "study files are missing");
-    files
 }
 
 /// Writes the report and gives its HTML and JSON.
@@ -505,21 +490,6 @@ fn a_results_report_shows_exactly_the_release() {
     assert_eq!(o.status.code(), Some(1), "{}", all_text(&o));
     assert!(all_text(&o).contains("not written"), "{}", all_text(&o));
     assert!(!out.exists() && !out.with_extension("json").exists());
-}
-
-fn csv_rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
-    let mut reader = csv::Reader::from_path(path).unwrap();
-    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
-    reader
-        .records()
-        .map(|r| {
-            header
-                .iter()
-                .cloned()
-                .zip(r.unwrap().iter().map(String::from))
-                .collect()
-        })
-        .collect()
 }
 
 /// With `--repo`, the code list gives the vocabulary's names, codes and vocabularies, and the

@@ -15,8 +15,8 @@ use cohortql::results::stats::{poisson_exact, wilson};
 use cohortql::site::Site;
 use cohortql::study::{EndpointKind, Study};
 use cohortql::synth::{generate, SynthOptions};
-use common::all_text;
 use common::random::{random_data, random_study};
+use common::{all_text, csv_rows, study_files};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
@@ -48,21 +48,6 @@ fn intervals_agree_with_scipy() {
         assert!(close(lo, case[2].as_f64().unwrap()), "{k}/{n}: {lo}");
         assert!(close(hi, case[3].as_f64().unwrap()), "{k}/{n}: {hi}");
     }
-}
-
-fn csv_rows(path: &Path) -> Vec<HashMap<String, String>> {
-    let mut reader = csv::Reader::from_path(path).unwrap();
-    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
-    reader
-        .records()
-        .map(|r| {
-            header
-                .iter()
-                .cloned()
-                .zip(r.unwrap().iter().map(String::from))
-                .collect()
-        })
-        .collect()
 }
 
 /// The GI bleed study on Eunomia: per arm, the events and person-time of the endpoint table are
@@ -787,20 +772,4 @@ fn site_results_agree_with_the_reference_evaluator() {
         }
         assert!(nonempty >= 20, "too few results held anyone: {nonempty}");
     });
-}
-
-/// The study files of studies/ and studies/eunomia/.
-fn study_files() -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    for dir in [root().join("studies"), root().join("studies/eunomia")] {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "study") {
-                files.push(p);
-            }
-        }
-    }
-    files.sort();
-    assert!(files.len() >= 9, "study files are missing");
-    files
 }

@@ -67,6 +67,39 @@ pub fn site_file() -> std::path::PathBuf {
     path
 }
 
+/// The study files of studies/ and studies/eunomia/, sorted.
+pub fn study_files() -> Vec<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("studies");
+    let mut files = Vec::new();
+    for dir in [root.clone(), root.join("eunomia")] {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "study") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    assert!(files.len() >= 9, "study files are missing");
+    files
+}
+
+/// The rows of a CSV file as maps from column to value (the outputs quote as CSV does).
+pub fn csv_rows(path: &std::path::Path) -> Vec<std::collections::HashMap<String, String>> {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    reader
+        .records()
+        .map(|r| {
+            header
+                .iter()
+                .cloned()
+                .zip(r.unwrap().iter().map(String::from))
+                .collect()
+        })
+        .collect()
+}
+
 /// Standard output and standard error of a command, as text.
 pub fn all_text(o: &std::process::Output) -> String {
     format!(
