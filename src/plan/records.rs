@@ -2,6 +2,7 @@
 //! shape, concept sets through the vocabulary, and the consent rule applied to all of them.
 
 use super::{c, filter, join_on, project, Planner};
+use crate::repo::domains::{self, Field, JoinKind};
 use crate::study::{CodePattern, ConceptExpr, Consent, Domain};
 use chrono::{Duration, NaiveDate};
 use datafusion::arrow::datatypes::DataType;
@@ -35,6 +36,26 @@ pub(super) struct Rec {
 }
 
 impl Rec {
+    /// The column holding a field.
+    pub fn of(&self, field: Field) -> &String {
+        match field {
+            Field::Id => &self.id,
+            Field::Person => &self.person,
+            Field::Concept => &self.concept,
+            Field::Start => &self.start,
+            Field::End => &self.end,
+            Field::Visit => &self.visit,
+            Field::Number => &self.number,
+            Field::ValueConcept => &self.value_concept,
+            Field::Unit => &self.unit,
+            Field::RangeLow => &self.low,
+            Field::RangeHigh => &self.high,
+            Field::Modality => &self.modality,
+            Field::Kind => &self.kind,
+            Field::DaysSupply => &self.days_supply,
+        }
+    }
+
     /// The record columns, in one fixed order.
     pub fn columns(&self) -> [&String; 14] {
         [
@@ -83,40 +104,25 @@ fn null(t: DataType) -> Expr {
     cast(lit(ScalarValue::Null), t)
 }
 
-const TYPES: [DataType; 14] = [
-    DataType::Int64,
-    DataType::Int64,
-    DataType::Int64,
-    DataType::Date32,
-    DataType::Date32,
-    DataType::Int64,
-    DataType::Float64,
-    DataType::Int64,
-    DataType::Int64,
-    DataType::Float64,
-    DataType::Float64,
-    DataType::Utf8,
-    DataType::Int64,
-    DataType::Int64,
-];
 
 impl Planner<'_> {
     pub(super) fn rec_names(&mut self) -> Rec {
+        let mut name = |f: Field| self.fresh(f.name());
         Rec {
-            person: self.fresh("person"),
-            id: self.fresh("id"),
-            concept: self.fresh("concept"),
-            start: self.fresh("start"),
-            end: self.fresh("end"),
-            visit: self.fresh("visit"),
-            number: self.fresh("number"),
-            value_concept: self.fresh("value_concept"),
-            unit: self.fresh("unit"),
-            low: self.fresh("low"),
-            high: self.fresh("high"),
-            modality: self.fresh("modality"),
-            kind: self.fresh("kind"),
-            days_supply: self.fresh("days_supply"),
+            person: name(Field::Person),
+            id: name(Field::Id),
+            concept: name(Field::Concept),
+            start: name(Field::Start),
+            end: name(Field::End),
+            visit: name(Field::Visit),
+            number: name(Field::Number),
+            value_concept: name(Field::ValueConcept),
+            unit: name(Field::Unit),
+            low: name(Field::RangeLow),
+            high: name(Field::RangeHigh),
+            modality: name(Field::Modality),
+            kind: name(Field::Kind),
+            days_supply: name(Field::DaysSupply),
             alternative: None,
         }
     }
@@ -128,62 +134,50 @@ impl Planner<'_> {
         self.consent_records(plan, rec)
     }
 
-    /// The records of a domain as stored, before the consent rule.
+    /// The records of a domain as stored, before the consent rule, read as the OMOP domain
+    /// catalogue says; `modality` only when a filter asks for it, since it may cost a join.
     fn raw_records(&mut self, domain: Domain, modality: bool) -> Result<(LogicalPlan, Rec)> {
         let rec = self.rec_names();
-        let names = [
-            &rec.id,
-            &rec.person,
-            &rec.concept,
-            &rec.start,
-            &rec.end,
-            &rec.visit,
-            &rec.number,
-            &rec.value_concept,
-            &rec.unit,
-            &rec.low,
-            &rec.high,
-            &rec.modality,
-            &rec.kind,
-            &rec.days_supply,
-        ];
-        let (plan, columns) = match domain {
-            Domain::ImageOccurrence | Domain::ImageFeature => self.imaging(domain, modality)?,
-            _ => {
-                let s = crate::repo::schema::domain_source(domain)
-                    .expect("every domain but imaging reads one table");
-                let mut columns: Vec<Option<Expr>> = s
-                    .columns
-                    .iter()
-                    .map(|col| col.map(|n| qualified(s.table, n)))
-                    .collect();
-                if domain == Domain::Death {
-                    // Deaths have no id of their own: every one is record 0.
-                    columns[0] = Some(lit(0i64));
-                }
-                (self.table(s.table), columns)
-            }
-        };
-        let exprs: Vec<Expr> = columns
+        let source = domains::records(domain);
+        let wanted = |f: Field| modality || f != Field::Modality;
+        let mut builder = LogicalPlanBuilder::from(self.table(source.table));
+        for join in source.joins_for(wanted) {
+            let joined = LogicalPlanBuilder::from(self.table(join.table))
+                .alias(join.alias)?
+                .build()?;
+            let kind = match join.kind {
+                JoinKind::Inner => JoinType::Inner,
+                JoinKind::Left => JoinType::Left,
+            };
+            builder = builder.join(
+                joined,
+                kind,
+                (
+                    vec![Column::new(Some(join.left.table), join.left.column)],
+                    vec![Column::new(Some(join.alias), join.right)],
+                ),
+                None,
+            )?;
+        }
+        let exprs: Vec<Expr> = Field::ALL
             .into_iter()
-            .zip(TYPES)
-            .zip(names)
-            .map(|((e, t), name)| {
-                let e = match e {
-                    Some(e) => cast(e, t),
+            .map(|field| {
+                let t = field.kind().arrow();
+                let e = match source.column(field).filter(|_| wanted(field)) {
+                    Some(col) => cast(qualified(col.table, col.column), t),
                     None => null(t),
                 };
-                // A record without an id (which OMOP forbids) is record 0, as deaths are: ties
+                // A record without an id (deaths, or rows OMOP forbids) is record 0: ties
                 // between records are broken by id, which therefore must not be NULL.
-                let e = if *name == rec.id {
+                let e = if field == Field::Id {
                     datafusion::functions::expr_fn::coalesce(vec![e, lit(0i64)])
                 } else {
                     e
                 };
-                e.alias(name.as_str())
+                e.alias(rec.of(field).as_str())
             })
             .collect();
-        let plan = project(plan, exprs)?;
+        let plan = project(builder.build()?, exprs)?;
         // Records without a person or a start date cannot be placed in time: no criterion sees them.
         let plan = filter(
             plan,
@@ -192,91 +186,6 @@ impl Planner<'_> {
                 .and(c(&rec.start).is_not_null()),
         )?;
         Ok((plan, rec))
-    }
-
-    /// Image occurrences (dated by the image, the modality a DICOM code) and image features
-    /// (dated by their image, valued by their measurement).
-    fn imaging(
-        &mut self,
-        domain: Domain,
-        modality: bool,
-    ) -> Result<(LogicalPlan, Vec<Option<Expr>>)> {
-        let io = |n: &str| Some(qualified("image_occurrence", n));
-        let mut builder = LogicalPlanBuilder::from(self.table("image_occurrence"));
-        let mut columns = if domain == Domain::ImageFeature {
-            let features = self.table("image_feature");
-            let measurement = self.table("measurement");
-            builder = LogicalPlanBuilder::from(features)
-                .join(
-                    self.table("image_occurrence"),
-                    JoinType::Inner,
-                    (
-                        vec![Column::new(Some("image_feature"), "image_occurrence_id")],
-                        vec![Column::new(Some("image_occurrence"), "image_occurrence_id")],
-                    ),
-                    None,
-                )?
-                .join(
-                    measurement,
-                    JoinType::Left,
-                    (
-                        vec![Column::new(Some("image_feature"), "image_feature_event_id")],
-                        vec![Column::new(Some("measurement"), "measurement_id")],
-                    ),
-                    None,
-                )?;
-            let f = |n: &str| Some(qualified("image_feature", n));
-            let m = |n: &str| Some(qualified("measurement", n));
-            vec![
-                f("image_feature_id"),
-                f("person_id"),
-                f("image_feature_concept_id"),
-                io("image_occurrence_date"),
-                None,
-                io("visit_occurrence_id"),
-                m("value_as_number"),
-                m("value_as_concept_id"),
-                m("unit_concept_id"),
-                m("range_low"),
-                m("range_high"),
-                None,
-                None,
-                None,
-            ]
-        } else {
-            vec![
-                io("image_occurrence_id"),
-                io("person_id"),
-                io("anatomic_site_concept_id"),
-                io("image_occurrence_date"),
-                None,
-                io("visit_occurrence_id"),
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-                None,
-            ]
-        };
-        if modality {
-            let concept = LogicalPlanBuilder::from(self.table("concept"))
-                .alias("modality_concept")?
-                .build()?;
-            builder = builder.join(
-                concept,
-                JoinType::Left,
-                (
-                    vec![Column::new(Some("image_occurrence"), "modality_concept_id")],
-                    vec![Column::new(Some("modality_concept"), "concept_id")],
-                ),
-                None,
-            )?;
-            columns[11] = Some(qualified("modality_concept", "concept_code"));
-        }
-        Ok((builder.build()?, columns))
     }
 
     /// Persons: id, sex and birth, consent applied.
@@ -318,14 +227,18 @@ impl Planner<'_> {
             start: self.fresh("period_start"),
             end: self.fresh("period_end"),
         };
-        let o = |n: &str| qualified("observation_period", n);
+        let source = domains::records(Domain::ObservationPeriod);
+        let o = |f: Field| {
+            let col = source.column(f).expect("observation periods have this field");
+            qualified(col.table, col.column)
+        };
         let plan = project(
-            self.table("observation_period"),
+            self.table(source.table),
             vec![
-                cast(o("person_id"), DataType::Int64).alias(&cols.person),
-                cast(o("observation_period_id"), DataType::Int64).alias(&cols.id),
-                o("observation_period_start_date").alias(&cols.start),
-                o("observation_period_end_date").alias(&cols.end),
+                cast(o(Field::Person), DataType::Int64).alias(&cols.person),
+                cast(o(Field::Id), DataType::Int64).alias(&cols.id),
+                o(Field::Start).alias(&cols.start),
+                o(Field::End).alias(&cols.end),
             ],
         )?;
         let plan = filter(

@@ -4,6 +4,8 @@
 use super::data::{Concept, Data, Period, Person, Record};
 use crate::repo::write::{Cell, OutputFormat, TableWriter, WriteError};
 use crate::repo::{clean_engine_message, RepoError};
+use crate::repo::domains::{self, Field, JoinKind};
+use crate::repo::schema::Kind;
 use crate::study::Domain;
 use chrono::NaiveDate;
 use datafusion::arrow::array::{
@@ -15,61 +17,41 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::SessionContext;
 use std::path::Path;
 
-/// The query giving each domain's records with the columns the evaluator uses, in this order:
-/// id, person, concept, start, end, visit, number, value concept, unit, range low, range high,
-/// modality, kind, days supply.
+/// The query giving each domain's records with every field of the domain catalogue, in the
+/// order of `Field::ALL`, as columns `c0`, `c1`, ….
 fn domain_query(domain: Domain) -> String {
-    let simple = |table: &str, id: &str, concept: &str, start: &str, end: &str, visit: &str| {
-        format!(
-            "SELECT {id}, person_id, {concept}, {start}, {end}, {visit}, CAST(NULL AS DOUBLE), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS DOUBLE), CAST(NULL AS DOUBLE), CAST(NULL AS VARCHAR), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT) FROM {table}"
-        )
-    };
-    let null_date = "CAST(NULL AS DATE)";
-    let null_int = "CAST(NULL AS BIGINT)";
-    match domain {
-        Domain::Condition => simple("condition_occurrence", "condition_occurrence_id", "condition_concept_id", "condition_start_date", "condition_end_date", "visit_occurrence_id"),
-        Domain::Procedure => simple("procedure_occurrence", "procedure_occurrence_id", "procedure_concept_id", "procedure_date", "procedure_end_date", "visit_occurrence_id"),
-        Domain::Visit => simple("visit_occurrence", "visit_occurrence_id", "visit_concept_id", "visit_start_date", "visit_end_date", "visit_occurrence_id"),
-        Domain::Death => simple("death", "CAST(0 AS BIGINT)", "cause_concept_id", "death_date", null_date, null_int),
-        Domain::Device => simple("device_exposure", "device_exposure_id", "device_concept_id", "device_exposure_start_date", "device_exposure_end_date", "visit_occurrence_id"),
-        Domain::Specimen => simple("specimen", "specimen_id", "specimen_concept_id", "specimen_date", null_date, null_int),
-        Domain::DrugEra => simple("drug_era", "drug_era_id", "drug_concept_id", "drug_era_start_date", "drug_era_end_date", null_int),
-        Domain::ConditionEra => simple("condition_era", "condition_era_id", "condition_concept_id", "condition_era_start_date", "condition_era_end_date", null_int),
-        Domain::ObservationPeriod => unreachable!("observation periods are read as periods, not records"),
-        Domain::Drug => "SELECT drug_exposure_id, person_id, drug_concept_id, drug_exposure_start_date, drug_exposure_end_date, visit_occurrence_id, CAST(NULL AS DOUBLE), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS DOUBLE), CAST(NULL AS DOUBLE), CAST(NULL AS VARCHAR), CAST(NULL AS BIGINT), days_supply FROM drug_exposure".to_string(),
-        Domain::Measurement => "SELECT measurement_id, person_id, measurement_concept_id, measurement_date, CAST(NULL AS DATE), visit_occurrence_id, value_as_number, value_as_concept_id, unit_concept_id, range_low, range_high, CAST(NULL AS VARCHAR), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT) FROM measurement".to_string(),
-        Domain::Observation => "SELECT observation_id, person_id, observation_concept_id, observation_date, CAST(NULL AS DATE), visit_occurrence_id, value_as_number, value_as_concept_id, unit_concept_id, CAST(NULL AS DOUBLE), CAST(NULL AS DOUBLE), CAST(NULL AS VARCHAR), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT) FROM observation".to_string(),
-        Domain::Episode => "SELECT episode_id, person_id, episode_object_concept_id, episode_start_date, episode_end_date, CAST(NULL AS BIGINT), CAST(NULL AS DOUBLE), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS DOUBLE), CAST(NULL AS DOUBLE), CAST(NULL AS VARCHAR), episode_concept_id, CAST(NULL AS BIGINT) FROM episode".to_string(),
-        Domain::ImageOccurrence => "SELECT i.image_occurrence_id, i.person_id, i.anatomic_site_concept_id, i.image_occurrence_date, CAST(NULL AS DATE), i.visit_occurrence_id, CAST(NULL AS DOUBLE), CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), CAST(NULL AS DOUBLE), CAST(NULL AS DOUBLE), c.concept_code, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT) FROM image_occurrence i LEFT JOIN concept c ON i.modality_concept_id = c.concept_id".to_string(),
-        Domain::ImageFeature => "SELECT f.image_feature_id, f.person_id, f.image_feature_concept_id, i.image_occurrence_date, CAST(NULL AS DATE), i.visit_occurrence_id, m.value_as_number, m.value_as_concept_id, m.unit_concept_id, m.range_low, m.range_high, c.concept_code, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT) FROM image_feature f JOIN image_occurrence i ON f.image_occurrence_id = i.image_occurrence_id LEFT JOIN measurement m ON f.image_feature_event_id = m.measurement_id LEFT JOIN concept c ON i.modality_concept_id = c.concept_id".to_string(),
-    }
-}
-
-/// Gives every output column of a `SELECT a, b, … FROM …` its own name (`c0`, `c1`, …), since
-/// several of them are the same typed NULL.
-fn aliased(sql: &str) -> String {
-    let (select, from) = sql.split_once(" FROM ").expect("a query with FROM");
-    let columns = select.trim_start_matches("SELECT ");
-    let mut parts = Vec::new();
-    let (mut depth, mut start) = (0, 0);
-    for (i, ch) in columns.char_indices() {
-        match ch {
-            '(' => depth += 1,
-            ')' => depth -= 1,
-            ',' if depth == 0 => {
-                parts.push(columns[start..i].trim());
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    parts.push(columns[start..].trim());
-    let named: Vec<String> = parts
+    let source = domains::records(domain);
+    let fields: Vec<String> = Field::ALL
         .iter()
         .enumerate()
-        .map(|(i, p)| format!("{p} AS c{i}"))
+        .map(|(i, field)| {
+            let value = match source.column(*field) {
+                Some(col) => format!("{}.{}", col.table, col.column),
+                None => {
+                    let t = match field.kind() {
+                        Kind::Integer => "BIGINT",
+                        Kind::Float => "DOUBLE",
+                        Kind::Text => "VARCHAR",
+                        Kind::Date | Kind::Datetime => "DATE",
+                    };
+                    format!("CAST(NULL AS {t})")
+                }
+            };
+            format!("{value} AS c{i}")
+        })
         .collect();
-    format!("SELECT {} FROM {from}", named.join(", "))
+    let mut sql = format!("SELECT {} FROM {}", fields.join(", "), source.table);
+    for join in source.joins_for(|_| true) {
+        let kind = match join.kind {
+            JoinKind::Inner => "JOIN",
+            JoinKind::Left => "LEFT JOIN",
+        };
+        sql += &format!(
+            " {kind} {} AS {} ON {}.{} = {}.{}",
+            join.table, join.alias, join.left.table, join.left.column, join.alias, join.right
+        );
+    }
+    sql
 }
 
 async fn batches(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, RepoError> {
@@ -157,7 +139,7 @@ pub async fn load_rows(ctx: &SessionContext) -> Result<Data, RepoError> {
         .into_iter()
         .filter(|d| *d != Domain::ObservationPeriod)
     {
-        for b in batches(ctx, &aliased(&domain_query(domain))).await? {
+        for b in batches(ctx, &domain_query(domain)).await? {
             let (id, person, concept, start, end, visit) = (
                 ints(&b, 0),
                 ints(&b, 1),
@@ -230,7 +212,7 @@ pub async fn load_rows(ctx: &SessionContext) -> Result<Data, RepoError> {
 /// engines the same data. Image occurrences get a DICOM concept for each modality; image
 /// features, which live in three tables, are not written.
 pub fn write_rows(data: &Data, dir: &Path, format: OutputFormat) -> Result<(), WriteError> {
-    use crate::repo::schema::{domain_source, TABLES};
+    use crate::repo::schema::TABLES;
     let table = |name: &str| {
         TABLES
             .iter()
@@ -333,41 +315,37 @@ pub fn write_rows(data: &Data, dir: &Path, format: OutputFormat) -> Result<(), W
             w.finish()?;
             continue;
         }
-        let source = domain_source(domain).expect("one table");
+        let source = domains::records(domain);
         let mut w = TableWriter::create(dir, table(source.table), format)?;
-        // Deaths have no id column: their id is not written.
-        let skip_id = domain == Domain::Death;
-        let present: Vec<(usize, &str)> = source
-            .columns
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !(skip_id && *i == 0))
-            .filter_map(|(i, c)| c.map(|c| (i, c)))
-            .collect();
-        // A visit is its own visit: its id column is written once, as the id.
-        let mut present = present;
-        let mut seen = std::collections::BTreeSet::new();
-        present.retain(|(_, c)| seen.insert(*c));
+        // The fields in the domain's own table; a visit's id is also its visit, written once.
+        let mut present: Vec<(Field, &str)> = Vec::new();
+        for field in Field::ALL {
+            if let Some(column) = source.own(field) {
+                if present.iter().all(|(_, c)| *c != column) {
+                    present.push((field, column));
+                }
+            }
+        }
         let names: Vec<&str> = present.iter().map(|(_, c)| *c).collect();
         let layout = w.layout(&names);
         for r in records {
-            let all = [
-                Cell::Int(r.id),
-                Cell::Int(r.person),
-                int(r.concept),
-                date(r.start),
-                r.end.map_or(Cell::Null, date),
-                int(r.visit),
-                float(r.number),
-                int(r.value_concept),
-                int(r.unit),
-                float(r.range_low),
-                float(r.range_high),
-                r.modality.clone().map_or(Cell::Null, Cell::Text),
-                int(r.kind),
-                int(r.days_supply),
-            ];
-            let cells: Vec<Cell> = present.iter().map(|(i, _)| all[*i].clone()).collect();
+            let value = |field: Field| match field {
+                Field::Id => Cell::Int(r.id),
+                Field::Person => Cell::Int(r.person),
+                Field::Concept => int(r.concept),
+                Field::Start => date(r.start),
+                Field::End => r.end.map_or(Cell::Null, date),
+                Field::Visit => int(r.visit),
+                Field::Number => float(r.number),
+                Field::ValueConcept => int(r.value_concept),
+                Field::Unit => int(r.unit),
+                Field::RangeLow => float(r.range_low),
+                Field::RangeHigh => float(r.range_high),
+                Field::Modality => r.modality.clone().map_or(Cell::Null, Cell::Text),
+                Field::Kind => int(r.kind),
+                Field::DaysSupply => int(r.days_supply),
+            };
+            let cells: Vec<Cell> = present.iter().map(|(f, _)| value(*f)).collect();
             w.push_named(&layout, &cells)?;
         }
         w.finish()?;

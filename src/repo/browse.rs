@@ -1,12 +1,12 @@
 //! What an analyst asks of a repository while exploring: how many rows and persons each table
 //! holds, and which concepts match a name or code, with their descendants and records.
 
-use super::{clean_engine_message, schema::TABLES, RepoError};
+use super::query::Queries;
+use super::{schema::TABLES, RepoError};
 use datafusion::arrow::array::{Array, Int64Array, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::prelude::SessionContext;
 
 /// One table: rows and (where it has `person_id`) distinct persons.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,10 +33,8 @@ pub struct ConceptHit {
     pub records: u64,
 }
 
-async fn batches(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, RepoError> {
-    let run = async { ctx.sql(sql).await?.collect().await };
-    run.await
-        .map_err(|e| RepoError::Engine(clean_engine_message(&e.to_string())))
+async fn batches(q: &impl Queries, sql: &str) -> Result<Vec<RecordBatch>, RepoError> {
+    super::query::sql(q, sql).await.map_err(RepoError::Engine)
 }
 
 fn column<T: Array + Clone + 'static>(b: &RecordBatch, i: usize, t: &DataType) -> T {
@@ -48,17 +46,18 @@ fn column<T: Array + Clone + 'static>(b: &RecordBatch, i: usize, t: &DataType) -
         .clone()
 }
 
-/// Rows and persons of every OMOP table (absent tables count as empty).
-pub async fn table_counts(ctx: &SessionContext) -> Result<Vec<TableCount>, RepoError> {
+/// Rows and persons of every OMOP table the repository has (a file repository's absent tables
+/// count as empty).
+pub async fn table_counts(q: &impl Queries) -> Result<Vec<TableCount>, RepoError> {
     let mut out = Vec::new();
-    for table in TABLES {
+    for table in TABLES.iter().filter(|t| q.has_table(t.name)) {
         let persons = if table.column("person_id").is_some() {
             "count(DISTINCT person_id)"
         } else {
             "CAST(NULL AS BIGINT)"
         };
         let b = batches(
-            ctx,
+            q,
             &format!("SELECT count(*), {persons} FROM {}", table.name),
         )
         .await?;
@@ -74,26 +73,18 @@ pub async fn table_counts(ctx: &SessionContext) -> Result<Vec<TableCount>, RepoE
     Ok(out)
 }
 
-/// The table and concept column holding records of an OMOP domain.
+/// The table and column holding the concepts of a vocabulary domain (`concept.domain_id`).
 fn domain_column(domain: &str) -> Option<(&'static str, &'static str)> {
-    Some(match domain {
-        "Condition" => ("condition_occurrence", "condition_concept_id"),
-        "Drug" => ("drug_exposure", "drug_concept_id"),
-        "Procedure" => ("procedure_occurrence", "procedure_concept_id"),
-        "Measurement" => ("measurement", "measurement_concept_id"),
-        "Observation" => ("observation", "observation_concept_id"),
-        "Visit" => ("visit_occurrence", "visit_concept_id"),
-        "Device" => ("device_exposure", "device_concept_id"),
-        "Specimen" => ("specimen", "specimen_concept_id"),
-        "Episode" => ("episode", "episode_concept_id"),
-        _ => return None,
+    super::domains::CATALOGUE.iter().find_map(|r| {
+        let (name, field) = r.vocabulary_domain?;
+        (name == domain).then_some((r.table, r.own(field)?))
     })
 }
 
 /// Concepts whose name or one of whose synonyms (`concept_synonym`) contains `text` (ignoring
 /// case), or whose code or id is `text`, at most `limit`, standard concepts first.
 pub async fn search_concepts(
-    ctx: &SessionContext,
+    q: &impl Queries,
     text: &str,
     limit: usize,
 ) -> Result<Vec<ConceptHit>, RepoError> {
@@ -115,7 +106,7 @@ pub async fn search_concepts(
          LIMIT {limit}"
     );
     let mut hits = Vec::new();
-    for b in batches(ctx, &sql).await? {
+    for b in batches(q, &sql).await? {
         let ids: Int64Array = column(&b, 0, &DataType::Int64);
         let texts: Vec<StringArray> = (1..7).map(|i| column(&b, i, &DataType::Utf8)).collect();
         let text_at = |c: usize, k: usize| {
@@ -141,7 +132,7 @@ pub async fn search_concepts(
     }
     for hit in &mut hits {
         let b = batches(
-            ctx,
+            q,
             &format!(
                 "SELECT count(*) FROM concept_ancestor WHERE ancestor_concept_id = {0} AND descendant_concept_id <> {0}",
                 hit.id
@@ -151,7 +142,7 @@ pub async fn search_concepts(
         hit.descendants = column::<Int64Array>(&b[0], 0, &DataType::Int64).value(0) as u64;
         if let Some((table, col)) = domain_column(&hit.domain) {
             let b = batches(
-                ctx,
+                q,
                 &format!("SELECT count(*) FROM {table} WHERE {col} = {}", hit.id),
             )
             .await?;
@@ -170,7 +161,7 @@ fn sql_text(text: &str) -> String {
 /// domain (`Drug`, `Condition`, …), at most `limit`: standard concepts first, then shorter
 /// names. For completing names as they are typed, so it reads the `concept` table only.
 pub async fn concepts_starting(
-    ctx: &SessionContext,
+    q: &impl Queries,
     prefix: &str,
     domain: Option<&str>,
     limit: usize,
@@ -187,7 +178,7 @@ pub async fn concepts_starting(
         sql_text(prefix)
     );
     let mut found = Vec::new();
-    for b in batches(ctx, &sql).await? {
+    for b in batches(q, &sql).await? {
         let ids: Int64Array = column(&b, 0, &DataType::Int64);
         let names: StringArray = column(&b, 1, &DataType::Utf8);
         for k in 0..b.num_rows() {
@@ -200,9 +191,9 @@ pub async fn concepts_starting(
 }
 
 /// The name of one concept, if the vocabulary has it.
-pub async fn concept_name(ctx: &SessionContext, id: i64) -> Result<Option<String>, RepoError> {
+pub async fn concept_name(q: &impl Queries, id: i64) -> Result<Option<String>, RepoError> {
     let b = batches(
-        ctx,
+        q,
         &format!("SELECT concept_name FROM concept WHERE concept_id = {id} LIMIT 1"),
     )
     .await?;
