@@ -440,3 +440,76 @@ fn eunomia_in_postgresql() {
         all_text(&o)
     );
 }
+
+/// The commands that ask about the data rather than run a study read a database as they read
+/// files: `repo check` runs its checks as queries in the database and finds what it finds in
+/// the files.
+#[test]
+fn questions_about_the_data_are_answered_in_the_database() {
+    common::with_big_stack(questions_in_postgresql);
+}
+
+fn questions_in_postgresql() {
+    let files = root().join("tests/data/eunomia-gibleed");
+    let server = Postgres::start();
+    let schema = server.load(&Repository::open(&files).unwrap());
+    let url = server.url(&schema);
+    let dir = tempfile::tempdir().unwrap();
+
+    // repo check: the same tables, counts and check results as from the files.
+    let check = |repo: &str| -> serde_json::Value {
+        let o = cohortql(&["repo", "check", "--json", repo], dir.path());
+        assert_eq!(o.status.code(), Some(0), "{repo}: {}", all_text(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let (db, fs) = (check(&url), check(files.to_str().unwrap()));
+    let tables = |r: &serde_json::Value| -> Vec<(String, u64, Option<u64>)> {
+        r["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["rows"].as_u64().unwrap() > 0)
+            .map(|t| {
+                (
+                    t["table"].as_str().unwrap().to_string(),
+                    t["rows"].as_u64().unwrap(),
+                    t["persons"].as_u64(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(tables(&db), tables(&fs));
+    let checks = |r: &serde_json::Value| -> Vec<(String, String, String, u64)> {
+        r["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["check"].as_str().unwrap().to_string(),
+                    c["table"].as_str().unwrap().to_string(),
+                    c["description"].as_str().unwrap().to_string(),
+                    c["failing"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    assert!(checks(&fs).len() > 20);
+    assert_eq!(checks(&db), checks(&fs));
+    assert_eq!(db["persons"].as_u64(), Some(2694));
+    assert!(db["repository"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("schema {schema}")));
+    let person = db["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "person")
+        .unwrap();
+    assert_eq!(person["file"], format!("{schema}.person"));
+    // The text form names the database.
+    let o = cohortql(&["repo", "check", &url], dir.path());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.starts_with("Repository postgresql "), "{text}");
+}

@@ -3,6 +3,7 @@
 use super::{FormatArg, Status};
 use crate::demo;
 use crate::repo::quality::{check_repository, Report};
+use crate::run::database::{check_database, is_database, Database};
 use crate::repo::write::OutputFormat;
 use crate::repo::Repository;
 use crate::synth::{generate, SynthOptions};
@@ -94,21 +95,12 @@ pub(super) fn demo() -> Result<Status, String> {
 }
 
 pub(super) fn repo_check(dir: Option<&Path>, json: bool) -> Result<Status, String> {
-    super::run::files_only(dir)?;
-    let dir = match dir {
-        Some(d) => d.to_path_buf(),
-        None => demo_repository()?,
-    };
-    let report = match Repository::open(&dir) {
-        Ok(repo) => runtime()?.block_on(check_repository(&repo)),
-        Err(problems) => Report {
-            directory: dir.display().to_string(),
-            cdm_version: None,
-            persons: 0,
-            tables: Vec::new(),
-            errors: problems.iter().map(|p| p.to_string()).collect(),
-            checks: Vec::new(),
-        },
+    let database = dir.and_then(Path::to_str).filter(|d| is_database(d));
+    let report = if let Some(url) = database {
+        let db = Database::parse(url)?;
+        runtime()?.block_on(check_database(&db))
+    } else {
+        check_directory(dir)?
     };
     if json {
         println!(
@@ -125,6 +117,24 @@ pub(super) fn repo_check(dir: Option<&Path>, json: bool) -> Result<Status, Strin
     })
 }
 
+fn check_directory(dir: Option<&Path>) -> Result<Report, String> {
+    let dir = match dir {
+        Some(d) => d.to_path_buf(),
+        None => demo_repository()?,
+    };
+    Ok(match Repository::open(&dir) {
+        Ok(repo) => runtime()?.block_on(check_repository(&repo)),
+        Err(problems) => Report {
+            repository: dir.display().to_string(),
+            cdm_version: None,
+            persons: 0,
+            tables: Vec::new(),
+            errors: problems.iter().map(|p| p.to_string()).collect(),
+            checks: Vec::new(),
+        },
+    })
+}
+
 fn print_report(report: &Report) {
     let version = report
         .cdm_version
@@ -132,7 +142,7 @@ fn print_report(report: &Report) {
         .map_or(String::new(), |v| format!(", CDM {v}"));
     println!(
         "Repository {}{version}: {} persons",
-        report.directory, report.persons
+        report.repository, report.persons
     );
     if !report.tables.is_empty() {
         let mut t = Table::new();

@@ -2,8 +2,10 @@
 //! validated and registered as tables of a DataFusion session.
 
 pub mod browse;
+pub mod domains;
 pub mod files;
 pub mod quality;
+pub mod query;
 pub mod schema;
 pub mod write;
 

@@ -2,7 +2,10 @@
 //! the spirit of OHDSI's Data Quality Dashboard, the warnings a run gives about the tables it
 //! reads, and finding the file and column behind a data error.
 
-use super::schema::{EventColumns, EVENT_TABLES, TABLES};
+use super::domains::{Field, Records, CATALOGUE};
+use super::schema::TABLES;
+use crate::study::Domain;
+use super::query::Queries;
 use super::{clean_engine_message, RepoError, Repository};
 use datafusion::arrow::array::{Array, Int64Array};
 use datafusion::prelude::SessionContext;
@@ -12,13 +15,14 @@ use serde::Serialize;
 #[derive(Debug, Clone, Serialize)]
 pub struct TableReport {
     pub table: String,
-    /// The file, or `None` when the repository has no such table (it reads as empty).
+    /// Where the table is: its file, or `schema.table` in a database; `None` when the
+    /// repository has no such table (it reads as empty).
     pub file: Option<String>,
     pub rows: u64,
     pub persons: Option<u64>,
-    /// Columns of the file that the OMOP schema does not know (ignored).
+    /// Columns of the table that the OMOP schema does not know (ignored).
     pub extra_columns: Vec<String>,
-    /// Optional columns the file lacks (read as empty).
+    /// Optional columns the table lacks (read as empty).
     pub absent_columns: Vec<String>,
 }
 
@@ -36,7 +40,8 @@ pub struct CheckResult {
 /// Everything `repo check` found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    pub directory: String,
+    /// The repository's directory, or its database as `postgresql host:port/db schema cdm`.
+    pub repository: String,
     pub cdm_version: Option<String>,
     pub persons: u64,
     pub tables: Vec<TableReport>,
@@ -54,7 +59,7 @@ impl Report {
 /// Checks a repository: schema first, then data quality on every readable table.
 pub async fn check_repository(repo: &Repository) -> Report {
     let mut report = Report {
-        directory: repo.dir.display().to_string(),
+        repository: repo.dir.display().to_string(),
         cdm_version: None,
         persons: 0,
         tables: Vec::new(),
@@ -137,6 +142,15 @@ pub async fn check_repository(repo: &Repository) -> Report {
     if !report.errors.is_empty() {
         return report;
     }
+    data_checks(&ctx, &mut report).await;
+    report
+}
+
+/// The data-quality checks, run where the data is, on the tables of `report.tables`: their
+/// results, or the failures of the queries, are added to the report.
+pub async fn data_checks(q: &impl Queries, report: &mut Report) {
+    let readable: Vec<String> = report.tables.iter().map(|t| t.table.clone()).collect();
+    let readable: Vec<&str> = readable.iter().map(String::as_str).collect();
     let has_vocabulary = report
         .tables
         .iter()
@@ -149,11 +163,8 @@ pub async fn check_repository(repo: &Repository) -> Report {
             .map_or(0, |t| t.rows)
     };
     let mut checks = Vec::new();
-    for ev in EVENT_TABLES
-        .iter()
-        .filter(|e| readable.contains(&e.table) && rows_of(e.table) > 0)
-    {
-        for (check, description, sql) in event_checks(ev, has_vocabulary) {
+    for ev in event_tables().filter(|e| readable.contains(&e.table) && rows_of(e.table) > 0) {
+        for (check, description, sql) in event_checks(&ev, has_vocabulary) {
             checks.push((check, ev.table, description, sql, rows_of(ev.table)));
         }
     }
@@ -197,7 +208,7 @@ pub async fn check_repository(repo: &Repository) -> Report {
         ));
     }
     for (check, table, description, sql, rows) in checks {
-        match query_counts(&ctx, &sql).await {
+        match query_counts(q, &sql).await {
             Ok(counts) => {
                 let failing = counts[0].unwrap_or(0);
                 report.checks.push(CheckResult {
@@ -218,10 +229,36 @@ pub async fn check_repository(repo: &Repository) -> Report {
                 .push(format!("the check {check} on {table} failed: {message}")),
         }
     }
-    report
 }
 
-fn event_checks(ev: &EventColumns, has_vocabulary: bool) -> Vec<(&'static str, String, String)> {
+/// A table of events, dated in its own columns (image features take their image's date).
+struct EventTable {
+    table: &'static str,
+    start: &'static str,
+    end: Option<&'static str>,
+    standard_concepts: &'static [&'static str],
+}
+
+impl EventTable {
+    fn of(records: &Records) -> Option<EventTable> {
+        Some(EventTable {
+            table: records.table,
+            start: records.own(Field::Start)?,
+            end: records.own(Field::End),
+            standard_concepts: records.standard_concepts,
+        })
+    }
+}
+
+/// The tables of events in a person's history, as the domain catalogue has them.
+fn event_tables() -> impl Iterator<Item = EventTable> {
+    CATALOGUE
+        .iter()
+        .filter(|r| r.domain != Domain::ObservationPeriod)
+        .filter_map(EventTable::of)
+}
+
+fn event_checks(ev: &EventTable, has_vocabulary: bool) -> Vec<(&'static str, String, String)> {
     let t = ev.table;
     let start = ev.start;
     let mut out = vec![
@@ -241,7 +278,7 @@ fn event_checks(ev: &EventColumns, has_vocabulary: bool) -> Vec<(&'static str, S
             "before_birth",
             format!("{t} rows dated before the person's birth"),
             format!(
-                "SELECT count(*) FROM {t} e JOIN person p ON e.person_id = p.person_id WHERE e.{start} < make_date(p.year_of_birth, coalesce(p.month_of_birth, 1), coalesce(p.day_of_birth, 1))"
+                "SELECT count(*) FROM {t} e JOIN person p ON e.person_id = p.person_id WHERE e.{start} < make_date(CAST(p.year_of_birth AS INT), CAST(coalesce(p.month_of_birth, 1) AS INT), CAST(coalesce(p.day_of_birth, 1) AS INT))"
             ),
         ),
     ];
@@ -318,15 +355,8 @@ async fn read_all(
 }
 
 /// Runs a query returning one row of integers.
-async fn query_counts(ctx: &SessionContext, sql: &str) -> Result<Vec<Option<u64>>, String> {
-    let frame = ctx
-        .sql(sql)
-        .await
-        .map_err(|e| clean_engine_message(&e.to_string()))?;
-    let batches = frame
-        .collect()
-        .await
-        .map_err(|e| clean_engine_message(&e.to_string()))?;
+async fn query_counts(q: &impl Queries, sql: &str) -> Result<Vec<Option<u64>>, String> {
+    let batches = super::query::sql(q, sql).await?;
     let batch = batches
         .into_iter()
         .find(|b| b.num_rows() > 0)
@@ -419,7 +449,7 @@ pub const LATEST_PLAUSIBLE: &str = "2099-12-31";
 /// The data-quality problems a run warns of, in the tables it reads: duplicate person ids,
 /// records that end before they start, and dates outside any plausible range. One line per
 /// kind of problem and table, with its count; none when the data are clean.
-pub async fn run_warnings(ctx: &SessionContext, tables: &[String]) -> Result<Vec<String>, String> {
+pub async fn run_warnings(ctx: &impl Queries, tables: &[String]) -> Result<Vec<String>, String> {
     let mut warnings = Vec::new();
     let implausible = |c: &str| {
         format!(
@@ -450,17 +480,9 @@ pub async fn run_warnings(ctx: &SessionContext, tables: &[String]) -> Result<Vec
             ));
         }
     }
-    let periods = EventColumns {
-        table: "observation_period",
-        id: None,
-        concept: None,
-        start: "observation_period_start_date",
-        end: Some("observation_period_end_date"),
-        standard_concepts: &[],
-    };
-    for ev in EVENT_TABLES
+    for ev in CATALOGUE
         .iter()
-        .chain([&periods])
+        .filter_map(EventTable::of)
         .filter(|e| tables.iter().any(|t| t == e.table))
     {
         let (t, start) = (ev.table, ev.start);

@@ -252,33 +252,232 @@ impl Materialiser for InDatabase<'_> {
         plan: LogicalPlan,
     ) -> Result<(SchemaRef, Vec<RecordBatch>), String> {
         let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-        let sql = to_sql(&plan, Dialect::Postgres)?;
-        let rows = self.query(&sql).await?;
-        if rows.is_empty() {
-            return Ok((schema, Vec::new()));
-        }
-        let names: Vec<&str> = rows[0].columns().iter().map(|c| c.name()).collect();
-        let mut columns: Vec<ArrayRef> = Vec::new();
-        for (i, field) in schema.fields().iter().enumerate() {
-            // By name where the database kept it (it folds unquoted names to lower case), else
-            // by position.
-            let at = names
-                .iter()
-                .position(|n| *n == field.name().as_str())
-                .unwrap_or(i);
-            let text: StringArray = rows.iter().map(|r| r.get(at)).collect();
-            let typed = cast(&text, field.data_type()).map_err(|e| {
-                format!(
-                    "the database gave `{}` values that are not {}: {e}",
-                    field.name(),
-                    field.data_type()
-                )
-            })?;
-            columns.push(typed);
-        }
-        let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| e.to_string())?;
-        Ok((schema, vec![batch]))
+        let batches = rows_of(self.client, &plan).await?;
+        Ok((schema, batches))
     }
+}
+
+/// The rows of a plan, run in the database as the SQL it unparses to, cast to the plan's types.
+async fn rows_of(client: &Client, plan: &LogicalPlan) -> Result<Vec<RecordBatch>, String> {
+    let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+    let sql = to_sql(plan, Dialect::Postgres)?;
+    let rows: Vec<_> = client
+        .simple_query(&sql)
+        .await
+        .map_err(|e| format!("the database refused a query: {}", reason(&e)))?
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let names: Vec<&str> = rows[0].columns().iter().map(|c| c.name()).collect();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for (i, field) in schema.fields().iter().enumerate() {
+        // By name where the database kept it (it folds unquoted names to lower case), else
+        // by position.
+        let at = names
+            .iter()
+            .position(|n| *n == field.name().as_str())
+            .unwrap_or(i);
+        let text: StringArray = rows.iter().map(|r| r.get(at)).collect();
+        let typed = cast(&text, field.data_type()).map_err(|e| {
+            format!(
+                "the database gave `{}` values that are not {}: {e}",
+                field.name(),
+                field.data_type()
+            )
+        })?;
+        columns.push(typed);
+    }
+    let batch = RecordBatch::try_new(schema, columns).map_err(|e| e.to_string())?;
+    Ok(vec![batch])
+}
+
+/// A read-only connection for questions about the data (`repo check`, the REPL's browsing, the
+/// report's code list): its search path the CDM's schemas, its planning session holding the
+/// OMOP tables the database has, with the columns it has.
+pub struct Connected {
+    client: Client,
+    ctx: SessionContext,
+    /// The columns of each table of the schemas, with their PostgreSQL types.
+    columns: Columns,
+    pub db: Database,
+}
+
+impl crate::repo::query::Queries for Connected {
+    fn session(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    async fn rows(&self, plan: LogicalPlan) -> Result<Vec<RecordBatch>, String> {
+        rows_of(&self.client, &plan)
+            .await
+            .map_err(|e| format!("{}: {e}", self.db.describe()))
+    }
+}
+
+/// `(table, column)` → PostgreSQL type, for the tables of the CDM's schemas.
+type Columns = std::collections::HashMap<(String, String), String>;
+
+async fn read_columns(db: &Database, client: &Client) -> Result<Columns, String> {
+    let schemas: Vec<&str> = std::iter::once(db.schema.as_str())
+        .chain(db.vocab_schema.as_deref())
+        .collect();
+    let rows = client
+        .query(
+            "SELECT table_name::text, column_name::text, data_type::text \
+             FROM information_schema.columns WHERE table_schema = ANY($1)",
+            &[&schemas],
+        )
+        .await
+        .map_err(|e| format!("{}: {}", db.describe(), reason(&e)))?;
+    Ok(rows.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect())
+}
+
+impl Database {
+    /// Connects for questions: the schemas checked, the session read-only.
+    pub async fn open(&self) -> Result<Connected, String> {
+        let client = self.connect().await?;
+        check_schemas(self, &client).await?;
+        let columns = read_columns(self, &client).await?;
+        client
+            .batch_execute(&format!(
+                "SET search_path TO {}; SET default_transaction_read_only = on",
+                self.search_path()
+            ))
+            .await
+            .map_err(|e| format!("{}: {}", self.describe(), reason(&e)))?;
+        let ctx = SessionContext::new();
+        for table in crate::repo::schema::TABLES {
+            let fields: Vec<_> = table
+                .columns
+                .iter()
+                .filter(|c| columns.contains_key(&(table.name.to_string(), c.name.to_string())))
+                .map(|c| datafusion::arrow::datatypes::Field::new(c.name, c.kind.arrow(), true))
+                .collect();
+            if fields.is_empty() {
+                continue;
+            }
+            let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(fields));
+            register(&ctx, table.name, schema, vec![]).map_err(engine)?;
+        }
+        Ok(Connected {
+            client,
+            ctx,
+            columns,
+            db: self.clone(),
+        })
+    }
+
+    fn search_path(&self) -> String {
+        match &self.vocab_schema {
+            Some(v) => format!("{}, {v}", self.schema),
+            None => self.schema.clone(),
+        }
+    }
+}
+
+/// `repo check` on a database: the tables found (rows, persons, extra and absent columns),
+/// the schema problems, then the data-quality checks, each a query run in the database.
+pub async fn check_database(db: &Database) -> crate::repo::quality::Report {
+    use crate::repo::quality::{data_checks, Report, TableReport};
+    use crate::repo::query::Queries;
+    let mut report = Report {
+        repository: db.describe(),
+        cdm_version: None,
+        persons: 0,
+        tables: Vec::new(),
+        errors: Vec::new(),
+        checks: Vec::new(),
+    };
+    let connected = match db.open().await {
+        Ok(c) => c,
+        Err(e) => {
+            report.errors.push(e);
+            return report;
+        }
+    };
+    report.errors.extend(column_problems(&connected.columns));
+    for table in crate::repo::schema::TABLES {
+        if !connected.has_table(table.name) {
+            continue;
+        }
+        let of_table: Vec<&str> = connected
+            .columns
+            .keys()
+            .filter(|(t, _)| t == table.name)
+            .map(|(_, c)| c.as_str())
+            .collect();
+        let persons = if of_table.contains(&"person_id") {
+            "count(DISTINCT person_id)"
+        } else {
+            "CAST(NULL AS BIGINT)"
+        };
+        let counts = crate::repo::query::sql(
+            &connected,
+            &format!("SELECT count(*), {persons} FROM {}", table.name),
+        )
+        .await;
+        let counts = match counts {
+            Ok(b) => b,
+            Err(e) => {
+                report.errors.push(e);
+                continue;
+            }
+        };
+        let number = |i: usize| -> Option<u64> {
+            let b = counts.iter().find(|b| b.num_rows() > 0)?;
+            let a = cast(b.column(i), &datafusion::arrow::datatypes::DataType::Int64).ok()?;
+            let a = a
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()?;
+            (!datafusion::arrow::array::Array::is_null(a, 0)).then(|| a.value(0) as u64)
+        };
+        let schema = if table.name.starts_with("concept") {
+            db.vocab_schema.as_deref().unwrap_or(&db.schema)
+        } else {
+            &db.schema
+        };
+        let mut extra: Vec<String> = of_table
+            .iter()
+            .filter(|c| table.column(c).is_none())
+            .map(|c| c.to_string())
+            .collect();
+        extra.sort();
+        report.tables.push(TableReport {
+            table: table.name.to_string(),
+            file: Some(format!("{schema}.{}", table.name)),
+            rows: number(0).unwrap_or(0),
+            persons: number(1),
+            extra_columns: extra,
+            absent_columns: table
+                .columns
+                .iter()
+                .filter(|c| !c.required && !of_table.contains(&c.name))
+                .map(|c| c.name.to_string())
+                .collect(),
+        });
+    }
+    if let Some(person) = report.tables.iter().find(|t| t.table == "person") {
+        report.persons = person.rows;
+    }
+    if connected.has_table("cdm_source") {
+        if let Ok(b) = crate::repo::query::sql(&connected, "SELECT cdm_version FROM cdm_source LIMIT 1").await {
+            report.cdm_version = b.iter().find(|b| b.num_rows() > 0).and_then(|b| {
+                let a = cast(b.column(0), &datafusion::arrow::datatypes::DataType::Utf8).ok()?;
+                let a = a.as_any().downcast_ref::<StringArray>()?;
+                (!datafusion::arrow::array::Array::is_null(a, 0)).then(|| a.value(0).to_string())
+            });
+        }
+    }
+    if report.errors.is_empty() {
+        data_checks(&connected, &mut report).await;
+    }
+    report
 }
 
 /// Refuses a schema the database does not have, naming those it has, and a CDM schema
@@ -341,21 +540,20 @@ fn type_fits(kind: crate::repo::schema::Kind, pg: &str) -> bool {
 /// Refuses, all at once, OMOP tables of the schema whose columns cohortql reads are missing
 /// or of another type, naming each table and column; and a schema without an essential table.
 async fn check_columns(db: &Database, client: &Client) -> Result<(), String> {
-    let schemas: Vec<&str> = std::iter::once(db.schema.as_str())
-        .chain(db.vocab_schema.as_deref())
-        .collect();
-    let rows = client
-        .query(
-            "SELECT table_name::text, column_name::text, data_type::text \
-             FROM information_schema.columns WHERE table_schema = ANY($1)",
-            &[&schemas],
-        )
-        .await
-        .map_err(|e| format!("{}: {}", db.describe(), reason(&e)))?;
-    let mut columns: std::collections::HashMap<(String, String), String> = Default::default();
-    for r in &rows {
-        columns.insert((r.get(0), r.get(1)), r.get(2));
+    let problems = column_problems(&read_columns(db, client).await?);
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: the OMOP tables are not as the CDM specifies:\n  {}",
+            db.describe(),
+            problems.join("\n  ")
+        ))
     }
+}
+
+/// The tables and columns cohortql reads that are missing or of another type, one line each.
+fn column_problems(columns: &Columns) -> Vec<String> {
     let mut problems = Vec::new();
     for table in crate::repo::schema::TABLES {
         let present = columns.keys().any(|(t, _)| t == table.name);
@@ -386,15 +584,7 @@ async fn check_columns(db: &Database, client: &Client) -> Result<(), String> {
             }
         }
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}: the OMOP tables are not as the CDM specifies:\n  {}",
-            db.describe(),
-            problems.join("\n  ")
-        ))
-    }
+    problems
 }
 
 /// Runs a study in the database: one transaction, the search path set to the CDM schema (and
@@ -408,10 +598,7 @@ pub async fn execute_in(
     check_schemas(db, &client).await?;
     check_columns(db, &client).await?;
     let ctx = crate::repo::empty_session().map_err(|e| e.to_string())?;
-    let search_path = match &db.vocab_schema {
-        Some(v) => format!("{}, {v}", db.schema),
-        None => db.schema.clone(),
-    };
+    let search_path = db.search_path();
     client
         .batch_execute(&format!(
             "BEGIN; SET LOCAL search_path TO {search_path}, pg_temp"
