@@ -431,14 +431,6 @@ fn eunomia_in_postgresql() {
         "{}",
         all_text(&o)
     );
-    // Commands that read directories only say so.
-    let o = cohortql(&["repo", "check", &url], dir.path());
-    assert_eq!(o.status.code(), Some(2), "{}", all_text(&o));
-    assert!(
-        all_text(&o).contains("is read by `run`"),
-        "{}",
-        all_text(&o)
-    );
 }
 
 /// The commands that ask about the data rather than run a study read a database as they read
@@ -512,4 +504,97 @@ fn questions_in_postgresql() {
     let o = cohortql(&["repo", "check", &url], dir.path());
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.starts_with("Repository postgresql "), "{text}");
+
+    // The REPL: a study's attrition, concepts and tables, asked in the database.
+    let study = root().join("studies/eunomia/celecoxib_age40.study");
+    let input = format!(
+        ":load {}\n:concept celecoxib\n:tables\n:quit\n",
+        study.display()
+    );
+    let (in_db, in_files) = (
+        repl_on(&url, &input, dir.path()),
+        repl_on(files.to_str().unwrap(), &input, dir.path()),
+    );
+    // A file repository lists its absent tables as empty; a database lists the tables it has.
+    let present = |text: &str| -> String {
+        text.lines()
+            .filter(|l| !l.split('│').nth(2).is_some_and(|rows| rows.trim() == "0"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(present(&in_db), present(&in_files));
+    assert!(in_db.contains("celecoxib"), "{in_db}");
+
+    // plan: the plans PostgreSQL makes of each stage, and with --analyze how they ran.
+    let o = cohortql(
+        &["plan", study.to_str().unwrap(), "--repo", &url],
+        dir.path(),
+    );
+    let text = all_text(&o);
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    assert!(text.contains("== cohortql_entries ==") && text.contains("Seq Scan on drug_era"), "{text}");
+    assert!(!text.contains("actual time"), "{text}");
+    let o = cohortql(
+        &["plan", study.to_str().unwrap(), "--repo", &url, "--analyze"],
+        dir.path(),
+    );
+    let text = all_text(&o);
+    assert_eq!(o.status.code(), Some(0), "{text}");
+    assert!(text.contains("actual time"), "{text}");
+
+    // report --repo: the code list looked up in the database's vocabulary.
+    let report = |repo: &str, name: &str| -> serde_json::Value {
+        let out = dir.path().join(name);
+        let o = cohortql(
+            &[
+                "report",
+                study.to_str().unwrap(),
+                "--repo",
+                repo,
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            dir.path(),
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", all_text(&o));
+        serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
+            .unwrap()
+    };
+    let (db, fs) = (report(&url, "db.html"), report(files.to_str().unwrap(), "fs.html"));
+    assert_eq!(db["code_list"], fs["code_list"]);
+    assert_eq!(db["code_list_looked_up"], true);
+    let source = db.to_string();
+    assert!(
+        source.contains(&format!("postgresql database postgres schema {schema}"))
+            && !source.contains("cohortql-pg"),
+        "the report names the database without its host"
+    );
+    // Nothing of these questions is left in the database.
+    let left = server.psql("SELECT count(*) FROM pg_class WHERE relname LIKE 'cohortql%';");
+    assert!(left.lines().any(|l| l.trim() == "0"), "{left}");
+}
+
+/// What the REPL, `plan` and `report --repo` show of a study on Eunomia in the database and in
+/// its files.
+fn repl_on(repo: &str, input: &str, dir: &Path) -> String {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(["repl", "--repo", repo])
+        .current_dir(dir)
+        .env("COHORTQL_SITE", site_file())
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{repo}: {}", all_text(&o));
+    String::from_utf8_lossy(&o.stdout).into_owned()
 }

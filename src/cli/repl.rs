@@ -7,6 +7,7 @@ use crate::printable::escaped_keeping_lines;
 use crate::repl::complete::{complete, hint, Vocabulary};
 use crate::repl::draft::Draft;
 use crate::repl::{input_is_complete, Reply, Session};
+use crate::run::database::{is_database, Database};
 use crate::run::workspace::Workspace;
 use anstream::{eprintln, println};
 use rustyline::completion::{Completer, FilenameCompleter, Pair};
@@ -177,10 +178,12 @@ pub(super) fn repl(
     site: Option<&Path>,
 ) -> Result<Status, String> {
     let (_, rules) = super::site::rules(site, false)?;
-    let repository = super::run::open(repo)?;
-    let dir = repository.dir.clone();
     let runtime = runtime()?;
-    let workspace = runtime.block_on(Workspace::open(repository))?;
+    let workspace = match repo.and_then(Path::to_str).filter(|r| is_database(r)) {
+        Some(url) => runtime.block_on(Workspace::open_database(&Database::parse(url)?))?,
+        None => runtime.block_on(Workspace::open(super::run::open(repo)?))?,
+    };
+    let place = workspace.describe();
     let mut session = Session::new(Some(workspace), runtime, crate::site::locate(site), rules);
     if let Some(path) = study {
         if let Reply::Error(e) = session.handle(&format!(":load {}", path.display())) {
@@ -189,7 +192,7 @@ pub(super) fn repl(
     }
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     if interactive {
-        interactive_loop(&mut session, &dir)
+        interactive_loop(&mut session, &place)
     } else {
         piped_loop(&mut session)
     }
@@ -230,7 +233,7 @@ fn piped_loop(session: &mut Session) -> Result<Status, String> {
     Ok(Status::Ok)
 }
 
-fn interactive_loop(session: &mut Session, dir: &Path) -> Result<Status, String> {
+fn interactive_loop(session: &mut Session, place: &str) -> Result<Status, String> {
     let draft = Rc::new(RefCell::new(session.draft().clone()));
     let mut editor: Editor<StudyHelper, rustyline::history::DefaultHistory> =
         Editor::new().map_err(|e| format!("cannot start the line editor: {e}"))?;
@@ -246,7 +249,7 @@ fn interactive_loop(session: &mut Session, dir: &Path) -> Result<Status, String>
     println!(
         "cohortql {} on {} — type study lines, or :help",
         env!("CARGO_PKG_VERSION"),
-        dir.display()
+        place
     );
     loop {
         match editor.readline("cohortql> ") {

@@ -5,6 +5,7 @@ use super::data::runtime;
 use super::{checked, site, Status};
 use crate::release::check_release;
 use crate::repo::Repository;
+use crate::run::database::{is_database, Database};
 use crate::report::{build, html, released, vocabulary, Source};
 use anstream::{eprintln, println};
 use std::path::{Path, PathBuf};
@@ -136,8 +137,14 @@ pub(super) fn report(
     };
     let lookups = match repo {
         None => None,
+        Some(url) if url.to_str().is_some_and(is_database) => {
+            let db = Database::parse(url.to_str().unwrap_or_default())?;
+            Some(runtime()?.block_on(async {
+                let connected = db.open().await?;
+                vocabulary::look_up(&study, &connected, &db.name()).await
+            })?)
+        }
         Some(dir) => {
-            super::run::files_only(Some(dir))?;
             let repository = Repository::open(dir).map_err(|problems| {
                 problems
                     .iter()

@@ -13,20 +13,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Refuses a database URL where a command reads repository directories only.
-pub(super) fn files_only(dir: Option<&Path>) -> Result<(), String> {
-    match dir.and_then(Path::to_str).filter(|d| is_database(d)) {
-        Some(url) => Err(format!(
-            "{}: a PostgreSQL repository is read by `run`; this command reads repository directories",
-            url.split('?').next().unwrap_or(url).split('@').next_back().unwrap_or(url)
-        )),
-        None => Ok(()),
-    }
-}
-
 /// The repository in `dir`, or the built-in demo repository.
 pub(super) fn open(dir: Option<&Path>) -> Result<Repository, String> {
-    files_only(dir)?;
     let dir = match dir {
         Some(d) => d.to_path_buf(),
         None => demo_repository()?,
@@ -311,6 +299,13 @@ pub(super) fn plan(
     let Ok((_, study)) = checked(study_path)? else {
         return Ok(Status::StudyErrors);
     };
+    if let Some(url) = repo.and_then(Path::to_str).filter(|r| is_database(r)) {
+        // The plans PostgreSQL makes of the stages' SQL: the plans that run.
+        let db = Database::parse(url)?;
+        let text = runtime()?.block_on(crate::run::database::explain_in(&db, &study, analyze))?;
+        print!("{text}");
+        return Ok(Status::Ok);
+    }
     if analyze {
         let repo = open(repo)?;
         let stages = runtime()?.block_on(async {

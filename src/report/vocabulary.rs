@@ -7,7 +7,8 @@ use crate::study::*;
 use datafusion::arrow::array::{Array, Int64Array, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
-use datafusion::prelude::{col, lit, SessionContext};
+use crate::repo::query::Queries;
+use datafusion::prelude::{col, lit};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
 
@@ -163,10 +164,11 @@ fn strings(b: &datafusion::arrow::record_batch::RecordBatch, i: usize) -> String
 
 /// The concepts of `concept` for which `filter` holds.
 async fn concepts_where(
-    ctx: &SessionContext,
+    q: &impl Queries,
     filter: datafusion::prelude::Expr,
 ) -> Result<Vec<ConceptInfo>, String> {
-    let frame = ctx
+    let frame = q
+        .session()
         .table("concept")
         .await
         .and_then(|t| t.filter(filter))
@@ -179,8 +181,8 @@ async fn concepts_where(
             ])
         })
         .map_err(|e| format!("cannot read the vocabulary: {e}"))?;
-    let batches = frame
-        .collect()
+    let batches = q
+        .rows(frame.into_unoptimized_plan())
         .await
         .map_err(|e| format!("cannot read the vocabulary: {e}"))?;
     let mut out = Vec::new();
@@ -214,7 +216,7 @@ async fn concepts_where(
 /// Looks up the study's concepts and the repository's description.
 pub async fn look_up(
     study: &Study,
-    ctx: &SessionContext,
+    q: &impl Queries,
     repository: &str,
 ) -> Result<Lookups, String> {
     let (mut ids, mut vocabularies, mut names) =
@@ -225,32 +227,35 @@ pub async fn look_up(
     let mut lookups = Lookups::default();
     if !ids.is_empty() {
         let list = ids.iter().map(|&id| lit(id)).collect();
-        for c in concepts_where(ctx, col("concept_id").in_list(list, false)).await? {
+        for c in concepts_where(q, col("concept_id").in_list(list, false)).await? {
             lookups.concepts.insert(c.id, c);
         }
     }
     for v in vocabularies {
-        let found = concepts_where(ctx, col("vocabulary_id").eq(lit(v.clone()))).await?;
+        let found = concepts_where(q, col("vocabulary_id").eq(lit(v.clone()))).await?;
         lookups.source.insert(v, found);
     }
     for n in names {
         let filter = datafusion::functions::expr_fn::lower(col("concept_name")).eq(lit(n.clone()));
-        lookups.named.insert(n, concepts_where(ctx, filter).await?);
+        lookups.named.insert(n, concepts_where(q, filter).await?);
     }
-    lookups.data_source = Some(data_source(ctx, repository).await?);
+    lookups.data_source = Some(data_source(q, repository).await?);
     Ok(lookups)
 }
 
 /// The first row of `cdm_source`, its columns with a value.
-async fn data_source(ctx: &SessionContext, repository: &str) -> Result<DataSource, String> {
+async fn data_source(q: &impl Queries, repository: &str) -> Result<DataSource, String> {
     let mut fields = Vec::new();
-    let batches = match ctx.table("cdm_source").await {
-        Ok(t) => t
-            .limit(0, Some(1))
-            .map_err(|e| e.to_string())?
-            .collect()
-            .await
-            .map_err(|e| format!("cannot read cdm_source: {e}"))?,
+    let batches = match q.session().table("cdm_source").await {
+        Ok(t) => {
+            let plan = t
+                .limit(0, Some(1))
+                .map_err(|e| e.to_string())?
+                .into_unoptimized_plan();
+            q.rows(plan)
+                .await
+                .map_err(|e| format!("cannot read cdm_source: {e}"))?
+        }
         Err(_) => Vec::new(),
     };
     if let Some(b) = batches.iter().find(|b| b.num_rows() > 0) {

@@ -138,6 +138,16 @@ impl Database {
         )
     }
 
+    /// `postgresql database cdm schema cdm`: the data named without where the server is, for
+    /// text that leaves the site (the review report).
+    pub fn name(&self) -> String {
+        format!(
+            "postgresql database {} schema {}",
+            self.config.get_dbname().unwrap_or("postgres"),
+            self.schema
+        )
+    }
+
     /// Opens a connection; its driver runs on the current runtime until the client is dropped.
     pub async fn connect(&self) -> Result<Client, String> {
         let (client, connection) = self
@@ -587,6 +597,22 @@ fn column_problems(columns: &Columns) -> Vec<String> {
     problems
 }
 
+/// Connects, checks the schemas and columns, and opens the transaction a study's stages run
+/// in, its search path the CDM's schemas and then the temporary tables'.
+async fn begin(db: &Database) -> Result<Client, String> {
+    let client = db.connect().await?;
+    check_schemas(db, &client).await?;
+    check_columns(db, &client).await?;
+    client
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL search_path TO {}, pg_temp",
+            db.search_path()
+        ))
+        .await
+        .map_err(|e| format!("{}: {}", db.describe(), reason(&e)))?;
+    Ok(client)
+}
+
 /// Runs a study in the database: one transaction, the search path set to the CDM schema (and
 /// the vocabulary's), every stage a temporary table, everything rolled back at the end.
 pub async fn execute_in(
@@ -594,17 +620,8 @@ pub async fn execute_in(
     study: &Study,
     progress: &dyn Fn(&str),
 ) -> Result<Execution, String> {
-    let client = db.connect().await?;
-    check_schemas(db, &client).await?;
-    check_columns(db, &client).await?;
+    let client = begin(db).await?;
     let ctx = crate::repo::empty_session().map_err(|e| e.to_string())?;
-    let search_path = db.search_path();
-    client
-        .batch_execute(&format!(
-            "BEGIN; SET LOCAL search_path TO {search_path}, pg_temp"
-        ))
-        .await
-        .map_err(|e| format!("{}: {}", db.describe(), reason(&e)))?;
     let m = InDatabase {
         client: &client,
         ctx: &ctx,
@@ -622,6 +639,81 @@ pub async fn execute_in(
     // Temporary tables go with the transaction, whatever happened.
     let _ = client.batch_execute("ROLLBACK").await;
     run.map_err(|e| format!("{}: {e}", db.describe()))
+}
+
+/// The plan PostgreSQL makes of each stage's SQL (`EXPLAIN`); with `analyze`, the plan as it
+/// ran (`EXPLAIN ANALYZE`, which runs the stages). Each stage is kept as a temporary table for
+/// the next (empty without `analyze`), and everything is rolled back.
+pub async fn explain_in(db: &Database, study: &Study, analyze: bool) -> Result<String, String> {
+    let client = begin(db).await?;
+    let ctx = crate::repo::empty_session().map_err(|e| e.to_string())?;
+    let m = Explaining {
+        client: &client,
+        ctx: &ctx,
+        analyze,
+        text: std::sync::Mutex::new(String::new()),
+    };
+    let run = super::run_stages(study, &ctx, &m, &|_| {}).await;
+    let _ = client.batch_execute("ROLLBACK").await;
+    run.map_err(|e| format!("{}: {e}", db.describe()))?;
+    Ok(m.text.into_inner().expect("not poisoned"))
+}
+
+/// Each stage explained by the database rather than (only) run.
+struct Explaining<'a> {
+    client: &'a Client,
+    ctx: &'a SessionContext,
+    analyze: bool,
+    text: std::sync::Mutex<String>,
+}
+
+impl Explaining<'_> {
+    async fn explain(&self, name: &str, statement: &str) -> Result<(), String> {
+        let options = if self.analyze { "(ANALYZE) " } else { "" };
+        let rows = self
+            .client
+            .simple_query(&format!("EXPLAIN {options}{statement}"))
+            .await
+            .map_err(|e| format!("the database refused a query: {}", reason(&e)))?;
+        let mut text = self.text.lock().expect("not poisoned");
+        text.push_str(&format!("== {name} ==\n"));
+        for m in rows {
+            if let SimpleQueryMessage::Row(r) = m {
+                text.push_str(r.get(0).unwrap_or_default());
+                text.push('\n');
+            }
+        }
+        text.push('\n');
+        Ok(())
+    }
+}
+
+impl Materialiser for Explaining<'_> {
+    async fn keep(&self, name: &'static str, plan: LogicalPlan) -> Result<LogicalPlan, String> {
+        let schema = Arc::new(plan.schema().as_arrow().clone());
+        let sql = to_sql(&plan, Dialect::Postgres)?;
+        let create = format!("CREATE TEMPORARY TABLE {name} AS\n{sql}");
+        if self.analyze {
+            self.explain(name, &create).await?;
+        } else {
+            self.explain(name, &sql).await?;
+            self.client
+                .batch_execute(&format!("{create}\nWITH NO DATA"))
+                .await
+                .map_err(|e| format!("the database refused a query: {}", reason(&e)))?;
+        }
+        register(self.ctx, name, schema, vec![]).map_err(engine)
+    }
+
+    async fn rows(
+        &self,
+        name: &'static str,
+        plan: LogicalPlan,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), String> {
+        let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
+        self.explain(name, &to_sql(&plan, Dialect::Postgres)?).await?;
+        Ok((schema, Vec::new()))
+    }
 }
 
 /// The data fingerprint of a database: sha256 over, for each OMOP table in the schema (in the

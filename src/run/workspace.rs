@@ -1,5 +1,6 @@
 //! A repository opened once for an interactive session: every question the REPL asks of the
-//! data, answered in the same DataFusion session.
+//! data, answered where the data is: one DataFusion session over files, or a PostgreSQL
+//! database (its questions as queries there, its runs as `run_in_database`).
 
 use super::output::{data_fingerprint, OutputDir, RunInfo, Written};
 use super::{execute, explain_plan, sql_script, stage_plans, Attrition, Dialect, Execution};
@@ -20,8 +21,12 @@ fn visible(e: impl ToString) -> String {
 
 /// A repository and its session.
 pub struct Workspace {
-    pub repo: Repository,
-    ctx: SessionContext,
+    source: Source,
+}
+
+enum Source {
+    Files { repo: Repository, ctx: SessionContext },
+    Database(super::database::Connected),
 }
 
 /// The disclosure rules of one run.
@@ -60,7 +65,7 @@ fn with_cohort_id(study: &Study, cohort_id: Option<i64>) -> Study {
 /// Runs a study in a PostgreSQL repository and writes its outputs to `out`, as
 /// `Workspace::run_to` does for a directory: the same files and `run.json`, the repository
 /// named by host, database and schema (never the password), the fingerprint the database's
-/// (`database::fingerprint`). The data checks of a file repository do not run here. With
+/// (`database::fingerprint`), the data checks of the tables read run as queries there. With
 /// `write_back`, the cohort is written into that table of the database before the outputs are
 /// written, so a refused write leaves no outputs.
 #[allow(clippy::too_many_arguments)]
@@ -88,6 +93,14 @@ pub async fn run_in_database(
     )
     .await
     .map_err(visible)?;
+    progress("checking the data read");
+    let connected = db.open().await.map_err(visible)?;
+    let warnings = run_warnings(&connected, &run.tables_read)
+        .await
+        .map_err(visible)?;
+    for warning in &warnings {
+        note(warning);
+    }
     progress("fingerprinting the data");
     let fingerprint = super::database::fingerprint(db).await.map_err(visible)?;
     if let Some(table) = write_back {
@@ -108,7 +121,7 @@ pub async fn run_in_database(
         cohort_id_from_command_line: cohort_id.is_some(),
         repository: &db.describe(),
         data_fingerprint: &fingerprint,
-        data_warnings: &[],
+        data_warnings: &warnings,
         check_time,
         policy: disclosure.policy,
         site_source: disclosure.source,
@@ -119,26 +132,58 @@ pub async fn run_in_database(
     Ok((run, written))
 }
 
+/// Asks a question of whichever source the workspace reads (`repo::query::Queries`).
+macro_rules! on_source {
+    ($workspace:expr, $q:ident => $question:expr) => {
+        match &$workspace.source {
+            Source::Files { ctx: $q, .. } => $question,
+            Source::Database($q) => $question,
+        }
+    };
+}
+
 impl Workspace {
     pub async fn open(repo: Repository) -> Result<Workspace, String> {
         let ctx = repo.session().await.map_err(visible)?;
-        Ok(Workspace { repo, ctx })
+        Ok(Workspace {
+            source: Source::Files { repo, ctx },
+        })
+    }
+
+    /// A database as the repository: checked and connected once, read-only.
+    pub async fn open_database(db: &super::database::Database) -> Result<Workspace, String> {
+        Ok(Workspace {
+            source: Source::Database(db.open().await.map_err(visible)?),
+        })
+    }
+
+    /// Where the repository is, for the REPL's greeting.
+    pub fn describe(&self) -> String {
+        match &self.source {
+            Source::Files { repo, .. } => repo.dir.display().to_string(),
+            Source::Database(c) => c.db.describe(),
+        }
+    }
+
+    /// The session questions are planned on (for files, also the one they run in).
+    fn ctx(&self) -> &SessionContext {
+        use crate::repo::query::Queries;
+        match &self.source {
+            Source::Files { ctx, .. } => ctx,
+            Source::Database(c) => c.session(),
+        }
     }
 
     /// The attrition of a study on this repository.
     pub async fn attrition(&self, study: &Study) -> Result<Vec<Attrition>, String> {
-        Ok(execute(study, &self.ctx, &|_| {})
-            .await
-            .map_err(visible)?
-            .attrition)
+        let run = match &self.source {
+            Source::Files { ctx, .. } => execute(study, ctx, &|_| {}).await,
+            Source::Database(c) => super::database::execute_in(&c.db, study, &|_| {}).await,
+        };
+        Ok(run.map_err(visible)?.attrition)
     }
 
-    /// Runs a study and writes its outputs to `out`; the data fingerprint is taken beside the
-    /// queries (it reads every file once). The output directory is claimed before the study
-    /// runs, so a refused `--out` costs nothing. `progress` is told each stage as it starts,
-    /// and `note` what the user should know (leftovers removed, data-quality warnings).
-    /// `cohort_id`, from the command line, replaces the study's `cohort id` for this run; the
-    /// study hash stays the file's.
+    /// Runs a study and writes its outputs to `out` (see `run_in_database` for a database).
     #[allow(clippy::too_many_arguments)]
     pub async fn run_to(
         &self,
@@ -152,16 +197,27 @@ impl Workspace {
         progress: &dyn Fn(&str),
         note: &dyn Fn(&str),
     ) -> Result<(Execution, Written), String> {
+        let (repo, ctx) = match &self.source {
+            Source::Files { repo, ctx } => (repo, ctx),
+            Source::Database(c) => {
+                return run_in_database(
+                    &c.db, None, study, study_path, text, check_time, cohort_id, disclosure, out,
+                    progress, note,
+                )
+                .await
+            }
+        };
         let claimed = claim(out, note)?;
         let hash = study_hash(study);
         let effective = with_cohort_id(study, cohort_id);
         let study = &effective;
-        let repo = self.repo.clone();
-        let fingerprint = tokio::task::spawn_blocking(move || data_fingerprint(&repo));
+        let repo_name = repository_name(repo);
+        let copy = repo.clone();
+        let fingerprint = tokio::task::spawn_blocking(move || data_fingerprint(&copy));
         // With the columns Table 1 always shows (sex, age at index); no dataset written keeps them.
         let run = execute(
             &crate::results::table1::with_demographics(study),
-            &self.ctx,
+            ctx,
             progress,
         )
         .await;
@@ -170,10 +226,10 @@ impl Workspace {
             .map_err(|_| "the data fingerprint failed".to_string())??;
         let run = match run {
             Ok(run) => run,
-            Err(message) => return Err(visible(self.located(message).await)),
+            Err(message) => return Err(visible(located(ctx, repo, message).await)),
         };
         progress("checking the data read");
-        let warnings = run_warnings(&self.ctx, &run.tables_read)
+        let warnings = run_warnings(ctx, &run.tables_read)
             .await
             .map_err(visible)?;
         for warning in &warnings {
@@ -185,7 +241,7 @@ impl Workspace {
             study_text: text,
             study_hash: &hash,
             cohort_id_from_command_line: cohort_id.is_some(),
-            repository: &self.repository_name(),
+            repository: &repo_name,
             data_fingerprint: &fingerprint,
             data_warnings: &warnings,
             check_time,
@@ -198,43 +254,39 @@ impl Workspace {
         Ok((run, written))
     }
 
-    /// The repository as `run.json` names it: the directory's name.
-    fn repository_name(&self) -> String {
-        self.repo.dir.file_name().map_or_else(
-            || self.repo.dir.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        )
-    }
-
-    /// A failed run's message with the table file and column that caused it, when the data
-    /// did: the engine's own message names neither.
-    async fn located(&self, message: String) -> String {
-        match crate::repo::quality::locate_bad_data(&self.ctx, &self.repo).await {
-            Some(place) => format!("{place}"),
-            None => message,
-        }
-    }
-
-    /// Each stage's logical plan, as text.
+    /// Each stage's logical plan, as text; in a database, the plan PostgreSQL makes of each
+    /// stage's SQL.
     pub async fn plans(&self, study: &Study) -> Result<String, String> {
+        if let Source::Database(c) = &self.source {
+            return super::database::explain_in(&c.db, study, false).await;
+        }
         let mut text = String::new();
-        for (name, plan) in stage_plans(study, &self.ctx).await? {
-            let (logical, _, _) = explain_plan(&self.ctx, &plan).await?;
+        for (name, plan) in stage_plans(study, self.ctx()).await? {
+            let (logical, _, _) = explain_plan(self.ctx(), &plan).await?;
             text.push_str(&format!("== {name} ==\n{logical}\n"));
         }
         Ok(text)
     }
 
     pub async fn sql(&self, study: &Study, dialect: Dialect) -> Result<String, String> {
-        sql_script(study, &self.ctx, dialect).await
+        let empty;
+        let ctx = match &self.source {
+            Source::Files { ctx, .. } => ctx,
+            // The stages are planned on every CDM table, as `cohortql sql` plans them.
+            Source::Database(_) => {
+                empty = crate::repo::empty_session().map_err(visible)?;
+                &empty
+            }
+        };
+        sql_script(study, ctx, dialect).await
     }
 
     pub async fn tables(&self) -> Result<Vec<TableCount>, String> {
-        table_counts(&self.ctx).await.map_err(visible)
+        on_source!(self, q => table_counts(q).await).map_err(visible)
     }
 
     pub async fn concepts(&self, text: &str) -> Result<Vec<ConceptHit>, String> {
-        search_concepts(&self.ctx, text, 20).await.map_err(visible)
+        on_source!(self, q => search_concepts(q, text, 20).await).map_err(visible)
     }
 
     /// Concepts whose name starts with `prefix`, for completion (see `concepts_starting`).
@@ -243,12 +295,27 @@ impl Workspace {
         prefix: &str,
         domain: Option<&str>,
     ) -> Result<Vec<(i64, String)>, String> {
-        concepts_starting(&self.ctx, prefix, domain, 40)
-            .await
-            .map_err(visible)
+        on_source!(self, q => concepts_starting(q, prefix, domain, 40).await).map_err(visible)
     }
 
     pub async fn concept_name(&self, id: i64) -> Result<Option<String>, String> {
-        concept_name(&self.ctx, id).await.map_err(visible)
+        on_source!(self, q => concept_name(q, id).await).map_err(visible)
+    }
+}
+
+/// The repository as `run.json` names it: the directory's name.
+fn repository_name(repo: &Repository) -> String {
+    repo.dir.file_name().map_or_else(
+        || repo.dir.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+/// A failed run's message with the table file and column that caused it, when the data
+/// did: the engine's own message names neither.
+async fn located(ctx: &SessionContext, repo: &Repository, message: String) -> String {
+    match crate::repo::quality::locate_bad_data(ctx, repo).await {
+        Some(place) => format!("{place}"),
+        None => message,
     }
 }
