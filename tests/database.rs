@@ -382,6 +382,77 @@ fn eunomia_in_postgresql() {
     }
     let _ = holder.kill();
     let _ = holder.wait();
+    // A connection lost mid-run (here its server process terminated while a statement waits
+    // on a lock): exit 2, the database named, nothing written, nothing left in the database.
+    let mut holder = server
+        .psql_command()
+        .args([
+            "-c",
+            &format!(
+                "BEGIN; LOCK TABLE {schema}.drug_era IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60); COMMIT;"
+            ),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = dir.path().join("lost");
+    let child = Command::new(BIN)
+        .args([
+            "run",
+            study.to_str().unwrap(),
+            "--repo",
+            &url,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .current_dir(dir.path())
+        .env("COHORTQL_SITE", site_file())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while waiting("CREATE TEMPORARY TABLE cohortql") == 0 {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the run never waited on the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    server.psql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'cohortql';",
+    );
+    let o = child.wait_with_output().unwrap();
+    let text = all_text(&o);
+    assert_eq!(o.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("postgresql ") && text.contains(&format!("schema {schema}")),
+        "{text}"
+    );
+    assert!(
+        !out.exists(),
+        "a run that lost its connection wrote outputs"
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    // The terminated server process removes its temporary tables as it exits.
+    let started = std::time::Instant::now();
+    loop {
+        let left = server.psql(
+            "SELECT string_agg(relname || ' ' || relpersistence::text, ', ') FROM pg_class WHERE relname LIKE 'cohortql%' AND relpersistence = 't';",
+        );
+        if left.lines().nth(1).is_none_or(|l| l.trim().is_empty()) {
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 20,
+            "left in the database: {left}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     // The schemas from the command line: the CDM's, and the vocabulary in a schema of its own.
     let split = server.load(&Repository::open(&files).unwrap());
     let mut moves = format!("CREATE SCHEMA {split}_vocab;");
@@ -532,7 +603,10 @@ fn questions_in_postgresql() {
     );
     let text = all_text(&o);
     assert_eq!(o.status.code(), Some(0), "{text}");
-    assert!(text.contains("== cohortql_entries ==") && text.contains("Seq Scan on drug_era"), "{text}");
+    assert!(
+        text.contains("== cohortql_entries ==") && text.contains("Seq Scan on drug_era"),
+        "{text}"
+    );
     assert!(!text.contains("actual time"), "{text}");
     let o = cohortql(
         &["plan", study.to_str().unwrap(), "--repo", &url, "--analyze"],
@@ -557,10 +631,12 @@ fn questions_in_postgresql() {
             dir.path(),
         );
         assert_eq!(o.status.code(), Some(0), "{}", all_text(&o));
-        serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap())
-            .unwrap()
+        serde_json::from_str(&std::fs::read_to_string(out.with_extension("json")).unwrap()).unwrap()
     };
-    let (db, fs) = (report(&url, "db.html"), report(files.to_str().unwrap(), "fs.html"));
+    let (db, fs) = (
+        report(&url, "db.html"),
+        report(files.to_str().unwrap(), "fs.html"),
+    );
     assert_eq!(db["code_list"], fs["code_list"]);
     assert_eq!(db["code_list_looked_up"], true);
     let source = db.to_string();
@@ -597,4 +673,140 @@ fn repl_on(repo: &str, input: &str, dir: &Path) -> String {
     let o = child.wait_with_output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{repo}: {}", all_text(&o));
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// TLS as libpq's `sslmode` and `sslrootcert` say, and passwords: on a server that accepts
+/// TCP connections only over TLS, `require` connects, `verify-full` connects with the CA that
+/// signed the server's certificate and is refused with another, `verify-ca` does not check
+/// the host name, `disable` is refused by the server; a wrong password is refused and never
+/// shown. Each refusal exits 2 and writes nothing.
+#[test]
+fn tls_and_passwords() {
+    common::with_big_stack(tls_in_postgresql);
+}
+
+fn tls_in_postgresql() {
+    use common::postgres::TlsPostgres;
+    let files = root().join("tests/data/eunomia-gibleed");
+    let tls = TlsPostgres::start();
+    let schema = tls.server.load(&Repository::open(&files).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let study = root().join("studies/eunomia/celecoxib.study");
+    let attempt = |url: &str, password: Option<&str>| -> (Output, PathBuf) {
+        let out = dir.path().join("out");
+        let _ = std::fs::remove_dir_all(&out);
+        let mut command = Command::new(BIN);
+        command
+            .args(["run", study.to_str().unwrap(), "--repo", url, "--out"])
+            .arg(&out)
+            .current_dir(dir.path())
+            .env("COHORTQL_SITE", site_file())
+            .env("NO_COLOR", "1")
+            .env("HOME", &home)
+            .env_remove("PGPASSWORD")
+            .env_remove("PGSSLMODE")
+            .env_remove("PGSSLROOTCERT");
+        if let Some(p) = password {
+            command.env("PGPASSWORD", p);
+        }
+        (command.output().unwrap(), out)
+    };
+    let at = |user: &str, host: &str, params: &str| {
+        format!(
+            "postgresql://{user}@{host}:{}/postgres?schema={schema}{params}",
+            tls.port
+        )
+    };
+    let (ca, other) = (tls.ca.display(), tls.other_ca.display());
+    let works = [
+        at("postgres", "127.0.0.1", "&sslmode=require"),
+        at(
+            "postgres",
+            "localhost",
+            &format!("&sslmode=verify-full&sslrootcert={ca}"),
+        ),
+        at(
+            "postgres",
+            "127.0.0.1",
+            &format!("&sslmode=verify-ca&sslrootcert={ca}"),
+        ),
+        // The default, as libpq's: encrypted if the server can.
+        at("postgres", "127.0.0.1", ""),
+    ];
+    for url in works {
+        let (o, out) = attempt(&url, None);
+        assert_eq!(o.status.code(), Some(0), "{url}: {}", all_text(&o));
+        assert_eq!(persons(&out), 1800, "{url}");
+    }
+    let refused = [
+        (
+            at("postgres", "127.0.0.1", "&sslmode=disable"),
+            "no encryption",
+        ),
+        (
+            at(
+                "postgres",
+                "localhost",
+                &format!("&sslmode=verify-full&sslrootcert={other}"),
+            ),
+            "certificate",
+        ),
+        // The certificate names localhost, not the address.
+        (
+            at(
+                "postgres",
+                "127.0.0.1",
+                &format!("&sslmode=verify-full&sslrootcert={ca}"),
+            ),
+            "certificate",
+        ),
+        (
+            at("postgres", "localhost", "&sslmode=verify-full"),
+            "needs the root certificate",
+        ),
+        (
+            at("postgres", "localhost", "&sslmode=allow"),
+            "sslmode=allow is not supported",
+        ),
+        (
+            at("postgres", "localhost", "&sslmode=sometimes"),
+            "is not a mode",
+        ),
+        (
+            at("reader:wrong-secret", "127.0.0.1", "&sslmode=require"),
+            "password authentication failed for user \"reader\"",
+        ),
+    ];
+    for (url, says) in refused {
+        let (o, out) = attempt(&url, None);
+        let text = all_text(&o);
+        assert_eq!(o.status.code(), Some(2), "{url}: {text}");
+        assert!(text.contains(says), "{url}: {text}");
+        assert!(
+            text.contains("postgres"),
+            "{url}: the database is not named: {text}"
+        );
+        assert!(
+            !text.contains("wrong-secret"),
+            "{url}: the password is shown: {text}"
+        );
+        assert!(!out.exists(), "{url}: an output was written");
+    }
+    // The password from PGPASSWORD: wrong, then right.
+    let reader = at("reader", "127.0.0.1", "&sslmode=require");
+    let (o, out) = attempt(&reader, Some("not-it"));
+    let text = all_text(&o);
+    assert_eq!(o.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("password authentication failed") && !text.contains("not-it"),
+        "{text}"
+    );
+    assert!(!out.exists());
+    let (o, out) = attempt(&reader, Some(tls.reader_password));
+    assert_eq!(o.status.code(), Some(0), "{}", all_text(&o));
+    assert_eq!(persons(&out), 1800);
+    let run_json = std::fs::read_to_string(out.join("site/run.json")).unwrap();
+    assert!(!run_json.contains(tls.reader_password));
 }

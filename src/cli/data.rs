@@ -3,9 +3,9 @@
 use super::{FormatArg, Status};
 use crate::demo;
 use crate::repo::quality::{check_repository, Report};
-use crate::run::database::{check_database, is_database, Database};
 use crate::repo::write::OutputFormat;
 use crate::repo::Repository;
+use crate::run::database::{check_database, is_database, Database};
 use crate::synth::{generate, SynthOptions};
 use anstream::{eprintln, println};
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, Table};

@@ -5,8 +5,8 @@ use super::data::runtime;
 use super::{checked, site, Status};
 use crate::release::check_release;
 use crate::repo::Repository;
-use crate::run::database::{is_database, Database};
 use crate::report::{build, html, released, vocabulary, Source};
+use crate::run::database::{is_database, Database};
 use anstream::{eprintln, println};
 use std::path::{Path, PathBuf};
 

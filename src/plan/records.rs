@@ -104,7 +104,6 @@ fn null(t: DataType) -> Expr {
     cast(lit(ScalarValue::Null), t)
 }
 
-
 impl Planner<'_> {
     pub(super) fn rec_names(&mut self) -> Rec {
         let mut name = |f: Field| self.fresh(f.name());
@@ -229,7 +228,9 @@ impl Planner<'_> {
         };
         let source = domains::records(Domain::ObservationPeriod);
         let o = |f: Field| {
-            let col = source.column(f).expect("observation periods have this field");
+            let col = source
+                .column(f)
+                .expect("observation periods have this field");
             qualified(col.table, col.column)
         };
         let plan = project(

@@ -2,10 +2,10 @@
 //! reading a whole (small) repository into rows, and writing rows as a repository.
 
 use super::data::{Concept, Data, Period, Person, Record};
-use crate::repo::write::{Cell, OutputFormat, TableWriter, WriteError};
-use crate::repo::{clean_engine_message, RepoError};
 use crate::repo::domains::{self, Field, JoinKind};
 use crate::repo::schema::Kind;
+use crate::repo::write::{Cell, OutputFormat, TableWriter, WriteError};
+use crate::repo::{clean_engine_message, RepoError};
 use crate::study::Domain;
 use chrono::NaiveDate;
 use datafusion::arrow::array::{

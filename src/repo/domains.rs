@@ -122,7 +122,10 @@ pub struct Records {
 impl Records {
     /// The column holding a field, if the domain has it.
     pub fn column(&self, field: Field) -> Option<Col> {
-        self.fields.iter().find(|(f, _)| *f == field).map(|(_, c)| *c)
+        self.fields
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map(|(_, c)| *c)
     }
 
     /// The column holding a field in the domain's own table (not a joined one).
@@ -242,7 +245,11 @@ pub const CATALOGUE: [Records; 15] = [
             Start => "measurement_date", Visit => "visit_occurrence_id",
             Number => "value_as_number", ValueConcept => "value_as_concept_id",
             Unit => "unit_concept_id", RangeLow => "range_low", RangeHigh => "range_high"),
-        standard_concepts: &["measurement_concept_id", "unit_concept_id", "value_as_concept_id"],
+        standard_concepts: &[
+            "measurement_concept_id",
+            "unit_concept_id",
+            "value_as_concept_id",
+        ],
         vocabulary_domain: Some(("Measurement", Field::Concept)),
     },
     Records {
@@ -327,8 +334,14 @@ pub const CATALOGUE: [Records; 15] = [
         fields: &[
             (Field::Id, col("image_occurrence", "image_occurrence_id")),
             (Field::Person, col("image_occurrence", "person_id")),
-            (Field::Concept, col("image_occurrence", "anatomic_site_concept_id")),
-            (Field::Start, col("image_occurrence", "image_occurrence_date")),
+            (
+                Field::Concept,
+                col("image_occurrence", "anatomic_site_concept_id"),
+            ),
+            (
+                Field::Start,
+                col("image_occurrence", "image_occurrence_date"),
+            ),
             (Field::Visit, col("image_occurrence", "visit_occurrence_id")),
             (Field::Modality, col("modality_concept", "concept_code")),
         ],
@@ -360,11 +373,20 @@ pub const CATALOGUE: [Records; 15] = [
         fields: &[
             (Field::Id, col("image_feature", "image_feature_id")),
             (Field::Person, col("image_feature", "person_id")),
-            (Field::Concept, col("image_feature", "image_feature_concept_id")),
-            (Field::Start, col("image_occurrence", "image_occurrence_date")),
+            (
+                Field::Concept,
+                col("image_feature", "image_feature_concept_id"),
+            ),
+            (
+                Field::Start,
+                col("image_occurrence", "image_occurrence_date"),
+            ),
             (Field::Visit, col("image_occurrence", "visit_occurrence_id")),
             (Field::Number, col("measurement", "value_as_number")),
-            (Field::ValueConcept, col("measurement", "value_as_concept_id")),
+            (
+                Field::ValueConcept,
+                col("measurement", "value_as_concept_id"),
+            ),
             (Field::Unit, col("measurement", "unit_concept_id")),
             (Field::RangeLow, col("measurement", "range_low")),
             (Field::RangeHigh, col("measurement", "range_high")),
@@ -425,8 +447,8 @@ mod tests {
             };
             for (field, c) in r.fields {
                 let kind = column(*c).kind;
-                let fits = kind == field.kind()
-                    || (field.kind() == Kind::Date && kind == Kind::Datetime);
+                let fits =
+                    kind == field.kind() || (field.kind() == Kind::Date && kind == Kind::Datetime);
                 assert!(fits, "{:?} {field:?} is {}", r.domain, kind.name());
             }
             for j in r.joins {

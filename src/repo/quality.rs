@@ -3,10 +3,10 @@
 //! reads, and finding the file and column behind a data error.
 
 use super::domains::{Field, Records, CATALOGUE};
-use super::schema::TABLES;
-use crate::study::Domain;
 use super::query::Queries;
+use super::schema::TABLES;
 use super::{clean_engine_message, RepoError, Repository};
+use crate::study::Domain;
 use datafusion::arrow::array::{Array, Int64Array};
 use datafusion::prelude::SessionContext;
 use serde::Serialize;

@@ -3,11 +3,11 @@
 //! repository's `cdm_source` description. Queries go through DataFusion's expression API, so
 //! no text from the study is ever spliced into SQL.
 
+use crate::repo::query::Queries;
 use crate::study::*;
 use datafusion::arrow::array::{Array, Int64Array, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
-use crate::repo::query::Queries;
 use datafusion::prelude::{col, lit};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
@@ -214,11 +214,7 @@ async fn concepts_where(
 }
 
 /// Looks up the study's concepts and the repository's description.
-pub async fn look_up(
-    study: &Study,
-    q: &impl Queries,
-    repository: &str,
-) -> Result<Lookups, String> {
+pub async fn look_up(study: &Study, q: &impl Queries, repository: &str) -> Result<Lookups, String> {
     let (mut ids, mut vocabularies, mut names) =
         (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
     for e in expressions(study) {

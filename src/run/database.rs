@@ -13,13 +13,15 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use std::sync::Arc;
-use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
+use tokio_postgres::{Client, Config, SimpleQueryMessage};
 
 /// Where a PostgreSQL repository is: the connection, and the schemas of the CDM tables and of
 /// the vocabulary.
 #[derive(Clone, Debug)]
 pub struct Database {
     config: Config,
+    /// How the connection is encrypted and the server authenticated (`sslmode`).
+    tls: Tls,
     /// The schema of the clinical tables (`?schema=`, `--repo-schema`).
     pub schema: String,
     /// The schema of the vocabulary tables, when not the same.
@@ -51,13 +53,20 @@ impl Database {
         let mut schema = None;
         let mut vocab_schema = None;
         let mut kept = Vec::new();
+        let (mut sslmode, mut sslrootcert) = (None, None);
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
                 Some(("schema", v)) => schema = Some(v.to_string()),
                 Some(("vocab_schema", v)) => vocab_schema = Some(v.to_string()),
+                Some(("sslmode", v)) => sslmode = Some(v.to_string()),
+                Some(("sslrootcert", v)) => sslrootcert = Some(v.to_string()),
                 _ => kept.push(pair),
             }
         }
+        let sslmode = sslmode.or_else(|| std::env::var("PGSSLMODE").ok());
+        let sslrootcert = sslrootcert.or_else(|| std::env::var("PGSSLROOTCERT").ok());
+        let tls = Tls::from_parameters(sslmode.as_deref(), sslrootcert.as_deref())
+            .map_err(|e| format!("--repo {}: {e}", redacted(url)))?;
         let rest = if kept.is_empty() {
             base.to_string()
         } else {
@@ -90,8 +99,14 @@ impl Database {
                 ));
             }
         }
+        config.ssl_mode(tls.mode());
+        // So that a DBA sees what a session is in pg_stat_activity.
+        if config.get_application_name().is_none() {
+            config.application_name("cohortql");
+        }
         Ok(Database {
             config,
+            tls,
             schema,
             vocab_schema,
         })
@@ -152,13 +167,244 @@ impl Database {
     pub async fn connect(&self) -> Result<Client, String> {
         let (client, connection) = self
             .config
-            .connect(NoTls)
+            .connect(self.tls.connector()?)
             .await
             .map_err(|e| format!("cannot connect to {}: {}", self.describe(), reason(&e)))?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
         Ok(client)
+    }
+}
+
+/// `sslmode`, as libpq reads it: whether the connection is encrypted, and whether the
+/// server's certificate is checked against a root certificate (`sslrootcert`, by default
+/// `~/.postgresql/root.crt`) and its host name.
+#[derive(Clone, Debug)]
+enum Tls {
+    /// `disable`: never encrypted.
+    Disable,
+    /// `prefer` (the default) or `require`: encrypted (`prefer`: if the server can), the
+    /// server not authenticated, unless a root certificate is given, which `require` then
+    /// checks as `verify-ca` does.
+    Encrypt {
+        required: bool,
+        roots: Option<std::path::PathBuf>,
+    },
+    /// `verify-ca`, `verify-full`: encrypted, the server's certificate signed by the root
+    /// certificate; `verify-full` also checks that it names the host.
+    Verify {
+        roots: std::path::PathBuf,
+        host_name: bool,
+    },
+}
+
+impl Tls {
+    fn from_parameters(mode: Option<&str>, root: Option<&str>) -> Result<Tls, String> {
+        let default_root = || {
+            std::env::var_os("HOME")
+                .map(|h| std::path::Path::new(&h).join(".postgresql/root.crt"))
+                .filter(|p| p.is_file())
+        };
+        let roots = match root {
+            Some("system") => {
+                return Err(
+                    "sslrootcert=system is not supported: give the root certificate's file".into(),
+                )
+            }
+            Some(path) => Some(std::path::PathBuf::from(path)),
+            None => default_root(),
+        };
+        let verify = |host_name| {
+            match &roots {
+            Some(r) => Ok(Tls::Verify {
+                roots: r.clone(),
+                host_name,
+            }),
+            None => Err(format!(
+                "sslmode={} needs the root certificate that signed the server's: give sslrootcert=FILE (or put it in ~/.postgresql/root.crt)",
+                if host_name { "verify-full" } else { "verify-ca" }
+            )),
+        }
+        };
+        match mode.unwrap_or("prefer") {
+            "disable" => Ok(Tls::Disable),
+            "prefer" => Ok(Tls::Encrypt {
+                required: false,
+                roots,
+            }),
+            "require" => Ok(Tls::Encrypt {
+                required: true,
+                roots,
+            }),
+            "verify-ca" => verify(false),
+            "verify-full" => verify(true),
+            "allow" => {
+                Err("sslmode=allow is not supported: use prefer, require or verify-full".into())
+            }
+            other => Err(format!(
+                "sslmode={other} is not a mode (disable, prefer, require, verify-ca, verify-full)"
+            )),
+        }
+    }
+
+    fn mode(&self) -> tokio_postgres::config::SslMode {
+        use tokio_postgres::config::SslMode;
+        match self {
+            Tls::Disable => SslMode::Disable,
+            Tls::Encrypt {
+                required: false, ..
+            } => SslMode::Prefer,
+            _ => SslMode::Require,
+        }
+    }
+
+    /// The rustls connector for this mode.
+    fn connector(&self) -> Result<tokio_postgres_rustls::MakeRustlsConnect, String> {
+        use rustls::client::WebPkiServerVerifier;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let roots = |path: &std::path::Path| -> Result<Arc<rustls::RootCertStore>, String> {
+            use rustls::pki_types::{pem::PemObject, CertificateDer};
+            let unreadable =
+                |e: &dyn std::fmt::Display| format!("sslrootcert {}: {e}", path.display());
+            let mut store = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| unreadable(&e))? {
+                store
+                    .add(cert.map_err(|e| unreadable(&e))?)
+                    .map_err(|e| unreadable(&e))?;
+            }
+            if store.is_empty() {
+                return Err(unreadable(&"holds no certificate"));
+            }
+            Ok(Arc::new(store))
+        };
+        let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> = match self {
+            Tls::Verify {
+                roots: path,
+                host_name: true,
+            } => WebPkiServerVerifier::builder_with_provider(roots(path)?, provider.clone())
+                .build()
+                .map_err(|e| e.to_string())?,
+            Tls::Verify { roots: path, .. }
+            | Tls::Encrypt {
+                roots: Some(path), ..
+            } => Arc::new(AnyHostName(
+                WebPkiServerVerifier::builder_with_provider(roots(path)?, provider.clone())
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            )),
+            Tls::Disable | Tls::Encrypt { roots: None, .. } => Arc::new(Unauthenticated(provider)),
+        };
+        let config = builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+    }
+}
+
+/// `verify-ca`: the chain is checked, the host name is not.
+#[derive(Debug)]
+struct AnyHostName(Arc<rustls::client::WebPkiServerVerifier>);
+
+/// `prefer` and `require` without a root certificate: encrypted, the server not
+/// authenticated (as libpq), though its handshake signatures are checked.
+#[derive(Debug)]
+struct Unauthenticated(Arc<rustls::crypto::CryptoProvider>);
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+impl ServerCertVerifier for AnyHostName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        use rustls::{CertificateError, Error};
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+impl ServerCertVerifier for Unauthenticated {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -345,7 +591,10 @@ async fn read_columns(db: &Database, client: &Client) -> Result<Columns, String>
         )
         .await
         .map_err(|e| format!("{}: {}", db.describe(), reason(&e)))?;
-    Ok(rows.iter().map(|r| ((r.get(0), r.get(1)), r.get(2))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
+        .collect())
 }
 
 impl Database {
@@ -476,7 +725,9 @@ pub async fn check_database(db: &Database) -> crate::repo::quality::Report {
         report.persons = person.rows;
     }
     if connected.has_table("cdm_source") {
-        if let Ok(b) = crate::repo::query::sql(&connected, "SELECT cdm_version FROM cdm_source LIMIT 1").await {
+        if let Ok(b) =
+            crate::repo::query::sql(&connected, "SELECT cdm_version FROM cdm_source LIMIT 1").await
+        {
             report.cdm_version = b.iter().find(|b| b.num_rows() > 0).and_then(|b| {
                 let a = cast(b.column(0), &datafusion::arrow::datatypes::DataType::Utf8).ok()?;
                 let a = a.as_any().downcast_ref::<StringArray>()?;
@@ -632,7 +883,9 @@ pub async fn execute_in(
     let run = tokio::select! {
         run = super::run_stages(study, &ctx, &m, progress) => run,
         _ = tokio::signal::ctrl_c() => {
-            let _ = cancel.cancel_query(NoTls).await;
+            if let Ok(tls) = db.tls.connector() {
+                let _ = cancel.cancel_query(tls).await;
+            }
             Err("interrupted: the statement running in the database was cancelled, and nothing was kept".to_string())
         }
     };
@@ -711,7 +964,8 @@ impl Materialiser for Explaining<'_> {
         plan: LogicalPlan,
     ) -> Result<(SchemaRef, Vec<RecordBatch>), String> {
         let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
-        self.explain(name, &to_sql(&plan, Dialect::Postgres)?).await?;
+        self.explain(name, &to_sql(&plan, Dialect::Postgres)?)
+            .await?;
         Ok((schema, Vec::new()))
     }
 }

@@ -25,7 +25,10 @@ pub struct Workspace {
 }
 
 enum Source {
-    Files { repo: Repository, ctx: SessionContext },
+    Files {
+        repo: Repository,
+        ctx: SessionContext,
+    },
     Database(super::database::Connected),
 }
 
@@ -229,9 +232,7 @@ impl Workspace {
             Err(message) => return Err(visible(located(ctx, repo, message).await)),
         };
         progress("checking the data read");
-        let warnings = run_warnings(ctx, &run.tables_read)
-            .await
-            .map_err(visible)?;
+        let warnings = run_warnings(ctx, &run.tables_read).await.map_err(visible)?;
         for warning in &warnings {
             note(warning);
         }

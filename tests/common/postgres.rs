@@ -18,6 +18,8 @@ pub struct Postgres {
     /// initdb and the server refuse to run as root: as root they run as `postgres`.
     as_postgres: bool,
     schemas: std::cell::Cell<u32>,
+    /// The port, which also names the Unix socket.
+    port: u16,
 }
 
 /// One result of a script: its name (the comment above the query), header and rows, each cell
@@ -53,8 +55,128 @@ fn server_programs() -> PathBuf {
     })
 }
 
+/// A server that also listens on TCP at 127.0.0.1, TLS only there, its certificate signed by
+/// a test CA and naming `localhost`; the role `reader` logs in there with a password.
+pub struct TlsPostgres {
+    pub server: Postgres,
+    pub port: u16,
+    /// The CA that signed the server's certificate, and one that did not.
+    pub ca: PathBuf,
+    pub other_ca: PathBuf,
+    pub reader_password: &'static str,
+}
+
+impl TlsPostgres {
+    pub fn start() -> TlsPostgres {
+        let certs = tempfile::tempdir().unwrap().keep();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&certs)
+                .output()
+                .expect("openssl (Debian's openssl package; .ci/run installs it)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for ca in ["ca", "other_ca"] {
+            let (k, c) = (format!("{ca}.key"), format!("{ca}.crt"));
+            let mut args = vec![
+                "req",
+                "-x509",
+                "-days",
+                "3650",
+                "-subj",
+                "/CN=cohortql test CA",
+            ];
+            args.extend(key);
+            args.extend(["-keyout", &k, "-out", &c]);
+            openssl(&args);
+        }
+        let mut args = vec![
+            "req",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ];
+        args.extend(key);
+        openssl(&args);
+        std::fs::write(certs.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "3650",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
+        ]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let hba = "local all all trust\n\
+                   hostssl all postgres 127.0.0.1/32 trust\n\
+                   hostssl all reader 127.0.0.1/32 scram-sha-256\n\
+                   hostnossl all all 127.0.0.1/32 reject\n";
+        let server = Postgres::start_with(
+            port,
+            &format!(
+                "-c listen_addresses=127.0.0.1 -c ssl=on \
+                 -c ssl_cert_file={0}/server.crt -c ssl_key_file={0}/server.key",
+                certs.display()
+            ),
+            Some(hba),
+            Some(&certs),
+        );
+        let reader_password = "right-horse-battery";
+        server.psql(&format!(
+            "CREATE ROLE reader LOGIN SUPERUSER PASSWORD '{reader_password}';"
+        ));
+        TlsPostgres {
+            server,
+            port,
+            ca: certs.join("ca.crt"),
+            other_ca: certs.join("other_ca.crt"),
+            reader_password,
+        }
+    }
+}
+
 impl Postgres {
     pub fn start() -> Postgres {
+        Postgres::start_with(5432, "-c listen_addresses=", None, None)
+    }
+
+    /// A server with further options, its own `pg_hba.conf`, and a directory of files (keys)
+    /// the server must own.
+    fn start_with(
+        port: u16,
+        options: &str,
+        hba: Option<&str>,
+        owned: Option<&std::path::Path>,
+    ) -> Postgres {
         let bin = server_programs();
         let dir = tempfile::Builder::new()
             .prefix("cohortql-pg")
@@ -73,6 +195,7 @@ impl Postgres {
             bin,
             as_postgres,
             schemas: std::cell::Cell::new(0),
+            port,
         };
         let data = server.data_dir();
         server.server_program(
@@ -90,8 +213,33 @@ impl Postgres {
                 "--no-sync",
             ],
         );
+        if let Some(hba) = hba {
+            std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+        }
+        if let Some(dir) = owned {
+            for f in std::fs::read_dir(dir).unwrap() {
+                let path = f.unwrap().path();
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
+            if as_postgres {
+                let status = Command::new("chown")
+                    .args(["-R", "postgres:", dir.to_str().unwrap()])
+                    .status()
+                    .unwrap();
+                assert!(status.success(), "chown to the postgres user");
+                // The client (this user) reads the CA certificates.
+                for ca in ["ca.crt", "other_ca.crt"] {
+                    use std::os::unix::fs::PermissionsExt;
+                    let _ = std::fs::set_permissions(
+                        dir.join(ca),
+                        std::fs::Permissions::from_mode(0o644),
+                    );
+                }
+            }
+        }
         let options = format!(
-            "-k {} -c listen_addresses= -c fsync=off -c synchronous_commit=off \
+            "-k {} -c port={port} {options} -c fsync=off -c synchronous_commit=off \
              -c full_page_writes=off -c max_stack_depth=7MB",
             server.dir.path().display()
         );
@@ -116,8 +264,13 @@ impl Postgres {
     /// database `postgres`.
     pub fn url(&self, schema: &str) -> String {
         format!(
-            "postgresql://postgres@/postgres?host={}&schema={schema}",
-            self.dir.path().display()
+            "postgresql://postgres@/postgres?host={}&schema={schema}{}",
+            self.dir.path().display(),
+            if self.port == 5432 {
+                String::new()
+            } else {
+                format!("&port={}", self.port)
+            }
         )
     }
 
@@ -171,7 +324,7 @@ impl Postgres {
         let mut command = Command::new("psql");
         command
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-U", "postgres"])
-            .args(["-d", "postgres", "-p", "5432", "-h"])
+            .args(["-d", "postgres", "-p", &self.port.to_string(), "-h"])
             .arg(self.dir.path())
             .env_remove("PGPASSWORD");
         command
@@ -195,7 +348,7 @@ impl Postgres {
                 "-U",
                 "postgres",
             ])
-            .args(["-d", "postgres", "-p", "5432", "-h"])
+            .args(["-d", "postgres", "-p", &self.port.to_string(), "-h"])
             .arg(self.dir.path());
         if let Some(file) = file {
             // The search path first, from standard input, then the file.
