@@ -17,7 +17,9 @@ if [ -z "$pgbin" ]; then
   exit 2
 fi
 cargo build --release --locked --quiet
-bin="$(pwd)/${CARGO_TARGET_DIR:-target}/release/cohortql"
+target="${CARGO_TARGET_DIR:-target}"
+[[ "$target" = /* ]] || target="$(pwd)/$target"
+bin="$target/release/cohortql"
 bench="${COHORTQL_BENCH_DIR:-$(pwd)/target/bench}"
 mkdir -p "$bench"
 # initdb and the server refuse to run as root: as root they run as `postgres`.

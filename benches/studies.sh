@@ -14,7 +14,9 @@ if [ ! -x /usr/bin/time ]; then
   exit 2
 fi
 cargo build --release --locked --quiet
-bin="$(pwd)/${CARGO_TARGET_DIR:-target}/release/cohortql"
+target="${CARGO_TARGET_DIR:-target}"
+[[ "$target" = /* ]] || target="$(pwd)/$target"
+bin="$target/release/cohortql"
 bench="${COHORTQL_BENCH_DIR:-$(pwd)/target/bench}"
 mkdir -p "$bench"
 if [ ! -x "$bench/venv/bin/python" ]; then

@@ -15,6 +15,7 @@
 // Diagnostics are large values made rarely, on the error path: boxing them buys nothing.
 #![allow(clippy::result_large_err, clippy::large_enum_variant)]
 
+pub mod atlas;
 pub mod check;
 pub mod cli;
 pub mod compile;

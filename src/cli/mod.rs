@@ -2,6 +2,7 @@
 //! diagnostics, and exit codes (0 ok, 1 errors in a study, 2 usage or I/O errors).
 
 mod data;
+mod import;
 mod repl;
 mod report;
 mod run;
@@ -86,7 +87,8 @@ enum Command {
         /// Study files; several run one after another, each into its own directory.
         #[arg(required = true)]
         studies: Vec<PathBuf>,
-        /// The repository directory; without it, the built-in demo repository.
+        /// The repository: a directory, or a PostgreSQL URL (postgresql://user@host/db?schema=cdm);
+        /// without it, the built-in demo repository.
         #[arg(long)]
         repo: Option<PathBuf>,
         /// Where to write the outputs: for one study, its directory (default
@@ -122,7 +124,7 @@ enum Command {
     Plan {
         study: PathBuf,
         /// Plan against this repository's files (default: empty OMOP tables; with --analyze,
-        /// the demo repository).
+        /// the demo repository); with a PostgreSQL URL, PostgreSQL's plan of each stage's SQL.
         #[arg(long)]
         repo: Option<PathBuf>,
         /// Run the study and show each stage's plan with the rows and time of every operator.
@@ -139,9 +141,16 @@ enum Command {
     Repl {
         /// A study to start from.
         study: Option<PathBuf>,
-        /// The repository directory; without it, the built-in demo repository.
+        /// The repository: a directory, or a PostgreSQL URL; without it, the built-in demo
+        /// repository.
         #[arg(long)]
         repo: Option<PathBuf>,
+    },
+    /// Bring cohort definitions from other tools: `import atlas FILE.json` writes an ATLAS /
+    /// Circe definition as a study file with exactly its meaning, or names what it cannot say.
+    Import {
+        #[command(subcommand)]
+        command: ImportCommand,
     },
     /// Work with OMOP repositories.
     Repo {
@@ -232,10 +241,30 @@ enum ExportArg {
 }
 
 #[derive(Subcommand, Debug)]
+enum ImportCommand {
+    /// An ATLAS / Circe cohort definition (JSON: the cohort expression, or ATLAS's export
+    /// holding it as `expression`).
+    Atlas {
+        file: PathBuf,
+        /// The study's name (default: the definition's `name`, else the file's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Write the study here (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Leave out what cannot be said exactly, with a warning comment in the study and on
+        /// standard error, instead of refusing the definition.
+        #[arg(long)]
+        lenient: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum RepoCommand {
     /// Report a repository's tables and check its data quality.
     Check {
-        /// The repository directory; without it, the built-in demo repository.
+        /// The repository: a directory, or a PostgreSQL URL; without it, the built-in demo
+        /// repository.
         dir: Option<PathBuf>,
         /// Print the report as JSON.
         #[arg(long)]
@@ -335,6 +364,15 @@ pub fn main() -> ExitCode {
             analyze,
         } => run::plan(&study, repo.as_deref(), analyze),
         Command::Sql { study, dialect } => run::sql(&study, dialect.into()),
+        Command::Import {
+            command:
+                ImportCommand::Atlas {
+                    file,
+                    name,
+                    out,
+                    lenient,
+                },
+        } => import::atlas(&file, name.as_deref(), out.as_deref(), lenient),
         Command::Repo {
             command: RepoCommand::Check { dir, json },
         } => data::repo_check(dir.as_deref(), json),
