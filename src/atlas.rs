@@ -292,7 +292,7 @@ impl Reader<'_> {
         for (i, c) in criteria.iter().enumerate() {
             let p = format!("{primary_path}.CriteriaList[{i}]");
             let before = self.refusals.len();
-            if let Some((text, kw)) = self.criterion_event(c, &p, condition.as_deref()) {
+            if let Some((text, kw)) = self.criterion_event(c, &p, condition.as_deref(), true) {
                 if self.refusals.len() == before {
                     alternatives.push(text);
                     domains.push(kw);
@@ -374,12 +374,19 @@ impl Reader<'_> {
             if let Some(offset) = s.get("DateOffset") {
                 let days = offset.get("Offset").and_then(Value::as_i64).unwrap_or(0);
                 match offset.get("DateField").and_then(Value::as_str) {
+                    // Circe dates the end of a record without an end column (measurement,
+                    // observation, death, specimen) the day after its start.
+                    Some("EndDate")
+                        if !domains.is_empty() && domains.iter().all(|d| !has_end(d)) =>
+                    {
+                        exits.push(format!("index + {} days", days + 1));
+                    }
                     Some("EndDate") => {
-                        if let Some(d) = domains.iter().find(|d| !has_end(d)) {
+                        if domains.iter().any(|d| !has_end(d)) {
                             self.refuse(
                                 join(&p, "DateOffset.DateField"),
-                                "DateOffset from the end of an entry event without an end",
-                                format!("the end date of a {d} record, which OMOP does not record"),
+                                "DateOffset from the end of entry events with and without an end",
+                                "the end date of entry events of which some have an end date and some (Circe: the day after their start) do not",
                             );
                         }
                         exits.push(if days == 0 {
@@ -433,7 +440,7 @@ impl Reader<'_> {
         for (i, c) in censoring.iter().enumerate() {
             let p = format!("{}[{i}]", join(path, "CensoringCriteria"));
             let before = self.refusals.len();
-            if let Some((text, _)) = self.criterion_event(c, &p, None) {
+            if let Some((text, _)) = self.criterion_event(c, &p, None, false) {
                 if self.refusals.len() == before {
                     exits.push(format!("first {text}"));
                 }
@@ -476,12 +483,14 @@ impl Reader<'_> {
     }
 
     /// A Circe criterion (`{"ConditionOccurrence": {…}}`) as an event of the language, with its
-    /// domain keyword; `extra` is a criterion every record must meet (`where`).
+    /// domain keyword; `extra` is a criterion every record must meet (`where`); `primary`: an
+    /// entry event, which lies in an observation period.
     fn criterion_event(
         &mut self,
         c: &Value,
         path: &str,
         extra: Option<&str>,
+        primary: bool,
     ) -> Option<(String, &'static str)> {
         let Some((kind, body)) = c.as_object().and_then(|o| o.iter().next()) else {
             self.refuse(path.into(), "empty criterion", "a criterion of no domain");
@@ -557,6 +566,11 @@ impl Reader<'_> {
                     }
                 }
                 "CorrelatedCriteria" => {
+                    // Circe reads a criterion's own correlated criteria only for its records
+                    // that lie in an observation period (entry events always do).
+                    if !primary {
+                        nested.push("continuous observation [0, 0] days".to_string());
+                    }
                     let t = self.group(value, &p, true);
                     nested.push(format!("({t})"));
                 }
@@ -765,7 +779,7 @@ impl Reader<'_> {
             return None;
         };
         let (mut event, _) =
-            self.criterion_event(c.get("Criteria")?, &join(path, "Criteria"), None)?;
+            self.criterion_event(c.get("Criteria")?, &join(path, "Criteria"), None, false)?;
         if c.get("RestrictVisit").and_then(Value::as_bool) == Some(true) {
             // `same visit` is a filter; it goes before a `where`.
             match event.find(" where (") {
@@ -1095,4 +1109,83 @@ fn sex_list(v: &Value) -> Option<String> {
         })
         .collect::<Option<_>>()?;
     (!values.is_empty()).then(|| format!("sex in ({})", values.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::import;
+
+    fn definition(primary: &str, limits: &str, end: &str) -> String {
+        format!(
+            r#"{{"ConceptSets": [{{"id": 1, "name": "x", "expression": {{"items": [
+                 {{"concept": {{"CONCEPT_ID": 3004410, "CONCEPT_NAME": "HbA1c"}}}}]}}}}],
+               "PrimaryCriteria": {{"CriteriaList": [{primary}],
+                 "ObservationWindow": {{"PriorDays": 0, "PostDays": 0}},
+                 "PrimaryCriteriaLimit": {{"Type": "All"}}}},
+               {limits} {end}
+               "InclusionRules": [], "CensoringCriteria": [],
+               "CollapseSettings": {{"CollapseType": "ERA", "EraPad": 0}}}}"#
+        )
+    }
+
+    fn index_and_exit(json: &str) -> (String, String) {
+        let text = import(json, "t", false).unwrap().text;
+        let line = |prefix: &str| {
+            text.lines()
+                .find(|l| l.trim_start().starts_with(prefix))
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
+        (line("index ="), line("until"))
+    }
+
+    /// Circe applies the qualified limit only when the definition has additional criteria.
+    #[test]
+    fn the_qualified_limit_needs_additional_criteria() {
+        let primary = r#"{"Measurement": {"CodesetId": 1}}"#;
+        let without = definition(
+            primary,
+            r#""QualifiedLimit": {"Type": "First"}, "ExpressionLimit": {"Type": "All"},"#,
+            "",
+        );
+        assert_eq!(index_and_exit(&without).0, "index = all measurement in cs1");
+        let with = definition(
+            primary,
+            r#""AdditionalCriteria": {"Type": "ALL", "CriteriaList": [], "DemographicCriteriaList": [], "Groups": []},
+               "QualifiedLimit": {"Type": "First"}, "ExpressionLimit": {"Type": "All"},"#,
+            "",
+        );
+        assert_eq!(index_and_exit(&with).0, "index = first measurement in cs1");
+        let expression = definition(
+            primary,
+            r#""QualifiedLimit": {"Type": "All"}, "ExpressionLimit": {"Type": "First"},"#,
+            "",
+        );
+        assert_eq!(
+            index_and_exit(&expression).0,
+            "index = first measurement in cs1"
+        );
+    }
+
+    /// A measurement's end is, for Circe, the day after it.
+    #[test]
+    fn an_offset_from_the_end_of_a_record_without_an_end_counts_from_the_day_after() {
+        let limits = r#""QualifiedLimit": {"Type": "All"}, "ExpressionLimit": {"Type": "All"},"#;
+        let end = r#""EndStrategy": {"DateOffset": {"DateField": "EndDate", "Offset": 7}},"#;
+        let measurement = definition(r#"{"Measurement": {"CodesetId": 1}}"#, limits, end);
+        assert_eq!(index_and_exit(&measurement).1, "until index + 8 days");
+        let condition = definition(r#"{"ConditionOccurrence": {"CodesetId": 1}}"#, limits, end);
+        assert_eq!(
+            index_and_exit(&condition).1,
+            "until end of index record + 7 days"
+        );
+        let both = definition(
+            r#"{"ConditionOccurrence": {"CodesetId": 1}}, {"Measurement": {"CodesetId": 1}}"#,
+            limits,
+            end,
+        );
+        let refused = import(&both, "t", false).unwrap_err();
+        assert_eq!(refused[0].path, "EndStrategy.DateOffset.DateField");
+    }
 }
