@@ -726,18 +726,13 @@ impl Reader<'_> {
 
     /// A correlated criterion: an event counted in a window.
     fn correlated(&mut self, c: &Value, path: &str) -> Option<String> {
+        // Circe's default: the event must lie in the observation period of the index event
+        // (of the event a nested criterion is attached to), and an unbounded side of the
+        // window ends there.
         let ignore_op = c
             .get("IgnoreObservationPeriod")
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        if !ignore_op {
-            self.refuse(
-                join(path, "IgnoreObservationPeriod"),
-                "window within the index's observation period",
-                "a window restricted to the observation period of the index event (IgnoreObservationPeriod false), which the language cannot say yet",
-            );
-            return None;
-        }
         if !is_empty(c.get("EndWindow")) {
             self.refuse(
                 join(path, "EndWindow"),
@@ -821,7 +816,10 @@ impl Reader<'_> {
                 return None;
             }
         };
-        Some(format!("{quantifier}{event} [{start}, {end}] days"))
+        let observed = if ignore_op { "" } else { " during observation" };
+        Some(format!(
+            "{quantifier}{event} [{start}, {end}] days{observed}"
+        ))
     }
 
     /// A demographic criterion: age, sex or date of the entry (or of the event, nested).

@@ -51,6 +51,7 @@ pub enum Code {
     InvalidDate,
     UnboundedObservation,
     DaysWithOn,
+    ObservationNotForWindow,
     ValueOnDomainWithoutValues,
     TypeMismatch,
     FilterNotForDomain,
@@ -75,7 +76,7 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 43] = [
+    pub const ALL: [Code; 44] = [
         Code::InvalidUtf8,
         Code::BinaryFile,
         Code::EmptyFile,
@@ -98,6 +99,7 @@ impl Code {
         Code::InvalidDate,
         Code::UnboundedObservation,
         Code::DaysWithOn,
+        Code::ObservationNotForWindow,
         Code::ValueOnDomainWithoutValues,
         Code::TypeMismatch,
         Code::FilterNotForDomain,
@@ -146,6 +148,7 @@ impl Code {
             Code::InvalidDate => "E0304",
             Code::UnboundedObservation => "E0305",
             Code::DaysWithOn => "E0306",
+            Code::ObservationNotForWindow => "E0307",
             Code::ValueOnDomainWithoutValues => "E0400",
             Code::TypeMismatch => "E0401",
             Code::FilterNotForDomain => "E0402",
@@ -203,6 +206,7 @@ impl Code {
             Code::InvalidDate => "not a calendar date",
             Code::UnboundedObservation => "continuous observation over an unbounded window",
             Code::DaysWithOn => "a number of days with `on`",
+            Code::ObservationNotForWindow => "`during observation` where it means nothing",
             Code::ValueOnDomainWithoutValues => "a value filter on a domain without values",
             Code::TypeMismatch => "a comparison of different kinds of value",
             Code::FilterNotForDomain => "a filter that does not apply to the domain",

@@ -378,9 +378,14 @@ impl<'a> Explainer<'a> {
                 "during follow-up (from follow-up start to follow-up end, both days included)"
                     .to_string()
             }
-            Window::Days { anchor, start, end } => {
+            Window::Days {
+                anchor,
+                start,
+                end,
+                observed,
+            } => {
                 let a = anchor_name(anchor);
-                match (start, end) {
+                let days = match (start, end) {
                     (None, None) => format!("at any time (no limit relative to {a})"),
                     (Some(s), Some(e)) if s == e => {
                         format!("on day {s} relative to {a} ({})", offset_words(s, anchor))
@@ -398,6 +403,11 @@ impl<'a> Explainer<'a> {
                         "on any day from day {s} relative to {a} on (from {} onwards, that day included)",
                         offset_words(s, anchor)
                     ),
+                };
+                if observed {
+                    format!("{days}, and within the observation period that contains {a}")
+                } else {
+                    days
                 }
             }
         }

@@ -433,6 +433,15 @@ fn days_word(n: &str) -> &'static str {
 }
 
 pub fn window_text(w: &Window) -> String {
+    let text = phrase_text(w);
+    if w.during_observation.is_some() {
+        format!("{text} during observation")
+    } else {
+        text
+    }
+}
+
+fn phrase_text(w: &Window) -> String {
     match &w.phrase {
         WindowPhrase::Bracket { start, end, anchor } => {
             let b = |b: &Bound| match b {

@@ -193,6 +193,11 @@ pub enum Window {
         anchor: Anchor,
         start: Option<i64>,
         end: Option<i64>,
+        /// `during observation`: the day must also lie in the observation period that
+        /// contains the anchor (with several there, from the earliest start of those to the
+        /// latest end).
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        observed: bool,
     },
     /// From follow-up start to follow-up end, both included.
     FollowUp,

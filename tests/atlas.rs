@@ -433,7 +433,7 @@ fn imported_definitions_agree_on_every_engine() {
 fn imported_on_every_engine() {
     let server = common::postgres::Postgres::start();
     let (mut compared, mut populated) = (0, 0);
-    for (id, name, _, json) in library().iter().step_by(12) {
+    for (id, name, _, json) in library().iter().step_by(16) {
         let Ok(imported) = import(json, name, false) else {
             continue;
         };
@@ -447,7 +447,7 @@ fn imported_on_every_engine() {
         compared += 1;
         populated += usize::from(!reference.entries.is_empty());
     }
-    assert!(compared >= 45, "only {compared} definitions compared");
+    assert!(compared >= 35, "only {compared} definitions compared");
     assert!(
         populated * 2 >= compared,
         "too few imported definitions find anyone: {populated} of {compared}"

@@ -300,7 +300,9 @@ fn windows_of(c: &Criterion, kind: &str, out: &mut Vec<Window4>) {
 fn window4(kind: &str, w: &Window) -> Window4 {
     match w {
         Window::FollowUp => (kind.into(), "follow-up".into(), None, None),
-        Window::Days { anchor, start, end } => (kind.into(), anchor.words().into(), *start, *end),
+        Window::Days {
+            anchor, start, end, ..
+        } => (kind.into(), anchor.words().into(), *start, *end),
     }
 }
 

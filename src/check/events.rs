@@ -431,8 +431,20 @@ impl Checker<'_> {
     /// Normalises a window phrase to its inclusive day range.
     pub(super) fn window(&mut self, w: &ast::Window, scope: Scope) -> Window {
         let default = scope.default_anchor();
+        let observed = w.during_observation.is_some();
         let (anchor, start, end) = match &w.phrase {
             WindowPhrase::DuringFollowUp => {
+                if let Some(at) = w.during_observation {
+                    self.push(
+                        Diagnostic::new(
+                            Code::ObservationNotForWindow,
+                            "follow-up lies in the observation period already",
+                        )
+                        .at(at)
+                        .label("adds nothing to `during follow-up`")
+                        .help("remove `during observation`"),
+                    );
+                }
                 if scope.place != Place::Outcome {
                     self.push(
                         Diagnostic::new(
@@ -529,7 +541,12 @@ impl Checker<'_> {
         if !scope.in_where {
             self.warn_about_timing(w.span, anchor, start, end, scope);
         }
-        Window::Days { anchor, start, end }
+        Window::Days {
+            anchor,
+            start,
+            end,
+            observed,
+        }
     }
 
     fn warn_about_timing(
@@ -592,6 +609,7 @@ impl Checker<'_> {
                     anchor: scope.default_anchor(),
                     start: None,
                     end: None,
+                    observed: false,
                 }
             }
         }
@@ -618,9 +636,20 @@ impl Checker<'_> {
                 }
             }
             CriterionKind::Observation(window) => {
+                if let Some(at) = window.as_ref().and_then(|w| w.during_observation) {
+                    self.push(
+                        Diagnostic::new(
+                            Code::ObservationNotForWindow,
+                            "continuous observation is about observation periods already",
+                        )
+                        .at(at)
+                        .label("adds nothing here")
+                        .help("remove `during observation`"),
+                    );
+                }
                 let w = self.required_window(window.as_ref(), c.span, scope);
                 match w {
-                    Window::Days { anchor, start: Some(s), end: Some(e) } => Criterion::Observation { anchor, start: s, end: e },
+                    Window::Days { anchor, start: Some(s), end: Some(e), .. } => Criterion::Observation { anchor, start: s, end: e },
                     Window::Days { anchor, .. } => {
                         self.push(
                             Diagnostic::new(Code::UnboundedObservation, "continuous observation needs a window with two bounds")

@@ -8,9 +8,9 @@ use super::{aggregate, c, filter, join_on, keep, names, project, Planner};
 use crate::study::*;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
-use datafusion::functions::expr_fn::{coalesce, date_part, upper};
-use datafusion::functions_aggregate::expr_fn::{count, count_distinct};
-use datafusion::logical_expr::{cast, lit, not, Expr, JoinType, LogicalPlan};
+use datafusion::functions::expr_fn::{coalesce, date_part, greatest, least, upper};
+use datafusion::functions_aggregate::expr_fn::{count, count_distinct, max, min};
+use datafusion::logical_expr::{cast, lit, not, when, Expr, JoinType, LogicalPlan};
 use std::sync::Arc;
 
 /// The rows a criterion is evaluated at, and which of their columns hold what.
@@ -278,17 +278,53 @@ impl Planner<'_> {
     ) -> Result<(LogicalPlan, Rec)> {
         // The window's first and last day are computed once per context row, so that the join
         // with the records compares dates rather than computing a difference per pair.
+        let mut base = ctx.base.clone();
         let (lo, hi): (Option<Expr>, Option<Expr>) = match *window {
             Window::FollowUp => match &ctx.follow_up {
                 Some((s, e)) => (Some(c(s)), Some(c(e))),
                 None => return self.nothing_found(query, ctx),
             },
-            Window::Days { anchor, start, end } => match ctx.anchor(anchor) {
+            Window::Days {
+                anchor,
+                start,
+                end,
+                observed,
+            } => match ctx.anchor(anchor) {
                 None => return self.nothing_found(query, ctx),
-                Some(a) => (
-                    start.map(|s| days_add(a.clone(), lit(s))),
-                    end.map(|e| days_add(a, lit(e))),
-                ),
+                Some(a) => {
+                    let lo = start.map(|s| days_add(a.clone(), lit(s)));
+                    let hi = end.map(|e| days_add(a.clone(), lit(e)));
+                    if observed {
+                        // The observation period containing the anchor (the earliest start
+                        // and latest end of those that do) narrows the window's days; without
+                        // one, the bounds are NULL and no record is found.
+                        let mut scratch = ctx.rebased(ctx.base.clone());
+                        let person = ctx.person.clone();
+                        let (covering, p) =
+                            self.covering_periods(ctx.base.clone(), &person, a, 0, 0)?;
+                        let bounds = self.attach(
+                            &mut scratch,
+                            covering,
+                            vec![min(c(&p.start)), max(c(&p.end))],
+                        )?;
+                        base = self.joined(&scratch)?;
+                        let (ps, pe) = (c(&bounds[0]), c(&bounds[1]));
+                        let lo = match lo {
+                            Some(lo) => greatest(vec![lo, ps.clone()]),
+                            None => ps.clone(),
+                        };
+                        let hi = match hi {
+                            Some(hi) => least(vec![hi, pe]),
+                            None => pe,
+                        };
+                        (
+                            Some(when(ps.clone().is_not_null(), lo).end()?),
+                            Some(when(ps.is_not_null(), hi).end()?),
+                        )
+                    } else {
+                        (lo, hi)
+                    }
+                }
             },
         };
         let mut exprs: Vec<Expr> = names(&ctx.base).iter().map(|n| c(n)).collect();
@@ -298,7 +334,7 @@ impl Planner<'_> {
         exprs.extend(lo.map(|lo| lo.alias(&first_day)));
         exprs.extend(hi.map(|hi| hi.alias(&last_day)));
         let bounded = Ctx {
-            base: project(ctx.base.clone(), exprs)?,
+            base: project(base, exprs)?,
             ..ctx.clone()
         };
         let (rows, rec) = self.matching(query, &bounded)?;

@@ -546,14 +546,36 @@ impl<'a> Evaluator<'a> {
         }
     }
 
+    /// Whether `date` lies in the observation period that contains `anchor` (with several
+    /// there, from the earliest start of those to the latest end).
+    fn in_period_of(&self, person: i64, anchor: NaiveDate, date: NaiveDate) -> bool {
+        let containing = self
+            .periods
+            .get(&person)
+            .into_iter()
+            .flatten()
+            .filter(|p| p.start <= anchor && anchor <= p.end);
+        let bounds = containing.fold(None, |b: Option<(NaiveDate, NaiveDate)>, p| {
+            Some(b.map_or((p.start, p.end), |(s, e)| (s.min(p.start), e.max(p.end))))
+        });
+        bounds.is_some_and(|(s, e)| s <= date && date <= e)
+    }
+
     fn in_window(&self, window: &Window, date: NaiveDate, at: &At<'a>) -> bool {
         match *window {
             Window::FollowUp => at.follow_up.is_some_and(|(s, e)| date >= s && date <= e),
-            Window::Days { anchor, start, end } => match self.anchor_date(anchor, at) {
+            Window::Days {
+                anchor,
+                start,
+                end,
+                observed,
+            } => match self.anchor_date(anchor, at) {
                 None => false,
                 Some(a) => {
                     let offset = (date - a).num_days();
-                    start.is_none_or(|s| offset >= s) && end.is_none_or(|e| offset <= e)
+                    let in_days =
+                        start.is_none_or(|s| offset >= s) && end.is_none_or(|e| offset <= e);
+                    in_days && (!observed || self.in_period_of(at.person.id, a, date))
                 }
             },
         }

@@ -82,6 +82,7 @@ fn criterion_windows(c: &Criterion, out: &mut Vec<(Window, String)>) {
                 anchor: *anchor,
                 start: Some(*start),
                 end: Some(*end),
+                observed: false,
             },
             "observation".to_string(),
         )),
@@ -92,7 +93,9 @@ fn criterion_windows(c: &Criterion, out: &mut Vec<(Window, String)>) {
 fn design_window(kind: &'static str, construct: &str, w: Window, what: String) -> DesignWindow {
     let (anchor, start, end) = match w {
         Window::FollowUp => ("follow-up", None, None),
-        Window::Days { anchor, start, end } => (anchor_word(anchor), start, end),
+        Window::Days {
+            anchor, start, end, ..
+        } => (anchor_word(anchor), start, end),
     };
     DesignWindow {
         kind,

@@ -279,6 +279,9 @@ impl CmpOp {
 pub struct Window {
     pub phrase: WindowPhrase,
     pub span: Span,
+    /// `during observation`, where written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub during_observation: Option<Span>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

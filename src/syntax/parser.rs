@@ -758,7 +758,11 @@ fn cmp_op(s: &str) -> CmpOp {
 
 fn build_window(pair: Pair<Rule>) -> Window {
     let s = span(&pair);
-    let p = pair.into_inner().next().unwrap();
+    let mut parts = pair.into_inner();
+    let p = parts.next().unwrap();
+    let during_observation = parts
+        .find(|c| c.as_rule() == Rule::during_observation)
+        .map(|c| span(&c));
     let phrase = match p.as_rule() {
         Rule::bracket_window => {
             let mut bounds = Vec::new();
@@ -832,7 +836,11 @@ fn build_window(pair: Pair<Rule>) -> Window {
             }
         }
     };
-    Window { phrase, span: s }
+    Window {
+        phrase,
+        span: s,
+        during_observation,
+    }
 }
 
 fn build_bound(pair: &Pair<Rule>) -> Spanned<Bound> {

@@ -150,6 +150,7 @@ fn alternative(rng: &mut ChaCha8Rng, depth: u32) -> EventQuery {
                     anchor: Anchor::Event,
                     start: Some(-3),
                     end: Some(rng.random_range(0..5)),
+                    observed: rng.random_bool(0.3),
                 },
             })),
             _ => EventFilter::BelowNormal,
@@ -179,7 +180,12 @@ fn window(rng: &mut ChaCha8Rng, anchor: Anchor) -> Window {
     let end = rng
         .random_bool(0.8)
         .then(|| start.unwrap_or(-30) + rng.random_range(0..30));
-    Window::Days { anchor, start, end }
+    Window::Days {
+        anchor,
+        start,
+        end,
+        observed: rng.random_bool(0.3),
+    }
 }
 
 fn criterion(rng: &mut ChaCha8Rng, depth: u32) -> Criterion {
