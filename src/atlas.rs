@@ -170,21 +170,6 @@ fn domain(kind: &str) -> Option<&'static str> {
     })
 }
 
-/// Domains whose records the language gives an end date (for `end of index record`).
-fn has_end(keyword: &str) -> bool {
-    matches!(
-        keyword,
-        "condition"
-            | "drug"
-            | "procedure"
-            | "visit"
-            | "device"
-            | "observation period"
-            | "drug era"
-            | "condition era"
-    )
-}
-
 impl Reader<'_> {
     fn refuse(&mut self, path: String, construct: &str, what: impl Into<String>) {
         self.refusals.push(Refusal {
@@ -288,14 +273,12 @@ impl Reader<'_> {
             .map(|a| self.group(a, &join(path, "AdditionalCriteria"), true))
             .filter(|_| self.refusals.len() == before);
         let mut alternatives = Vec::new();
-        let mut domains = Vec::new();
         for (i, c) in criteria.iter().enumerate() {
             let p = format!("{primary_path}.CriteriaList[{i}]");
             let before = self.refusals.len();
-            if let Some((text, kw)) = self.criterion_event(c, &p, condition.as_deref(), true) {
+            if let Some((text, _)) = self.criterion_event(c, &p, condition.as_deref(), true) {
                 if self.refusals.len() == before {
                     alternatives.push(text);
-                    domains.push(kw);
                 }
             }
         }
@@ -362,11 +345,11 @@ impl Reader<'_> {
                 quote(&name)
             ));
         }
-        out.push_str(&self.follow_up(path, &domains));
+        out.push_str(&self.follow_up(path));
         out
     }
 
-    fn follow_up(&mut self, path: &str, domains: &[&'static str]) -> String {
+    fn follow_up(&mut self, path: &str) -> String {
         let mut exits = Vec::new();
         let strategy = self.get("EndStrategy").cloned();
         if let Some(s) = strategy.as_ref().filter(|s| !is_empty(Some(s))) {
@@ -374,27 +357,13 @@ impl Reader<'_> {
             if let Some(offset) = s.get("DateOffset") {
                 let days = offset.get("Offset").and_then(Value::as_i64).unwrap_or(0);
                 match offset.get("DateField").and_then(Value::as_str) {
-                    // Circe dates the end of a record without an end column (measurement,
-                    // observation, death, specimen) the day after its start.
-                    Some("EndDate")
-                        if !domains.is_empty() && domains.iter().all(|d| !has_end(d)) =>
-                    {
-                        exits.push(format!("index + {} days", days + 1));
-                    }
-                    Some("EndDate") => {
-                        if domains.iter().any(|d| !has_end(d)) {
-                            self.refuse(
-                                join(&p, "DateOffset.DateField"),
-                                "DateOffset from the end of entry events with and without an end",
-                                "the end date of entry events of which some have an end date and some (Circe: the day after their start) do not",
-                            );
-                        }
-                        exits.push(if days == 0 {
-                            "end of index record".to_string()
-                        } else {
-                            format!("end of index record + {days} days")
-                        });
-                    }
+                    // A record without an end column (measurement, observation, death,
+                    // specimen) ends, for Circe as for the language, the day after its start.
+                    Some("EndDate") => exits.push(if days == 0 {
+                        "end of index record".to_string()
+                    } else {
+                        format!("end of index record + {days} days")
+                    }),
                     _ => exits.push(format!("index + {days} days")),
                 }
             } else if let Some(era) = s.get("CustomEra") {
@@ -1172,7 +1141,10 @@ mod tests {
         let limits = r#""QualifiedLimit": {"Type": "All"}, "ExpressionLimit": {"Type": "All"},"#;
         let end = r#""EndStrategy": {"DateOffset": {"DateField": "EndDate", "Offset": 7}},"#;
         let measurement = definition(r#"{"Measurement": {"CodesetId": 1}}"#, limits, end);
-        assert_eq!(index_and_exit(&measurement).1, "until index + 8 days");
+        assert_eq!(
+            index_and_exit(&measurement).1,
+            "until end of index record + 7 days"
+        );
         let condition = definition(r#"{"ConditionOccurrence": {"CodesetId": 1}}"#, limits, end);
         assert_eq!(
             index_and_exit(&condition).1,
@@ -1183,7 +1155,9 @@ mod tests {
             limits,
             end,
         );
-        let refused = import(&both, "t", false).unwrap_err();
-        assert_eq!(refused[0].path, "EndStrategy.DateOffset.DateField");
+        assert_eq!(
+            index_and_exit(&both).1,
+            "until end of index record + 7 days"
+        );
     }
 }

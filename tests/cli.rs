@@ -435,17 +435,19 @@ fn where_after_with_says_where_it_goes() {
 }
 
 /// Misuses of the constructs for entries outside observation, everyone as an entry, eras,
-/// record ends, cohort ids and acknowledgements: each is an error or warning with its code.
+/// follow-up starts, windows during observation, cohort ids and acknowledgements: each is an
+/// error or warning with its code.
 #[test]
 fn new_constructs_are_refused_when_misused() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, &str); 8] = [
+    let cases: [(&str, &str); 9] = [
         (
             "population\n  index = first drug with or without observation with continuous observation [-30, 0] days\nfollow-up\n  until index + 3 days\n",
             "E0502",
         ),
         ("population\n  index = each person at 2010-01-01 until 2012-01-01\n", "E0505"),
-        ("population\n  index = first measurement\nfollow-up\n  until end of index record\n", "E0504"),
+        ("population\n  index = first drug\nfollow-up\n  from index - 3 days\n", "E0504"),
+        ("population\n  index = first drug\n  require continuous observation [-30, 0] days during observation\n", "E0307"),
         ("population\n  index = first drug\noutput\n  cohort id 0\n", "E0303"),
         ("population\n  index = first drug\noutput\n  cohort id 1\n  cohort id 2\n", "E0502"),
         ("population\n  index = first era of drug where (visit on event) gap 3 days\n", "E0402"),

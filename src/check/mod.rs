@@ -589,7 +589,7 @@ impl<'a> Checker<'a> {
                     }
                 }
                 ast::FollowUpKind::Until { exits: list, .. } => {
-                    let built = list.iter().map(|e| self.exit(e, index)).collect();
+                    let built = list.iter().map(|e| self.exit(e)).collect();
                     if let Some((_, first)) = exits {
                         self.push(duplicate_setting("the end of follow-up", item.span, first));
                     } else {
@@ -676,30 +676,14 @@ impl<'a> Checker<'a> {
         }
     }
 
-    fn exit(&mut self, exit: &ast::Exit, index: &IndexEvent) -> Exit {
+    fn exit(&mut self, exit: &ast::Exit) -> Exit {
         match &exit.kind {
             ast::ExitKind::ObservationEnd => Exit::ObservationEnd,
-            ast::ExitKind::RecordEnd { extra } => {
-                let without_end = index
-                    .query
-                    .alternatives()
-                    .find(|a| a.era.is_none() && !has_end_date(a.domain))
-                    .map(|a| a.domain);
-                if let Some(domain) = without_end {
-                    self.push(
-                        Diagnostic::new(
-                            Code::InvalidExit,
-                            format!("{} records have no end date", domain.keyword()),
-                        )
-                        .at(exit.span)
-                        .label("the index record has no end")
-                        .help("end follow-up at a number of days after index instead, e.g. `index + 30 days`"),
-                    );
-                }
-                Exit::RecordEnd {
-                    extra: extra.as_ref().map_or(0, |d| self.days(d)),
-                }
-            }
+            // A record without an end date column ends the day after its start, as Circe
+            // dates it (see `reference::record_end`).
+            ast::ExitKind::RecordEnd { extra } => Exit::RecordEnd {
+                extra: extra.as_ref().map_or(0, |d| self.days(d)),
+            },
             ast::ExitKind::ExposureEnd {
                 concepts,
                 gap,
