@@ -372,19 +372,19 @@ fn data_for(study: &cohortql::study::Study, seed: u64) -> cohortql::reference::d
             start = end + Duration::days(rng.random_range(1..200));
         }
     }
-    let domains = [
-        Domain::Condition,
-        Domain::Drug,
-        Domain::Procedure,
-        Domain::Measurement,
-        Domain::Observation,
-        Domain::Visit,
-        Domain::Death,
-        Domain::Device,
-        Domain::Specimen,
-        Domain::DrugEra,
-        Domain::ConditionEra,
-    ];
+    // Every domain Circe has.
+    let domains: Vec<Domain> = Domain::ALL
+        .into_iter()
+        .filter(|d| {
+            !matches!(
+                d,
+                Domain::ObservationPeriod
+                    | Domain::Episode
+                    | Domain::ImageOccurrence
+                    | Domain::ImageFeature
+            )
+        })
+        .collect();
     for next in 1..=600 {
         let domain = domains[rng.random_range(0..domains.len())];
         let person = rng.random_range(1..=persons);

@@ -43,6 +43,37 @@ fn run(study: &str, repo: &str, out: &Path) -> Output {
     )
 }
 
+/// A `run` in the background, its output piped.
+fn spawn_run(study: &Path, repo: &str, out: &Path) -> std::process::Child {
+    Command::new(BIN)
+        .args(["run", study.to_str().unwrap(), "--repo", repo, "--out"])
+        .arg(out)
+        .current_dir(out.parent().unwrap())
+        .env("COHORTQL_SITE", site_file())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// A session holding an exclusive lock on the schema's `drug_era` for a minute, so that a
+/// run's statements wait in the database.
+fn hold_a_lock(server: &Postgres, schema: &str) -> std::process::Child {
+    server
+        .psql_command()
+        .args([
+            "-c",
+            &format!(
+                "BEGIN; LOCK TABLE {schema}.drug_era IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60); COMMIT;"
+            ),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// OHDSI's Circe counts of the Eunomia cohorts, and the GI-bleed study's.
 const COUNTS: [(&str, u64); 5] = [
     ("celecoxib", 1800),
@@ -309,18 +340,7 @@ fn eunomia_in_postgresql() {
     }
     // Ctrl-C while a statement waits in the database (here on a lock another session holds):
     // the statement is cancelled on the server, the run exits 2 and writes nothing.
-    let mut holder = server
-        .psql_command()
-        .args([
-            "-c",
-            &format!(
-                "BEGIN; LOCK TABLE {schema}.drug_era IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60); COMMIT;"
-            ),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut holder = hold_a_lock(&server, &schema);
     // The run's statements, waiting on a lock (their text is cut at 1 kB in pg_stat_activity).
     let waiting = |what: &str| -> usize {
         let out = server.psql(&format!(
@@ -334,22 +354,7 @@ fn eunomia_in_postgresql() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     let out = dir.path().join("interrupted");
     let study = root().join("studies/eunomia/celecoxib.study");
-    let child = Command::new(BIN)
-        .args([
-            "run",
-            study.to_str().unwrap(),
-            "--repo",
-            &url,
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .current_dir(dir.path())
-        .env("COHORTQL_SITE", site_file())
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(&study, &url, &out);
     let started = std::time::Instant::now();
     while waiting("CREATE TEMPORARY TABLE cohortql") == 0 {
         assert!(
@@ -384,36 +389,10 @@ fn eunomia_in_postgresql() {
     let _ = holder.wait();
     // A connection lost mid-run (here its server process terminated while a statement waits
     // on a lock): exit 2, the database named, nothing written, nothing left in the database.
-    let mut holder = server
-        .psql_command()
-        .args([
-            "-c",
-            &format!(
-                "BEGIN; LOCK TABLE {schema}.drug_era IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(60); COMMIT;"
-            ),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut holder = hold_a_lock(&server, &schema);
     std::thread::sleep(std::time::Duration::from_millis(500));
     let out = dir.path().join("lost");
-    let child = Command::new(BIN)
-        .args([
-            "run",
-            study.to_str().unwrap(),
-            "--repo",
-            &url,
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .current_dir(dir.path())
-        .env("COHORTQL_SITE", site_file())
-        .env("NO_COLOR", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(&study, &url, &out);
     let started = std::time::Instant::now();
     while waiting("CREATE TEMPORARY TABLE cohortql") == 0 {
         assert!(

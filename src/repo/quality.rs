@@ -94,23 +94,14 @@ pub async fn check_repository(repo: &Repository) -> Report {
             );
             continue;
         }
-        let sql = if has_person {
-            format!(
-                "SELECT count(*), count(DISTINCT person_id) FROM {}",
-                table.name
-            )
-        } else {
-            format!("SELECT count(*), CAST(NULL AS BIGINT) FROM {}", table.name)
-        };
-        let converted = query_counts(&ctx, &sql).await;
-        match converted {
-            Ok(counts) => {
+        match rows_and_persons(&ctx, table.name, has_person).await {
+            Ok((rows, persons)) => {
                 readable.push(table.name);
                 report.tables.push(TableReport {
                     table: table.name.to_string(),
                     file: file.map(|f| f.path.display().to_string()),
-                    rows: counts[0].unwrap_or(0),
-                    persons: counts[1],
+                    rows,
+                    persons,
                     extra_columns: file.map(|f| f.extra_columns.clone()).unwrap_or_default(),
                     absent_columns: file
                         .map(|f| {
@@ -136,9 +127,7 @@ pub async fn check_repository(repo: &Repository) -> Report {
     if let Some(person) = report.tables.iter().find(|t| t.table == "person") {
         report.persons = person.rows;
     }
-    if let Ok(rows) = query_strings(&ctx, "SELECT cdm_version FROM cdm_source LIMIT 1").await {
-        report.cdm_version = rows.into_iter().next().flatten();
-    }
+    report.cdm_version = cdm_version(&ctx).await;
     if !report.errors.is_empty() {
         return report;
     }
@@ -379,9 +368,32 @@ async fn query_counts(q: &impl Queries, sql: &str) -> Result<Vec<Option<u64>>, S
         .collect())
 }
 
-async fn query_strings(ctx: &SessionContext, sql: &str) -> Result<Vec<Option<String>>, String> {
-    let frame = ctx.sql(sql).await.map_err(|e| e.to_string())?;
-    let batches = frame.collect().await.map_err(|e| e.to_string())?;
+/// A table's rows, and its distinct persons when it has `person_id`.
+pub(crate) async fn rows_and_persons(
+    q: &impl Queries,
+    table: &str,
+    has_person: bool,
+) -> Result<(u64, Option<u64>), String> {
+    let persons = if has_person {
+        "count(DISTINCT person_id)"
+    } else {
+        "CAST(NULL AS BIGINT)"
+    };
+    let counts = query_counts(q, &format!("SELECT count(*), {persons} FROM {table}")).await?;
+    Ok((counts[0].unwrap_or(0), counts[1]))
+}
+
+/// The CDM version `cdm_source` states, if the repository has one.
+pub(crate) async fn cdm_version(q: &impl Queries) -> Option<String> {
+    if !q.has_table("cdm_source") {
+        return None;
+    }
+    let rows = query_strings(q, "SELECT cdm_version FROM cdm_source LIMIT 1").await;
+    rows.ok()?.into_iter().next().flatten()
+}
+
+async fn query_strings(q: &impl Queries, sql: &str) -> Result<Vec<Option<String>>, String> {
+    let batches = super::query::sql(q, sql).await?;
     let mut out = Vec::new();
     for b in batches {
         let col = datafusion::arrow::compute::cast(

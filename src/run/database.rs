@@ -476,29 +476,33 @@ struct InDatabase<'a> {
     ctx: &'a SessionContext,
 }
 
-impl InDatabase<'_> {
-    async fn query(&self, sql: &str) -> Result<Vec<tokio_postgres::SimpleQueryRow>, String> {
-        let messages = self
-            .client
-            .simple_query(sql)
-            .await
-            .map_err(|e| format!("the database refused a query: {}", reason(&e)))?;
-        Ok(messages
-            .into_iter()
-            .filter_map(|m| match m {
-                SimpleQueryMessage::Row(r) => Some(r),
-                _ => None,
-            })
-            .collect())
-    }
+/// The rows of a statement, as text.
+async fn simple_rows(
+    client: &Client,
+    sql: &str,
+) -> Result<Vec<tokio_postgres::SimpleQueryRow>, String> {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .map_err(|e| format!("the database refused a query: {}", reason(&e)))?;
+    Ok(messages
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        })
+        .collect())
 }
 
 impl Materialiser for InDatabase<'_> {
     async fn keep(&self, name: &'static str, plan: LogicalPlan) -> Result<LogicalPlan, String> {
         let schema = Arc::new(plan.schema().as_arrow().clone());
         let sql = to_sql(&plan, Dialect::Postgres)?;
-        self.query(&format!("CREATE TEMPORARY TABLE {name} AS\n{sql}"))
-            .await?;
+        simple_rows(
+            self.client,
+            &format!("CREATE TEMPORARY TABLE {name} AS\n{sql}"),
+        )
+        .await?;
         register(self.ctx, name, schema, vec![]).map_err(engine)
     }
 
@@ -517,16 +521,7 @@ impl Materialiser for InDatabase<'_> {
 async fn rows_of(client: &Client, plan: &LogicalPlan) -> Result<Vec<RecordBatch>, String> {
     let schema: SchemaRef = Arc::new(plan.schema().as_arrow().clone());
     let sql = to_sql(plan, Dialect::Postgres)?;
-    let rows: Vec<_> = client
-        .simple_query(&sql)
-        .await
-        .map_err(|e| format!("the database refused a query: {}", reason(&e)))?
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(r),
-            _ => None,
-        })
-        .collect();
+    let rows = simple_rows(client, &sql).await?;
     if rows.is_empty() {
         return Ok(Vec::new());
     }
@@ -643,7 +638,7 @@ impl Database {
 /// `repo check` on a database: the tables found (rows, persons, extra and absent columns),
 /// the schema problems, then the data-quality checks, each a query run in the database.
 pub async fn check_database(db: &Database) -> crate::repo::quality::Report {
-    use crate::repo::quality::{data_checks, Report, TableReport};
+    use crate::repo::quality::{cdm_version, data_checks, rows_and_persons, Report, TableReport};
     use crate::repo::query::Queries;
     let mut report = Report {
         repository: db.describe(),
@@ -671,30 +666,13 @@ pub async fn check_database(db: &Database) -> crate::repo::quality::Report {
             .filter(|(t, _)| t == table.name)
             .map(|(_, c)| c.as_str())
             .collect();
-        let persons = if of_table.contains(&"person_id") {
-            "count(DISTINCT person_id)"
-        } else {
-            "CAST(NULL AS BIGINT)"
-        };
-        let counts = crate::repo::query::sql(
-            &connected,
-            &format!("SELECT count(*), {persons} FROM {}", table.name),
-        )
-        .await;
-        let counts = match counts {
-            Ok(b) => b,
+        let has_person = of_table.contains(&"person_id");
+        let (rows, persons) = match rows_and_persons(&connected, table.name, has_person).await {
+            Ok(counts) => counts,
             Err(e) => {
                 report.errors.push(e);
                 continue;
             }
-        };
-        let number = |i: usize| -> Option<u64> {
-            let b = counts.iter().find(|b| b.num_rows() > 0)?;
-            let a = cast(b.column(i), &datafusion::arrow::datatypes::DataType::Int64).ok()?;
-            let a = a
-                .as_any()
-                .downcast_ref::<datafusion::arrow::array::Int64Array>()?;
-            (!datafusion::arrow::array::Array::is_null(a, 0)).then(|| a.value(0) as u64)
         };
         let schema = if table.name.starts_with("concept") {
             db.vocab_schema.as_deref().unwrap_or(&db.schema)
@@ -710,8 +688,8 @@ pub async fn check_database(db: &Database) -> crate::repo::quality::Report {
         report.tables.push(TableReport {
             table: table.name.to_string(),
             file: Some(format!("{schema}.{}", table.name)),
-            rows: number(0).unwrap_or(0),
-            persons: number(1),
+            rows,
+            persons,
             extra_columns: extra,
             absent_columns: table
                 .columns
@@ -724,17 +702,7 @@ pub async fn check_database(db: &Database) -> crate::repo::quality::Report {
     if let Some(person) = report.tables.iter().find(|t| t.table == "person") {
         report.persons = person.rows;
     }
-    if connected.has_table("cdm_source") {
-        if let Ok(b) =
-            crate::repo::query::sql(&connected, "SELECT cdm_version FROM cdm_source LIMIT 1").await
-        {
-            report.cdm_version = b.iter().find(|b| b.num_rows() > 0).and_then(|b| {
-                let a = cast(b.column(0), &datafusion::arrow::datatypes::DataType::Utf8).ok()?;
-                let a = a.as_any().downcast_ref::<StringArray>()?;
-                (!datafusion::arrow::array::Array::is_null(a, 0)).then(|| a.value(0).to_string())
-            });
-        }
-    }
+    report.cdm_version = cdm_version(&connected).await;
     if report.errors.is_empty() {
         data_checks(&connected, &mut report).await;
     }
@@ -923,18 +891,12 @@ struct Explaining<'a> {
 impl Explaining<'_> {
     async fn explain(&self, name: &str, statement: &str) -> Result<(), String> {
         let options = if self.analyze { "(ANALYZE) " } else { "" };
-        let rows = self
-            .client
-            .simple_query(&format!("EXPLAIN {options}{statement}"))
-            .await
-            .map_err(|e| format!("the database refused a query: {}", reason(&e)))?;
+        let rows = simple_rows(self.client, &format!("EXPLAIN {options}{statement}")).await?;
         let mut text = self.text.lock().expect("not poisoned");
         text.push_str(&format!("== {name} ==\n"));
-        for m in rows {
-            if let SimpleQueryMessage::Row(r) = m {
-                text.push_str(r.get(0).unwrap_or_default());
-                text.push('\n');
-            }
+        for r in rows {
+            text.push_str(r.get(0).unwrap_or_default());
+            text.push('\n');
         }
         text.push('\n');
         Ok(())
