@@ -534,6 +534,8 @@ impl Reader<'_> {
                         None => self.refuse(p, "Unit", "a unit list without ids"),
                     }
                 }
+                // The person's first record of the concept set, before the other filters.
+                "First" if value.as_bool() == Some(true) => filters.insert(0, "first ever".into()),
                 "CorrelatedCriteria" => {
                     // Circe reads a criterion's own correlated criteria only for its records
                     // that lie in an observation period (entry events always do).
@@ -563,7 +565,13 @@ impl Reader<'_> {
             nested.push(format!("({e})"));
         }
         if !nested.is_empty() {
-            text.push_str(&format!(" where ({})", nested.join(" and ")));
+            let inside = match nested.as_slice() {
+                [one] if one.starts_with('(') && balanced_inside(one) => {
+                    one[1..one.len() - 1].to_string()
+                }
+                _ => nested.join(" and "),
+            };
+            text.push_str(&format!(" where ({inside})"));
         }
         Some((text, keyword))
     }
@@ -610,7 +618,8 @@ impl Reader<'_> {
                 .unwrap_or_default()
         };
         for (i, c) in list("CriteriaList").iter().enumerate() {
-            if let Some(t) = self.correlated(c, &format!("{}[{i}]", join(path, "CriteriaList"))) {
+            let p = format!("{}[{i}]", join(path, "CriteriaList"));
+            if let Some(t) = self.correlated(c, &p, nested) {
                 items.push(t);
             }
         }
@@ -693,8 +702,9 @@ impl Reader<'_> {
         }
     }
 
-    /// A correlated criterion: an event counted in a window.
-    fn correlated(&mut self, c: &Value, path: &str) -> Option<String> {
+    /// A correlated criterion: an event counted in a window on its start (and one on its end).
+    /// `nested`: inside `where`, where the anchor is the event.
+    fn correlated(&mut self, c: &Value, path: &str, nested: bool) -> Option<String> {
         // Circe's default: the event must lie in the observation period of the index event
         // (of the event a nested criterion is attached to), and an unbounded side of the
         // window ends there.
@@ -702,46 +712,61 @@ impl Reader<'_> {
             .get("IgnoreObservationPeriod")
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        if !is_empty(c.get("EndWindow")) {
-            self.refuse(
-                join(path, "EndWindow"),
-                "EndWindow",
-                "a window on the end date of the event",
-            );
-            return None;
+        let observed = if ignore_op { "" } else { " during observation" };
+        // Circe's start window tests the event's start unless `UseEventEnd`; its end window,
+        // the event's end unless `UseEventEnd` is false. Either is about the index (or outer
+        // event) start unless `UseIndexEnd`.
+        let mut windows = Vec::new();
+        for (key, end_by_default) in [("StartWindow", false), ("EndWindow", true)] {
+            let Some(window) = c.get(key).filter(|w| !w.is_null()) else {
+                if key == "StartWindow" {
+                    self.refuse(join(path, key), key, "a criterion without a start window");
+                    return None;
+                }
+                continue;
+            };
+            let flag = |k: &str| window.get(k).and_then(Value::as_bool);
+            let on_end = flag("UseEventEnd").unwrap_or(end_by_default);
+            let anchor = match (flag("UseIndexEnd") == Some(true), nested) {
+                (false, _) => "",
+                (true, false) => " of index end",
+                (true, true) => " of event end",
+            };
+            // A side without days is open; Circe stops it at the observation period's start
+            // (Coeff -1) or end (+1), which `during observation` says for the side it bounds.
+            let bound = |k: &str| -> Result<String, &'static str> {
+                let b = window.get(k).ok_or("a window without its bounds")?;
+                let coeff = b.get("Coeff").and_then(Value::as_i64).unwrap_or(1);
+                match (b.get("Days").and_then(Value::as_i64), k, coeff < 0) {
+                    (Some(d), ..) => Ok((coeff * d).to_string()),
+                    (None, "Start", true) | (None, "End", false) => {
+                        Ok(if k == "Start" { "-inf" } else { "inf" }.into())
+                    }
+                    (None, ..) if ignore_op => Ok(if k == "Start" { "-inf" } else { "inf" }.into()),
+                    (None, ..) => {
+                        Err("a window side bounded by the far edge of the observation period")
+                    }
+                }
+            };
+            let (start, end) = match (bound("Start"), bound("End")) {
+                (Ok(s), Ok(e)) => (s, e),
+                (Err(what), _) | (_, Err(what)) => {
+                    self.refuse(join(path, key), key, what);
+                    return None;
+                }
+            };
+            windows.push((on_end, format!("[{start}, {end}] days{anchor}{observed}")));
         }
-        let window = c.get("StartWindow").cloned().unwrap_or(Value::Null);
-        for k in ["UseIndexEnd", "UseEventEnd"] {
-            if window.get(k).and_then(Value::as_bool) == Some(true) {
-                self.refuse(
-                    join(&join(path, "StartWindow"), k),
-                    &format!("StartWindow.{k}"),
-                    if k == "UseIndexEnd" {
-                        "a window relative to the end of the index event"
-                    } else {
-                        "a window on the end date of the event"
-                    },
-                );
-                return None;
-            }
-        }
-        let bound = |k: &str| -> Option<String> {
-            let b = window.get(k)?;
-            let coeff = b.get("Coeff").and_then(Value::as_i64).unwrap_or(1);
-            Some(match b.get("Days").and_then(Value::as_i64) {
-                Some(d) => (coeff * d).to_string(),
-                None if coeff < 0 => "-inf".into(),
-                None => "inf".into(),
+        // The first window is on the start unless it says `ending`; a second says which.
+        let windows: Vec<String> = windows
+            .into_iter()
+            .enumerate()
+            .map(|(i, (on_end, w))| match (i, on_end) {
+                (_, true) => format!("ending {w}"),
+                (0, false) => w,
+                (_, false) => format!("starting {w}"),
             })
-        };
-        let (Some(start), Some(end)) = (bound("Start"), bound("End")) else {
-            self.refuse(
-                join(path, "StartWindow"),
-                "StartWindow",
-                "a window without its bounds",
-            );
-            return None;
-        };
+            .collect();
         let (mut event, _) =
             self.criterion_event(c.get("Criteria")?, &join(path, "Criteria"), None, false)?;
         if c.get("RestrictVisit").and_then(Value::as_bool) == Some(true) {
@@ -785,10 +810,7 @@ impl Reader<'_> {
                 return None;
             }
         };
-        let observed = if ignore_op { "" } else { " during observation" };
-        Some(format!(
-            "{quantifier}{event} [{start}, {end}] days{observed}"
-        ))
+        Some(format!("{quantifier}{event} {}", windows.join(" ")))
     }
 
     /// A demographic criterion: age, sex or date of the entry (or of the event, nested).

@@ -186,6 +186,8 @@ fn anchor_name(a: Anchor) -> &'static str {
         Anchor::FollowUpStart => "follow-up start",
         Anchor::FollowUpEnd => "follow-up end",
         Anchor::Event => "the event",
+        Anchor::IndexEnd => "the end of the index record",
+        Anchor::EventEnd => "the end of the event",
     }
 }
 
@@ -363,6 +365,7 @@ impl<'a> Explainer<'a> {
                     )
                 }
                 EventFilter::SameVisit => "in the same visit".to_string(),
+                EventFilter::FirstEver => "the person's first-ever one (the earliest of all records of the domain and concept set, by date then record id; the other conditions then apply to it alone)".to_string(),
                 EventFilter::Where(c) => format!("for which {}", self.criterion(c)),
             };
             out.push_str(", ");
@@ -404,11 +407,16 @@ impl<'a> Explainer<'a> {
                         offset_words(s, anchor)
                     ),
                 };
-                if observed {
-                    format!("{days}, and within the observation period that contains {a}")
-                } else {
-                    days
+                if !observed {
+                    return days;
                 }
+                // `index end` and `event end` read the period of the record's start.
+                let within = match anchor {
+                    Anchor::IndexEnd => anchor_name(Anchor::Index),
+                    Anchor::EventEnd => anchor_name(Anchor::Event),
+                    other => anchor_name(other),
+                };
+                format!("{days}, the record starting within the observation period that contains {within} (an open side of the window stops at that period's edge)")
             }
         }
     }
@@ -418,7 +426,12 @@ impl<'a> Explainer<'a> {
             Criterion::All(parts) => parts.iter().map(|p| self.part(p)).collect::<Vec<_>>().join(" and "),
             Criterion::Any(parts) => parts.iter().map(|p| self.part(p)).collect::<Vec<_>>().join(" or "),
             Criterion::Not(inner) => format!("it is not true that {}", self.part(inner)),
-            Criterion::Events { count, query, window } => {
+            Criterion::Events {
+                count,
+                query,
+                window,
+                more,
+            } => {
                 let many = !(count.n == 1 && count.op != CountOp::Exactly);
                 let n = match (count.op, count.n) {
                     (CountOp::AtLeast, 1) => "there is at least one".to_string(),
@@ -435,7 +448,19 @@ impl<'a> Explainer<'a> {
                     Some(Distinct::Visits) => " (counting distinct visits)".to_string(),
                 };
                 let comma = if query.filters.is_empty() { "" } else { "," };
-                format!("{n} {}{distinct}{comma} starting {}", self.query(query, many), self.window(window))
+                let mut text = format!(
+                    "{n} {}{distinct}{comma} starting {}",
+                    self.query(query, many),
+                    self.window(window)
+                );
+                for m in more {
+                    let day = match m.edge {
+                        Edge::Start => "and starting",
+                        Edge::End => "and ending (the end date; a missing one is the start plus the days supplied, or plus 1 day; one before the start is the start)",
+                    };
+                    text.push_str(&format!(", {day} {}", self.window(&m.window)));
+                }
+                text
             }
             Criterion::Observation { anchor, start, end } => format!(
                 "one observation period covers every day from {} to {} (days {start} to {end} relative to {}, both included)",

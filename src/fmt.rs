@@ -413,6 +413,7 @@ fn filter_text(f: &EventFilter) -> String {
         FilterKind::KindIn(c) => format!("kind in {}", concept_expr_text(c)),
         FilterKind::Duration(t) => format!("duration {} days", number_test_text(t)),
         FilterKind::SameVisit => "same visit".to_string(),
+        FilterKind::FirstEver => "first ever".to_string(),
         FilterKind::Where(c) => format!("where ({})", criterion_text(c)),
     }
 }
@@ -529,7 +530,7 @@ pub fn criterion_text(c: &Criterion) -> String {
         CriterionKind::Events {
             quantifier,
             query,
-            window,
+            windows,
         } => {
             let mut out = String::new();
             if let Some(q) = quantifier {
@@ -537,9 +538,17 @@ pub fn criterion_text(c: &Criterion) -> String {
                 out.push(' ');
             }
             out.push_str(&event_query_text(query));
-            if let Some(w) = window {
+            for (i, w) in windows.iter().enumerate() {
+                // The start is the default day: `starting` is written only to tell a second
+                // window on the start from the first.
+                let edge = match w.edge.as_ref().map(|e| e.node) {
+                    Some(Edge::End) => "ending ",
+                    Some(Edge::Start) if i > 0 => "starting ",
+                    _ => "",
+                };
                 out.push(' ');
-                out.push_str(&window_text(w));
+                out.push_str(edge);
+                out.push_str(&window_text(&w.window));
             }
             out
         }

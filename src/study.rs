@@ -8,7 +8,9 @@
 use chrono::NaiveDate;
 use serde::Serialize;
 
-pub use crate::syntax::ast::{Aggregate, Anchor, CmpOp, CountOp, Distinct, Domain, Occurrence};
+pub use crate::syntax::ast::{
+    Aggregate, Anchor, CmpOp, CountOp, Distinct, Domain, Edge, Occurrence,
+};
 
 /// A whole study.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -175,6 +177,9 @@ pub enum EventFilter {
     Duration(NumberTest),
     /// The record belongs to the same visit as the anchor event.
     SameVisit,
+    /// `first ever`: the person's earliest record of the domain and concept set (by start date,
+    /// then record id), whatever the other filters; they then apply to that record alone.
+    FirstEver,
     /// A criterion evaluated relative to this record (anchor `event`).
     Where(Box<Criterion>),
 }
@@ -186,6 +191,13 @@ pub enum NumberTest {
     Between(f64, f64),
 }
 
+/// A window on one day of a record: its start or its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct EdgeWindow {
+    pub edge: Edge,
+    pub window: Window,
+}
+
 /// A range of days around an anchor, inclusive of both ends; `None` is unbounded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum Window {
@@ -193,9 +205,10 @@ pub enum Window {
         anchor: Anchor,
         start: Option<i64>,
         end: Option<i64>,
-        /// `during observation`: the day must also lie in the observation period that
-        /// contains the anchor (with several there, from the earliest start of those to the
-        /// latest end).
+        /// `during observation`: the record must also start in the observation period that
+        /// contains the anchor (for `index end` and `event end`, the record's start day; with
+        /// several periods there, from the earliest start of those to the latest end), and an
+        /// unbounded side of the window stops at that period's edge.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         observed: bool,
     },
@@ -209,11 +222,15 @@ pub enum Criterion {
     All(Vec<Criterion>),
     Any(Vec<Criterion>),
     Not(Box<Criterion>),
-    /// Enough records of `query` start inside `window`.
+    /// Enough records of `query` start inside `window` (and meet `more`).
     Events {
         count: Count,
         query: EventQuery,
         window: Window,
+        /// Further windows on the record's start or end day (`ending [0, inf] days`), all of
+        /// which the same record must meet.
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        more: Vec<EdgeWindow>,
     },
     /// One observation period covers every day of the window.
     Observation {

@@ -289,7 +289,22 @@ fn windows_of(c: &Criterion, kind: &str, out: &mut Vec<Window4>) {
     match c {
         Criterion::All(ps) | Criterion::Any(ps) => ps.iter().for_each(|p| windows_of(p, kind, out)),
         Criterion::Not(p) => windows_of(p, kind, out),
-        Criterion::Events { window, .. } => out.push(window4(kind, window)),
+        Criterion::Events { window, more, .. } => {
+            // A criterion with windows on the record's end only: its start is unbounded.
+            let any_time = matches!(
+                window,
+                Window::Days {
+                    start: None,
+                    end: None,
+                    observed: false,
+                    ..
+                }
+            );
+            if !(any_time && !more.is_empty()) {
+                out.push(window4(kind, window));
+            }
+            out.extend(more.iter().map(|m| window4(kind, &m.window)));
+        }
         Criterion::Observation { anchor, start, end } => {
             out.push((kind.into(), anchor.words().into(), Some(*start), Some(*end)))
         }

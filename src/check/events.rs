@@ -4,11 +4,11 @@
 use super::Checker;
 use crate::diag::{Code, Diagnostic};
 use crate::study::{
-    Count, Criterion, EventFilter, EventQuery, NumberTest, Value, ValueTest, Window, FEMALE, MALE,
-    UNKNOWN_SEX,
+    Count, Criterion, EdgeWindow, EventFilter, EventQuery, NumberTest, Value, ValueTest, Window,
+    FEMALE, MALE, UNKNOWN_SEX,
 };
 use crate::syntax::ast::{
-    self, Anchor, Bound, CountOp, CriterionKind, Distinct, Domain, FilterKind, LiteralTest,
+    self, Anchor, Bound, CountOp, CriterionKind, Distinct, Domain, Edge, FilterKind, LiteralTest,
     QuantifierKind, Quantity, Relation, Side, Span, Spanned, WindowPhrase,
 };
 use chrono::NaiveDate;
@@ -183,6 +183,7 @@ impl Checker<'_> {
                     }
                     EventFilter::Value(self.number_test(t))
                 }
+                FilterKind::FirstEver => EventFilter::FirstEver,
                 FilterKind::Duration(t) => {
                     if !has_end_date(domain) {
                         self.push(not_for("end date, so no duration", "condition, drug, procedure, visit, device, eras, observation period and episode"));
@@ -398,9 +399,22 @@ impl Checker<'_> {
     /// Checks that an anchor exists where it is used.
     pub(super) fn anchor(&mut self, a: &Spanned<Anchor>, scope: Scope) -> Anchor {
         let problem = match (a.node, scope.place) {
-            (Anchor::Event, _) if !scope.in_where => Some((
-                "the anchor `event` exists only inside `where ( … )`".to_string(),
-                "use `index`, or attach the criterion to an event with `where ( … )`".to_string(),
+            (Anchor::Event | Anchor::EventEnd, _) if !scope.in_where => Some((
+                format!(
+                    "the anchor `{}` exists only inside `where ( … )`",
+                    a.node.words()
+                ),
+                if a.node == Anchor::EventEnd {
+                    "use `index end`, or attach the criterion to an event with `where ( … )`"
+                } else {
+                    "use `index`, or attach the criterion to an event with `where ( … )`"
+                }
+                .to_string(),
+            )),
+            (Anchor::IndexEnd, Place::Entry) => Some((
+                "the index record is not known while it is being defined".to_string(),
+                "inside the index definition, windows are relative to `event` or `event end`"
+                    .to_string(),
             )),
             (Anchor::Index, Place::Entry) => Some((
                 "the index date is not known while it is being defined".to_string(),
@@ -557,7 +571,13 @@ impl Checker<'_> {
         end: Option<i64>,
         scope: Scope,
     ) {
-        if scope.look_ahead && anchor == Anchor::Index && end.is_none_or(|e| e > 0) {
+        // The index record's end lies on or after index: any window around it may reach past.
+        let reaches_past = match anchor {
+            Anchor::Index => end.is_none_or(|e| e > 0),
+            Anchor::IndexEnd => end.is_none_or(|e| e >= 0),
+            _ => false,
+        };
+        if scope.look_ahead && reaches_past {
             let reach = end.map_or("without limit".to_string(), |e| format!("to day {e}"));
             self.push(
                 Diagnostic::new(Code::LookAhead, format!("this covariate window reaches past index ({reach})"))
@@ -615,6 +635,38 @@ impl Checker<'_> {
         }
     }
 
+    /// A criterion's windows: the window on the record's start (any time when only its end
+    /// has one) and the others.
+    fn edge_windows(
+        &mut self,
+        windows: &[ast::EdgeWindow],
+        at: Span,
+        scope: Scope,
+    ) -> (Window, Vec<EdgeWindow>) {
+        let mut first = None;
+        let mut more = Vec::new();
+        for (i, w) in windows.iter().enumerate() {
+            let edge = w.edge.as_ref().map_or(Edge::Start, |e| e.node);
+            let window = self.window(&w.window, scope);
+            if i == 0 && edge == Edge::Start {
+                first = Some(window);
+            } else {
+                more.push(EdgeWindow { edge, window });
+            }
+        }
+        let first = match first {
+            Some(w) => w,
+            None if !more.is_empty() => Window::Days {
+                anchor: scope.default_anchor(),
+                start: None,
+                end: None,
+                observed: false,
+            },
+            None => self.required_window(None, at, scope),
+        };
+        (first, more)
+    }
+
     pub(super) fn criterion(&mut self, c: &ast::Criterion, scope: Scope) -> Criterion {
         match &c.kind {
             CriterionKind::Or(parts) => Criterion::Any(parts.iter().map(|p| self.criterion(p, scope)).collect()),
@@ -662,7 +714,7 @@ impl Checker<'_> {
                     Window::FollowUp => Criterion::Observation { anchor: Anchor::FollowUpStart, start: 0, end: 0 },
                 }
             }
-            CriterionKind::Events { quantifier, query, window } => {
+            CriterionKind::Events { quantifier, query, windows } => {
                 let count = match quantifier.as_ref().map(|q| &q.kind) {
                     None | Some(QuantifierKind::Exists) => Count::EXISTS,
                     Some(QuantifierKind::Count { op, n, distinct, .. }) => {
@@ -699,8 +751,8 @@ impl Checker<'_> {
                     }
                 };
                 let q = self.event_query(query, scope);
-                let w = self.required_window(window.as_ref(), c.span, scope);
-                Criterion::Events { count, query: q, window: w }
+                let (window, more) = self.edge_windows(windows, c.span, scope);
+                Criterion::Events { count, query: q, window, more }
             }
             CriterionKind::Sex(values) => Criterion::Sex(
                 values

@@ -702,10 +702,18 @@ impl<'a> Checker<'a> {
             ast::ExitKind::Offset(point) => {
                 let anchor = point.anchor.node;
                 if !matches!(anchor, ast::Anchor::Index | ast::Anchor::FollowUpStart) {
+                    let help = if anchor == ast::Anchor::IndexEnd {
+                        "write `end of index record + N days`"
+                    } else {
+                        "end follow-up relative to `index` or `follow-up start`, e.g. `index + 365 days`"
+                    };
                     self.push(
-                        Diagnostic::new(Code::InvalidExit, format!("follow-up cannot end relative to `{}`", anchor.words()))
-                            .at(point.anchor.span)
-                            .help("end follow-up relative to `index` or `follow-up start`, e.g. `index + 365 days`"),
+                        Diagnostic::new(
+                            Code::InvalidExit,
+                            format!("follow-up cannot end relative to `{}`", anchor.words()),
+                        )
+                        .at(point.anchor.span)
+                        .help(help),
                     );
                 }
                 let days = point.offset.as_ref().map_or(0, |o| self.days(o));

@@ -8,9 +8,9 @@ use super::{aggregate, c, filter, join_on, keep, names, project, Planner};
 use crate::study::*;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
-use datafusion::functions::expr_fn::{coalesce, date_part, greatest, least, upper};
+use datafusion::functions::expr_fn::{coalesce, date_part, upper};
 use datafusion::functions_aggregate::expr_fn::{count, count_distinct, max, min};
-use datafusion::logical_expr::{cast, lit, not, when, Expr, JoinType, LogicalPlan};
+use datafusion::logical_expr::{cast, lit, not, Expr, JoinType, LogicalPlan};
 use std::sync::Arc;
 
 /// The rows a criterion is evaluated at, and which of their columns hold what.
@@ -31,7 +31,11 @@ pub(super) struct Ctx {
     pub day_of_birth: String,
     pub index: Option<String>,
     pub index_visit: Option<String>,
+    /// The index record's end (`index end`).
+    pub index_end: Option<String>,
     pub event: Option<String>,
+    /// The event's end (`event end`).
+    pub event_end: Option<String>,
     pub event_visit: Option<String>,
     pub follow_up: Option<(String, String)>,
 }
@@ -58,7 +62,9 @@ impl Ctx {
             day_of_birth: cols.day.clone(),
             index: None,
             index_visit: None,
+            index_end: None,
             event: None,
+            event_end: None,
             event_visit: None,
             follow_up: None,
         }
@@ -73,10 +79,22 @@ impl Ctx {
         }
     }
 
+    /// The day whose observation period `during observation` reads: the anchor's, or for a
+    /// record's end, the record's start.
+    fn period_day(&self, anchor: Anchor) -> Option<Expr> {
+        match anchor {
+            Anchor::IndexEnd => self.anchor(Anchor::Index),
+            Anchor::EventEnd => self.anchor(Anchor::Event),
+            other => self.anchor(other),
+        }
+    }
+
     fn anchor(&self, anchor: Anchor) -> Option<Expr> {
         match anchor {
             Anchor::Index => self.index.as_deref().map(c),
             Anchor::Event => self.event.as_deref().map(c),
+            Anchor::IndexEnd => self.index_end.as_deref().map(c),
+            Anchor::EventEnd => self.event_end.as_deref().map(c),
             Anchor::FollowUpStart => self.follow_up.as_ref().map(|f| c(&f.0)),
             Anchor::FollowUpEnd => self.follow_up.as_ref().map(|f| c(&f.1)),
         }
@@ -125,6 +143,16 @@ impl Planner<'_> {
             let test = self.in_concepts(c(&rec.concept), concepts)?;
             records = filter(records, test)?;
         }
+        if query.filters.contains(&EventFilter::FirstEver) {
+            // Chosen before every other filter: they apply to the first record alone.
+            let columns = names(&records);
+            records = self.first_rows(
+                records,
+                &[rec.person.clone()],
+                &[(rec.start.clone(), true), (rec.id.clone(), true)],
+                &columns,
+            )?;
+        }
         for f in &query.filters {
             if let Some(test) = self.record_test(f, &rec)? {
                 records = filter(records, test)?;
@@ -157,9 +185,14 @@ impl Planner<'_> {
                 }
                 EventFilter::Where(criterion) => {
                     let columns = names(&joined);
-                    let mut nested = ctx.rebased(joined);
+                    // The event's end, for windows about `event end`.
+                    let event_end = self.fresh("event_end");
+                    let mut exprs: Vec<Expr> = columns.iter().map(|n| c(n)).collect();
+                    exprs.push(super::stages::record_end(&rec)?.alias(&event_end));
+                    let mut nested = ctx.rebased(project(joined, exprs)?);
                     nested.key.extend([rec.id.clone(), rec.start.clone()]);
                     nested.event = Some(rec.start.clone());
+                    nested.event_end = Some(event_end);
                     nested.event_visit = Some(rec.visit.clone());
                     let holds = self.condition(criterion, &mut nested)?;
                     joined = keep(filter(self.joined(&nested)?, holds)?, &columns)?;
@@ -265,7 +298,9 @@ impl Planner<'_> {
                     + lit(1i64);
                 number_test(test, days)
             }
-            EventFilter::SameVisit | EventFilter::Where(_) => return Ok(None),
+            EventFilter::SameVisit | EventFilter::Where(_) | EventFilter::FirstEver => {
+                return Ok(None)
+            }
         }))
     }
 
@@ -276,74 +311,125 @@ impl Planner<'_> {
         window: &Window,
         ctx: &Ctx,
     ) -> Result<(LogicalPlan, Rec)> {
-        // The window's first and last day are computed once per context row, so that the join
+        self.found_in(
+            query,
+            &[EdgeWindow {
+                edge: Edge::Start,
+                window: *window,
+            }],
+            ctx,
+        )
+    }
+
+    /// The query's records whose start or end day lies inside every window, for each context
+    /// row.
+    pub(super) fn found_in(
+        &mut self,
+        query: &EventQuery,
+        windows: &[EdgeWindow],
+        ctx: &Ctx,
+    ) -> Result<(LogicalPlan, Rec)> {
+        // Each window's first and last day are computed once per context row, so that the join
         // with the records compares dates rather than computing a difference per pair.
-        let mut base = ctx.base.clone();
-        let (lo, hi): (Option<Expr>, Option<Expr>) = match *window {
-            Window::FollowUp => match &ctx.follow_up {
-                Some((s, e)) => (Some(c(s)), Some(c(e))),
-                None => return self.nothing_found(query, ctx),
-            },
-            Window::Days {
-                anchor,
-                start,
-                end,
-                observed,
-            } => match ctx.anchor(anchor) {
-                None => return self.nothing_found(query, ctx),
-                Some(a) => {
-                    let lo = start.map(|s| days_add(a.clone(), lit(s)));
-                    let hi = end.map(|e| days_add(a.clone(), lit(e)));
-                    if observed {
-                        // The observation period containing the anchor (the earliest start
-                        // and latest end of those that do) narrows the window's days; without
-                        // one, the bounds are NULL and no record is found.
-                        let mut scratch = ctx.rebased(ctx.base.clone());
-                        let person = ctx.person.clone();
-                        let (covering, p) =
-                            self.covering_periods(ctx.base.clone(), &person, a, 0, 0)?;
-                        let bounds = self.attach(
-                            &mut scratch,
-                            covering,
-                            vec![min(c(&p.start)), max(c(&p.end))],
-                        )?;
-                        base = self.joined(&scratch)?;
-                        let (ps, pe) = (c(&bounds[0]), c(&bounds[1]));
-                        let lo = match lo {
-                            Some(lo) => greatest(vec![lo, ps.clone()]),
-                            None => ps.clone(),
-                        };
-                        let hi = match hi {
-                            Some(hi) => least(vec![hi, pe]),
-                            None => pe,
-                        };
-                        (
-                            Some(when(ps.clone().is_not_null(), lo).end()?),
-                            Some(when(ps.is_not_null(), hi).end()?),
-                        )
-                    } else {
-                        (lo, hi)
-                    }
-                }
-            },
-        };
+        // (the record's day, the bound's column, whether it is a lower bound)
+        let mut tests: Vec<(Edge, String, bool)> = Vec::new();
         let mut exprs: Vec<Expr> = names(&ctx.base).iter().map(|n| c(n)).collect();
-        let (first_day, last_day) = (self.fresh("first_day"), self.fresh("last_day"));
-        let has_first = lo.is_some();
-        let has_last = hi.is_some();
-        exprs.extend(lo.map(|lo| lo.alias(&first_day)));
-        exprs.extend(hi.map(|hi| hi.alias(&last_day)));
+        // The observation period of each anchor day, attached once per day.
+        let mut scratch = ctx.rebased(ctx.base.clone());
+        let mut periods: Vec<(String, (Expr, Expr))> = Vec::new();
+        for w in windows {
+            let (lo, hi): (Option<Expr>, Option<Expr>) = match w.window {
+                Window::FollowUp => match &ctx.follow_up {
+                    Some((s, e)) => (Some(c(s)), Some(c(e))),
+                    None => return self.nothing_found(query, ctx),
+                },
+                Window::Days {
+                    anchor,
+                    start,
+                    end,
+                    observed,
+                } => match ctx.anchor(anchor) {
+                    None => return self.nothing_found(query, ctx),
+                    Some(a) => {
+                        let lo = start.map(|s| days_add(a.clone(), lit(s)));
+                        let hi = end.map(|e| days_add(a.clone(), lit(e)));
+                        if !observed {
+                            (lo, hi)
+                        } else {
+                            // The period of the anchor's day (for a record's end, of its
+                            // start): the earliest start and latest end of those that contain
+                            // it; without one, the bounds are NULL and no record is found.
+                            let Some(day) = ctx.period_day(anchor) else {
+                                return self.nothing_found(query, ctx);
+                            };
+                            let key = format!("{day}");
+                            let (ps, pe) = match periods.iter().find(|(k, _)| *k == key) {
+                                Some((_, bounds)) => bounds.clone(),
+                                None => {
+                                    let person = ctx.person.clone();
+                                    let (covering, p) = self.covering_periods(
+                                        ctx.base.clone(),
+                                        &person,
+                                        day,
+                                        0,
+                                        0,
+                                    )?;
+                                    let bounds = self.attach(
+                                        &mut scratch,
+                                        covering,
+                                        vec![min(c(&p.start)), max(c(&p.end))],
+                                    )?;
+                                    let pair = (c(&bounds[0]), c(&bounds[1]));
+                                    periods.push((key, pair.clone()));
+                                    pair
+                                }
+                            };
+                            // The record starts in the period.
+                            for (bound, lower) in [(ps.clone(), true), (pe.clone(), false)] {
+                                let name =
+                                    self.fresh(if lower { "period_start" } else { "period_end" });
+                                exprs.push(bound.alias(&name));
+                                tests.push((Edge::Start, name, lower));
+                            }
+                            // An open side stops at the period's edge.
+                            (Some(lo.unwrap_or(ps)), Some(hi.unwrap_or(pe)))
+                        }
+                    }
+                },
+            };
+            if let Some(lo) = lo {
+                let name = self.fresh("first_day");
+                exprs.push(lo.alias(&name));
+                tests.push((w.edge, name, true));
+            }
+            if let Some(hi) = hi {
+                let name = self.fresh("last_day");
+                exprs.push(hi.alias(&name));
+                tests.push((w.edge, name, false));
+            }
+        }
+        let base = if periods.is_empty() {
+            ctx.base.clone()
+        } else {
+            self.joined(&scratch)?
+        };
         let bounded = Ctx {
             base: project(base, exprs)?,
             ..ctx.clone()
         };
         let (rows, rec) = self.matching(query, &bounded)?;
+        let end = super::stages::record_end(&rec)?;
         let mut test = lit(true);
-        if has_first {
-            test = test.and(c(&rec.start).gt_eq(c(&first_day)));
-        }
-        if has_last {
-            test = test.and(c(&rec.start).lt_eq(c(&last_day)));
+        for (edge, bound, lower) in tests {
+            let day = match edge {
+                Edge::Start => c(&rec.start),
+                Edge::End => end.clone(),
+            };
+            test = test.and(if lower {
+                day.gt_eq(c(&bound))
+            } else {
+                day.lt_eq(c(&bound))
+            });
         }
         Ok((filter(rows, test)?, rec))
     }
@@ -416,7 +502,23 @@ impl Planner<'_> {
         window: &Window,
         distinct: Option<Distinct>,
     ) -> Result<Expr> {
-        let (rows, rec) = self.found(query, window, ctx)?;
+        let windows = [EdgeWindow {
+            edge: Edge::Start,
+            window: *window,
+        }];
+        self.count_in_windows(ctx, query, &windows, distinct)
+    }
+
+    /// How many of the query's records (or distinct concepts, days or visits) meet every
+    /// window, as a column of the context (0 when none).
+    pub(super) fn count_in_windows(
+        &mut self,
+        ctx: &mut Ctx,
+        query: &EventQuery,
+        windows: &[EdgeWindow],
+        distinct: Option<Distinct>,
+    ) -> Result<Expr> {
+        let (rows, rec) = self.found_in(query, windows, ctx)?;
         let counted = match distinct {
             None => count(lit(1i64)),
             Some(Distinct::Concepts) => count_distinct(c(&rec.concept)),
@@ -450,11 +552,17 @@ impl Planner<'_> {
                 count,
                 query,
                 window,
+                more,
             } => {
                 if count.op == CountOp::AtLeast && count.n == 0 {
                     return Ok(lit(true));
                 }
-                let n = self.count_in_window(ctx, query, window, count.distinct)?;
+                let mut windows = vec![EdgeWindow {
+                    edge: Edge::Start,
+                    window: *window,
+                }];
+                windows.extend(more.iter().copied());
+                let n = self.count_in_windows(ctx, query, &windows, count.distinct)?;
                 let wanted = lit(count.n as i64);
                 match count.op {
                     CountOp::AtLeast => n.gt_eq(wanted),

@@ -106,7 +106,9 @@ fn entry_ctx(plan: LogicalPlan, follow_up: bool) -> Ctx {
         day_of_birth: DAY_OF_BIRTH.into(),
         index: Some(INDEX_DATE.into()),
         index_visit: Some(INDEX_VISIT.into()),
+        index_end: Some(INDEX_END.into()),
         event: None,
+        event_end: None,
         event_visit: None,
         follow_up: follow_up.then(|| (FOLLOW_UP_START.into(), FOLLOW_UP_END.into())),
     }

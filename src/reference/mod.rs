@@ -338,6 +338,8 @@ struct At<'a> {
     person: &'a Person,
     index: Option<NaiveDate>,
     index_visit: Option<i64>,
+    /// The index record's end (`index end`).
+    index_end: Option<NaiveDate>,
     event: Option<&'a Record>,
     follow_up: Option<(NaiveDate, NaiveDate)>,
 }
@@ -349,6 +351,7 @@ impl<'a> At<'a> {
             person,
             index: None,
             index_visit: None,
+            index_end: None,
             event: None,
             follow_up: None,
         }
@@ -399,6 +402,7 @@ impl<'a> Evaluator<'a> {
             person: self.persons[&e.person],
             index: Some(e.index),
             index_visit: e.visit,
+            index_end: Some(e.record_end),
             event: None,
             follow_up: None,
         }
@@ -483,7 +487,7 @@ impl<'a> Evaluator<'a> {
     /// The records of one alternative of a query (its `also` left aside), or its eras.
     fn matching_alt(&self, query: &EventQuery, at: &At<'a>) -> Vec<Record> {
         let concepts = query.concepts.as_ref().map(|c| self.concepts(c));
-        let records = self
+        let mut in_set: Vec<&Record> = self
             .records_of(at.person.id, query.domain)
             .into_iter()
             .filter(|r| {
@@ -491,6 +495,17 @@ impl<'a> Evaluator<'a> {
                     .as_ref()
                     .is_none_or(|set| r.concept.is_some_and(|c| set.contains(&c)))
             })
+            .collect();
+        if query.filters.contains(&EventFilter::FirstEver) {
+            // Chosen before every other filter: they apply to the first record alone.
+            in_set = in_set
+                .into_iter()
+                .min_by_key(|r| (r.start, r.id))
+                .into_iter()
+                .collect();
+        }
+        let records = in_set
+            .into_iter()
             .filter(|r| query.filters.iter().all(|f| self.passes(f, r, at)));
         match &query.era {
             None => records.cloned().collect(),
@@ -520,6 +535,7 @@ impl<'a> Evaluator<'a> {
                 let days = (r.end.unwrap_or(r.start) - r.start).num_days() + 1;
                 number_passes(test, days as f64)
             }
+            EventFilter::FirstEver => true,
             EventFilter::SameVisit => {
                 let anchor_visit = match at.event {
                     Some(e) => e.visit,
@@ -541,27 +557,34 @@ impl<'a> Evaluator<'a> {
         match anchor {
             Anchor::Index => at.index,
             Anchor::Event => at.event.map(|e| e.start),
+            Anchor::IndexEnd => at.index_end,
+            Anchor::EventEnd => at.event.map(record_end),
             Anchor::FollowUpStart => at.follow_up.map(|f| f.0),
             Anchor::FollowUpEnd => at.follow_up.map(|f| f.1),
         }
     }
 
-    /// Whether `date` lies in the observation period that contains `anchor` (with several
-    /// there, from the earliest start of those to the latest end).
-    fn in_period_of(&self, person: i64, anchor: NaiveDate, date: NaiveDate) -> bool {
+    /// The observation period that contains `day` (with several there, from the earliest
+    /// start of those to the latest end).
+    fn period_bounds(&self, person: i64, day: NaiveDate) -> Option<(NaiveDate, NaiveDate)> {
+        let anchor = day;
         let containing = self
             .periods
             .get(&person)
             .into_iter()
             .flatten()
             .filter(|p| p.start <= anchor && anchor <= p.end);
-        let bounds = containing.fold(None, |b: Option<(NaiveDate, NaiveDate)>, p| {
+        containing.fold(None, |b: Option<(NaiveDate, NaiveDate)>, p| {
             Some(b.map_or((p.start, p.end), |(s, e)| (s.min(p.start), e.max(p.end))))
-        });
-        bounds.is_some_and(|(s, e)| s <= date && date <= e)
+        })
     }
 
-    fn in_window(&self, window: &Window, date: NaiveDate, at: &At<'a>) -> bool {
+    /// Whether the record's start or end day lies in the window.
+    fn in_window(&self, window: &Window, edge: Edge, r: &Record, at: &At<'a>) -> bool {
+        let date = match edge {
+            Edge::Start => r.start,
+            Edge::End => record_end(r),
+        };
         match *window {
             Window::FollowUp => at.follow_up.is_some_and(|(s, e)| date >= s && date <= e),
             Window::Days {
@@ -575,7 +598,27 @@ impl<'a> Evaluator<'a> {
                     let offset = (date - a).num_days();
                     let in_days =
                         start.is_none_or(|s| offset >= s) && end.is_none_or(|e| offset <= e);
-                    in_days && (!observed || self.in_period_of(at.person.id, a, date))
+                    if !in_days {
+                        return false;
+                    }
+                    if !observed {
+                        return true;
+                    }
+                    // The period of the anchor's day; for a record's end, of its start.
+                    let day = match anchor {
+                        Anchor::IndexEnd => at.index,
+                        Anchor::EventEnd => at.event.map(|e| e.start),
+                        _ => Some(a),
+                    };
+                    // The record starts in the period, and an open side stops at its edge.
+                    let Some((ps, pe)) = day.and_then(|d| self.period_bounds(at.person.id, d))
+                    else {
+                        return false;
+                    };
+                    ps <= r.start
+                        && r.start <= pe
+                        && (start.is_some() || ps <= date)
+                        && (end.is_some() || date <= pe)
                 }
             },
         }
@@ -590,11 +633,16 @@ impl<'a> Evaluator<'a> {
                 count,
                 query,
                 window,
+                more,
             } => {
                 let found: Vec<Record> = self
                     .matching(query, at)
                     .into_iter()
-                    .filter(|r| self.in_window(window, r.start, at))
+                    .filter(|r| self.in_window(window, Edge::Start, r, at))
+                    .filter(|r| {
+                        more.iter()
+                            .all(|m| self.in_window(&m.window, m.edge, r, at))
+                    })
                     .collect();
                 let n = count_records(&found, count.distinct) as u64;
                 match count.op {
@@ -710,7 +758,7 @@ impl<'a> Evaluator<'a> {
             let mut found: Vec<Record> = self
                 .matching(query, at)
                 .into_iter()
-                .filter(|r| self.in_window(window, r.start, at))
+                .filter(|r| self.in_window(window, Edge::Start, r, at))
                 .collect();
             found.sort_by_key(|r| (r.start, r.id));
             found
@@ -780,7 +828,7 @@ impl<'a> Evaluator<'a> {
         let found: Vec<NaiveDate> = self
             .matching(&endpoint.query, at)
             .into_iter()
-            .filter(|r| self.in_window(&endpoint.window, r.start, at))
+            .filter(|r| self.in_window(&endpoint.window, Edge::Start, r, at))
             .map(|r| r.start)
             .collect();
         match endpoint.kind {

@@ -55,6 +55,8 @@ fn anchor_word(a: Anchor) -> &'static str {
         Anchor::FollowUpStart => "follow-up start",
         Anchor::FollowUpEnd => "follow-up end",
         Anchor::Event => "the event",
+        Anchor::IndexEnd => "index end",
+        Anchor::EventEnd => "the event's end",
     }
 }
 
@@ -76,7 +78,32 @@ fn criterion_windows(c: &Criterion, out: &mut Vec<(Window, String)>) {
             }
         }
         Criterion::Not(inner) => criterion_windows(inner, out),
-        Criterion::Events { query, window, .. } => out.push((*window, looks_for(query))),
+        Criterion::Events {
+            query,
+            window,
+            more,
+            ..
+        } => {
+            let unbounded = matches!(
+                window,
+                Window::Days {
+                    start: None,
+                    end: None,
+                    observed: false,
+                    ..
+                }
+            );
+            if !unbounded || more.is_empty() {
+                out.push((*window, looks_for(query)));
+            }
+            for m in more {
+                let day = match m.edge {
+                    Edge::Start => "start",
+                    Edge::End => "end",
+                };
+                out.push((m.window, format!("{} ({day})", looks_for(query))));
+            }
+        }
         Criterion::Observation { anchor, start, end } => out.push((
             Window::Days {
                 anchor: *anchor,

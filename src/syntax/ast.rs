@@ -235,6 +235,7 @@ pub enum FilterKind {
     KindIn(ConceptExpr),
     Duration(NumberTest),
     SameVisit,
+    FirstEver,
     Where(Box<Criterion>),
 }
 
@@ -334,6 +335,22 @@ pub enum Relation {
     After,
 }
 
+/// `starting [-inf, 0] days`, `ending [0, inf] days`: a window on one of a record's days.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EdgeWindow {
+    /// `starting` / `ending`, where written (unwritten: the start).
+    pub edge: Option<Spanned<Edge>>,
+    pub window: Window,
+}
+
+/// Which day of a record a window tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Edge {
+    Start,
+    /// The end, dated as `end of index record` is: a missing end is filled in.
+    End,
+}
+
 /// The date a window or an offset is measured from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum Anchor {
@@ -342,6 +359,10 @@ pub enum Anchor {
     FollowUpEnd,
     /// The event a nested `where ( … )` criterion is attached to.
     Event,
+    /// The end of the index record (as `end of index record` dates it).
+    IndexEnd,
+    /// The end of the event of `where ( … )`.
+    EventEnd,
 }
 
 impl Anchor {
@@ -351,6 +372,8 @@ impl Anchor {
             Anchor::FollowUpStart => "follow-up start",
             Anchor::FollowUpEnd => "follow-up end",
             Anchor::Event => "event",
+            Anchor::IndexEnd => "index end",
+            Anchor::EventEnd => "event end",
         }
     }
 }
@@ -374,7 +397,8 @@ pub enum CriterionKind {
     Events {
         quantifier: Option<Quantifier>,
         query: EventQuery,
-        window: Option<Window>,
+        /// Its windows, each on the record's start day or, after `ending`, its end day.
+        windows: Vec<EdgeWindow>,
     },
     /// `sex is female`, `sex in (male, female)`
     Sex(Vec<Spanned<SexValue>>),

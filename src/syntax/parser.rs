@@ -716,6 +716,7 @@ fn build_filter(pair: Pair<Rule>) -> EventFilter {
             FilterKind::Duration(build_number_test(pair.into_inner().nth(1).unwrap()))
         }
         Rule::same_visit => FilterKind::SameVisit,
+        Rule::first_ever => FilterKind::FirstEver,
         _ => FilterKind::Where(Box::new(build_criterion(pair.into_inner().nth(1).unwrap()))),
     };
     EventFilter { kind, span: s }
@@ -860,6 +861,8 @@ fn build_anchor(pair: Pair<Rule>) -> Spanned<Anchor> {
         Rule::follow_up_start => Anchor::FollowUpStart,
         Rule::follow_up_end => Anchor::FollowUpEnd,
         Rule::kw_index => Anchor::Index,
+        Rule::index_end => Anchor::IndexEnd,
+        Rule::event_end => Anchor::EventEnd,
         _ => Anchor::Event,
     };
     Spanned::new(a, s)
@@ -938,19 +941,38 @@ fn build_criterion(pair: Pair<Rule>) -> Criterion {
         Rule::event_criterion => {
             let mut quantifier = None;
             let mut query = None;
-            let mut window = None;
+            let mut windows = Vec::new();
             for p in pair.into_inner() {
                 match p.as_rule() {
                     Rule::quantifier => quantifier = Some(build_quantifier(p)),
                     Rule::event_query => query = Some(build_event_query(p)),
-                    _ => window = Some(build_window(p)),
+                    _ => {
+                        let mut edge = None;
+                        let mut window = None;
+                        for q in p.into_inner() {
+                            match q.as_rule() {
+                                Rule::edge => {
+                                    let e = match q.clone().into_inner().next().unwrap().as_rule() {
+                                        Rule::kw_ending => Edge::End,
+                                        _ => Edge::Start,
+                                    };
+                                    edge = Some(Spanned::new(e, span(&q)));
+                                }
+                                _ => window = Some(build_window(q)),
+                            }
+                        }
+                        windows.push(EdgeWindow {
+                            edge,
+                            window: window.unwrap(),
+                        });
+                    }
                 }
             }
             Criterion {
                 kind: CriterionKind::Events {
                     quantifier,
                     query: query.unwrap(),
-                    window,
+                    windows,
                 },
                 span: s,
             }

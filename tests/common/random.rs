@@ -136,7 +136,8 @@ fn alternative(rng: &mut ChaCha8Rng, depth: u32) -> EventQuery {
     let domain = DOMAINS[rng.random_range(0..DOMAINS.len())];
     let mut filters = Vec::new();
     if rng.random_bool(0.3) {
-        filters.push(match rng.random_range(0..7) {
+        filters.push(match rng.random_range(0..8) {
+            6 => EventFilter::FirstEver,
             0 => EventFilter::Value(NumberTest::Compare(CmpOp::Ge, 4.0)),
             1 => EventFilter::Value(NumberTest::Between(2.0, 6.5)),
             2 => EventFilter::Duration(NumberTest::Compare(CmpOp::Gt, 2.0)),
@@ -152,6 +153,7 @@ fn alternative(rng: &mut ChaCha8Rng, depth: u32) -> EventQuery {
                     end: Some(rng.random_range(0..5)),
                     observed: rng.random_bool(0.3),
                 },
+                more: more_windows(rng, [Anchor::Event, Anchor::EventEnd]),
             })),
             _ => EventFilter::BelowNormal,
         });
@@ -188,6 +190,20 @@ fn window(rng: &mut ChaCha8Rng, anchor: Anchor) -> Window {
     }
 }
 
+/// Now and then a window on the record's end or a second one on its start, about the anchor
+/// or the end of its record.
+fn more_windows(rng: &mut ChaCha8Rng, anchors: [Anchor; 2]) -> Vec<EdgeWindow> {
+    if !rng.random_bool(0.25) {
+        return Vec::new();
+    }
+    let edge = [Edge::End, Edge::Start][rng.random_range(0..2)];
+    let anchor = anchors[rng.random_range(0..2)];
+    vec![EdgeWindow {
+        edge,
+        window: window(rng, anchor),
+    }]
+}
+
 fn criterion(rng: &mut ChaCha8Rng, depth: u32) -> Criterion {
     match rng.random_range(0..if depth < 2 { 9 } else { 6 }) {
         0..=2 => {
@@ -207,6 +223,7 @@ fn criterion(rng: &mut ChaCha8Rng, depth: u32) -> Criterion {
                 },
                 query: query(rng, 0),
                 window: window(rng, Anchor::Index),
+                more: more_windows(rng, [Anchor::Index, Anchor::IndexEnd]),
             }
         }
         3 => Criterion::Observation {
