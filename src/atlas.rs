@@ -238,18 +238,14 @@ impl Reader<'_> {
             (None, p) => (p, false),
         };
         let mut index_limit = index_limit.to_string();
+        // Circe's expression limit after inclusion rules, when every event enters: each
+        // person's first event among those that pass them (`Last` is refused above).
+        let mut keep_after_rules = false;
         if index_limit == "All" {
             if rules.is_empty() {
                 index_limit = expression_limit.clone();
-            } else if expression_limit != "All" {
-                self.refuse(
-                    join(path, "ExpressionLimit"),
-                    "ExpressionLimit after inclusion rules",
-                    format!(
-                        "the limit to the {} event of each person that passes the inclusion rules, when every event enters",
-                        expression_limit.to_lowercase()
-                    ),
-                );
+            } else if expression_limit == "First" {
+                keep_after_rules = true;
             }
         }
 
@@ -344,6 +340,9 @@ impl Reader<'_> {
                 i + 1,
                 quote(&name)
             ));
+        }
+        if keep_after_rules {
+            out.push_str("  keep first entry  -- Circe: the expression limit, after the inclusion rules\n");
         }
         out.push_str(&self.follow_up(path));
         out
@@ -534,6 +533,14 @@ impl Reader<'_> {
                         None => self.refuse(p, "Unit", "a unit list without ids"),
                     }
                 }
+                // The code as recorded (`condition_source_concept_id`, …).
+                k if k.ends_with("SourceConcept") => match value.as_i64() {
+                    Some(id) => {
+                        let set = self.set_name(id);
+                        filters.push(format!("source in {set}"));
+                    }
+                    None => self.refuse(p, key, "a source concept set id that is not a number"),
+                },
                 // The person's first record of the concept set, before the other filters.
                 "First" if value.as_bool() == Some(true) => filters.insert(0, "first ever".into()),
                 "CorrelatedCriteria" => {
@@ -1155,6 +1162,31 @@ mod tests {
             index_and_exit(&expression).0,
             "index = first measurement in cs1"
         );
+    }
+
+    /// After inclusion rules, Circe's expression limit chooses among the events that pass them:
+    /// every event enters and the last step keeps each person's first.
+    #[test]
+    fn the_expression_limit_after_inclusion_rules_keeps_the_first_entry_that_passes() {
+        let rules = r#""InclusionRules": [{"name": "older", "expression": {"Type": "ALL",
+            "CriteriaList": [], "Groups": [], "DemographicCriteriaList": [
+              {"Age": {"Value": 40, "Op": "gte"}}]}}],"#;
+        let json = definition(
+            r#"{"Measurement": {"CodesetId": 1}}"#,
+            r#""QualifiedLimit": {"Type": "All"}, "ExpressionLimit": {"Type": "First"},"#,
+            "",
+        )
+        .replace(r#""InclusionRules": [],"#, rules);
+        let text = import(&json, "t", false).unwrap().text;
+        let steps: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("index") || l.starts_with("require") || l.starts_with("keep"))
+            .collect();
+        assert_eq!(steps[0], "index = all measurement in cs1");
+        assert!(steps[1].starts_with("require calendar age at index >= 40"), "{text}");
+        assert!(steps[2].starts_with("keep first entry"), "{text}");
+        assert_eq!(steps.len(), 3, "{text}");
     }
 
     /// A measurement's end is, for Circe, the day after it.

@@ -64,13 +64,8 @@ pub fn explain_under(study: &Study, site: &SiteRules) -> String {
         out.push_str("  (none: everyone with an index date is included)\n");
     }
     for (i, step) in study.steps.iter().enumerate() {
-        let verb = if step.exclude {
-            "Exclude persons for whom"
-        } else {
-            "Keep persons for whom"
-        };
         writeln!(out, "  {}. `{}`", i + 1, step.rule).unwrap();
-        writeln!(out, "     {verb} {}.", x.criterion(&step.criterion)).unwrap();
+        writeln!(out, "     {}", x.step(step)).unwrap();
     }
 
     if !study.steps.is_empty() {
@@ -354,6 +349,13 @@ impl<'a> Explainer<'a> {
                     "whose value is below its normal range (range_low)".to_string()
                 }
                 EventFilter::UnitIn(c) => format!("with a unit in {}", self.concept_ref(c)),
+                EventFilter::SourceIn(c) => format!(
+                    "whose source concept (the code as recorded, `{}`) is in {}",
+                    crate::repo::domains::records(q.domain)
+                        .column(crate::repo::domains::Field::SourceConcept)
+                        .map_or("none", |col| col.column),
+                    self.concept_ref(c)
+                ),
                 EventFilter::Modality(m) => {
                     format!("of modality {}", escaped(&m.join(" or ")))
                 }
@@ -418,6 +420,21 @@ impl<'a> Explainer<'a> {
                 };
                 format!("{days}, the record starting within the observation period that contains {within} (an open side of the window stops at that period's edge)")
             }
+        }
+    }
+
+    /// What an attrition step does, as a sentence.
+    pub fn step(&self, step: &Step) -> String {
+        match step.keep {
+            Some(which) => {
+                let (which, order) = match which {
+                    Occurrence::Last => ("last", "the latest index date, then the largest index record id"),
+                    _ => ("first", "the earliest index date, then the smallest index record id"),
+                };
+                format!("Keep each person's {which} entry ({order}) among those the steps before kept; the person's other entries leave the study.")
+            }
+            None if step.exclude => format!("Exclude persons for whom {}.", self.criterion(&step.criterion)),
+            None => format!("Keep persons for whom {}.", self.criterion(&step.criterion)),
         }
     }
 

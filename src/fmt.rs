@@ -15,11 +15,12 @@ pub fn format_study(file: &StudyFile, comments: &[Comment]) -> String {
 
 /// `require …` / `exclude …` as one line of text.
 pub fn step_text(step: &Step) -> String {
-    format!(
-        "{} {}",
-        if step.exclude { "exclude" } else { "require" },
-        criterion_text(&step.criterion)
-    )
+    match &step.kind {
+        StepKind::Require(c) => format!("require {}", criterion_text(c)),
+        StepKind::Exclude(c) => format!("exclude {}", criterion_text(c)),
+        StepKind::Keep(Occurrence::Last) => "keep last entry".to_string(),
+        StepKind::Keep(_) => "keep first entry".to_string(),
+    }
 }
 
 /// One output line, with the source span its comments are attached by.
@@ -406,6 +407,7 @@ fn filter_text(f: &EventFilter) -> String {
         FilterKind::AboveNormal => "value above normal".to_string(),
         FilterKind::BelowNormal => "value below normal".to_string(),
         FilterKind::UnitIn(c) => format!("unit in {}", concept_expr_text(c)),
+        FilterKind::SourceIn(c) => format!("source in {}", concept_expr_text(c)),
         FilterKind::Modality(codes) => {
             let codes: Vec<String> = codes.iter().map(|c| c.node.to_ascii_uppercase()).collect();
             format!("modality {}", codes.join(" | "))

@@ -169,6 +169,9 @@ pub enum EventFilter {
     /// The value lies below the record's normal range (`range_low`).
     BelowNormal,
     UnitIn(ConceptExpr),
+    /// `source in icd10_codes`: the record's source concept (`condition_source_concept_id`,
+    /// …), the code as recorded before mapping to a standard concept.
+    SourceIn(ConceptExpr),
     /// The imaging modality, as DICOM codes (`MR`, `CT`, …).
     Modality(Vec<String>),
     /// The kind of an oncology episode (`episode_concept_id`).
@@ -328,7 +331,13 @@ pub fn steps_passed(pattern: &str) -> String {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Step {
     pub exclude: bool,
+    /// Always true for a `keep` step.
     pub criterion: Criterion,
+    /// `keep first entry` / `keep last entry`: the step keeps each person's first or last
+    /// entry (by index date, then index record id) among those the steps before it kept.
+    /// Serialised only when set: the hashes of studies without it are unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep: Option<Occurrence>,
     /// The rule as the study states it, in canonical layout (the attrition table's `rule`).
     /// Not part of the hash: `[-365, -1] days` and `365 days before index` mean the same.
     #[serde(skip_serializing)]

@@ -222,6 +222,16 @@ impl Checker<'_> {
                     }
                     EventFilter::UnitIn(self.concept_expr(c, None))
                 }
+                FilterKind::SourceIn(c) => {
+                    let records = crate::repo::domains::records(domain);
+                    if records.column(crate::repo::domains::Field::SourceConcept).is_none() {
+                        self.push(not_for(
+                            "source concept",
+                            "condition, drug, procedure, measurement, observation, visit, device and death",
+                        ));
+                    }
+                    EventFilter::SourceIn(self.concept_expr(c, None))
+                }
                 FilterKind::Modality(codes) => {
                     if !matches!(domain, Domain::ImageOccurrence | Domain::ImageFeature) {
                         self.push(not_for("modality", "image occurrence and image feature"));

@@ -355,15 +355,37 @@ impl<'a> Checker<'a> {
             }
             Some(def) => self.index_event(def),
         };
-        let steps = population
-            .steps
-            .iter()
-            .map(|step| Step {
-                exclude: step.exclude,
-                criterion: self.criterion(&step.criterion, Scope::at(Place::Baseline)),
-                rule: fmt::step_text(step),
-            })
-            .collect();
+        let mut steps = Vec::new();
+        for step in &population.steps {
+            let rule = fmt::step_text(step);
+            let (exclude, criterion, keep) = match &step.kind {
+                ast::StepKind::Require(c) | ast::StepKind::Exclude(c) => (
+                    matches!(step.kind, ast::StepKind::Exclude(_)),
+                    self.criterion(c, Scope::at(Place::Baseline)),
+                    None,
+                ),
+                ast::StepKind::Keep(which) => {
+                    if index.occurrence != Occurrence::All {
+                        self.push(
+                            Diagnostic::new(
+                                Code::NoEffect,
+                                "every person has one entry already: the index is each person's first or last event",
+                            )
+                            .at(step.span)
+                            .label("keeps every entry")
+                            .help("to choose among all events after the steps, write `index = all …` and end with `keep first entry`"),
+                        );
+                    }
+                    (false, Criterion::All(Vec::new()), Some(*which))
+                }
+            };
+            steps.push(Step {
+                exclude,
+                criterion,
+                keep,
+                rule,
+            });
+        }
         (index, steps)
     }
 

@@ -268,6 +268,7 @@ impl Planner<'_> {
                 null(DataType::Utf8).alias(&out.modality),
                 null(DataType::Int64).alias(&out.kind),
                 null(DataType::Int64).alias(&out.days_supply),
+                null(DataType::Int64).alias(&out.source_concept),
             ],
         )?;
         if let Some(test) = &era.duration {
@@ -285,6 +286,7 @@ impl Planner<'_> {
         Ok(Some(match f {
             EventFilter::Value(test) => number_test(test, c(&rec.number)),
             EventFilter::ValueIn(set) => in_set(self, &rec.value_concept, set)?,
+            EventFilter::SourceIn(set) => in_set(self, &rec.source_concept, set)?,
             EventFilter::AboveNormal => c(&rec.number).gt(c(&rec.high)),
             EventFilter::BelowNormal => c(&rec.number).lt(c(&rec.low)),
             EventFilter::UnitIn(set) => in_set(self, &rec.unit, set)?,

@@ -30,6 +30,7 @@ pub(super) struct Rec {
     pub modality: String,
     pub kind: String,
     pub days_supply: String,
+    pub source_concept: String,
     /// In a union of alternatives (`condition in x | observation in x`), the column numbering
     /// the alternative a record comes from (0, 1, …): record ids are unique only per table.
     pub alternative: Option<String>,
@@ -53,11 +54,12 @@ impl Rec {
             Field::Modality => &self.modality,
             Field::Kind => &self.kind,
             Field::DaysSupply => &self.days_supply,
+            Field::SourceConcept => &self.source_concept,
         }
     }
 
     /// The record columns, in one fixed order.
-    pub fn columns(&self) -> [&String; 14] {
+    pub fn columns(&self) -> [&String; 15] {
         [
             &self.person,
             &self.id,
@@ -73,6 +75,7 @@ impl Rec {
             &self.modality,
             &self.kind,
             &self.days_supply,
+            &self.source_concept,
         ]
     }
 }
@@ -122,6 +125,7 @@ impl Planner<'_> {
             modality: name(Field::Modality),
             kind: name(Field::Kind),
             days_supply: name(Field::DaysSupply),
+            source_concept: name(Field::SourceConcept),
             alternative: None,
         }
     }

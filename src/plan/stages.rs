@@ -351,7 +351,12 @@ impl Planner<'_> {
     pub fn population(&mut self, entries: LogicalPlan) -> Result<LogicalPlan> {
         let mut ctx = entry_ctx(entries, false);
         let mut outputs: Vec<Expr> = ENTRY_COLUMNS.iter().map(|n| c(n)).collect();
+        let mut keeps = Vec::new();
         for (i, step) in self.study.steps.iter().enumerate() {
+            if let Some(which) = step.keep {
+                keeps.push((i, which));
+                continue;
+            }
             let holds = self.condition(&step.criterion, &mut ctx)?;
             let passes = if step.exclude {
                 datafusion::logical_expr::not(holds)
@@ -369,7 +374,47 @@ impl Planner<'_> {
             arm = when(holds, lit(name)).otherwise(arm)?;
         }
         outputs.push(arm.alias(ARM));
-        project(self.joined(&ctx)?, outputs)
+        let mut plan = project(self.joined(&ctx)?, outputs)?;
+        for (i, which) in keeps {
+            plan = self.keep_step(plan, i, which)?;
+        }
+        Ok(plan)
+    }
+
+    /// Adds step `i`'s flag for `keep first|last entry`: true for each person's first (last)
+    /// entry among those that pass every earlier step, by index date, then index record id
+    /// and the alternative it came from (as `index = first|last` orders them).
+    fn keep_step(&mut self, plan: LogicalPlan, i: usize, which: Occurrence) -> Result<LogicalPlan> {
+        use datafusion::functions_window::expr_fn::row_number;
+        let columns = names(&plan);
+        let prior = (0..i)
+            .map(|j| c(&step_column(j)).is_true())
+            .reduce(Expr::and)
+            .unwrap_or(lit(true));
+        let (kept, rank) = (self.fresh("kept_so_far"), self.fresh("rank"));
+        let mut exprs: Vec<Expr> = columns.iter().map(|n| c(n)).collect();
+        exprs.push(prior.alias(&kept));
+        let plan = project(plan, exprs)?;
+        let first = which != Occurrence::Last;
+        let ranked = with_window(
+            plan,
+            vec![row_number()
+                .partition_by(vec![c(PERSON), c(&kept)])
+                .order_by(vec![
+                    c(INDEX_DATE).sort(first, false),
+                    c(INDEX_RECORD).sort(first, false),
+                    c(INDEX_SOURCE).sort(first, false),
+                ])
+                .build()?
+                .alias(&rank)],
+        )?;
+        let mut exprs: Vec<Expr> = columns.iter().map(|n| c(n)).collect();
+        exprs.push(
+            c(&kept)
+                .and(c(&rank).eq(lit(1u64)))
+                .alias(step_column(i)),
+        );
+        project(ranked, exprs)
     }
 
     /// One row: persons and entries remaining after each attrition row (see `attrition_rules`).

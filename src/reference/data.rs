@@ -46,6 +46,8 @@ pub struct Record {
     pub kind: Option<i64>,
     /// Drug exposures: days supplied, for a missing end date.
     pub days_supply: Option<i64>,
+    /// The source concept (`condition_source_concept_id`, …).
+    pub source_concept: Option<i64>,
 }
 
 impl Record {
@@ -73,6 +75,7 @@ impl Record {
             modality: None,
             kind: None,
             days_supply: None,
+            source_concept: None,
         }
     }
 }

@@ -69,17 +69,38 @@ pub fn evaluate_population(study: &Study, data: &Data) -> Population {
             .find(|a| ev.holds(&a.criterion, &at))
             .map(|a| a.name.clone());
     }
-    let passes: Vec<Vec<bool>> = entries
+    let mut passes: Vec<Vec<bool>> = entries
         .iter()
         .map(|e| {
             let at = ev.at_index(e);
             study
                 .steps
                 .iter()
-                .map(|s| ev.holds(&s.criterion, &at) != s.exclude)
+                .map(|s| s.keep.is_some() || ev.holds(&s.criterion, &at) != s.exclude)
                 .collect()
         })
         .collect();
+    // `keep first|last entry`: each person's first or last entry among those that pass every
+    // earlier step (entries are in index order per person).
+    for (i, step) in study.steps.iter().enumerate() {
+        let Some(which) = step.keep else { continue };
+        let mut chosen: BTreeMap<i64, usize> = BTreeMap::new();
+        for (k, e) in entries.iter().enumerate() {
+            if passes[k][..i].iter().all(|p| *p) {
+                match which {
+                    Occurrence::Last => {
+                        chosen.insert(e.person, k);
+                    }
+                    _ => {
+                        chosen.entry(e.person).or_insert(k);
+                    }
+                }
+            }
+        }
+        for (k, e) in entries.iter().enumerate() {
+            passes[k][i] = chosen.get(&e.person) == Some(&k);
+        }
+    }
     let rules = study
         .steps
         .iter()
@@ -526,6 +547,9 @@ impl<'a> Evaluator<'a> {
                 matches!((r.number, r.range_low), (Some(v), Some(l)) if v < l)
             }
             EventFilter::UnitIn(c) => r.unit.is_some_and(|u| self.concepts(c).contains(&u)),
+            EventFilter::SourceIn(c) => r
+                .source_concept
+                .is_some_and(|s| self.concepts(c).contains(&s)),
             EventFilter::Modality(codes) => r
                 .modality
                 .as_ref()

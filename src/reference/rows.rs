@@ -155,7 +155,8 @@ pub async fn load_rows(ctx: &SessionContext) -> Result<Data, RepoError> {
                 floats(&b, 9),
                 floats(&b, 10),
             );
-            let (modality, kind, days_supply) = (texts(&b, 11), ints(&b, 12), ints(&b, 13));
+            let (modality, kind, days_supply, source_concept) =
+                (texts(&b, 11), ints(&b, 12), ints(&b, 13), ints(&b, 14));
             for k in 0..b.num_rows() {
                 let (Some(p), Some(s)) = (person[k], start[k]) else {
                     continue;
@@ -171,6 +172,7 @@ pub async fn load_rows(ctx: &SessionContext) -> Result<Data, RepoError> {
                 r.modality = modality[k].clone();
                 r.kind = kind[k];
                 r.days_supply = days_supply[k];
+                r.source_concept = source_concept[k];
                 data.records.push(r);
             }
         }
@@ -344,6 +346,7 @@ pub fn write_rows(data: &Data, dir: &Path, format: OutputFormat) -> Result<(), W
                 Field::Modality => r.modality.clone().map_or(Cell::Null, Cell::Text),
                 Field::Kind => int(r.kind),
                 Field::DaysSupply => int(r.days_supply),
+                Field::SourceConcept => int(r.source_concept),
             };
             let cells: Vec<Cell> = present.iter().map(|(f, _)| value(*f)).collect();
             w.push_named(&layout, &cells)?;

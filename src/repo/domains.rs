@@ -26,10 +26,13 @@ pub enum Field {
     /// A record's second concept: an episode's kind (`episode_concept_id`).
     Kind,
     DaysSupply,
+    /// The record's source concept (`condition_source_concept_id`, …): the code as recorded
+    /// at the site, before mapping to a standard concept.
+    SourceConcept,
 }
 
 impl Field {
-    pub const ALL: [Field; 14] = [
+    pub const ALL: [Field; 15] = [
         Field::Id,
         Field::Person,
         Field::Concept,
@@ -44,6 +47,7 @@ impl Field {
         Field::Modality,
         Field::Kind,
         Field::DaysSupply,
+        Field::SourceConcept,
     ];
 
     /// The kind of value every domain gives this field.
@@ -73,6 +77,7 @@ impl Field {
             Field::Modality => "modality",
             Field::Kind => "kind",
             Field::DaysSupply => "days_supply",
+            Field::SourceConcept => "source_concept",
         }
     }
 }
@@ -199,7 +204,7 @@ pub const CATALOGUE: [Records; 15] = [
         fields: fields!("visit_occurrence":
             Id => "visit_occurrence_id", Person => "person_id", Concept => "visit_concept_id",
             Start => "visit_start_date", End => "visit_end_date",
-            Visit => "visit_occurrence_id"),
+            Visit => "visit_occurrence_id", SourceConcept => "visit_source_concept_id"),
         standard_concepts: &["visit_concept_id"],
         vocabulary_domain: Some(("Visit", Field::Concept)),
     },
@@ -210,7 +215,8 @@ pub const CATALOGUE: [Records; 15] = [
         fields: fields!("condition_occurrence":
             Id => "condition_occurrence_id", Person => "person_id",
             Concept => "condition_concept_id", Start => "condition_start_date",
-            End => "condition_end_date", Visit => "visit_occurrence_id"),
+            End => "condition_end_date", Visit => "visit_occurrence_id",
+            SourceConcept => "condition_source_concept_id"),
         standard_concepts: &["condition_concept_id"],
         vocabulary_domain: Some(("Condition", Field::Concept)),
     },
@@ -221,7 +227,8 @@ pub const CATALOGUE: [Records; 15] = [
         fields: fields!("drug_exposure":
             Id => "drug_exposure_id", Person => "person_id", Concept => "drug_concept_id",
             Start => "drug_exposure_start_date", End => "drug_exposure_end_date",
-            Visit => "visit_occurrence_id", DaysSupply => "days_supply"),
+            Visit => "visit_occurrence_id", DaysSupply => "days_supply",
+            SourceConcept => "drug_source_concept_id"),
         standard_concepts: &["drug_concept_id"],
         vocabulary_domain: Some(("Drug", Field::Concept)),
     },
@@ -232,7 +239,8 @@ pub const CATALOGUE: [Records; 15] = [
         fields: fields!("procedure_occurrence":
             Id => "procedure_occurrence_id", Person => "person_id",
             Concept => "procedure_concept_id", Start => "procedure_date",
-            End => "procedure_end_date", Visit => "visit_occurrence_id"),
+            End => "procedure_end_date", Visit => "visit_occurrence_id",
+            SourceConcept => "procedure_source_concept_id"),
         standard_concepts: &["procedure_concept_id"],
         vocabulary_domain: Some(("Procedure", Field::Concept)),
     },
@@ -244,7 +252,8 @@ pub const CATALOGUE: [Records; 15] = [
             Id => "measurement_id", Person => "person_id", Concept => "measurement_concept_id",
             Start => "measurement_date", Visit => "visit_occurrence_id",
             Number => "value_as_number", ValueConcept => "value_as_concept_id",
-            Unit => "unit_concept_id", RangeLow => "range_low", RangeHigh => "range_high"),
+            Unit => "unit_concept_id", RangeLow => "range_low", RangeHigh => "range_high",
+            SourceConcept => "measurement_source_concept_id"),
         standard_concepts: &[
             "measurement_concept_id",
             "unit_concept_id",
@@ -260,7 +269,7 @@ pub const CATALOGUE: [Records; 15] = [
             Id => "observation_id", Person => "person_id", Concept => "observation_concept_id",
             Start => "observation_date", Visit => "visit_occurrence_id",
             Number => "value_as_number", ValueConcept => "value_as_concept_id",
-            Unit => "unit_concept_id"),
+            Unit => "unit_concept_id", SourceConcept => "observation_source_concept_id"),
         standard_concepts: &["observation_concept_id", "value_as_concept_id"],
         vocabulary_domain: Some(("Observation", Field::Concept)),
     },
@@ -269,7 +278,8 @@ pub const CATALOGUE: [Records; 15] = [
         table: "death",
         joins: &[],
         fields: fields!("death":
-            Person => "person_id", Concept => "cause_concept_id", Start => "death_date"),
+            Person => "person_id", Concept => "cause_concept_id", Start => "death_date",
+            SourceConcept => "cause_source_concept_id"),
         standard_concepts: &["cause_concept_id"],
         vocabulary_domain: None,
     },
@@ -280,7 +290,7 @@ pub const CATALOGUE: [Records; 15] = [
         fields: fields!("device_exposure":
             Id => "device_exposure_id", Person => "person_id", Concept => "device_concept_id",
             Start => "device_exposure_start_date", End => "device_exposure_end_date",
-            Visit => "visit_occurrence_id"),
+            Visit => "visit_occurrence_id", SourceConcept => "device_source_concept_id"),
         standard_concepts: &["device_concept_id"],
         vocabulary_domain: Some(("Device", Field::Concept)),
     },

@@ -144,12 +144,17 @@ pub fn build(
     let entry = first_sentence(index_words.lines().next().unwrap_or_default());
     let follow_up_words = x.follow_up(&study.follow_up);
 
-    let inclusions = study.steps.iter().filter(|s| !s.exclude).count();
-    let exclusions = study.steps.len() - inclusions;
+    let inclusions = study.steps.iter().filter(|s| !s.exclude && s.keep.is_none()).count();
+    let exclusions = study.steps.iter().filter(|s| s.exclude).count();
     let mut objectives = vec![(
         "Population".to_string(),
         format!(
-            "{entry} Then {inclusions} inclusion and {exclusions} exclusion criteria, applied in the order of the attrition table."
+            "{entry} Then {inclusions} inclusion and {exclusions} exclusion criteria{}, applied in the order of the attrition table.",
+            if study.steps.iter().any(|s| s.keep.is_some()) {
+                " and a choice of one entry per person"
+            } else {
+                ""
+            }
         ),
     )];
     match study.arms.split_first() {
@@ -272,11 +277,7 @@ pub fn build(
                     if exclude { "exclusion" } else { "inclusion" },
                     &s.rule,
                 ),
-                meaning: format!(
-                    "{} persons for whom {}.",
-                    if exclude { "Exclude" } else { "Keep" },
-                    x.criterion(&s.criterion)
-                ),
+                meaning: x.step(s),
             })
             .collect()
     };

@@ -99,7 +99,7 @@ fn query_exprs<'a>(place: &str, q: &'a EventQuery, out: &mut Vec<(String, &'a Co
         }
         for f in &alt.filters {
             match f {
-                EventFilter::ValueIn(e) => push_inline(place, e, out),
+                EventFilter::ValueIn(e) | EventFilter::SourceIn(e) => push_inline(place, e, out),
                 EventFilter::Where(c) => criterion_exprs(place, c, out),
                 _ => {}
             }

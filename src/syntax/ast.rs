@@ -231,6 +231,7 @@ pub enum FilterKind {
     AboveNormal,
     BelowNormal,
     UnitIn(ConceptExpr),
+    SourceIn(ConceptExpr),
     Modality(Vec<Name>),
     KindIn(ConceptExpr),
     Duration(NumberTest),
@@ -553,9 +554,17 @@ pub enum EntryOptionKind {
 /// `require …` or `exclude …`: one attrition step.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Step {
-    pub exclude: bool,
-    pub criterion: Criterion,
+    pub kind: StepKind,
     pub span: Span,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub enum StepKind {
+    Require(Criterion),
+    Exclude(Criterion),
+    /// `keep first entry` / `keep last entry`: each person's first or last entry among those
+    /// the steps before kept.
+    Keep(Occurrence),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -703,6 +703,9 @@ fn build_filter(pair: Pair<Rule>) -> EventFilter {
         Rule::unit_filter => {
             FilterKind::UnitIn(build_concept_expr(pair.into_inner().nth(2).unwrap()))
         }
+        Rule::source_filter => {
+            FilterKind::SourceIn(build_concept_expr(pair.into_inner().nth(2).unwrap()))
+        }
         Rule::kind_filter => {
             FilterKind::KindIn(build_concept_expr(pair.into_inner().nth(2).unwrap()))
         }
@@ -1198,13 +1201,23 @@ fn build_index(pair: Pair<Rule>) -> IndexDef {
 fn build_step(pair: Pair<Rule>) -> Step {
     let s = span(&pair);
     let mut inner = pair.into_inner();
-    let kind = inner.next().unwrap();
-    let exclude = kind.into_inner().next().unwrap().as_rule() == Rule::kw_exclude;
-    Step {
-        exclude,
-        criterion: build_criterion(inner.next().unwrap()),
-        span: s,
-    }
+    let first = inner.next().unwrap();
+    let kind = if first.as_rule() == Rule::keep_step {
+        let which = first.into_inner().nth(1).unwrap().as_rule();
+        StepKind::Keep(if which == Rule::kw_last {
+            Occurrence::Last
+        } else {
+            Occurrence::First
+        })
+    } else {
+        let criterion = build_criterion(inner.next().unwrap());
+        if first.into_inner().next().unwrap().as_rule() == Rule::kw_exclude {
+            StepKind::Exclude(criterion)
+        } else {
+            StepKind::Require(criterion)
+        }
+    };
+    Step { kind, span: s }
 }
 
 fn build_anchor_point(pair: Pair<Rule>) -> AnchorPoint {

@@ -81,6 +81,14 @@ pub fn random_data(rng: &mut ChaCha8Rng) -> Data {
         if domain == Domain::Drug {
             r.days_supply = rng.random_bool(0.5).then(|| rng.random_range(0..8));
         }
+        if cohortql::repo::domains::records(domain)
+            .column(cohortql::repo::domains::Field::SourceConcept)
+            .is_some()
+        {
+            r.source_concept = rng
+                .random_bool(0.6)
+                .then(|| CONCEPTS[rng.random_range(0..6)]);
+        }
         data.records.push(r);
     }
     for id in CONCEPTS {
@@ -138,6 +146,7 @@ fn alternative(rng: &mut ChaCha8Rng, depth: u32) -> EventQuery {
     if rng.random_bool(0.3) {
         filters.push(match rng.random_range(0..8) {
             6 => EventFilter::FirstEver,
+            7 if rng.random_bool(0.5) => EventFilter::SourceIn(concept_expr(rng)),
             0 => EventFilter::Value(NumberTest::Compare(CmpOp::Ge, 4.0)),
             1 => EventFilter::Value(NumberTest::Between(2.0, 6.5)),
             2 => EventFilter::Duration(NumberTest::Compare(CmpOp::Gt, 2.0)),
@@ -351,10 +360,20 @@ pub fn random_study(rng: &mut ChaCha8Rng, base: &Study) -> Study {
         _ => study.index.observation = (-rng.random_range(0..15), rng.random_range(0..15)),
     }
     study.steps = (0..rng.random_range(0..4))
-        .map(|i| Step {
-            exclude: rng.random_bool(0.4),
-            criterion: criterion(rng, 0),
-            rule: format!("step {i}"),
+        .map(|i| {
+            // Now and then `keep first|last entry` in place of a criterion.
+            let keep = rng
+                .random_bool(0.15)
+                .then(|| [Occurrence::First, Occurrence::Last][rng.random_range(0..2)]);
+            Step {
+                exclude: keep.is_none() && rng.random_bool(0.4),
+                criterion: match keep {
+                    Some(_) => Criterion::All(vec![]),
+                    None => criterion(rng, 0),
+                },
+                keep,
+                rule: format!("step {i}"),
+            }
         })
         .collect();
     study.arms = if rng.random_bool(0.3) {

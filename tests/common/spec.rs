@@ -53,6 +53,8 @@ pub struct RecordSpec {
     pub value_concept: Option<i64>,
     pub modality: Option<String>,
     pub days_supply: Option<i64>,
+    #[serde(default)]
+    pub source_concept: Option<i64>,
 }
 
 fn date(s: &str) -> NaiveDate {
@@ -102,6 +104,7 @@ pub fn data(spec: &Spec) -> Data {
                 rec.value_concept = r.value_concept;
                 rec.modality = r.modality.clone();
                 rec.days_supply = r.days_supply;
+                rec.source_concept = r.source_concept;
                 rec
             })
             .collect(),
