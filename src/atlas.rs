@@ -13,6 +13,8 @@ use crate::compile::compile_text;
 use crate::fmt::quote;
 use serde_json::Value;
 
+pub mod export;
+
 /// One construct the language cannot say exactly.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refusal {
@@ -144,7 +146,8 @@ fn is_empty(v: Option<&Value>) -> bool {
 struct Reader<'a> {
     root: &'a Value,
     refusals: Vec<Refusal>,
-    /// The concept sets used, by Circe id, in order of first use.
+    /// The concept sets used, by Circe id (written in the order of their ids, so that the
+    /// study does not depend on where in the definition a set is used first).
     used_sets: Vec<i64>,
     /// Every entry event was refused: not even `lenient` gives a study.
     nothing_left: bool,
@@ -342,7 +345,9 @@ impl Reader<'_> {
             ));
         }
         if keep_after_rules {
-            out.push_str("  keep first entry  -- Circe: the expression limit, after the inclusion rules\n");
+            out.push_str(
+                "  keep first entry  -- Circe: the expression limit, after the inclusion rules\n",
+            );
         }
         out.push_str(&self.follow_up(path));
         out
@@ -872,7 +877,9 @@ impl Reader<'_> {
             .cloned()
             .unwrap_or_default();
         let mut lines = Vec::new();
-        for id in self.used_sets.clone() {
+        let mut used = self.used_sets.clone();
+        used.sort_unstable();
+        for id in used {
             let Some((i, set)) = sets
                 .iter()
                 .enumerate()
@@ -1184,7 +1191,10 @@ mod tests {
             .filter(|l| l.starts_with("index") || l.starts_with("require") || l.starts_with("keep"))
             .collect();
         assert_eq!(steps[0], "index = all measurement in cs1");
-        assert!(steps[1].starts_with("require calendar age at index >= 40"), "{text}");
+        assert!(
+            steps[1].starts_with("require calendar age at index >= 40"),
+            "{text}"
+        );
         assert!(steps[2].starts_with("keep first entry"), "{text}");
         assert_eq!(steps.len(), 3, "{text}");
     }

@@ -428,12 +428,21 @@ impl<'a> Explainer<'a> {
         match step.keep {
             Some(which) => {
                 let (which, order) = match which {
-                    Occurrence::Last => ("last", "the latest index date, then the largest index record id"),
-                    _ => ("first", "the earliest index date, then the smallest index record id"),
+                    Occurrence::Last => (
+                        "last",
+                        "the latest index date, then the largest index record id",
+                    ),
+                    _ => (
+                        "first",
+                        "the earliest index date, then the smallest index record id",
+                    ),
                 };
                 format!("Keep each person's {which} entry ({order}) among those the steps before kept; the person's other entries leave the study.")
             }
-            None if step.exclude => format!("Exclude persons for whom {}.", self.criterion(&step.criterion)),
+            None if step.exclude => format!(
+                "Exclude persons for whom {}.",
+                self.criterion(&step.criterion)
+            ),
             None => format!("Keep persons for whom {}.", self.criterion(&step.criterion)),
         }
     }

@@ -103,6 +103,40 @@ fn eunomias_definitions_import_and_run_to_ohdsis_counts() {
             std::fs::read_to_string(by_hand.join("site/cohort.csv")).unwrap(),
             "{json}: the imported study's cohort differs from the hand-written study's"
         );
+        // The hand-written study exported to Circe and read back gives the same cohort.
+        let exported = dir.path().join(format!("{hand_written}.json"));
+        let o = cohortql(
+            &[
+                "export",
+                "atlas",
+                root()
+                    .join(format!("studies/eunomia/{hand_written}.study"))
+                    .to_str()
+                    .unwrap(),
+                "--out",
+                exported.to_str().unwrap(),
+            ],
+            dir.path(),
+        );
+        assert_eq!(o.status.code(), Some(0), "{hand_written}: {}", all_text(&o));
+        let back = dir.path().join(format!("{hand_written}-back.study"));
+        let o = cohortql(
+            &[
+                "import",
+                "atlas",
+                exported.to_str().unwrap(),
+                "--out",
+                back.to_str().unwrap(),
+            ],
+            dir.path(),
+        );
+        assert_eq!(o.status.code(), Some(0), "{hand_written}: {}", all_text(&o));
+        let round_trip = run(&back, &format!("{json}-round-trip"));
+        assert_eq!(
+            std::fs::read_to_string(round_trip.join("site/cohort.csv")).unwrap(),
+            std::fs::read_to_string(by_hand.join("site/cohort.csv")).unwrap(),
+            "{json}: the hand-written study exported and imported back gives another cohort"
+        );
     }
 }
 
@@ -223,6 +257,84 @@ fn the_phenotype_library_imports_exactly_or_names_what_it_refuses() {
             "docs/atlas.md's coverage table is not this measurement: rerun with COHORTQL_UPDATE_DOCS=1"
         );
     }
+}
+
+/// JSON → study → JSON → study keeps the meaning: every Phenotype Library definition that
+/// imports exports to a Circe expression that imports again into a study of the same hash.
+#[test]
+fn every_imported_definition_exports_and_imports_back_to_the_same_study() {
+    let mut round_trips = 0;
+    for (id, name, _, json) in &library() {
+        let Ok(study) = import(json, name, false) else {
+            continue;
+        };
+        let model = compile_text(study.text.clone()).study.unwrap();
+        let exported = match cohortql::atlas::export::export(&model) {
+            Ok(e) => e,
+            Err(unsaid) => panic!("{id}: not exported: {unsaid:?}\n{}", study.text),
+        };
+        let back = import(&exported.json, name, false).unwrap_or_else(|r| {
+            panic!("{id}: the export does not import: {r:?}\n{}", exported.json)
+        });
+        let remodel = compile_text(back.text.clone()).study.unwrap();
+        assert_eq!(
+            study_hash(&model),
+            study_hash(&remodel),
+            "{id}: the round trip changed the study\n{}\n{}",
+            study.text,
+            back.text
+        );
+        round_trips += 1;
+    }
+    assert!(
+        round_trips > 1000,
+        "only {round_trips} definitions round-tripped"
+    );
+}
+
+/// `export atlas` from the command line: the JSON on standard output or in `--out`, exit 0;
+/// a study Circe cannot say is refused with what and where, exit 1, and nothing written.
+#[test]
+fn export_atlas_writes_the_cohort_or_names_what_circe_cannot_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let study = root().join("studies/eunomia/celecoxib_age40_male.study");
+    let out = dir.path().join("c.json");
+    let o = cohortql(
+        &[
+            "export",
+            "atlas",
+            study.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", all_text(&o));
+    let json = std::fs::read_to_string(&out).unwrap();
+    let back = import(&json, "Celecoxib, age 40+, male", false).unwrap();
+    let model = compile_text(back.text.clone()).study.unwrap();
+    assert_eq!(model.steps.len(), 2, "{}", back.text);
+
+    let arms = dir.path().join("arms.study");
+    std::fs::write(
+        &arms,
+        "study \"Arms\"\npopulation\n  index = first drug in 1118084\nexposure arms\n  a = drug in 1118084 any time before index\nfollow-up\n  collapse entries within 0 days\n",
+    )
+    .unwrap();
+    let refused = dir.path().join("arms.json");
+    let o = cohortql(
+        &[
+            "export",
+            "atlas",
+            arms.to_str().unwrap(),
+            "--out",
+            refused.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", all_text(&o));
+    assert!(all_text(&o).contains("exposure arms"), "{}", all_text(&o));
+    assert!(!refused.exists());
 }
 
 #[test]

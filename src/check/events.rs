@@ -224,7 +224,10 @@ impl Checker<'_> {
                 }
                 FilterKind::SourceIn(c) => {
                     let records = crate::repo::domains::records(domain);
-                    if records.column(crate::repo::domains::Field::SourceConcept).is_none() {
+                    if records
+                        .column(crate::repo::domains::Field::SourceConcept)
+                        .is_none()
+                    {
                         self.push(not_for(
                             "source concept",
                             "condition, drug, procedure, measurement, observation, visit, device and death",

@@ -152,6 +152,12 @@ enum Command {
         #[command(subcommand)]
         command: ImportCommand,
     },
+    /// Take studies to other tools: `export atlas STUDY` writes the study's cohort as an ATLAS /
+    /// Circe cohort expression (JSON), or names what Circe cannot say.
+    Export {
+        #[command(subcommand)]
+        command: ExportCommand,
+    },
     /// Work with OMOP repositories.
     Repo {
         #[command(subcommand)]
@@ -256,6 +262,18 @@ enum ImportCommand {
         /// standard error, instead of refusing the definition.
         #[arg(long)]
         lenient: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ExportCommand {
+    /// The study's cohort as an ATLAS / Circe cohort expression, which ATLAS opens and
+    /// `import atlas` reads back into the same study.
+    Atlas {
+        study: PathBuf,
+        /// Write the JSON here (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -373,6 +391,9 @@ pub fn main() -> ExitCode {
                     lenient,
                 },
         } => import::atlas(&file, name.as_deref(), out.as_deref(), lenient),
+        Command::Export {
+            command: ExportCommand::Atlas { study, out },
+        } => export_atlas(&study, out.as_deref()),
         Command::Repo {
             command: RepoCommand::Check { dir, json },
         } => data::repo_check(dir.as_deref(), json),
@@ -589,6 +610,40 @@ fn explain(path: &Path, site: Option<&Path>) -> Result<Status, String> {
             Ok(Status::Ok)
         }
         Err(()) => Ok(Status::StudyErrors),
+    }
+}
+
+/// `export atlas`: the cohort as Circe JSON; what Circe cannot say is named and nothing written.
+fn export_atlas(path: &Path, out: Option<&Path>) -> Result<Status, String> {
+    let study = match checked(path)? {
+        Ok((_, study)) => study,
+        Err(()) => return Ok(Status::StudyErrors),
+    };
+    let shown = display(path);
+    match crate::atlas::export::export(&study) {
+        Err(unsaid) => {
+            for u in &unsaid {
+                anstream::eprintln!("{shown}: {}", crate::printable::escaped(&u.to_string()));
+            }
+            anstream::eprintln!(
+                "{shown}: not exported: {} construct{} Circe cannot say",
+                unsaid.len(),
+                if unsaid.len() == 1 { "" } else { "s" }
+            );
+            Ok(Status::StudyErrors)
+        }
+        Ok(exported) => {
+            for part in &exported.left_out {
+                anstream::eprintln!(
+                    "{shown}: note: {part} left out: a Circe cohort definition has none"
+                );
+            }
+            match out {
+                Some(file) => crate::repo::write::write_atomically(file, exported.json.as_bytes())?,
+                None => print!("{}", exported.json),
+            }
+            Ok(Status::Ok)
+        }
     }
 }
 

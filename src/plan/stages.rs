@@ -409,11 +409,7 @@ impl Planner<'_> {
                 .alias(&rank)],
         )?;
         let mut exprs: Vec<Expr> = columns.iter().map(|n| c(n)).collect();
-        exprs.push(
-            c(&kept)
-                .and(c(&rank).eq(lit(1u64)))
-                .alias(step_column(i)),
-        );
+        exprs.push(c(&kept).and(c(&rank).eq(lit(1u64))).alias(step_column(i)));
         project(ranked, exprs)
     }
 

@@ -144,7 +144,11 @@ pub fn build(
     let entry = first_sentence(index_words.lines().next().unwrap_or_default());
     let follow_up_words = x.follow_up(&study.follow_up);
 
-    let inclusions = study.steps.iter().filter(|s| !s.exclude && s.keep.is_none()).count();
+    let inclusions = study
+        .steps
+        .iter()
+        .filter(|s| !s.exclude && s.keep.is_none())
+        .count();
     let exclusions = study.steps.iter().filter(|s| s.exclude).count();
     let mut objectives = vec![(
         "Population".to_string(),
