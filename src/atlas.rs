@@ -916,14 +916,6 @@ impl Reader<'_> {
                     );
                     continue;
                 };
-                if item.get("includeMapped").and_then(Value::as_bool) == Some(true) {
-                    self.refuse(
-                        join(&ip, "includeMapped"),
-                        "includeMapped",
-                        "the source concepts that map to this concept, which the language cannot say yet (its `mapped` goes the other way)",
-                    );
-                    continue;
-                }
                 let label = concept
                     .get("CONCEPT_NAME")
                     .and_then(Value::as_str)
@@ -935,6 +927,10 @@ impl Reader<'_> {
                 };
                 if item.get("includeDescendants").and_then(Value::as_bool) == Some(true) {
                     term.push_str(" + descendants");
+                }
+                // The concepts that map to it (and to its descendants).
+                if item.get("includeMapped").and_then(Value::as_bool) == Some(true) {
+                    term.push_str(" + sources");
                 }
                 if item.get("isExcluded").and_then(Value::as_bool) == Some(true) {
                     excluded.push(term);

@@ -277,6 +277,10 @@ impl<'a> Explainer<'a> {
                 };
                 format!("{} and all {whose} descendants", self.concepts(inner))
             }
+            ConceptExpr::WithSources(inner) => format!(
+                "{} and every concept that maps to them (\"Maps to\" read backwards: their source codes)",
+                self.concepts(inner)
+            ),
             ConceptExpr::Mapped(inner) => {
                 format!(
                     "the standard concepts that {} map to (\"Maps to\")",

@@ -369,6 +369,9 @@ fn concept_term_text(t: &ConceptTerm) -> String {
     if t.descendants {
         out.push_str(" + descendants");
     }
+    if t.sources {
+        out.push_str(" + sources");
+    }
     out
 }
 

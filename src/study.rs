@@ -77,6 +77,9 @@ pub enum ConceptExpr {
     WithDescendants(Box<ConceptExpr>),
     /// The standard concepts these concepts map to (`concept_relationship` "Maps to").
     Mapped(Box<ConceptExpr>),
+    /// The concepts and every concept that maps to one of them ("Maps to" read backwards: the
+    /// source codes of standard concepts, as OHDSI's Circe `includeMapped`).
+    WithSources(Box<ConceptExpr>),
     Union(Vec<ConceptExpr>),
     /// The concepts of the left side that are not in the right side.
     Minus(Box<ConceptExpr>, Box<ConceptExpr>),

@@ -420,7 +420,7 @@ fn ids_of(e: &cohortql::study::ConceptExpr, out: &mut Vec<i64>) {
     use cohortql::study::ConceptExpr as C;
     match e {
         C::Concept { id, .. } => out.push(*id),
-        C::WithDescendants(e) | C::Mapped(e) => ids_of(e, out),
+        C::WithDescendants(e) | C::Mapped(e) | C::WithSources(e) => ids_of(e, out),
         C::Union(es) => es.iter().for_each(|e| ids_of(e, out)),
         C::Minus(a, b) => {
             ids_of(a, out);
@@ -459,6 +459,19 @@ fn data_for(study: &cohortql::study::Study, seed: u64) -> cohortql::reference::d
     for (i, &e) in extra.iter().enumerate() {
         if let Some(&a) = ids.get(i) {
             data.ancestors.push((a, e));
+        }
+    }
+    // Source codes: one mapped to each of the first concepts (`+ sources`, `source in`).
+    let sources: Vec<i64> = (0..6).map(|i| 2_100_000_000 + i).collect();
+    for (i, &s) in sources.iter().enumerate() {
+        data.concepts.push(Concept {
+            id: s,
+            name: format!("Source {s}"),
+            vocabulary: "ICD10".into(),
+            code: format!("S{i}"),
+        });
+        if let Some(&target) = ids.get(i) {
+            data.maps_to.push((s, target));
         }
     }
     let concepts: Vec<i64> = ids.iter().chain(&extra).copied().collect();
@@ -530,6 +543,11 @@ fn data_for(study: &cohortql::study::Study, seed: u64) -> cohortql::reference::d
         if domain == Domain::Drug {
             r.days_supply = rng.random_bool(0.6).then(|| rng.random_range(1..60));
         }
+        r.source_concept = match rng.random_range(0..3) {
+            0 => Some(sources[rng.random_range(0..sources.len())]),
+            1 => Some(concepts[rng.random_range(0..concepts.len())]),
+            _ => None,
+        };
         data.records.push(r);
     }
     data

@@ -280,12 +280,12 @@ impl<'a> Writer<'a> {
                 ConceptExpr::Minus(l, r) => (self.items(l), self.items(r)),
                 e => (self.items(e), Vec::new()),
             };
-            let item = |(concept, label, descendants): (i64, Option<String>, bool), excluded| {
+            let item = |i: Item, excluded| {
                 json!({
-                    "concept": {"CONCEPT_ID": concept, "CONCEPT_NAME": label.unwrap_or_default()},
+                    "concept": {"CONCEPT_ID": i.id, "CONCEPT_NAME": i.label.unwrap_or_default()},
                     "isExcluded": excluded,
-                    "includeDescendants": descendants,
-                    "includeMapped": false,
+                    "includeDescendants": i.descendants,
+                    "includeMapped": i.sources,
                 })
             };
             let mut items: Vec<Json> = included.into_iter().map(|i| item(i, false)).collect();
@@ -295,16 +295,36 @@ impl<'a> Writer<'a> {
         out
     }
 
-    /// The concepts of a set expression as Circe items: (id, label, with descendants).
-    fn items(&mut self, e: &ConceptExpr) -> Vec<(i64, Option<String>, bool)> {
+    /// The concepts of a set expression as Circe items.
+    fn items(&mut self, e: &ConceptExpr) -> Vec<Item> {
+        let one = |id: &i64, label: &Option<String>, descendants, sources| Item {
+            id: *id,
+            label: label.clone(),
+            descendants,
+            sources,
+        };
+        let several =
+            "`+ descendants` or `+ sources` of more than one concept: Circe marks each concept";
         match e {
-            ConceptExpr::Concept { id, label } => vec![(*id, label.clone(), false)],
+            ConceptExpr::Concept { id, label } => vec![one(id, label, false, false)],
             ConceptExpr::WithDescendants(inner) => match inner.as_ref() {
-                ConceptExpr::Concept { id, label } => vec![(*id, label.clone(), true)],
+                ConceptExpr::Concept { id, label } => vec![one(id, label, true, false)],
                 _ => {
-                    self.unsaid(
-                        "`+ descendants` of more than one concept: Circe marks each concept",
-                    );
+                    self.unsaid(several);
+                    Vec::new()
+                }
+            },
+            ConceptExpr::WithSources(inner) => match inner.as_ref() {
+                ConceptExpr::Concept { id, label } => vec![one(id, label, false, true)],
+                ConceptExpr::WithDescendants(c) => match c.as_ref() {
+                    ConceptExpr::Concept { id, label } => vec![one(id, label, true, true)],
+                    _ => {
+                        self.unsaid(several);
+                        Vec::new()
+                    }
+                },
+                _ => {
+                    self.unsaid(several);
                     Vec::new()
                 }
             },
@@ -688,18 +708,25 @@ impl<'a> Writer<'a> {
     /// Concepts written in a value or unit filter, as Circe's list of concepts.
     fn concept_list(&mut self, c: &ConceptExpr) -> Json {
         let items = self.items(c);
-        if items.iter().any(|(_, _, d)| *d) {
-            self.unsaid(
-                "`+ descendants` in a value or unit list: Circe lists the concepts themselves",
-            );
+        if items.iter().any(|i| i.descendants || i.sources) {
+            self.unsaid("`+ descendants` or `+ sources` in a value or unit list: Circe lists the concepts themselves");
         }
         Json::Array(
             items
                 .into_iter()
-                .map(|(id, label, _)| json!({"CONCEPT_ID": id, "CONCEPT_NAME": label.unwrap_or_default()}))
+                .map(|i| json!({"CONCEPT_ID": i.id, "CONCEPT_NAME": i.label.unwrap_or_default()}))
                 .collect(),
         )
     }
+}
+
+/// One concept of a Circe concept set.
+struct Item {
+    id: i64,
+    label: Option<String>,
+    descendants: bool,
+    /// `includeMapped`: the concepts that map to it too.
+    sources: bool,
 }
 
 fn empty_group(kind: &str, count: i64) -> Json {

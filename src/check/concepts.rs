@@ -345,6 +345,9 @@ impl<'a> Checker<'a> {
         if term.descendants {
             e = ConceptExpr::WithDescendants(Box::new(e));
         }
+        if term.sources {
+            e = ConceptExpr::WithSources(Box::new(e));
+        }
         e
     }
 

@@ -425,6 +425,21 @@ impl Planner<'_> {
                     .union_distinct(descendants)?
                     .build()?
             }
+            ConceptExpr::WithSources(inner) => {
+                let base = self.concepts(inner)?;
+                let r = |n: &str| qualified("concept_relationship", n);
+                let sources = LogicalPlanBuilder::from(self.table("concept_relationship"))
+                    .filter(
+                        r("relationship_id")
+                            .eq(lit("Maps to"))
+                            .and(in_subquery(r("concept_id_2"), Arc::new(base.clone()))),
+                    )?
+                    .project(vec![r("concept_id_1").alias("concept_id")])?
+                    .build()?;
+                LogicalPlanBuilder::from(base)
+                    .union_distinct(sources)?
+                    .build()?
+            }
             ConceptExpr::Mapped(inner) => {
                 let base = self.concepts(inner)?;
                 let r = |n: &str| qualified("concept_relationship", n);

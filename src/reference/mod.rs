@@ -463,6 +463,18 @@ impl<'a> Evaluator<'a> {
                 );
                 out
             }
+            ConceptExpr::WithSources(inner) => {
+                let base = self.concepts(inner);
+                let mut out = base.clone();
+                out.extend(
+                    self.data
+                        .maps_to
+                        .iter()
+                        .filter(|(_, t)| base.contains(t))
+                        .map(|(s, _)| *s),
+                );
+                out
+            }
             ConceptExpr::Mapped(inner) => {
                 let base = self.concepts(inner);
                 self.data

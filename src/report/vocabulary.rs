@@ -138,9 +138,9 @@ fn wanted(
             names.insert(n.to_lowercase());
         }
         ConceptExpr::Set(_) => {}
-        ConceptExpr::WithDescendants(inner) | ConceptExpr::Mapped(inner) => {
-            wanted(inner, ids, vocabularies, names)
-        }
+        ConceptExpr::WithDescendants(inner)
+        | ConceptExpr::Mapped(inner)
+        | ConceptExpr::WithSources(inner) => wanted(inner, ids, vocabularies, names),
         ConceptExpr::Union(parts) => {
             for p in parts {
                 wanted(p, ids, vocabularies, names);
@@ -281,6 +281,8 @@ pub struct CodeRow {
     pub excluded: bool,
     pub descendants: bool,
     pub mapped: bool,
+    /// `+ sources`: the concepts that map to it are included.
+    pub sources: bool,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -288,6 +290,7 @@ struct Flags {
     excluded: bool,
     descendants: bool,
     mapped: bool,
+    sources: bool,
 }
 
 fn pattern_text(p: &CodePattern) -> String {
@@ -316,6 +319,7 @@ fn code_rows(
         excluded: flags.excluded,
         descendants: flags.descendants,
         mapped: flags.mapped,
+        sources: flags.sources,
     };
     match e {
         ConceptExpr::Concept { id, label } => {
@@ -400,6 +404,17 @@ fn code_rows(
             inner,
             Flags {
                 mapped: true,
+                ..flags
+            },
+            lookups,
+            out,
+        ),
+        ConceptExpr::WithSources(inner) => code_rows(
+            study,
+            set,
+            inner,
+            Flags {
+                sources: true,
                 ..flags
             },
             lookups,

@@ -100,6 +100,9 @@ pub struct ConceptTerm {
     pub atom: ConceptAtom,
     pub descendants: bool,
     pub mapped: bool,
+    /// `+ sources`: also every concept that maps to one of these.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sources: bool,
     pub span: Span,
 }
 

@@ -119,6 +119,7 @@ pub const KEYWORDS: &[&str] = &[
     "sex",
     "since",
     "source",
+    "sources",
     "specimen",
     "start",
     "starting",

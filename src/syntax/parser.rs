@@ -588,9 +588,11 @@ fn build_concept_term(pair: Pair<Rule>) -> ConceptTerm {
     };
     let mut descendants = false;
     let mut mapped = false;
+    let mut sources = false;
     for m in inner {
         match m.into_inner().next().unwrap().as_rule() {
             Rule::descendants_mod => descendants = true,
+            Rule::sources_mod => sources = true,
             _ => mapped = true,
         }
     }
@@ -598,6 +600,7 @@ fn build_concept_term(pair: Pair<Rule>) -> ConceptTerm {
         atom,
         descendants,
         mapped,
+        sources,
         span: s,
     }
 }
