@@ -85,7 +85,7 @@ impl Draft {
             "version" | "question" | "description" | "author" | "acknowledge" => {
                 LineKind::HeaderItem
             }
-            "index" | "require" | "exclude" => LineKind::Statement(POPULATION),
+            "index" | "require" | "exclude" | "keep" => LineKind::Statement(POPULATION),
             _ => match self.current {
                 Some(i) => LineKind::Statement(i),
                 None => LineKind::Unplaced,
@@ -197,6 +197,7 @@ mod tests {
         );
         d.current = Some(4);
         assert_eq!(d.classify("age = age at index"), LineKind::Statement(4));
+        assert_eq!(d.classify("keep first entry"), LineKind::Statement(1));
         assert_eq!(
             d.classify("exclude condition in x before index"),
             LineKind::Statement(1)
