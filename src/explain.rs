@@ -416,12 +416,7 @@ impl<'a> Explainer<'a> {
                 if !observed {
                     return days;
                 }
-                // `index end` and `event end` read the period of the record's start.
-                let within = match anchor {
-                    Anchor::IndexEnd => anchor_name(Anchor::Index),
-                    Anchor::EventEnd => anchor_name(Anchor::Event),
-                    other => anchor_name(other),
-                };
+                let within = anchor_name(anchor.period_anchor());
                 format!("{days}, the record starting within the observation period that contains {within} (an open side of the window stops at that period's edge)")
             }
         }

@@ -197,6 +197,22 @@ pub enum NumberTest {
     Between(f64, f64),
 }
 
+impl Window {
+    /// Any day, not narrowed by observation: the start window of a criterion written with only
+    /// `ending …` windows.
+    pub fn is_any_time(&self) -> bool {
+        matches!(
+            self,
+            Window::Days {
+                start: None,
+                end: None,
+                observed: false,
+                ..
+            }
+        )
+    }
+}
+
 /// A window on one day of a record: its start or its end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct EdgeWindow {

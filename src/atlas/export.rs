@@ -73,11 +73,11 @@ impl<'a> Writer<'a> {
         let mut taken: Vec<i64> = wanted.iter().flatten().copied().collect();
         let mut next = 0;
         let mut set_ids = Vec::new();
-        for (i, w) in wanted.iter().enumerate() {
+        for w in &wanted {
             let unique = w.filter(|id| wanted.iter().flatten().filter(|x| *x == id).count() == 1);
             set_ids.push(match unique {
-                Some(id) if wanted[..i].iter().flatten().all(|x| *x != id) => id,
-                _ => {
+                Some(id) => id,
+                None => {
                     while taken.contains(&next) {
                         next += 1;
                     }
@@ -621,16 +621,7 @@ impl<'a> Writer<'a> {
         nested: bool,
     ) -> Json {
         let mut windows: Vec<EdgeWindow> = Vec::new();
-        let any_time = matches!(
-            window,
-            Window::Days {
-                start: None,
-                end: None,
-                observed: false,
-                ..
-            }
-        );
-        if !any_time || more.is_empty() {
+        if !window.is_any_time() || more.is_empty() {
             windows.push(EdgeWindow {
                 edge: Edge::Start,
                 window: *window,

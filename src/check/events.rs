@@ -409,6 +409,21 @@ impl Checker<'_> {
         }
     }
 
+    /// `during observation` on the window of `continuous observation`, which means nothing.
+    pub(super) fn no_observation_in(&mut self, window: Option<&ast::Window>) {
+        if let Some(at) = window.and_then(|w| w.during_observation) {
+            self.push(
+                Diagnostic::new(
+                    Code::ObservationNotForWindow,
+                    "continuous observation is about observation periods already",
+                )
+                .at(at)
+                .label("adds nothing here")
+                .help("remove `during observation`"),
+            );
+        }
+    }
+
     /// Checks that an anchor exists where it is used.
     pub(super) fn anchor(&mut self, a: &Spanned<Anchor>, scope: Scope) -> Anchor {
         let problem = match (a.node, scope.place) {
@@ -701,17 +716,7 @@ impl Checker<'_> {
                 }
             }
             CriterionKind::Observation(window) => {
-                if let Some(at) = window.as_ref().and_then(|w| w.during_observation) {
-                    self.push(
-                        Diagnostic::new(
-                            Code::ObservationNotForWindow,
-                            "continuous observation is about observation periods already",
-                        )
-                        .at(at)
-                        .label("adds nothing here")
-                        .help("remove `during observation`"),
-                    );
-                }
+                self.no_observation_in(window.as_ref());
                 let w = self.required_window(window.as_ref(), c.span, scope);
                 match w {
                     Window::Days { anchor, start: Some(s), end: Some(e), .. } => Criterion::Observation { anchor, start: s, end: e },

@@ -482,17 +482,7 @@ impl<'a> Checker<'a> {
                     }
                 }
                 ast::EntryOptionKind::Observation(w) => {
-                    if let Some(at) = w.during_observation {
-                        self.push(
-                            Diagnostic::new(
-                                Code::ObservationNotForWindow,
-                                "continuous observation is about observation periods already",
-                            )
-                            .at(at)
-                            .label("adds nothing here")
-                            .help("remove `during observation`"),
-                        );
-                    }
+                    self.no_observation_in(Some(w));
                     let scope = Scope {
                         in_where: true,
                         ..Scope::at(Place::Entry)

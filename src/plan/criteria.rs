@@ -79,16 +79,6 @@ impl Ctx {
         }
     }
 
-    /// The day whose observation period `during observation` reads: the anchor's, or for a
-    /// record's end, the record's start.
-    fn period_day(&self, anchor: Anchor) -> Option<Expr> {
-        match anchor {
-            Anchor::IndexEnd => self.anchor(Anchor::Index),
-            Anchor::EventEnd => self.anchor(Anchor::Event),
-            other => self.anchor(other),
-        }
-    }
-
     fn anchor(&self, anchor: Anchor) -> Option<Expr> {
         match anchor {
             Anchor::Index => self.index.as_deref().map(c),
@@ -361,7 +351,7 @@ impl Planner<'_> {
                             // The period of the anchor's day (for a record's end, of its
                             // start): the earliest start and latest end of those that contain
                             // it; without one, the bounds are NULL and no record is found.
-                            let Some(day) = ctx.period_day(anchor) else {
+                            let Some(day) = ctx.anchor(anchor.period_anchor()) else {
                                 return self.nothing_found(query, ctx);
                             };
                             let key = format!("{day}");

@@ -640,12 +640,7 @@ impl<'a> Evaluator<'a> {
                     if !observed {
                         return true;
                     }
-                    // The period of the anchor's day; for a record's end, of its start.
-                    let day = match anchor {
-                        Anchor::IndexEnd => at.index,
-                        Anchor::EventEnd => at.event.map(|e| e.start),
-                        _ => Some(a),
-                    };
+                    let day = self.anchor_date(anchor.period_anchor(), at);
                     // The record starts in the period, and an open side stops at its edge.
                     let Some((ps, pe)) = day.and_then(|d| self.period_bounds(at.person.id, d))
                     else {

@@ -84,16 +84,7 @@ fn criterion_windows(c: &Criterion, out: &mut Vec<(Window, String)>) {
             more,
             ..
         } => {
-            let unbounded = matches!(
-                window,
-                Window::Days {
-                    start: None,
-                    end: None,
-                    observed: false,
-                    ..
-                }
-            );
-            if !unbounded || more.is_empty() {
+            if !window.is_any_time() || more.is_empty() {
                 out.push((*window, looks_for(query)));
             }
             for m in more {

@@ -370,6 +370,16 @@ pub enum Anchor {
 }
 
 impl Anchor {
+    /// The anchor whose day's observation period `during observation` reads: for the end of a
+    /// record, the record's start.
+    pub fn period_anchor(self) -> Anchor {
+        match self {
+            Anchor::IndexEnd => Anchor::Index,
+            Anchor::EventEnd => Anchor::Event,
+            other => other,
+        }
+    }
+
     pub fn words(self) -> &'static str {
         match self {
             Anchor::Index => "index",
