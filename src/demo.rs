@@ -49,6 +49,7 @@ pub fn ensure_demo(progress: &dyn Fn(u64)) -> Result<PathBuf, String> {
         persons: DEMO_PERSONS,
         seed: DEMO_SEED,
         format: OutputFormat::Parquet,
+        full_vocabulary: 0,
     };
     match generate(&options, &dir, progress) {
         Ok(_) => Ok(dir),

@@ -79,6 +79,7 @@ fn every_study_over_a_synthetic_repository() {
         persons: 1_500,
         seed: 11,
         format: OutputFormat::Parquet,
+        full_vocabulary: 0,
     };
     generate(&options, &repo_dir, &|_| {}).unwrap();
     let repo = Repository::open(&repo_dir).unwrap();

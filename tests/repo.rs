@@ -45,6 +45,7 @@ fn synth(dir: &Path, persons: u64, seed: u64, format: OutputFormat) {
             persons,
             seed,
             format,
+            full_vocabulary: 0,
         },
         dir,
         &|_| {},
@@ -548,4 +549,224 @@ fn synth_and_the_demo_work_from_the_command_line() {
         .unwrap();
     assert_eq!(check.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&check.stdout).contains("5000 persons"));
+}
+
+/// What the vocabulary index is asked in a test, and the tables' answers to compare with.
+struct VocabularyQuestions {
+    searches: Vec<String>,
+    prefixes: Vec<(String, Option<&'static str>)>,
+    ids: Vec<i64>,
+}
+
+/// Questions from the vocabulary itself: pieces of names and synonyms (inside words, across
+/// words, at their start, in other case), codes, ids, and texts no concept has.
+fn vocabulary_questions(
+    ctx: &datafusion::prelude::SessionContext,
+    samples: usize,
+    fixed: &[&str],
+) -> VocabularyQuestions {
+    use datafusion::arrow::array::AsArray;
+    let rt = runtime();
+    let texts: Vec<(i64, String, String)> = rt.block_on(async {
+        let sql = "SELECT c.concept_id, c.concept_name, coalesce(s.concept_synonym_name, c.concept_code) \
+                   FROM concept c LEFT JOIN (SELECT concept_id, min(concept_synonym_name) AS concept_synonym_name \
+                   FROM concept_synonym GROUP BY concept_id) s ON s.concept_id = c.concept_id ORDER BY c.concept_id";
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let mut out = Vec::new();
+        for b in batches {
+            let ids = datafusion::arrow::compute::cast(b.column(0), &datafusion::arrow::datatypes::DataType::Int64).unwrap();
+            let ids = ids.as_primitive::<datafusion::arrow::datatypes::Int64Type>();
+            let names = datafusion::arrow::compute::cast(b.column(1), &datafusion::arrow::datatypes::DataType::Utf8).unwrap();
+            let other = datafusion::arrow::compute::cast(b.column(2), &datafusion::arrow::datatypes::DataType::Utf8).unwrap();
+            for k in 0..b.num_rows() {
+                out.push((
+                    ids.value(k),
+                    names.as_string::<i32>().value(k).to_string(),
+                    other.as_string::<i32>().value(k).to_string(),
+                ));
+            }
+        }
+        out
+    });
+    let mut searches: Vec<String> = [
+        "hemorrhage",
+        "GASTRO",
+        "a",
+        "e",
+        "-",
+        "%",
+        "200 mg",
+        "oral tablet",
+        "k92.2",
+        "zzqx",
+        "1118084",
+        " mg ",
+        "celecoxib",
+        "ing,",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut prefixes: Vec<(String, Option<&'static str>)> = vec![
+        ("ce".into(), None),
+        ("ac".into(), Some("Drug")),
+        ("Gastro".into(), Some("Condition")),
+        ("qq".into(), None),
+        ("a".into(), Some("Nowhere")),
+    ];
+    let mut ids = vec![0, -1, 1118084];
+    let step = (texts.len() / samples).max(1);
+    for (k, (id, name, other)) in texts.iter().step_by(step).enumerate() {
+        let chars: Vec<char> = name.chars().collect();
+        let from = (k * 7) % chars.len().max(1);
+        let to = (from + 3 + k % 9).min(chars.len());
+        searches.push(chars[from..to].iter().collect::<String>().to_uppercase());
+        let o: Vec<char> = other.chars().collect();
+        let from = (k * 5) % o.len().max(1);
+        searches.push(o[from..(from + 4 + k % 5).min(o.len())].iter().collect());
+        // A whole synonym (or code): found by the synonym where the name differs.
+        searches.push(other.to_lowercase());
+        prefixes.push((chars[..chars.len().min(2 + k % 4)].iter().collect(), None));
+        ids.push(*id);
+    }
+    VocabularyQuestions {
+        searches,
+        prefixes,
+        ids,
+    }
+}
+
+/// The index gives every answer the queries over the tables give, in the same order.
+fn index_agrees_with_the_tables(repo_dir: &Path, samples: usize, fixed: &[&str]) {
+    use cohortql::repo::browse::{concept_name, concepts_starting, search_concepts};
+    use cohortql::repo::vocabulary_index::VocabularyIndex;
+    let cache = tempfile::tempdir().unwrap();
+    let repo = Repository::open(repo_dir).unwrap();
+    let rt = runtime();
+    let ctx = rt.block_on(repo.session()).unwrap();
+    let dir = cache.path().join("index");
+    let index = rt
+        .block_on(VocabularyIndex::open_or_build(&ctx, &repo, &dir))
+        .unwrap();
+    let q = vocabulary_questions(&ctx, samples, fixed);
+    for text in &q.searches {
+        let want = rt.block_on(search_concepts(&ctx, text, 8)).unwrap();
+        assert_eq!(index.search(text, 8), want, "searching {text:?}");
+    }
+    for (prefix, domain) in &q.prefixes {
+        let want = rt
+            .block_on(concepts_starting(&ctx, prefix, *domain, 12))
+            .unwrap();
+        assert_eq!(
+            index.starting(prefix, *domain, 12),
+            want,
+            "completing {prefix:?} {domain:?}"
+        );
+    }
+    for id in &q.ids {
+        let want = rt.block_on(concept_name(&ctx, *id)).unwrap();
+        assert_eq!(index.name_of(*id), want, "the name of {id}");
+    }
+    assert!(q.searches.len() >= 2 * samples && q.ids.len() >= samples);
+}
+
+#[test]
+fn the_vocabulary_index_answers_as_the_tables_do_on_eunomia() {
+    // Each search of the tables reads Eunomia's gzipped CSV files again: a few pieces only.
+    index_agrees_with_the_tables(&eunomia(), 3, &["hemorrhage", "GASTRO", "k92.2", "1118084"]);
+}
+
+#[test]
+fn the_vocabulary_index_answers_as_the_tables_do_on_a_grown_vocabulary() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    generate(
+        &SynthOptions {
+            persons: 200,
+            seed: 3,
+            format: OutputFormat::Parquet,
+            full_vocabulary: 4_000,
+        },
+        &repo,
+        &|_| {},
+    )
+    .unwrap();
+    let r = Repository::open(&repo).unwrap();
+    assert_eq!(count(&r, "SELECT count(*) FROM concept"), 4_000);
+    assert!(count(&r, "SELECT count(*) FROM concept_synonym") > 2_000);
+    index_agrees_with_the_tables(
+        &repo,
+        40,
+        &[
+            "a",
+            "e",
+            "-",
+            "%",
+            "200 mg",
+            "oral tablet",
+            "zzqx",
+            "1118084",
+            " mg ",
+            "ing,",
+            "F00000017",
+            "f0000001",
+            "tablet",
+        ],
+    );
+}
+
+#[test]
+fn the_vocabulary_index_is_kept_until_the_data_changes_and_a_failed_build_leaves_nothing() {
+    use cohortql::repo::vocabulary_index::VocabularyIndex;
+    let tmp = tempfile::tempdir().unwrap();
+    let repo_dir = common::eunomia_copy(tmp.path());
+    let dir = tmp.path().join("cache/index");
+    let rt = runtime();
+    let open = |dir: &Path| {
+        let repo = Repository::open(&repo_dir).unwrap();
+        let ctx = rt.block_on(repo.session()).unwrap();
+        (
+            rt.block_on(VocabularyIndex::open_or_build(&ctx, &repo, dir)),
+            VocabularyIndex::open_cached(&repo, dir).unwrap().is_some(),
+        )
+    };
+    let (built, cached) = open(&dir);
+    assert_eq!(
+        built.unwrap().name_of(1118084).as_deref(),
+        Some("celecoxib")
+    );
+    assert!(cached, "kept for the next session");
+
+    // Another concept file: the index is built again, from it.
+    write_csv_gz(
+        &repo_dir,
+        "concept",
+        "concept_id,concept_name,domain_id,vocabulary_id,concept_class_id,standard_concept,concept_code,valid_start_date,valid_end_date,invalid_reason\n\
+         1118084,Celecoxib renamed,Drug,RxNorm,Ingredient,S,140587,1970-01-01,2099-12-31,\n",
+    );
+    let repo = Repository::open(&repo_dir).unwrap();
+    assert!(
+        VocabularyIndex::open_cached(&repo, &dir).unwrap().is_none(),
+        "stale"
+    );
+    let (built, _) = open(&dir);
+    let index = built.unwrap();
+    assert_eq!(index.len(), 1);
+    assert_eq!(index.search("renamed", 5)[0].id, 1118084);
+
+    // Data that cannot be read: an error, and neither an index nor a part of one is left.
+    write_csv_gz(
+        &repo_dir,
+        "concept",
+        "concept_id,concept_name,domain_id,vocabulary_id,concept_class_id,standard_concept,concept_code,valid_start_date,valid_end_date,invalid_reason\n\
+         not-a-number,X,Drug,RxNorm,Ingredient,S,1,1970-01-01,2099-12-31,\n",
+    );
+    let fresh = tmp.path().join("cache/other");
+    let (built, cached) = open(&fresh);
+    assert!(built.is_err() && !cached);
+    let left: Vec<_> = std::fs::read_dir(tmp.path().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["index"], "only the good index is left");
 }

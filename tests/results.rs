@@ -742,6 +742,7 @@ fn site_results_agree_with_the_reference_evaluator() {
             persons: 1_500,
             seed: 11,
             format: OutputFormat::Parquet,
+            full_vocabulary: 0,
         };
         generate(&options, &repo, &|_| {}).unwrap();
         let data = tokio::runtime::Builder::new_current_thread()

@@ -183,6 +183,7 @@ fn emitted_sql_plans_again_and_gives_the_same_results_on_synthetic_data() {
         persons: 2_000,
         seed: 5,
         format: cohortql::repo::write::OutputFormat::Parquet,
+        full_vocabulary: 0,
     };
     cohortql::synth::generate(&options, dir.path(), &|_| {}).unwrap();
     let repo = Repository::open(dir.path()).unwrap();

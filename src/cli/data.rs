@@ -41,9 +41,19 @@ pub(super) fn synth(
     seed: u64,
     out: &Path,
     format: FormatArg,
+    full_vocabulary: u64,
 ) -> Result<Status, String> {
     if persons == 0 {
         return Err("--persons must be at least 1".to_string());
+    }
+    let own = crate::synth::vocabulary::CONCEPTS.len() as u64;
+    if full_vocabulary > 0 && full_vocabulary <= own {
+        return Err(format!(
+            "--full-vocabulary must be more than the generator's own {own} concepts"
+        ));
+    }
+    if full_vocabulary > 1_000_000_000 {
+        return Err("--full-vocabulary can be at most 1,000,000,000 concepts".to_string());
     }
     let format = match format {
         FormatArg::Parquet => OutputFormat::Parquet,
@@ -56,6 +66,7 @@ pub(super) fn synth(
             persons,
             seed,
             format,
+            full_vocabulary,
         },
         out,
         &|done| bar.set_position(done),

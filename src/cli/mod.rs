@@ -81,6 +81,10 @@ enum Command {
         out: PathBuf,
         #[arg(long, value_enum, default_value_t = FormatArg::Parquet)]
         format: FormatArg,
+        /// Grow the vocabulary to N concepts with filler concepts, synonyms and ancestors (a
+        /// full OHDSI vocabulary has about 5,000,000), to measure vocabulary search at size.
+        #[arg(long, value_name = "N")]
+        full_vocabulary: Option<u64>,
     },
     /// Run a study on a repository: writes the cohort, the dataset and the attrition table.
     Run {
@@ -348,7 +352,8 @@ pub fn main() -> ExitCode {
             seed,
             out,
             format,
-        } => data::synth(persons, seed, &out, format),
+            full_vocabulary,
+        } => data::synth(persons, seed, &out, format, full_vocabulary.unwrap_or(0)),
         Command::Run {
             studies,
             repo,

@@ -8,7 +8,7 @@ use crate::repl::complete::{complete, hint, Vocabulary};
 use crate::repl::draft::Draft;
 use crate::repl::{input_is_complete, Reply, Session};
 use crate::run::database::{is_database, Database};
-use crate::run::workspace::Workspace;
+use crate::run::workspace::{Indexing, Workspace};
 use anstream::{eprintln, println};
 use rustyline::completion::{Completer, FilenameCompleter, Pair};
 use rustyline::error::ReadlineError;
@@ -184,6 +184,13 @@ pub(super) fn repl(
         None => runtime.block_on(Workspace::open(super::run::open(repo)?))?,
     };
     let place = workspace.describe();
+    let cache = crate::demo::cache_dir();
+    if runtime.block_on(workspace.index_vocabulary(&cache)) == Indexing::Building {
+        eprintln!(
+            "indexing the vocabulary of {place} in the background, once for this data (kept in {})",
+            cache.join("vocabulary").display()
+        );
+    }
     let mut session = Session::new(Some(workspace), runtime, crate::site::locate(site), rules);
     if let Some(path) = study {
         if let Reply::Error(e) = session.handle(&format!(":load {}", path.display())) {

@@ -354,11 +354,17 @@ impl Session {
         if arg.is_empty() {
             return Err("`:concept TEXT`: a name, a code or a concept id".into());
         }
-        let hits = self.runtime.block_on(self.workspace()?.concepts(arg))?;
+        let workspace = self.workspace()?;
+        let hits = self.runtime.block_on(workspace.concepts(arg))?;
+        let note = workspace.vocabulary_problem().map_or(String::new(), |why| {
+            format!(
+                "note: the vocabulary index could not be built ({why}); searches read the tables\n"
+            )
+        });
         // Record counts are counts of persons' data: withheld and rounded as live counts are.
         let policy = self.policy();
         if hits.is_empty() {
-            return Ok(format!("No concept matches `{arg}`."));
+            return Ok(format!("{note}No concept matches `{arg}`."));
         }
         let mut t = Table::new();
         t.load_preset(UTF8_FULL_CONDENSED).set_header([
@@ -387,7 +393,7 @@ impl Session {
                 Cell::new(policy.shown_live(h.records)).set_alignment(CellAlignment::Right),
             ]);
         }
-        Ok(t.to_string())
+        Ok(format!("{note}{t}"))
     }
 
     fn tables(&self) -> Result<String, String> {

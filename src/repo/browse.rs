@@ -130,26 +130,59 @@ pub async fn search_concepts(
             });
         }
     }
-    for hit in &mut hits {
-        let b = batches(
-            q,
-            &format!(
-                "SELECT count(*) FROM concept_ancestor WHERE ancestor_concept_id = {0} AND descendant_concept_id <> {0}",
-                hit.id
-            ),
-        )
-        .await?;
-        hit.descendants = column::<Int64Array>(&b[0], 0, &DataType::Int64).value(0) as u64;
-        if let Some((table, col)) = domain_column(&hit.domain) {
-            let b = batches(
-                q,
-                &format!("SELECT count(*) FROM {table} WHERE {col} = {}", hit.id),
-            )
-            .await?;
-            hit.records = column::<Int64Array>(&b[0], 0, &DataType::Int64).value(0) as u64;
+    // Counted for all hits at once: one query of the ancestors, one per domain's table.
+    let ids = |hits: &mut dyn Iterator<Item = &ConceptHit>| {
+        hits.map(|h| h.id.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !hits.is_empty() {
+        let sql = format!(
+            "SELECT ancestor_concept_id, count(*) FROM concept_ancestor \
+             WHERE ancestor_concept_id IN ({}) AND descendant_concept_id <> ancestor_concept_id \
+             GROUP BY ancestor_concept_id",
+            ids(&mut hits.iter())
+        );
+        let counts = id_counts(q, &sql).await?;
+        for hit in &mut hits {
+            hit.descendants = counts.get(&hit.id).copied().unwrap_or(0);
+        }
+    }
+    let mut domains: Vec<String> = hits.iter().map(|h| h.domain.clone()).collect();
+    domains.sort();
+    domains.dedup();
+    for domain in domains {
+        let Some((table, col)) = domain_column(&domain) else {
+            continue;
+        };
+        let sql = format!(
+            "SELECT {col}, count(*) FROM {table} WHERE {col} IN ({}) GROUP BY {col}",
+            ids(&mut hits.iter().filter(|h| h.domain == domain))
+        );
+        let counts = id_counts(q, &sql).await?;
+        for hit in hits.iter_mut().filter(|h| h.domain == domain) {
+            hit.records = counts.get(&hit.id).copied().unwrap_or(0);
         }
     }
     Ok(hits)
+}
+
+/// The counts of a query of (concept id, count) rows, by id.
+async fn id_counts(
+    q: &impl Queries,
+    sql: &str,
+) -> Result<std::collections::HashMap<i64, u64>, RepoError> {
+    let mut counts = std::collections::HashMap::new();
+    for b in batches(q, sql).await? {
+        let ids: Int64Array = column(&b, 0, &DataType::Int64);
+        let n: Int64Array = column(&b, 1, &DataType::Int64);
+        for k in 0..b.num_rows() {
+            if !ids.is_null(k) {
+                counts.insert(ids.value(k), n.value(k) as u64);
+            }
+        }
+    }
+    Ok(counts)
 }
 
 /// A text as an SQL string literal.

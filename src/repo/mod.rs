@@ -7,6 +7,7 @@ pub mod files;
 pub mod quality;
 pub mod query;
 pub mod schema;
+pub mod vocabulary_index;
 pub mod write;
 
 use datafusion::arrow::datatypes::DataType;

@@ -9,6 +9,7 @@ use crate::repo::browse::{
     concept_name, concepts_starting, search_concepts, table_counts, ConceptHit, TableCount,
 };
 use crate::repo::quality::run_warnings;
+use crate::repo::vocabulary_index::{self, VocabularyIndex};
 use crate::repo::Repository;
 use crate::study::Study;
 use datafusion::prelude::SessionContext;
@@ -22,6 +23,29 @@ fn visible(e: impl ToString) -> String {
 /// A repository and its session.
 pub struct Workspace {
     source: Source,
+    /// A directory repository's vocabulary index (`index_vocabulary`).
+    vocabulary: std::sync::Mutex<IndexState>,
+}
+
+/// Where a directory repository's vocabulary index stands. Until it is ready, and if it cannot
+/// be built, the vocabulary is asked with queries over its tables, as a database's is.
+enum IndexState {
+    NotAsked,
+    Building(tokio::task::JoinHandle<Result<VocabularyIndex, crate::repo::RepoError>>),
+    Ready(std::sync::Arc<VocabularyIndex>),
+    /// Why it could not be built, until told (`vocabulary_problem`).
+    Failed(Option<String>),
+}
+
+/// What `index_vocabulary` found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Indexing {
+    /// The index was in the cache, built from the data as it is now.
+    Cached,
+    /// The index is being built in the background, once for this data.
+    Building,
+    /// A database answers questions of its vocabulary itself.
+    NotNeeded,
 }
 
 enum Source {
@@ -150,6 +174,7 @@ impl Workspace {
         let ctx = repo.session().await.map_err(visible)?;
         Ok(Workspace {
             source: Source::Files { repo, ctx },
+            vocabulary: std::sync::Mutex::new(IndexState::NotAsked),
         })
     }
 
@@ -157,6 +182,7 @@ impl Workspace {
     pub async fn open_database(db: &super::database::Database) -> Result<Workspace, String> {
         Ok(Workspace {
             source: Source::Database(db.open().await.map_err(visible)?),
+            vocabulary: std::sync::Mutex::new(IndexState::NotAsked),
         })
     }
 
@@ -286,7 +312,67 @@ impl Workspace {
         on_source!(self, q => table_counts(q).await).map_err(visible)
     }
 
+    /// Opens a directory repository's vocabulary index from `cache`, or starts building it
+    /// there in the background (a full-size vocabulary takes a minute or so, once): questions
+    /// of the vocabulary are answered from the index once it is ready.
+    pub async fn index_vocabulary(&self, cache: &Path) -> Indexing {
+        let Source::Files { repo, ctx } = &self.source else {
+            return Indexing::NotNeeded;
+        };
+        let dir = vocabulary_index::index_dir(cache, &repo.dir);
+        let mut state = self.vocabulary.lock().expect("not poisoned");
+        if let Ok(Some(index)) = VocabularyIndex::open_cached(repo, &dir) {
+            *state = IndexState::Ready(std::sync::Arc::new(index));
+            return Indexing::Cached;
+        }
+        let (repo, ctx) = (repo.clone(), ctx.clone());
+        *state = IndexState::Building(tokio::spawn(async move {
+            VocabularyIndex::open_or_build(&ctx, &repo, &dir).await
+        }));
+        Indexing::Building
+    }
+
+    /// The vocabulary index if it is ready; with `wait`, once a build under way has finished.
+    async fn index(&self, wait: bool) -> Option<std::sync::Arc<VocabularyIndex>> {
+        let handle = {
+            let mut state = self.vocabulary.lock().expect("not poisoned");
+            match &*state {
+                IndexState::Ready(index) => return Some(index.clone()),
+                IndexState::Building(h) if wait || h.is_finished() => {}
+                _ => return None,
+            }
+            match std::mem::replace(&mut *state, IndexState::NotAsked) {
+                IndexState::Building(h) => h,
+                _ => unreachable!("matched above"),
+            }
+        };
+        let outcome = match handle.await {
+            Ok(Ok(index)) => IndexState::Ready(std::sync::Arc::new(index)),
+            Ok(Err(e)) => IndexState::Failed(Some(visible(e))),
+            Err(e) => IndexState::Failed(Some(visible(e))),
+        };
+        let mut state = self.vocabulary.lock().expect("not poisoned");
+        *state = outcome;
+        match &*state {
+            IndexState::Ready(index) => Some(index.clone()),
+            _ => None,
+        }
+    }
+
+    /// Why the vocabulary index could not be built, the first time it is asked.
+    pub fn vocabulary_problem(&self) -> Option<String> {
+        match &mut *self.vocabulary.lock().expect("not poisoned") {
+            IndexState::Failed(why) => why.take(),
+            _ => None,
+        }
+    }
+
+    /// Concepts matching a name, code or id (see `search_concepts`): from the index, waiting
+    /// for it if it is being built.
     pub async fn concepts(&self, text: &str) -> Result<Vec<ConceptHit>, String> {
+        if let Some(index) = self.index(true).await {
+            return Ok(index.search(text, 20));
+        }
         on_source!(self, q => search_concepts(q, text, 20).await).map_err(visible)
     }
 
@@ -296,10 +382,16 @@ impl Workspace {
         prefix: &str,
         domain: Option<&str>,
     ) -> Result<Vec<(i64, String)>, String> {
+        if let Some(index) = self.index(false).await {
+            return Ok(index.starting(prefix, domain, 40));
+        }
         on_source!(self, q => concepts_starting(q, prefix, domain, 40).await).map_err(visible)
     }
 
     pub async fn concept_name(&self, id: i64) -> Result<Option<String>, String> {
+        if let Some(index) = self.index(false).await {
+            return Ok(index.name_of(id));
+        }
         on_source!(self, q => concept_name(q, id).await).map_err(visible)
     }
 }

@@ -1,6 +1,7 @@
 //! `cohortql synth`: a deterministic synthetic OMOP CDM repository for oncology imaging, with
 //! its own vocabulary, written a person at a time so memory stays bounded at any size.
 
+mod filler;
 mod person;
 pub mod vocabulary;
 
@@ -15,6 +16,9 @@ pub struct SynthOptions {
     pub persons: u64,
     pub seed: u64,
     pub format: OutputFormat,
+    /// With more than the generator's own concepts: filler concepts (with synonyms and
+    /// ancestors) up to this many concepts in all, the size of a full OHDSI vocabulary.
+    pub full_vocabulary: u64,
 }
 
 /// Rows written per table.
@@ -388,7 +392,7 @@ fn write_all(
         persons: options.persons,
         rows: Vec::new(),
     };
-    write_vocabulary(dir, options.format, &mut summary)?;
+    write_vocabulary(dir, options, &mut summary)?;
     let mut tables = Tables::create(dir, options.format)?;
     for id in 1..=options.persons {
         person::generate_person(options.seed, id as i64, &mut tables)?;
@@ -403,9 +407,10 @@ fn write_all(
 
 fn write_vocabulary(
     dir: &Path,
-    format: OutputFormat,
+    options: &SynthOptions,
     summary: &mut SynthSummary,
 ) -> Result<(), WriteError> {
+    let format = options.format;
     use vocabulary::CONCEPTS;
     use Cell::{Date, Int, Null, Str};
     let valid_from = person::day(1970, 1, 1);
@@ -439,10 +444,6 @@ fn write_vocabulary(
             Date(valid_to),
         ])?;
     }
-    summary
-        .rows
-        .push(("concept".to_string(), concept.writer.finish()?));
-
     let mut ancestor = Out::create(
         dir,
         &schema::CONCEPT_ANCESTOR,
@@ -457,6 +458,31 @@ fn write_vocabulary(
     for (a, d, level) in vocabulary::ancestry() {
         ancestor.push(&[Int(a), Int(d), Int(level), Int(level)])?;
     }
+    let filler = options
+        .full_vocabulary
+        .saturating_sub(CONCEPTS.len() as u64);
+    if filler > 0 {
+        let mut synonym = Out::create(
+            dir,
+            &schema::CONCEPT_SYNONYM,
+            format,
+            &["concept_id", "concept_synonym_name", "language_concept_id"],
+        )?;
+        filler::write(
+            filler,
+            options.seed,
+            (valid_from, valid_to),
+            &mut concept,
+            &mut synonym,
+            &mut ancestor,
+        )?;
+        summary
+            .rows
+            .push(("concept_synonym".to_string(), synonym.writer.finish()?));
+    }
+    summary
+        .rows
+        .push(("concept".to_string(), concept.writer.finish()?));
     summary
         .rows
         .push(("concept_ancestor".to_string(), ancestor.writer.finish()?));
