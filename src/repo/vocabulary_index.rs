@@ -790,7 +790,7 @@ async fn build(
     for (w, &id) in &word_ids {
         let tail = id.to_be_bytes();
         for (at, _) in w.char_indices() {
-            suffixes.push(&[w[at..].as_bytes(), &[0], &tail]);
+            suffixes.push(&[&w.as_bytes()[at..], &[0], &tail]);
         }
     }
     drop(word_ids);
