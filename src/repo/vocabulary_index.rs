@@ -21,7 +21,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::prelude::SessionContext;
 use fst::automaton::{Automaton, Str};
-use fst::{IntoStreamer, Set, SetBuilder, Streamer};
+use fst::{IntoStreamer, Map, MapBuilder, Set, SetBuilder, Streamer};
 use memmap2::Mmap;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -36,22 +36,19 @@ const CONCEPT: usize = 56;
 const SYNONYM: usize = 16;
 /// Bytes per entry of `ids.bin`: id i64, rank u32, unused u32.
 const ID: usize = 16;
-/// Beyond this many texts holding the search's longest word, reading concepts in rank order
-/// until enough match is quicker than gathering candidates (a search for `a`).
-const DENSE: usize = 200_000;
 
 /// One concept found (see `browse::ConceptHit`).
 pub use super::browse::ConceptHit;
 
 /// An open index.
 pub struct VocabularyIndex {
-    concepts: Mmap,
+    concepts: Stored,
     ids: Mmap,
-    synonyms: Mmap,
-    strings: Mmap,
+    synonyms: Stored,
+    strings: Stored,
     postings: Mmap,
     posting_starts: Mmap,
-    names: Set<Mmap>,
+    names: Map<Mmap>,
     codes: Set<Mmap>,
     suffixes: Set<Mmap>,
     meta: Meta,
@@ -70,12 +67,12 @@ struct Meta {
     vocabularies: Vec<String>,
 }
 
-/// One concept's fields as stored, borrowed from the mapped files.
-struct ConceptAt<'a> {
+/// One concept's fields as stored.
+struct ConceptAt {
     id: i64,
     /// `None` for a concept whose name is null.
-    name: Option<&'a str>,
-    code: &'a str,
+    name: Option<String>,
+    code: String,
     descendants: u64,
     records: u64,
     domain: u16,
@@ -83,6 +80,77 @@ struct ConceptAt<'a> {
     standard: bool,
     /// Its synonyms' positions in `synonyms.bin`.
     synonyms: std::ops::Range<u32>,
+}
+
+/// The value of a name's key in `names.fst`: what completion orders and filters by.
+struct NameValue {
+    rank: u32,
+    standard: bool,
+    domain: u16,
+    /// The name's length in characters, at most 32,767.
+    chars: u64,
+}
+
+impl NameValue {
+    fn pack(&self) -> u64 {
+        self.rank as u64
+            | (self.standard as u64) << 32
+            | (self.domain as u64) << 33
+            | self.chars.min(0x7fff) << 49
+    }
+
+    fn unpack(v: u64) -> NameValue {
+        NameValue {
+            rank: v as u32,
+            standard: (v >> 32) & 1 == 1,
+            domain: (v >> 33) as u16,
+            chars: v >> 49,
+        }
+    }
+}
+
+/// A file of the index read where asked with positioned reads: the pages a search reads stay in
+/// the page cache, not in the process's memory as mapped pages (and their neighbours) would.
+struct Stored {
+    file: std::fs::File,
+    path: PathBuf,
+    len: u64,
+}
+
+impl Stored {
+    fn open(path: &Path) -> Result<Stored, RepoError> {
+        let file = std::fs::File::open(path).map_err(io(path))?;
+        let len = file.metadata().map_err(io(path))?.len();
+        Ok(Stored {
+            file,
+            path: path.to_path_buf(),
+            len,
+        })
+    }
+
+    fn read(&self, at: u64, len: usize) -> Result<Vec<u8>, RepoError> {
+        let mut buf = vec![0; len];
+        #[cfg(unix)]
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, &mut buf, at)
+            .map_err(io(&self.path))?;
+        #[cfg(windows)]
+        {
+            let mut done = 0;
+            while done < len {
+                let n = std::os::windows::fs::FileExt::seek_read(
+                    &self.file,
+                    &mut buf[done..],
+                    at + done as u64,
+                )
+                .map_err(io(&self.path))?;
+                if n == 0 {
+                    return Err(io(&self.path)(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+                done += n;
+            }
+        }
+        Ok(buf)
+    }
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -99,11 +167,52 @@ fn key_tail(key: &[u8]) -> u32 {
     u32::from_be_bytes(key[key.len() - 4..].try_into().expect("4 bytes"))
 }
 
-/// A text's words: its maximal runs of letters and digits, lower-cased.
+/// A lower-cased text's words: its maximal runs of letters and digits, and each other character
+/// but white space on its own (so that a search for `-` or `%` has words to look up too).
 fn words(lower: &str) -> impl Iterator<Item = &str> {
-    lower
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
+    search_words(lower).into_iter().map(|(w, _)| w)
+}
+
+/// Where a search's word must sit in a text's word: the text has a separator wherever the
+/// search has one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fit {
+    Inside,
+    /// A separator follows it in the search.
+    Ends,
+    /// A separator precedes it in the search.
+    Starts,
+    /// Separators on both sides.
+    Whole,
+}
+
+/// A lower-cased search's words (as `words`) and how each must fit in a text's word: a
+/// character other than a letter or digit is a word of its own, whole.
+fn search_words(lower: &str) -> Vec<(&str, Fit)> {
+    let mut out = Vec::new();
+    let mut start = None;
+    let ends = std::iter::once((lower.len(), ' '));
+    for (i, c) in lower.char_indices().chain(ends) {
+        let alnum = c.is_alphanumeric() && i < lower.len();
+        match (start, alnum) {
+            (None, true) => start = Some(i),
+            (Some(s), false) => {
+                let fit = match (s > 0, i < lower.len()) {
+                    (true, true) => Fit::Whole,
+                    (true, false) => Fit::Starts,
+                    (false, true) => Fit::Ends,
+                    (false, false) => Fit::Inside,
+                };
+                out.push((&lower[s..i], fit));
+                start = None;
+            }
+            _ => {}
+        }
+        if !alnum && !c.is_whitespace() && i < lower.len() {
+            out.push((&lower[i..i + c.len_utf8()], Fit::Whole));
+        }
+    }
+    out
 }
 
 /// Which files of a repository an index depends on, and as they are now: the table, path, size
@@ -216,7 +325,10 @@ impl VocabularyIndex {
             let file = std::fs::File::open(&path).map_err(io(&path))?;
             // The files are written once, before the directory is renamed into place, and never
             // written again: a rebuild writes a new directory. So the mapping cannot change.
-            unsafe { Mmap::map(&file) }.map_err(io(&path))
+            let map = unsafe { Mmap::map(&file) }.map_err(io(&path))?;
+            // Searches read a few scattered records: no read-ahead around them.
+            let _ = map.advise(memmap2::Advice::Random);
+            Ok(map)
         };
         let set = |name: &str| -> Result<Set<Mmap>, RepoError> {
             Set::new(map(name)?).map_err(|e| RepoError::Io {
@@ -224,21 +336,25 @@ impl VocabularyIndex {
                 message: e.to_string(),
             })
         };
+        let names = Map::new(map("names.fst")?).map_err(|e| RepoError::Io {
+            path: dir.join("names.fst"),
+            message: e.to_string(),
+        })?;
         let index = VocabularyIndex {
-            concepts: map("concepts.bin")?,
+            concepts: Stored::open(&dir.join("concepts.bin"))?,
             ids: map("ids.bin")?,
-            synonyms: map("synonyms.bin")?,
-            strings: map("strings.bin")?,
+            synonyms: Stored::open(&dir.join("synonyms.bin"))?,
+            strings: Stored::open(&dir.join("strings.bin"))?,
             postings: map("postings.bin")?,
             posting_starts: map("posting_starts.bin")?,
-            names: set("names.fst")?,
+            names,
             codes: set("codes.fst")?,
             suffixes: set("suffixes.fst")?,
             meta,
         };
-        let sizes_agree = index.concepts.len() == index.meta.concepts as usize * CONCEPT
+        let sizes_agree = index.concepts.len == index.meta.concepts as u64 * CONCEPT as u64
             && index.ids.len() == index.meta.concepts as usize * ID
-            && index.synonyms.len() == index.meta.synonyms as usize * SYNONYM
+            && index.synonyms.len == index.meta.synonyms as u64 * SYNONYM as u64
             && index.posting_starts.len() == (index.meta.words as usize + 1) * 8;
         Ok(sizes_agree.then_some(index))
     }
@@ -252,41 +368,51 @@ impl VocabularyIndex {
         self.len() == 0
     }
 
-    fn text(&self, offset: u64, len: u32) -> &str {
-        let bytes = &self.strings[offset as usize..offset as usize + len as usize];
-        std::str::from_utf8(bytes).unwrap_or("")
+    fn text(&self, offset: u64, len: u32) -> Result<String, RepoError> {
+        let bytes = self.strings.read(offset, len as usize)?;
+        Ok(String::from_utf8(bytes).unwrap_or_default())
     }
 
-    fn concept(&self, rank: u32) -> ConceptAt<'_> {
-        let b = &self.concepts[rank as usize * CONCEPT..(rank as usize + 1) * CONCEPT];
-        let offset = u64_at(b, 8);
-        let (name_len, code_len) = (u32_at(b, 16), u32_at(b, 20));
+    fn concept(&self, rank: u32) -> Result<ConceptAt, RepoError> {
+        // With the next concept's first synonym, where this one's synonyms end.
+        let last = rank + 1 == self.meta.concepts;
+        let b = self.concepts.read(
+            rank as u64 * CONCEPT as u64,
+            if last { CONCEPT } else { CONCEPT + 48 },
+        )?;
+        let offset = u64_at(&b, 8);
+        let (name_len, code_len) = (u32_at(&b, 16), u32_at(&b, 20));
         let flags = b[48];
-        let end = if rank + 1 < self.meta.concepts {
-            u32_at(&self.concepts, (rank as usize + 1) * CONCEPT + 44)
-        } else {
+        let end = if last {
             self.meta.synonyms
+        } else {
+            u32_at(&b, CONCEPT + 44)
         };
-        ConceptAt {
-            id: u64_at(b, 0) as i64,
-            name: (flags & 2 == 0).then(|| self.text(offset, name_len)),
-            code: self.text(offset + name_len as u64, code_len),
-            descendants: u64_at(b, 24),
-            records: u64_at(b, 32),
+        let both = self.text(offset, name_len + code_len)?;
+        let (name, code) = both.split_at((name_len as usize).min(both.len()));
+        Ok(ConceptAt {
+            id: u64_at(&b, 0) as i64,
+            name: (flags & 2 == 0).then(|| name.to_string()),
+            code: code.to_string(),
+            descendants: u64_at(&b, 24),
+            records: u64_at(&b, 32),
             domain: u16::from_le_bytes([b[40], b[41]]),
             vocabulary: u16::from_le_bytes([b[42], b[43]]),
             standard: flags & 1 == 1,
-            synonyms: u32_at(b, 44)..end,
-        }
+            synonyms: u32_at(&b, 44)..end,
+        })
     }
 
-    fn synonym(&self, at: u32) -> &str {
-        let b = &self.synonyms[at as usize * SYNONYM..(at as usize + 1) * SYNONYM];
-        self.text(u64_at(b, 8), u32_at(b, 4))
+    fn synonym(&self, at: u32) -> Result<String, RepoError> {
+        let b = self.synonyms.read(at as u64 * SYNONYM as u64, SYNONYM)?;
+        self.text(u64_at(&b, 8), u32_at(&b, 4))
     }
 
-    fn synonym_rank(&self, at: u32) -> u32 {
-        u32_at(&self.synonyms, at as usize * SYNONYM)
+    fn synonym_rank(&self, at: u32) -> Result<u32, RepoError> {
+        Ok(u32_at(
+            &self.synonyms.read(at as u64 * SYNONYM as u64, 4)?,
+            0,
+        ))
     }
 
     /// The rank of the concept with this id.
@@ -305,38 +431,44 @@ impl VocabularyIndex {
     }
 
     /// The name of one concept, if the vocabulary has it (as `browse::concept_name`).
-    pub fn name_of(&self, id: i64) -> Option<String> {
-        let rank = self.rank_of(id)?;
-        self.concept(rank).name.map(str::to_string)
+    pub fn name_of(&self, id: i64) -> Result<Option<String>, RepoError> {
+        match self.rank_of(id) {
+            Some(rank) => Ok(self.concept(rank)?.name),
+            None => Ok(None),
+        }
     }
 
     /// Concept ids and names whose name starts with `prefix` (ignoring case), optionally of one
     /// domain, at most `limit`: standard concepts first, then shorter names, then by name and
     /// id (as `browse::concepts_starting`).
-    pub fn starting(&self, prefix: &str, domain: Option<&str>, limit: usize) -> Vec<(i64, String)> {
+    pub fn starting(
+        &self,
+        prefix: &str,
+        domain: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>, RepoError> {
         let lower = prefix.to_lowercase();
         let domain = match domain {
             Some(d) => match self.meta.domains.iter().position(|x| x == d) {
                 Some(at) => Some(at as u16),
-                None => return Vec::new(),
+                None => return Ok(Vec::new()),
             },
             None => None,
         };
         // Rank orders standard first, then by name and id; only the name's length comes first
         // within the standard concepts and the rest, so (standard, length, rank) is the order.
-        let mut found: Vec<(bool, usize, u32)> = Vec::new();
+        // The key's value holds all three and the domain: no concept is read until the last.
+        let mut found: Vec<(bool, u64, u32)> = Vec::new();
         let mut stream = self
             .names
             .search(Str::new(&lower).starts_with())
             .into_stream();
-        while let Some(key) = stream.next() {
-            let rank = key_tail(key);
-            let c = self.concept(rank);
-            if domain.is_some_and(|d| d != c.domain) {
+        while let Some((_, value)) = stream.next() {
+            let name = NameValue::unpack(value);
+            if domain.is_some_and(|d| d != name.domain) {
                 continue;
             }
-            let Some(name) = c.name else { continue };
-            found.push((!c.standard, name.chars().count(), rank));
+            found.push((!name.standard, name.chars, name.rank));
         }
         if found.len() > limit {
             found.select_nth_unstable(limit);
@@ -346,17 +478,17 @@ impl VocabularyIndex {
         found
             .into_iter()
             .map(|(_, _, rank)| {
-                let c = self.concept(rank);
-                (c.id, c.name.unwrap_or_default().to_string())
+                let c = self.concept(rank)?;
+                Ok((c.id, c.name.unwrap_or_default()))
             })
             .collect()
     }
 
     /// Concepts whose name or one of whose synonyms contains `text` (ignoring case), or whose
     /// code or id is `text`, at most `limit`, in rank order (as `browse::search_concepts`).
-    pub fn search(&self, text: &str, limit: usize) -> Vec<ConceptHit> {
+    pub fn search(&self, text: &str, limit: usize) -> Result<Vec<ConceptHit>, RepoError> {
         let lower = text.to_lowercase();
-        let mut ranks = self.containing(&lower, limit);
+        let mut ranks = self.containing(&lower, limit)?;
         if let Some(rank) = text
             .trim()
             .parse::<i64>()
@@ -383,89 +515,156 @@ impl VocabularyIndex {
     }
 
     /// Whether a concept's name or one of its synonyms contains `lower`.
-    fn contains(&self, rank: u32, lower: &str) -> bool {
-        let c = self.concept(rank);
-        c.name.is_some_and(|n| n.to_lowercase().contains(lower))
-            || c.synonyms
-                .clone()
-                .any(|s| self.synonym(s).to_lowercase().contains(lower))
+    fn contains(&self, rank: u32, lower: &str) -> Result<bool, RepoError> {
+        let c = self.concept(rank)?;
+        if c.name.is_some_and(|n| n.to_lowercase().contains(lower)) {
+            return Ok(true);
+        }
+        for s in c.synonyms {
+            if self.synonym(s)?.to_lowercase().contains(lower) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The first `limit` ranks (in order) of concepts whose name or a synonym contains `lower`.
-    fn containing(&self, lower: &str, limit: usize) -> Vec<u32> {
-        let scan = |limit: usize| -> Vec<u32> {
-            (0..self.meta.concepts)
-                .filter(|&r| self.contains(r, lower))
-                .take(limit)
-                .collect()
+    ///
+    /// Every text that contains `lower` holds each of its words inside one of the text's own
+    /// words, and more exactly where the search has a separator beside it: as a whole word,
+    /// at a word's start or at its end. The search's word with the fewest texts gives the
+    /// candidates, read in rank order (each word's texts are stored in rank order) and each
+    /// tested for the whole search until `limit` are found. Where that word is in one text of
+    /// ten or more, concepts are tested in rank order instead: enough match soon.
+    fn containing(&self, lower: &str, limit: usize) -> Result<Vec<u32>, RepoError> {
+        let fewest = search_words(lower)
+            .into_iter()
+            .map(|(w, fit)| {
+                let words = self.words_fitting(w, fit);
+                let texts: usize = words.iter().map(|&w| self.texts_of(w).len()).sum();
+                (texts, words)
+            })
+            .min_by_key(|(texts, _)| *texts);
+        let all_texts = self.meta.concepts as usize + self.meta.synonyms as usize;
+        let words = match fewest {
+            Some((texts, words)) if texts * 10 < all_texts => words,
+            // Common words, or no letter or digit to look up (`-`, `%`).
+            _ => {
+                let mut found = Vec::new();
+                for rank in 0..self.meta.concepts {
+                    if found.len() == limit {
+                        break;
+                    }
+                    if self.contains(rank, lower)? {
+                        found.push(rank);
+                    }
+                }
+                return Ok(found);
+            }
         };
-        let Some(longest) = words(lower).max_by_key(|w| w.len()) else {
-            // No letter or digit to look up (`-`, `%`): every concept is a candidate.
-            return scan(limit);
-        };
-        let mut word_ids: Vec<u32> = Vec::new();
-        let mut stream = self
-            .suffixes
-            .search(Str::new(longest).starts_with())
-            .into_stream();
-        while let Some(key) = stream.next() {
-            word_ids.push(key_tail(key));
-        }
-        word_ids.sort_unstable();
-        word_ids.dedup();
-        let range = |w: u32| {
-            let start = u64_at(&self.posting_starts, w as usize * 8) as usize;
-            let end = u64_at(&self.posting_starts, (w as usize + 1) * 8) as usize;
-            start..end
-        };
-        let total: usize = word_ids.iter().map(|&w| range(w).len()).sum();
-        if total > DENSE {
-            return scan(limit);
-        }
+        // Each word's texts are two runs in rank order: names (text id = rank), then synonyms
+        // (stored by rank). Merged lazily, smallest rank first.
         let names = self.meta.concepts;
-        let mut ranks: Vec<u32> = Vec::with_capacity(total);
-        for w in word_ids {
-            for at in range(w) {
-                let text = u32_at(&self.postings, at * 4);
-                ranks.push(if text < names {
-                    text
+        let mut runs: Vec<(usize, usize)> = Vec::with_capacity(words.len() * 2);
+        for w in words {
+            let texts = self.texts_of(w);
+            let (mut lo, mut hi) = (texts.start, texts.end);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                if u32_at(&self.postings, mid * 4) < names {
+                    lo = mid + 1;
                 } else {
-                    self.synonym_rank(text - names)
-                });
+                    hi = mid;
+                }
+            }
+            runs.extend([(texts.start, lo), (lo, texts.end)]);
+        }
+        let rank_at = |at: usize| {
+            let text = u32_at(&self.postings, at * 4);
+            if text < names {
+                Ok(text)
+            } else {
+                self.synonym_rank(text - names)
+            }
+        };
+        let mut heap = std::collections::BinaryHeap::new();
+        for (k, run) in runs.iter().enumerate().filter(|(_, r)| r.0 < r.1) {
+            heap.push(std::cmp::Reverse((rank_at(run.0)?, k)));
+        }
+        let mut found: Vec<u32> = Vec::new();
+        while let Some(std::cmp::Reverse((rank, k))) = heap.pop() {
+            runs[k].0 += 1;
+            if runs[k].0 < runs[k].1 {
+                heap.push(std::cmp::Reverse((rank_at(runs[k].0)?, k)));
+            }
+            if found.last() == Some(&rank) {
+                continue;
+            }
+            if self.contains(rank, lower)? {
+                found.push(rank);
+                if found.len() == limit {
+                    break;
+                }
             }
         }
-        ranks.sort_unstable();
-        ranks.dedup();
-        ranks
-            .into_iter()
-            .filter(|&r| self.contains(r, lower))
-            .take(limit)
-            .collect()
+        Ok(found)
     }
 
-    fn hit(&self, rank: u32, lower: &str) -> ConceptHit {
-        let c = self.concept(rank);
+    /// The positions in `postings.bin` of the texts a word occurs in.
+    fn texts_of(&self, word: u32) -> std::ops::Range<usize> {
+        let start = u64_at(&self.posting_starts, word as usize * 8) as usize;
+        let end = u64_at(&self.posting_starts, (word as usize + 1) * 8) as usize;
+        start..end
+    }
+
+    /// The texts' words in which a search's word fits as `fit` says.
+    fn words_fitting(&self, w: &str, fit: Fit) -> Vec<u32> {
+        let prefix = match fit {
+            Fit::Inside | Fit::Starts => w.to_string(),
+            Fit::Ends => format!("{w}\0"),
+            Fit::Whole => format!("{w}\0\u{1}"),
+        };
+        let mut found = Vec::new();
+        let mut stream = self
+            .suffixes
+            .search(Str::new(&prefix).starts_with())
+            .into_stream();
+        while let Some(key) = stream.next() {
+            // Keys are a suffix, a zero byte, whether it is the whole word, and the word.
+            let whole = key[key.len() - 5] == 1;
+            if fit != Fit::Starts || whole {
+                found.push(key_tail(key));
+            }
+        }
+        found.sort_unstable();
+        found.dedup();
+        found
+    }
+
+    fn hit(&self, rank: u32, lower: &str) -> Result<ConceptHit, RepoError> {
+        let c = self.concept(rank)?;
         let name = c.name.unwrap_or_default();
-        let synonym = (!name.to_lowercase().contains(lower))
-            .then(|| {
-                c.synonyms
-                    .clone()
-                    .map(|s| self.synonym(s))
-                    .find(|s| s.to_lowercase().contains(lower))
-                    .map(str::to_string)
-            })
-            .flatten();
-        ConceptHit {
+        let mut synonym = None;
+        if !name.to_lowercase().contains(lower) {
+            for s in c.synonyms {
+                let text = self.synonym(s)?;
+                if text.to_lowercase().contains(lower) {
+                    synonym = Some(text);
+                    break;
+                }
+            }
+        }
+        Ok(ConceptHit {
             id: c.id,
-            name: name.to_string(),
+            name,
             domain: self.meta.domains[c.domain as usize].clone(),
             vocabulary: self.meta.vocabularies[c.vocabulary as usize].clone(),
-            code: c.code.to_string(),
+            code: c.code,
             standard: c.standard,
             synonym,
             descendants: c.descendants,
             records: c.records,
-        }
+        })
     }
 }
 
@@ -506,43 +705,50 @@ fn intern(list: &mut Vec<String>, seen: &mut HashMap<String, u16>, s: &str) -> u
     at
 }
 
-/// Keys in one buffer, sorted and written as an fst set: millions of keys without an
-/// allocation each.
+/// Keys (with values) in one buffer, sorted and written as an fst set or map: millions of keys
+/// without an allocation each.
 #[derive(Default)]
 struct Keys {
     bytes: Vec<u8>,
-    spans: Vec<(usize, u32)>,
+    /// Start, length and value of each key.
+    spans: Vec<(usize, u32, u64)>,
 }
 
 impl Keys {
-    fn push(&mut self, parts: &[&[u8]]) {
+    fn push(&mut self, parts: &[&[u8]], value: u64) {
         let start = self.bytes.len();
         for p in parts {
             self.bytes.extend_from_slice(p);
         }
-        self.spans.push((start, (self.bytes.len() - start) as u32));
+        self.spans
+            .push((start, (self.bytes.len() - start) as u32, value));
     }
 
-    fn write(mut self, path: &Path) -> Result<(), RepoError> {
+    /// Writes the keys as a set (`values` false) or a map; a key is kept once, with its first
+    /// value.
+    fn write(mut self, path: &Path, values: bool) -> Result<(), RepoError> {
+        let failed = |e: fst::Error| RepoError::Io {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
         let bytes = &self.bytes;
-        let key = |&(s, l): &(usize, u32)| &bytes[s..s + l as usize];
-        self.spans.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+        let key = |&(s, l, _): &(usize, u32, u64)| &bytes[s..s + l as usize];
+        self.spans.sort_by(|a, b| key(a).cmp(key(b)));
         self.spans.dedup_by(|a, b| key(a) == key(b));
-        let file = std::fs::File::create(path).map_err(io(path))?;
-        let mut set = SetBuilder::new(BufWriter::new(file)).map_err(|e| RepoError::Io {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        for span in &self.spans {
-            set.insert(key(span)).map_err(|e| RepoError::Io {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+        let out = BufWriter::new(std::fs::File::create(path).map_err(io(path))?);
+        if values {
+            let mut map = MapBuilder::new(out).map_err(failed)?;
+            for span in &self.spans {
+                map.insert(key(span), span.2).map_err(failed)?;
+            }
+            map.finish().map_err(failed)
+        } else {
+            let mut set = SetBuilder::new(out).map_err(failed)?;
+            for span in &self.spans {
+                set.insert(key(span)).map_err(failed)?;
+            }
+            set.finish().map_err(failed)
         }
-        set.finish().map_err(|e| RepoError::Io {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
     }
 }
 
@@ -550,6 +756,12 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), RepoError> {
     let mut f = BufWriter::new(std::fs::File::create(path).map_err(io(path))?);
     f.write_all(bytes).map_err(io(path))?;
     f.flush().map_err(io(path))
+}
+
+/// The length in characters of a name as stored (completion orders by the name's length, as
+/// `character_length` counts it).
+fn lower_chars(name: &[u8]) -> u64 {
+    String::from_utf8_lossy(name).chars().count() as u64
 }
 
 /// Builds the index files of the repository's vocabulary into `dir`.
@@ -731,14 +943,20 @@ async fn build(
         let rank_key = (rank as u32).to_be_bytes();
         if !c.null_name {
             let lower = String::from_utf8_lossy(name_of(c)).to_lowercase();
-            names.push(&[lower.as_bytes(), &[0], &rank_key]);
+            let value = NameValue {
+                rank: rank as u32,
+                standard: c.standard,
+                domain: c.domain,
+                chars: lower_chars(name_of(c)),
+            };
+            names.push(&[lower.as_bytes(), &[0], &rank_key], value.pack());
         }
         let code = &strings[(c.offset + c.name_len as u64) as usize..][..c.code_len as usize];
         let lower = String::from_utf8_lossy(code).to_lowercase();
-        codes.push(&[lower.as_bytes(), &[0], &rank_key]);
+        codes.push(&[lower.as_bytes(), &[0], &rank_key], 0);
     }
-    names.write(&dir.join("names.fst"))?;
-    codes.write(&dir.join("codes.fst"))?;
+    names.write(&dir.join("names.fst"), true)?;
+    codes.write(&dir.join("codes.fst"), false)?;
     let ids: Vec<u8> = by_id
         .iter()
         .flat_map(|&(id, rank)| {
@@ -790,11 +1008,13 @@ async fn build(
     for (w, &id) in &word_ids {
         let tail = id.to_be_bytes();
         for (at, _) in w.char_indices() {
-            suffixes.push(&[&w.as_bytes()[at..], &[0], &tail]);
+            // Whether the suffix is the whole word: the word starts with what it starts with.
+            let whole = u8::from(at == 0);
+            suffixes.push(&[&w.as_bytes()[at..], &[0, whole], &tail], 0);
         }
     }
     drop(word_ids);
-    suffixes.write(&dir.join("suffixes.fst"))?;
+    suffixes.write(&dir.join("suffixes.fst"), false)?;
     let mut starts = Vec::with_capacity((postings.len() + 1) * 8);
     let mut flat = Vec::new();
     for p in &postings {

@@ -371,7 +371,7 @@ impl Workspace {
     /// for it if it is being built.
     pub async fn concepts(&self, text: &str) -> Result<Vec<ConceptHit>, String> {
         if let Some(index) = self.index(true).await {
-            return Ok(index.search(text, 20));
+            return index.search(text, 20).map_err(visible);
         }
         on_source!(self, q => search_concepts(q, text, 20).await).map_err(visible)
     }
@@ -383,14 +383,14 @@ impl Workspace {
         domain: Option<&str>,
     ) -> Result<Vec<(i64, String)>, String> {
         if let Some(index) = self.index(false).await {
-            return Ok(index.starting(prefix, domain, 40));
+            return index.starting(prefix, domain, 40).map_err(visible);
         }
         on_source!(self, q => concepts_starting(q, prefix, domain, 40).await).map_err(visible)
     }
 
     pub async fn concept_name(&self, id: i64) -> Result<Option<String>, String> {
         if let Some(index) = self.index(false).await {
-            return Ok(index.name_of(id));
+            return index.name_of(id).map_err(visible);
         }
         on_source!(self, q => concept_name(q, id).await).map_err(visible)
     }
