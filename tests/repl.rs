@@ -480,3 +480,82 @@ fn adding_and_removing_a_rule_cannot_single_out_a_person() {
     assert!(!out.contains("1792"), "{out}");
     assert!(out.contains("1790"), "{out}");
 }
+
+/// The REPL on Eunomia with its cache in `cache`.
+fn repl_with_cache(input: &str, cache: &std::path::Path) -> (String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cohortql"))
+        .env("COHORTQL_SITE", common::site_file())
+        .env("COHORTQL_CACHE_DIR", cache)
+        .args(["repl", "--repo", "tests/data/eunomia-gibleed"])
+        .current_dir(root())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0));
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn concept_search_uses_an_index_built_once_and_the_tables_when_it_cannot_be_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let (out, err) = repl_with_cache(":concept cyanocobal\n", &cache);
+    assert!(err.is_empty(), "{err}");
+    assert!(
+        out.contains("Vitamin B 12 (synonym: cyanocobalamin)"),
+        "{out}"
+    );
+    let built: Vec<_> = std::fs::read_dir(cache.join("vocabulary"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(built.len(), 1, "one index for the repository");
+    assert!(built[0].join("meta.json").is_file() && built[0].join("names.fst").is_file());
+    let made = std::fs::metadata(built[0].join("meta.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    // The next session opens it (not rebuilt) and answers the same.
+    let (again, _) = repl_with_cache(":concept cyanocobal\n:concept 1118084\n", &cache);
+    assert!(again.starts_with(&out), "{again}");
+    assert!(
+        again.contains("celecoxib") && again.contains("1845"),
+        "{again}"
+    );
+    let kept = std::fs::metadata(built[0].join("meta.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert_eq!(made, kept, "opened from the cache, not built again");
+
+    // A cache that is a file: the index cannot be built; said once, and the tables answer.
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, "").unwrap();
+    let (out, err) = repl_with_cache(":concept cyanocobal\n:concept cyanocobal\n", &file);
+    assert!(err.is_empty(), "{err}");
+    assert_eq!(
+        out.matches("note: the vocabulary index could not be built")
+            .count(),
+        1,
+        "{out}"
+    );
+    assert_eq!(
+        out.matches("Vitamin B 12 (synonym: cyanocobalamin)")
+            .count(),
+        2,
+        "{out}"
+    );
+}

@@ -185,7 +185,10 @@ pub(super) fn repl(
     };
     let place = workspace.describe();
     let cache = crate::demo::cache_dir();
-    if runtime.block_on(workspace.index_vocabulary(&cache)) == Indexing::Building {
+    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    // Told to a person, who may wonder why the first search waits; a script's output stays
+    // its answers.
+    if runtime.block_on(workspace.index_vocabulary(&cache)) == Indexing::Building && interactive {
         eprintln!(
             "indexing the vocabulary of {place} in the background, once for this data (kept in {})",
             cache.join("vocabulary").display()
@@ -197,7 +200,6 @@ pub(super) fn repl(
             return Err(e);
         }
     }
-    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     if interactive {
         interactive_loop(&mut session, &place)
     } else {
