@@ -4,15 +4,19 @@
 //! ancestor rows) instead of scanning `concept`, `concept_synonym` and `concept_ancestor` on
 //! every question. Its answers are those of the queries in `browse`, which a test holds it to.
 //!
-//! What it holds, in files a search maps into memory and reads only where it looks:
+//! What it holds, in files a search reads only where it looks (the finite-state sets, the ids and
+//! the word lists mapped into memory; the concepts and their texts read record by record):
 //! - every concept in *rank* order, the order in which search answers (standard concepts
 //!   first, then by name, then by id), with its descendants and records counted once at build;
-//! - `names.fst`: lower-cased names with their rank, searched by prefix for completion;
+//! - `names.fst`: lower-cased names with their rank, standard flag, domain and length, searched
+//!   by prefix for completion;
 //! - `codes.fst`: lower-cased codes with their rank;
-//! - `suffixes.fst`: every suffix of every word of every name and synonym, with its word, and
-//!   the texts each word occurs in: a text that contains a search's longest word contains it
-//!   inside one of its own words, so the words found by that suffix prefix give every candidate,
-//!   and each candidate is then tested for the whole text as `browse` tests it.
+//! - `suffixes.fst`: every suffix of every word of every name and synonym (a word is a run of
+//!   letters and digits, or one other character), with its word, and the texts each word occurs
+//!   in, in rank order: a text that contains a search contains each of the search's words inside
+//!   one of its own (whole, at its start or at its end where the search has a separator beside
+//!   it), so the words found through the search's rarest word give every candidate, and each
+//!   candidate is then tested for the whole text as `browse` tests it.
 
 use super::domains::CATALOGUE;
 use super::{RepoError, Repository};
