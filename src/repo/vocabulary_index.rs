@@ -25,7 +25,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::prelude::SessionContext;
 use fst::automaton::{Automaton, Str};
-use fst::{IntoStreamer, Map, MapBuilder, Set, SetBuilder, Streamer};
+use fst::{IntoStreamer, Map, MapBuilder, Streamer};
 use memmap2::Mmap;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -33,7 +33,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 /// The layout of the files; a different layout is a different index.
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 /// Bytes per concept in `concepts.bin` (see `ConceptAt`).
 const CONCEPT: usize = 56;
 /// Bytes per synonym in `synonyms.bin`: rank u32, length u32, offset u64.
@@ -53,8 +53,8 @@ pub struct VocabularyIndex {
     postings: Mmap,
     posting_starts: Mmap,
     names: Map<Mmap>,
-    codes: Set<Mmap>,
-    suffixes: Set<Mmap>,
+    codes: Map<Mmap>,
+    suffixes: Map<Mmap>,
     meta: Meta,
 }
 
@@ -163,12 +163,6 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 
 fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
-}
-
-/// The rank stored in the last four bytes of a key of `names.fst` or `codes.fst`, or the word
-/// of a key of `suffixes.fst`.
-fn key_tail(key: &[u8]) -> u32 {
-    u32::from_be_bytes(key[key.len() - 4..].try_into().expect("4 bytes"))
 }
 
 /// A lower-cased text's words: its maximal runs of letters and digits, and each other character
@@ -334,16 +328,12 @@ impl VocabularyIndex {
             let _ = map.advise(memmap2::Advice::Random);
             Ok(map)
         };
-        let set = |name: &str| -> Result<Set<Mmap>, RepoError> {
-            Set::new(map(name)?).map_err(|e| RepoError::Io {
+        let fst_map = |name: &str| -> Result<Map<Mmap>, RepoError> {
+            Map::new(map(name)?).map_err(|e| RepoError::Io {
                 path: dir.join(name),
                 message: e.to_string(),
             })
         };
-        let names = Map::new(map("names.fst")?).map_err(|e| RepoError::Io {
-            path: dir.join("names.fst"),
-            message: e.to_string(),
-        })?;
         let index = VocabularyIndex {
             concepts: Stored::open(&dir.join("concepts.bin"))?,
             ids: map("ids.bin")?,
@@ -351,9 +341,9 @@ impl VocabularyIndex {
             strings: Stored::open(&dir.join("strings.bin"))?,
             postings: map("postings.bin")?,
             posting_starts: map("posting_starts.bin")?,
-            names,
-            codes: set("codes.fst")?,
-            suffixes: set("suffixes.fst")?,
+            names: fst_map("names.fst")?,
+            codes: fst_map("codes.fst")?,
+            suffixes: fst_map("suffixes.fst")?,
             meta,
         };
         let sizes_agree = index.concepts.len == index.meta.concepts as u64 * CONCEPT as u64
@@ -506,10 +496,10 @@ impl VocabularyIndex {
             .codes
             .search(Str::new(&code_key).starts_with())
             .into_stream();
-        while let Some(key) = codes.next() {
-            // The key is the code, a zero byte and four bytes of rank: nothing longer.
+        while let Some((key, rank)) = codes.next() {
+            // The key is the code, a zero byte and a four-byte count of equal codes before it.
             if key.len() == code_key.len() + 4 {
-                ranks.push(key_tail(key));
+                ranks.push(rank as u32);
             }
         }
         ranks.sort_unstable();
@@ -625,19 +615,26 @@ impl VocabularyIndex {
     fn words_fitting(&self, w: &str, fit: Fit) -> Vec<u32> {
         let prefix = match fit {
             Fit::Inside | Fit::Starts => w.to_string(),
-            Fit::Ends => format!("{w}\0"),
-            Fit::Whole => format!("{w}\0\u{1}"),
+            Fit::Ends | Fit::Whole => format!("{w}\0"),
         };
         let mut found = Vec::new();
         let mut stream = self
             .suffixes
             .search(Str::new(&prefix).starts_with())
             .into_stream();
-        while let Some(key) = stream.next() {
-            // Keys are a suffix, a zero byte, whether it is the whole word, and the word.
-            let whole = key[key.len() - 5] == 1;
-            if fit != Fit::Starts || whole {
-                found.push(key_tail(key));
+        while let Some((key, value)) = stream.next() {
+            // Keys are a suffix, a zero byte and a count; the value the word and whether the
+            // suffix is all of it.
+            let exact = key.len() == prefix.len() + 4;
+            let whole = value >> 32 == 1;
+            let fits = match fit {
+                Fit::Inside => true,
+                Fit::Starts => whole,
+                Fit::Ends => exact,
+                Fit::Whole => exact && whole,
+            };
+            if fits {
+                found.push(value as u32);
             }
         }
         found.sort_unstable();
@@ -709,8 +706,10 @@ fn intern(list: &mut Vec<String>, seen: &mut HashMap<String, u16>, s: &str) -> u
     at
 }
 
-/// Keys (with values) in one buffer, sorted and written as an fst set or map: millions of keys
-/// without an allocation each.
+/// Keys with values in one buffer, sorted and written as an fst map: millions of keys without
+/// an allocation each. Keys need not be unique (names and codes repeat): each is written with a
+/// zero byte and a four-byte count of the equal keys before it, which keeps them unique while
+/// letting equal endings share the automaton's states.
 #[derive(Default)]
 struct Keys {
     bytes: Vec<u8>,
@@ -719,40 +718,38 @@ struct Keys {
 }
 
 impl Keys {
-    fn push(&mut self, parts: &[&[u8]], value: u64) {
+    fn push(&mut self, key: &[u8], value: u64) {
         let start = self.bytes.len();
-        for p in parts {
-            self.bytes.extend_from_slice(p);
-        }
-        self.spans
-            .push((start, (self.bytes.len() - start) as u32, value));
+        self.bytes.extend_from_slice(key);
+        self.spans.push((start, key.len() as u32, value));
     }
 
-    /// Writes the keys as a set (`values` false) or a map; a key is kept once, with its first
-    /// value.
-    fn write(mut self, path: &Path, values: bool) -> Result<(), RepoError> {
+    fn write(mut self, path: &Path) -> Result<(), RepoError> {
         let failed = |e: fst::Error| RepoError::Io {
             path: path.to_path_buf(),
             message: e.to_string(),
         };
         let bytes = &self.bytes;
         let key = |&(s, l, _): &(usize, u32, u64)| &bytes[s..s + l as usize];
-        self.spans.sort_by(|a, b| key(a).cmp(key(b)));
-        self.spans.dedup_by(|a, b| key(a) == key(b));
+        self.spans
+            .sort_unstable_by(|a, b| key(a).cmp(key(b)).then(a.2.cmp(&b.2)));
         let out = BufWriter::new(std::fs::File::create(path).map_err(io(path))?);
-        if values {
-            let mut map = MapBuilder::new(out).map_err(failed)?;
-            for span in &self.spans {
-                map.insert(key(span), span.2).map_err(failed)?;
-            }
-            map.finish().map_err(failed)
-        } else {
-            let mut set = SetBuilder::new(out).map_err(failed)?;
-            for span in &self.spans {
-                set.insert(key(span)).map_err(failed)?;
-            }
-            set.finish().map_err(failed)
+        let mut map = MapBuilder::new(out).map_err(failed)?;
+        let mut full = Vec::new();
+        let mut count = 0u32;
+        for (k, span) in self.spans.iter().enumerate() {
+            count = if k > 0 && key(&self.spans[k - 1]) == key(span) {
+                count + 1
+            } else {
+                0
+            };
+            full.clear();
+            full.extend_from_slice(key(span));
+            full.push(0);
+            full.extend_from_slice(&count.to_be_bytes());
+            map.insert(&full, span.2).map_err(failed)?;
         }
+        map.finish().map_err(failed)
     }
 }
 
@@ -944,7 +941,6 @@ async fn build(
         concepts.extend_from_slice(&(next_synonym as u32).to_le_bytes());
         concepts.push(u8::from(c.standard) | (u8::from(c.null_name) << 1));
         concepts.extend_from_slice(&[0; 7]);
-        let rank_key = (rank as u32).to_be_bytes();
         if !c.null_name {
             let lower = String::from_utf8_lossy(name_of(c)).to_lowercase();
             let value = NameValue {
@@ -953,14 +949,14 @@ async fn build(
                 domain: c.domain,
                 chars: lower_chars(name_of(c)),
             };
-            names.push(&[lower.as_bytes(), &[0], &rank_key], value.pack());
+            names.push(lower.as_bytes(), value.pack());
         }
         let code = &strings[(c.offset + c.name_len as u64) as usize..][..c.code_len as usize];
         let lower = String::from_utf8_lossy(code).to_lowercase();
-        codes.push(&[lower.as_bytes(), &[0], &rank_key], 0);
+        codes.push(lower.as_bytes(), rank as u64);
     }
-    names.write(&dir.join("names.fst"), true)?;
-    codes.write(&dir.join("codes.fst"), false)?;
+    names.write(&dir.join("names.fst"))?;
+    codes.write(&dir.join("codes.fst"))?;
     let ids: Vec<u8> = by_id
         .iter()
         .flat_map(|&(id, rank)| {
@@ -1010,15 +1006,14 @@ async fn build(
     }
     let mut suffixes = Keys::default();
     for (w, &id) in &word_ids {
-        let tail = id.to_be_bytes();
         for (at, _) in w.char_indices() {
             // Whether the suffix is the whole word: the word starts with what it starts with.
             let whole = u8::from(at == 0);
-            suffixes.push(&[&w.as_bytes()[at..], &[0, whole], &tail], 0);
+            suffixes.push(&w.as_bytes()[at..], id as u64 | (whole as u64) << 32);
         }
     }
     drop(word_ids);
-    suffixes.write(&dir.join("suffixes.fst"), false)?;
+    suffixes.write(&dir.join("suffixes.fst"))?;
     let mut starts = Vec::with_capacity((postings.len() + 1) * 8);
     let mut flat = Vec::new();
     for p in &postings {
