@@ -262,10 +262,16 @@ fn a_terminal_session_builds_a_study() {
         }
     };
     next_prompt(0);
+    let before = prompts();
+    type_in("concepts\r");
+    next_prompt(before);
+    // Tab: the first of the vocabulary's drugs named `celecox…`, the ingredient. The prompt is
+    // redrawn as keys are typed, so Enter waits for the completion itself: answered by the
+    // tables while the vocabulary index is still being built, it may take a moment.
+    type_in("celecoxib = drug celecox\t");
+    wait_for("drug 1118084 \"celecoxib\"");
     for line in [
-        "concepts\r",
-        // Tab: the first of the vocabulary's drugs named `celecox…`, the ingredient.
-        "celecoxib = drug celecox\t\r",
+        "\r",
         "index = first drug era in celecoxib\r",
         "this line is dropped\x03",
     ] {
