@@ -13,7 +13,16 @@ fn root() -> PathBuf {
 }
 
 fn repl(input: &str, extra: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cohortql"))
+    repl_in(input, extra, None)
+}
+
+/// The REPL on Eunomia, with its cache in `cache` if given (else the user's).
+fn repl_in(input: &str, extra: &[&str], cache: Option<&std::path::Path>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cohortql"));
+    if let Some(cache) = cache {
+        command.env("COHORTQL_CACHE_DIR", cache);
+    }
+    let mut child = command
         .env("COHORTQL_SITE", common::site_file())
         .args(["repl", "--repo", "tests/data/eunomia-gibleed"])
         .args(extra)
@@ -487,26 +496,9 @@ fn adding_and_removing_a_rule_cannot_single_out_a_person() {
     assert!(out.contains("1790"), "{out}");
 }
 
-/// The REPL on Eunomia with its cache in `cache`.
+/// The REPL on Eunomia with its cache in `cache`: its output and its messages.
 fn repl_with_cache(input: &str, cache: &std::path::Path) -> (String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cohortql"))
-        .env("COHORTQL_SITE", common::site_file())
-        .env("COHORTQL_CACHE_DIR", cache)
-        .args(["repl", "--repo", "tests/data/eunomia-gibleed"])
-        .current_dir(root())
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let o = child.wait_with_output().unwrap();
+    let o = repl_in(input, &[], Some(cache));
     assert_eq!(o.status.code(), Some(0));
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
