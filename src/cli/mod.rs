@@ -1,6 +1,7 @@
 //! The `cohortql` command line: argument parsing, reading files, printing results and
 //! diagnostics, and exit codes (0 ok, 1 errors in a study, 2 usage or I/O errors).
 
+mod ballista;
 mod data;
 mod import;
 mod repl;
@@ -123,6 +124,15 @@ enum Command {
         /// With a PostgreSQL repository: the schema of the vocabulary tables, when apart.
         #[arg(long)]
         vocab_schema: Option<String>,
+        /// Run the stages on an Apache Ballista cluster, given by its scheduler
+        /// (ballista://HOST:PORT), instead of in this process; the repository directory must
+        /// be at the same path on every executor. See docs/scale.md.
+        #[arg(long, value_name = "ballista://HOST:PORT")]
+        engine: Option<String>,
+        /// With --engine: where each run keeps its stages while it runs, a directory every
+        /// executor reads at the same path (default: the output directory's parent).
+        #[arg(long, requires = "engine")]
+        stage_dir: Option<PathBuf>,
     },
     /// Print each stage's logical, optimised and physical query plan.
     Plan {
@@ -134,6 +144,21 @@ enum Command {
         /// Run the study and show each stage's plan with the rows and time of every operator.
         #[arg(long)]
         analyze: bool,
+        /// With --analyze: run the stages on this Apache Ballista cluster
+        /// (ballista://HOST:PORT) and show the plan each ran, stage by stage of the cluster.
+        #[arg(long, value_name = "ballista://HOST:PORT", requires = "analyze")]
+        engine: Option<String>,
+        /// With --engine: where the stages are kept while they run (default: the working
+        /// directory).
+        #[arg(long, requires = "engine")]
+        stage_dir: Option<PathBuf>,
+    },
+    /// Serve an Apache Ballista cluster that runs cohortql's plans: `ballista scheduler` and
+    /// `ballista executor` (this same program, which knows cohortql's functions). See
+    /// docs/scale.md.
+    Ballista {
+        #[command(subcommand)]
+        command: BallistaCommand,
     },
     /// Write a study as a SQL script for a database holding the OMOP tables.
     Sql {
@@ -198,6 +223,53 @@ enum Command {
     Release {
         #[command(subcommand)]
         command: ReleaseCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BallistaCommand {
+    /// Run a scheduler until stopped: clients give it as `--engine ballista://HOST:PORT`.
+    Scheduler {
+        /// The address to listen on (0.0.0.0 for every interface).
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: String,
+        #[arg(long, default_value_t = crate::run::cluster::DEFAULT_PORT)]
+        port: u16,
+        /// The host name executors reach the scheduler by (default: --bind).
+        #[arg(long)]
+        external_host: Option<String>,
+        /// The least severe of Ballista's log records printed on standard error (error, warn,
+        /// info, debug, trace).
+        #[arg(long, default_value = "warn")]
+        log_level: String,
+    },
+    /// Run an executor until stopped, registered with a scheduler.
+    Executor {
+        /// The scheduler: ballista://HOST:PORT.
+        #[arg(long, default_value = "ballista://127.0.0.1:50050")]
+        scheduler: String,
+        /// The address to listen on (0.0.0.0 for every interface).
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: String,
+        /// The host name the scheduler and other executors reach this one by (default: --bind).
+        #[arg(long)]
+        external_host: Option<String>,
+        /// The Arrow Flight port (results and shuffles).
+        #[arg(long, default_value_t = 50051)]
+        port: u16,
+        /// The port tasks are sent to.
+        #[arg(long, default_value_t = 50052)]
+        grpc_port: u16,
+        /// Where shuffle files go (default: a temporary directory).
+        #[arg(long)]
+        work_dir: Option<PathBuf>,
+        /// Tasks run at once (default: the machine's cores).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        concurrent_tasks: Option<u64>,
+        /// The least severe of Ballista's log records printed on standard error (error, warn,
+        /// info, debug, trace).
+        #[arg(long, default_value = "warn")]
+        log_level: String,
     },
 }
 
@@ -364,6 +436,8 @@ pub fn main() -> ExitCode {
             write_cohort,
             repo_schema,
             vocab_schema,
+            engine,
+            stage_dir,
         } => run::run_all(
             &studies,
             repo.as_deref(),
@@ -376,6 +450,8 @@ pub fn main() -> ExitCode {
                 write_cohort: write_cohort.as_deref(),
                 repo_schema: repo_schema.as_deref(),
                 vocab_schema: vocab_schema.as_deref(),
+                engine: engine.as_deref(),
+                stage_dir: stage_dir.as_deref(),
             },
         ),
         Command::Repl { study, repo } => {
@@ -385,7 +461,54 @@ pub fn main() -> ExitCode {
             study,
             repo,
             analyze,
-        } => run::plan(&study, repo.as_deref(), analyze),
+            engine,
+            stage_dir,
+        } => run::plan(
+            &study,
+            repo.as_deref(),
+            analyze,
+            engine.as_deref(),
+            stage_dir.as_deref(),
+        ),
+        Command::Ballista {
+            command:
+                BallistaCommand::Scheduler {
+                    bind,
+                    port,
+                    external_host,
+                    log_level,
+                },
+        } => ballista::scheduler(crate::run::cluster::SchedulerOptions {
+            bind,
+            port,
+            external_host,
+            log_level,
+        }),
+        Command::Ballista {
+            command:
+                BallistaCommand::Executor {
+                    scheduler,
+                    bind,
+                    external_host,
+                    port,
+                    grpc_port,
+                    work_dir,
+                    concurrent_tasks,
+                    log_level,
+                },
+        } => match crate::run::cluster::Cluster::parse(&scheduler) {
+            Err(e) => Err(e.replace("--engine", "--scheduler")),
+            Ok(scheduler) => ballista::executor(crate::run::cluster::ExecutorOptions {
+                scheduler,
+                bind,
+                external_host,
+                port,
+                grpc_port,
+                work_dir,
+                concurrent_tasks: concurrent_tasks.map(|n| n as usize),
+                log_level,
+            }),
+        },
         Command::Sql { study, dialect } => run::sql(&study, dialect.into()),
         Command::Import {
             command:

@@ -4,6 +4,7 @@ use super::data::{demo_repository, runtime};
 use super::{checked, Status};
 use crate::disclosure::{Export, Policy};
 use crate::repo::{empty_session, Repository};
+use crate::run::cluster::Cluster;
 use crate::run::database::{is_database, CohortTable, Database};
 use crate::run::output::{attrition_table, shown_released};
 use crate::run::workspace::{run_in_database, Disclosure, Workspace};
@@ -65,11 +66,16 @@ pub(super) struct Options<'a> {
     /// `--repo-schema`, `--vocab-schema`.
     pub repo_schema: Option<&'a str>,
     pub vocab_schema: Option<&'a str>,
+    /// `--engine ballista://HOST:PORT`.
+    pub engine: Option<&'a str>,
+    /// `--stage-dir`.
+    pub stage_dir: Option<&'a Path>,
 }
 
-/// Where `run` reads the data: a repository directory, or a PostgreSQL database.
+/// Where `run` reads the data: a repository directory (its stages run here or on a cluster),
+/// or a PostgreSQL database.
 enum Source {
-    Files(Repository),
+    Files(Repository, Option<Cluster>),
     Database(Database),
 }
 
@@ -192,12 +198,21 @@ pub(super) fn run(
                     .to_string(),
             )
         }
-        None => Source::Files(open(repo)?),
+        None => Source::Files(
+            open(repo)?,
+            options.engine.map(Cluster::parse).transpose()?,
+        ),
     };
+    if let (Source::Database(_), Some(_)) = (&source, options.engine) {
+        return Err(
+            "--engine runs the stages of a directory repository on a cluster; a database runs its own: leave out --engine"
+                .to_string(),
+        );
+    }
     let write_back = match (options.write_cohort, &source) {
         (None, _) => None,
         (Some(table), Source::Database(_)) => Some(CohortTable::parse(table)?),
-        (Some(_), Source::Files(_)) => return Err(
+        (Some(_), Source::Files(..)) => return Err(
             "--write-cohort writes into the database the study runs in: give --repo postgresql://…"
                 .to_string(),
         ),
@@ -237,9 +252,14 @@ pub(super) fn run(
                 )
                 .await
             }
-            Source::Files(repo) => {
-                Workspace::open(repo)
-                    .await?
+            Source::Files(repo, cluster) => {
+                let workspace = match cluster {
+                    None => Workspace::open(repo).await?,
+                    Some(cluster) => {
+                        Workspace::open_on_cluster(repo, cluster, options.stage_dir).await?
+                    }
+                };
+                workspace
                     .run_to(
                         &study,
                         study_path,
@@ -295,10 +315,32 @@ pub(super) fn plan(
     study_path: &Path,
     repo: Option<&Path>,
     analyze: bool,
+    engine: Option<&str>,
+    stage_dir: Option<&Path>,
 ) -> Result<Status, String> {
     let Ok((_, study)) = checked(study_path)? else {
         return Ok(Status::StudyErrors);
     };
+    if let Some(engine) = engine {
+        if repo.and_then(Path::to_str).is_some_and(is_database) {
+            return Err(
+                "--engine runs the stages of a directory repository on a cluster; a database runs its own: leave out --engine"
+                    .to_string(),
+            );
+        }
+        let cluster = Cluster::parse(engine)?;
+        let repo = open(repo)?;
+        let stages = runtime()?.block_on(crate::run::cluster::explain_analysed(
+            &cluster,
+            &study,
+            &repo,
+            stage_dir.unwrap_or(Path::new(".")),
+        ))?;
+        for (name, text) in stages {
+            print!("== {name} ==\n{text}\n");
+        }
+        return Ok(Status::Ok);
+    }
     if let Some(url) = repo.and_then(Path::to_str).filter(|r| is_database(r)) {
         // The plans PostgreSQL makes of the stages' SQL: the plans that run.
         let db = Database::parse(url)?;

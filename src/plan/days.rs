@@ -44,6 +44,12 @@ static BETWEEN: LazyLock<Arc<ScalarUDF>> = LazyLock::new(|| {
     }))
 });
 
+/// Both functions, for a session that decodes plans naming them (a cluster's scheduler and
+/// executors find functions by name).
+pub fn functions() -> Vec<Arc<ScalarUDF>> {
+    vec![ADD.clone(), BETWEEN.clone()]
+}
+
 /// The date `days` days after `date`.
 pub fn days_add(date: Expr, days: Expr) -> Expr {
     ADD.call(vec![date, days])

@@ -387,19 +387,25 @@ impl Planner<'_> {
     fn keep_step(&mut self, plan: LogicalPlan, i: usize, which: Occurrence) -> Result<LogicalPlan> {
         use datafusion::functions_window::expr_fn::row_number;
         let columns = names(&plan);
-        let prior = (0..i)
-            .map(|j| c(&step_column(j)).is_true())
-            .reduce(Expr::and)
-            .unwrap_or(lit(true));
         let (kept, rank) = (self.fresh("kept_so_far"), self.fresh("rank"));
         let mut exprs: Vec<Expr> = columns.iter().map(|n| c(n)).collect();
-        exprs.push(prior.alias(&kept));
+        // Entries ranked among those every earlier step kept; with no earlier step, among all
+        // of the person's, so the partition is the person alone rather than a constant beside
+        // it (a constant partition column the plans know only within one process).
+        let prior = (0..i)
+            .map(|j| c(&step_column(j)).is_true())
+            .reduce(Expr::and);
+        let mut partition = vec![c(PERSON)];
+        if let Some(prior) = prior {
+            exprs.push(prior.alias(&kept));
+            partition.push(c(&kept));
+        }
         let plan = project(plan, exprs)?;
         let first = which != Occurrence::Last;
         let ranked = with_window(
             plan,
             vec![row_number()
-                .partition_by(vec![c(PERSON), c(&kept)])
+                .partition_by(partition)
                 .order_by(vec![
                     c(INDEX_DATE).sort(first, false),
                     c(INDEX_RECORD).sort(first, false),
@@ -409,7 +415,12 @@ impl Planner<'_> {
                 .alias(&rank)],
         )?;
         let mut exprs: Vec<Expr> = columns.iter().map(|n| c(n)).collect();
-        exprs.push(c(&kept).and(c(&rank).eq(lit(1u64))).alias(step_column(i)));
+        let first_of_kept = if i == 0 {
+            c(&rank).eq(lit(1u64))
+        } else {
+            c(&kept).and(c(&rank).eq(lit(1u64)))
+        };
+        exprs.push(first_of_kept.alias(step_column(i)));
         project(ranked, exprs)
     }
 

@@ -1,6 +1,7 @@
 //! Running a study on a repository: each stage's plan executed in turn and kept in memory as the
 //! table the next stage reads, then the outputs written (`output`).
 
+pub mod cluster;
 pub mod database;
 mod dialect;
 pub mod output;
@@ -81,7 +82,7 @@ impl Execution {
     }
 }
 
-fn engine(e: DataFusionError) -> String {
+pub(crate) fn engine(e: DataFusionError) -> String {
     clean_engine_message(&e.to_string())
 }
 
@@ -302,7 +303,7 @@ pub async fn execute_analysed(
 
 /// The stage pipeline, written once: index entries, the population with its attrition,
 /// follow-up, the cohort and the dataset, each stage kept by `m` for the next.
-async fn run_stages(
+pub(crate) async fn run_stages(
     study: &Study,
     ctx: &SessionContext,
     m: &impl Materialiser,

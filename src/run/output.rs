@@ -52,6 +52,36 @@ pub struct RunInfo<'a> {
     pub site: &'a Site,
     /// `--export-dataset`: `Some(exact dates)` to write `release/dataset.csv`.
     pub export: Option<bool>,
+    /// What ran the stages.
+    pub engine: &'a EngineRecord,
+}
+
+/// What ran a study's stages, as `site/run.json` records it (a release names no machine).
+#[derive(Clone, Debug)]
+pub enum EngineRecord {
+    /// DataFusion in this process.
+    Embedded,
+    /// The database holding the repository.
+    Database,
+    /// An Apache Ballista cluster: its scheduler and the executors that produced the stages'
+    /// results (`id (host:port)`).
+    Cluster {
+        scheduler: String,
+        executors: Vec<String>,
+    },
+}
+
+impl EngineRecord {
+    fn json(&self) -> serde_json::Value {
+        match self {
+            EngineRecord::Embedded => json!({ "kind": "embedded" }),
+            EngineRecord::Database => json!({ "kind": "database" }),
+            EngineRecord::Cluster {
+                scheduler,
+                executors,
+            } => json!({ "kind": "ballista", "scheduler": scheduler, "executors": executors }),
+        }
+    }
 }
 
 /// A path as `run.json` may publish it: as given when relative and inside the working
@@ -1218,6 +1248,7 @@ fn site_record(
             "original"
         }),
     );
+    record.insert("engine".into(), info.engine.json());
     record.insert("timings".into(), json!(timings));
     record.insert("files".into(), json!(files));
     serde_json::Value::Object(record)

@@ -2,7 +2,8 @@
 //! data, answered where the data is: one DataFusion session over files, or a PostgreSQL
 //! database (its questions as queries there, its runs as `run_in_database`).
 
-use super::output::{data_fingerprint, OutputDir, RunInfo, Written};
+use super::cluster::Cluster;
+use super::output::{data_fingerprint, EngineRecord, OutputDir, RunInfo, Written};
 use super::{execute, explain_plan, sql_script, stage_plans, Attrition, Dialect, Execution};
 use crate::hash::study_hash;
 use crate::repo::browse::{
@@ -13,7 +14,7 @@ use crate::repo::vocabulary_index::{self, VocabularyIndex};
 use crate::repo::Repository;
 use crate::study::Study;
 use datafusion::prelude::SessionContext;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// An error as it may be shown: messages of the engine quote the data, which may hold anything.
 fn visible(e: impl ToString) -> String {
@@ -52,8 +53,17 @@ enum Source {
     Files {
         repo: Repository,
         ctx: SessionContext,
+        /// The cluster `run_to` runs the stages on, instead of this process.
+        cluster: Option<OnCluster>,
     },
     Database(super::database::Connected),
+}
+
+/// A cluster the stages run on, and the directory (on a file system every executor reads at
+/// the same path) where each run keeps its stages: by default the output directory's parent.
+struct OnCluster {
+    cluster: Cluster,
+    stages: Option<PathBuf>,
 }
 
 /// The disclosure rules of one run.
@@ -154,6 +164,7 @@ pub async fn run_in_database(
         site_source: disclosure.source,
         site: disclosure.site,
         export: disclosure.export,
+        engine: &EngineRecord::Database,
     };
     let written = claimed.write(&info, &run)?;
     Ok((run, written))
@@ -173,7 +184,32 @@ impl Workspace {
     pub async fn open(repo: Repository) -> Result<Workspace, String> {
         let ctx = repo.session().await.map_err(visible)?;
         Ok(Workspace {
-            source: Source::Files { repo, ctx },
+            source: Source::Files {
+                repo,
+                ctx,
+                cluster: None,
+            },
+            vocabulary: std::sync::Mutex::new(IndexState::NotAsked),
+        })
+    }
+
+    /// A directory repository whose runs (`run_to`) run their stages on a Ballista cluster,
+    /// keeping them under `stages` (default: beside the output directory).
+    pub async fn open_on_cluster(
+        repo: Repository,
+        cluster: Cluster,
+        stages: Option<&Path>,
+    ) -> Result<Workspace, String> {
+        let ctx = repo.session().await.map_err(visible)?;
+        Ok(Workspace {
+            source: Source::Files {
+                repo,
+                ctx,
+                cluster: Some(OnCluster {
+                    cluster,
+                    stages: stages.map(Path::to_path_buf),
+                }),
+            },
             vocabulary: std::sync::Mutex::new(IndexState::NotAsked),
         })
     }
@@ -226,8 +262,8 @@ impl Workspace {
         progress: &dyn Fn(&str),
         note: &dyn Fn(&str),
     ) -> Result<(Execution, Written), String> {
-        let (repo, ctx) = match &self.source {
-            Source::Files { repo, ctx } => (repo, ctx),
+        let (repo, ctx, cluster) = match &self.source {
+            Source::Files { repo, ctx, cluster } => (repo, ctx, cluster),
             Source::Database(c) => {
                 return run_in_database(
                     &c.db, None, study, study_path, text, check_time, cohort_id, disclosure, out,
@@ -244,12 +280,47 @@ impl Workspace {
         let copy = repo.clone();
         let fingerprint = tokio::task::spawn_blocking(move || data_fingerprint(&copy));
         // With the columns Table 1 always shows (sex, age at index); no dataset written keeps them.
-        let run = execute(
-            &crate::results::table1::with_demographics(study),
-            ctx,
-            progress,
-        )
-        .await;
+        let with_demographics = crate::results::table1::with_demographics(study);
+        let (run, engine) = match cluster {
+            None => (
+                execute(&with_demographics, ctx, progress).await,
+                EngineRecord::Embedded,
+            ),
+            Some(on) => {
+                let parent = on.stages.clone().unwrap_or_else(|| {
+                    out.parent()
+                        .filter(|p| !p.as_os_str().is_empty())
+                        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+                });
+                let stages = parent.join(format!(
+                    ".cohortql-stages-{}-{}",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos())
+                ));
+                let ran = super::cluster::execute(
+                    &on.cluster,
+                    &with_demographics,
+                    repo,
+                    &stages,
+                    progress,
+                )
+                .await;
+                // The stages are the run's working data: gone whether it succeeded or not.
+                let _ = std::fs::remove_dir_all(&stages);
+                match ran {
+                    Ok(done) => (
+                        Ok(done.run),
+                        EngineRecord::Cluster {
+                            scheduler: on.cluster.describe(),
+                            executors: done.executors,
+                        },
+                    ),
+                    Err(e) => (Err(e), EngineRecord::Embedded),
+                }
+            }
+        };
         let fingerprint = fingerprint
             .await
             .map_err(|_| "the data fingerprint failed".to_string())??;
@@ -276,6 +347,7 @@ impl Workspace {
             site_source: disclosure.source,
             site: disclosure.site,
             export: disclosure.export,
+            engine: &engine,
         };
         let written = claimed.write(&info, &run)?;
         Ok((run, written))
@@ -316,7 +388,7 @@ impl Workspace {
     /// there in the background (a full-size vocabulary takes a minute or so, once): questions
     /// of the vocabulary are answered from the index once it is ready.
     pub async fn index_vocabulary(&self, cache: &Path) -> Indexing {
-        let Source::Files { repo, ctx } = &self.source else {
+        let Source::Files { repo, ctx, .. } = &self.source else {
             return Indexing::NotNeeded;
         };
         let dir = vocabulary_index::index_dir(cache, &repo.dir);

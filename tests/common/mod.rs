@@ -2,6 +2,7 @@
 //! or on DataFusion, and reading either result in one shape.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod postgres;
 pub mod random;
 pub mod spec;

@@ -6,7 +6,8 @@ use cohortql::study::Domain;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::Outcomes;
+use super::{checked, Got, Outcomes};
+use cohortql::study::Study;
 
 #[derive(Deserialize)]
 pub struct Spec {
@@ -142,4 +143,65 @@ pub fn specs() -> Vec<(String, Spec)> {
             (name, spec)
         })
         .collect()
+}
+
+/// Compares an engine's entries (person, index date, and where given the index record and the
+/// arm) with the expected ones.
+fn check_entries(name: &str, got: &Got, expected: &[Vec<Value>]) {
+    let got: Vec<Vec<Value>> = got
+        .entries
+        .iter()
+        .zip(expected.iter().chain(std::iter::repeat(&Vec::new())))
+        .map(|((person, index, record, arm), want)| {
+            let mut row = vec![Value::from(*person), Value::from(index.clone())];
+            if want.len() > 2 {
+                row.push(Value::from(*record));
+            }
+            if want.len() > 3 {
+                row.push(arm.clone().map_or(Value::Null, Value::from));
+            }
+            row
+        })
+        .collect();
+    assert_eq!(got, expected, "{name}: entries");
+}
+
+fn numbers_equal(a: &Value, b: &Value) -> bool {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => (x - y).abs() < 1e-9,
+        _ => a == b,
+    }
+}
+
+pub fn check_spec(name: &str, spec: &Spec, data: &Data, engine: &dyn Fn(&Study, &Data) -> Got) {
+    let got = engine(&checked(name, &spec.study), data);
+    check_entries(name, &got, &spec.entries);
+    let (last, steps) = got.attrition.split_last().unwrap();
+    assert_eq!(
+        steps,
+        spec.attrition.as_slice(),
+        "{name}: persons after each step"
+    );
+    assert_eq!(*last, spec.followed, "{name}: persons with follow-up");
+    if let Some(want) = &spec.follow_up {
+        assert_eq!(&got.follow_up, want, "{name}: follow-up");
+    }
+    if let Some(want) = &spec.covariates {
+        assert_eq!(got.covariates.len(), want.len(), "{name}: rows");
+        for ((got, want), entry) in got.covariates.iter().zip(want).zip(&got.entries) {
+            assert!(
+                got.len() == want.len() && got.iter().zip(want).all(|(a, b)| numbers_equal(a, b)),
+                "{name}: covariates of person {}: got {got:?}, want {want:?}",
+                entry.0
+            );
+        }
+    }
+    if let Some(want) = &spec.endpoints {
+        assert_eq!(&got.endpoints, want, "{name}: endpoints");
+    }
+    for (i, v) in spec.variants.iter().enumerate() {
+        let name = format!("{name} variant {i}");
+        let got = engine(&checked(&name, &v.study), data);
+        check_entries(&name, &got, &v.entries);
+    }
 }
