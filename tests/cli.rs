@@ -486,3 +486,61 @@ fn column_names_of_the_run_are_refused() {
         compiled.diagnostics
     );
 }
+
+/// Without the `ballista` feature, the cluster's commands and `--engine` say how to get them,
+/// as a usage error, and write nothing.
+#[cfg(not(feature = "ballista"))]
+#[test]
+fn the_cluster_commands_need_the_ballista_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let runs = [
+        vec![
+            "run",
+            "studies/eunomia/celecoxib.study",
+            "--repo",
+            "tests/data/eunomia-gibleed",
+            "--out",
+            out.to_str().unwrap(),
+            "--engine",
+            "ballista://127.0.0.1:50050",
+        ],
+        vec!["ballista", "scheduler", "--port", "1"],
+        vec!["ballista", "executor", "--port", "1", "--grpc-port", "2"],
+    ];
+    for args in runs {
+        let o = Command::new(BIN)
+            .env("COHORTQL_SITE", common::site_file())
+            .env("NO_COLOR", "1")
+            .args(&args)
+            .current_dir(root())
+            .output()
+            .unwrap();
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("--features ballista"), "{args:?}: {err}");
+    }
+    assert!(!out.exists());
+}
+
+/// `--engine` takes a scheduler's address and nothing else.
+#[test]
+fn engine_takes_a_ballista_address() {
+    for (engine, says) in [
+        ("http://127.0.0.1:50050", "not a cluster"),
+        ("ballista://127.0.0.1:0", "is not a port"),
+        ("ballista://a b:1", "is not a host name"),
+    ] {
+        let o = cohortql(&[
+            "run",
+            "studies/eunomia/celecoxib.study",
+            "--repo",
+            "tests/data/eunomia-gibleed",
+            "--engine",
+            engine,
+        ]);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{engine}: {err}");
+        assert!(err.contains(says), "{engine}: {err}");
+    }
+}

@@ -188,6 +188,10 @@ pub(super) fn run(
     } else {
         None
     };
+    let cluster = options.engine.map(Cluster::parse).transpose()?;
+    if cluster.is_some() && !crate::run::cluster::AVAILABLE {
+        return Err(crate::run::cluster::NOT_BUILT.to_string());
+    }
     let source = match repo.and_then(Path::to_str).filter(|r| is_database(r)) {
         Some(url) => Source::Database(
             Database::parse(url)?.with_schemas(options.repo_schema, options.vocab_schema)?,
@@ -198,10 +202,7 @@ pub(super) fn run(
                     .to_string(),
             )
         }
-        None => Source::Files(
-            open(repo)?,
-            options.engine.map(Cluster::parse).transpose()?,
-        ),
+        None => Source::Files(open(repo)?, cluster),
     };
     if let (Source::Database(_), Some(_)) = (&source, options.engine) {
         return Err(
@@ -322,13 +323,16 @@ pub(super) fn plan(
         return Ok(Status::StudyErrors);
     };
     if let Some(engine) = engine {
+        let cluster = Cluster::parse(engine)?;
+        if !crate::run::cluster::AVAILABLE {
+            return Err(crate::run::cluster::NOT_BUILT.to_string());
+        }
         if repo.and_then(Path::to_str).is_some_and(is_database) {
             return Err(
                 "--engine runs the stages of a directory repository on a cluster; a database runs its own: leave out --engine"
                     .to_string(),
             );
         }
-        let cluster = Cluster::parse(engine)?;
         let repo = open(repo)?;
         let stages = runtime()?.block_on(crate::run::cluster::explain_analysed(
             &cluster,

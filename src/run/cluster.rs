@@ -7,6 +7,12 @@
 
 use super::Execution;
 
+/// Whether this build has the Ballista engine (the `ballista` cargo feature).
+pub const AVAILABLE: bool = cfg!(feature = "ballista");
+
+/// What a build without the engine says when asked for it.
+pub const NOT_BUILT: &str = "this cohortql was built without the Ballista engine: build it with `cargo build --release --features ballista`";
+
 /// The scheduler port Ballista listens on unless told otherwise.
 pub const DEFAULT_PORT: u16 = 50050;
 
@@ -114,14 +120,11 @@ mod engine {
     use std::path::{Path, PathBuf};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     /// The largest message exchanged with the scheduler and executors: a stage's plan, or a
     /// batch of its result.
     const MAX_MESSAGE: usize = 256 << 20;
-
-    /// How long a job may wait for an executor to take it before the run gives up.
-    const QUEUED_AT_MOST: Duration = Duration::from_secs(60);
 
     /// The executors' settings a command line gives.
     #[derive(Clone, Debug)]
@@ -406,7 +409,6 @@ mod engine {
             name: &str,
             job_id: &str,
         ) -> Result<Vec<PartitionLocation>, String> {
-            let submitted = Instant::now();
             loop {
                 let status = scheduler
                     .get_job_status(GetJobStatusParams {
@@ -422,23 +424,15 @@ mod engine {
                         return Ok(done.partition_location)
                     }
                     Some(job_status::Status::Failed(failed)) => {
-                        return Err(format!("{name} failed on the cluster: {}", failed.error))
+                        return Err(format!(
+                            "{name} failed on {}: {}",
+                            self.cluster.describe(),
+                            failed.error
+                        ))
                     }
-                    Some(job_status::Status::Running(_)) => {}
-                    None | Some(job_status::Status::Queued(_)) => {
-                        if submitted.elapsed() > QUEUED_AT_MOST {
-                            let _ = scheduler
-                                .cancel_job(ballista_core::serde::protobuf::CancelJobParams {
-                                    job_id: job_id.to_string(),
-                                })
-                                .await;
-                            return Err(format!(
-                                "no executor of {} took {name} in {} s\nhelp: start executors with `cohortql ballista executor --scheduler {}`",
-                                self.cluster.describe(),
-                                QUEUED_AT_MOST.as_secs(),
-                                self.cluster.describe()
-                            ));
-                        }
+                    // Queued, or running: a job waits for executors to take its tasks, as
+                    // Ballista's scheduler lets executors start after it.
+                    Some(job_status::Status::Running(_) | job_status::Status::Queued(_)) | None => {
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -750,6 +744,8 @@ mod engine {
             // others (`task_max_failures` attempts each), or the run fails with the reason.
             executor_timeout_seconds: 20,
             expire_dead_executor_interval_seconds: 5,
+            // With every executor gone, running jobs fail after this long rather than wait.
+            no_executors_grace_period_seconds: 20,
             override_session_builder: Some(Arc::new(|config| {
                 let mut state = ballista_core::utils::default_session_builder(config)?;
                 for f in days::functions() {
@@ -809,12 +805,10 @@ mod engine {
 
 #[cfg(not(feature = "ballista"))]
 mod without {
-    use super::{Cluster, ClusterRun, SchedulerOptions};
+    use super::{Cluster, ClusterRun, SchedulerOptions, NOT_BUILT};
     use crate::repo::Repository;
     use crate::study::Study;
     use std::path::{Path, PathBuf};
-
-    const NOT_BUILT: &str = "this cohortql was built without the Ballista engine: build it with `cargo build --release --features ballista`";
 
     /// The executors' settings a command line gives.
     #[derive(Clone, Debug)]
