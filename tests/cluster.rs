@@ -274,6 +274,23 @@ fn a_stopped_executor_gives_the_same_results_or_a_clear_error() {
     assert_eq!(leftovers(dir.path()), Vec::<String>::new());
 }
 
+/// `run` of the celecoxib study on the Eunomia repository with `--engine engine`, into `out`.
+fn celecoxib_on(engine: &str, out: &Path, limit: Duration) -> Output {
+    cohortql_within(
+        &[
+            "run",
+            "studies/eunomia/celecoxib.study",
+            "--repo",
+            "tests/data/eunomia-gibleed",
+            "--out",
+            out.to_str().unwrap(),
+            "--engine",
+            engine,
+        ],
+        limit,
+    )
+}
+
 /// Every executor stopped without a word to the scheduler: it notices (20 s without a
 /// heartbeat), waits 20 s for one to come back, and fails the job; the run stops with a
 /// message naming the cluster and leaves nothing.
@@ -287,19 +304,7 @@ fn with_every_executor_stopped_the_run_fails_within_a_bound() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let engine = cluster.url();
-    let o = cohortql_within(
-        &[
-            "run",
-            "studies/eunomia/celecoxib.study",
-            "--repo",
-            "tests/data/eunomia-gibleed",
-            "--out",
-            out.to_str().unwrap(),
-            "--engine",
-            &engine,
-        ],
-        Duration::from_secs(180),
-    );
+    let o = celecoxib_on(&engine, &out, Duration::from_secs(180));
     let text = common::all_text(&o);
     assert_eq!(o.status.code(), Some(2), "{text}");
     assert!(text.contains(&format!("failed on {engine}")), "{text}");
@@ -317,19 +322,7 @@ fn an_unreachable_scheduler_is_a_clear_error_that_leaves_nothing() {
         .port();
     let out = dir.path().join("out");
     let engine = format!("ballista://127.0.0.1:{port}");
-    let o = cohortql_within(
-        &[
-            "run",
-            "studies/eunomia/celecoxib.study",
-            "--repo",
-            "tests/data/eunomia-gibleed",
-            "--out",
-            out.to_str().unwrap(),
-            "--engine",
-            &engine,
-        ],
-        Duration::from_secs(60),
-    );
+    let o = celecoxib_on(&engine, &out, Duration::from_secs(60));
     let text = common::all_text(&o);
     assert_eq!(o.status.code(), Some(2), "{text}");
     assert!(

@@ -23,11 +23,6 @@ pub struct Cluster {
     pub port: u16,
 }
 
-/// Whether `--engine` names a cluster.
-pub fn is_cluster(engine: &str) -> bool {
-    engine.starts_with("ballista://")
-}
-
 impl Cluster {
     /// `ballista://HOST[:PORT]` (port 50050 when left out).
     pub fn parse(engine: &str) -> Result<Cluster, String> {
@@ -75,12 +70,32 @@ pub struct ClusterRun {
 }
 
 #[cfg(feature = "ballista")]
-pub use engine::{execute, explain_analysed, serve_executor, serve_scheduler, ExecutorOptions};
+pub use engine::{execute, explain_analysed, serve_executor, serve_scheduler};
 
 #[cfg(not(feature = "ballista"))]
-pub use without::{execute, explain_analysed, serve_executor, serve_scheduler, ExecutorOptions};
+pub use without::{execute, explain_analysed, serve_executor, serve_scheduler};
 
-/// The scheduler's and executors' settings a command line gives.
+/// The executors' settings a command line gives.
+#[derive(Clone, Debug)]
+pub struct ExecutorOptions {
+    /// The scheduler to register with.
+    pub scheduler: Cluster,
+    /// The address to listen on.
+    pub bind: String,
+    /// The host name the scheduler and other executors reach this one by (default: `bind`).
+    pub external_host: Option<String>,
+    /// Arrow Flight (results and shuffles) and gRPC (tasks) ports.
+    pub port: u16,
+    pub grpc_port: u16,
+    /// Where shuffle files go (default: a temporary directory).
+    pub work_dir: Option<std::path::PathBuf>,
+    /// Tasks run at once (default: the machine's cores).
+    pub concurrent_tasks: Option<usize>,
+    /// The least severe of Ballista's log records printed.
+    pub log_level: String,
+}
+
+/// The scheduler's settings a command line gives.
 #[derive(Clone, Debug)]
 pub struct SchedulerOptions {
     /// The address to listen on.
@@ -94,11 +109,11 @@ pub struct SchedulerOptions {
 
 #[cfg(feature = "ballista")]
 mod engine {
-    use super::{Cluster, ClusterRun, SchedulerOptions};
+    use super::{Cluster, ClusterRun, ExecutorOptions, SchedulerOptions};
     use crate::plan::days;
     use crate::repo::files::Format;
     use crate::repo::Repository;
-    use crate::run::{engine as engine_message, run_stages, Materialiser};
+    use crate::run::{engine as engine_message, run_stages, Execution, Materialiser};
     use crate::study::Study;
     use ballista_core::client::BallistaClient;
     use ballista_core::registry::BallistaFunctionRegistry;
@@ -110,6 +125,7 @@ mod engine {
     use ballista_core::serde::BallistaPhysicalExtensionCodec;
     use datafusion::arrow::datatypes::SchemaRef;
     use datafusion::arrow::record_batch::RecordBatch;
+    use datafusion::dataframe::DataFrameWriteOptions;
     use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder};
     use datafusion::physical_plan::ExecutionPlan;
     use datafusion::prelude::{ParquetReadOptions, SessionContext};
@@ -126,64 +142,71 @@ mod engine {
     /// batch of its result.
     const MAX_MESSAGE: usize = 256 << 20;
 
-    /// The executors' settings a command line gives.
-    #[derive(Clone, Debug)]
-    pub struct ExecutorOptions {
-        /// The scheduler to register with.
-        pub scheduler: Cluster,
-        /// The address to listen on.
-        pub bind: String,
-        /// The host name the scheduler and other executors reach this one by (default: `bind`).
-        pub external_host: Option<String>,
-        /// Arrow Flight (results and shuffles) and gRPC (tasks) ports.
-        pub port: u16,
-        pub grpc_port: u16,
-        /// Where shuffle files go (default: a temporary directory).
-        pub work_dir: Option<PathBuf>,
-        /// Tasks run at once (default: the machine's cores).
-        pub concurrent_tasks: Option<usize>,
-        /// The least severe of Ballista's log records printed.
-        pub log_level: String,
-    }
-
-    /// Runs every stage of a study on the cluster, each stage kept in `stages` (a directory
-    /// every executor reads at the same path) as the next stage's table. The plans are those
-    /// of the embedded engine, planned here and run there: the outputs are the same.
+    /// Runs every stage of a study on the cluster, each stage kept as the next stage's table
+    /// in a directory of its own under `stage_parent` (which every executor reads at the same
+    /// path), removed when the run ends, whether it succeeded or not. The plans are those of
+    /// the embedded engine, planned here and run there: the outputs are the same.
     pub async fn execute(
         cluster: &Cluster,
         study: &Study,
         repo: &Repository,
-        stages: &Path,
+        stage_parent: &Path,
         progress: &dyn Fn(&str),
     ) -> Result<ClusterRun, String> {
-        let on = InCluster::prepare(cluster, repo, stages, false, progress).await?;
-        let run = run_stages(study, &on.ctx, &on, progress)
-            .await
-            .map_err(|e| explained(cluster, stages, e))?;
+        let (run, ran) = run(cluster, study, repo, stage_parent, false, progress).await?;
         Ok(ClusterRun {
             run,
-            executors: on.executors(),
+            executors: ran.executors.into_iter().collect(),
         })
     }
 
-    /// Runs a study on the cluster as `execute` does, its stages in a directory of its own
-    /// under `stage_parent` (removed after), and gives each plan as the cluster ran it: its
-    /// query stages, with the rows and time of every operator.
+    /// Runs a study on the cluster as `execute` does, and gives each plan as the cluster ran
+    /// it: its query stages, with the rows and time of every operator.
     pub async fn explain_analysed(
         cluster: &Cluster,
         study: &Study,
         repo: &Repository,
         stage_parent: &Path,
     ) -> Result<Vec<(String, String)>, String> {
-        let stages = stage_parent.join(format!(".cohortql-stages-{}", std::process::id()));
+        let (_, ran) = run(cluster, study, repo, stage_parent, true, &|_| {}).await?;
+        Ok(ran.analysis.into_inner().expect("not poisoned"))
+    }
+
+    /// The stage pipeline on the cluster, in a stage directory made for it and removed after.
+    async fn run(
+        cluster: &Cluster,
+        study: &Study,
+        repo: &Repository,
+        stage_parent: &Path,
+        analyse: bool,
+        progress: &dyn Fn(&str),
+    ) -> Result<(Execution, Ran), String> {
+        let stages = stage_dir(stage_parent);
         let ran = async {
-            let on = InCluster::prepare(cluster, repo, &stages, true, &|_| {}).await?;
-            run_stages(study, &on.ctx, &on, &|_| {}).await?;
-            Ok::<_, String>(on.analysis.into_inner().expect("not poisoned"))
+            let on = InCluster::prepare(cluster, repo, &stages, analyse, progress).await?;
+            let run = run_stages(study, &on.ctx, &on, progress).await?;
+            Ok((run, on.finish()))
         }
         .await;
         let _ = std::fs::remove_dir_all(&stages);
         ran.map_err(|e| explained(cluster, &stages, e))
+    }
+
+    /// A directory of its own under `parent` for one run's stages.
+    fn stage_dir(parent: &Path) -> PathBuf {
+        parent.join(format!(
+            ".cohortql-stages-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ))
+    }
+
+    /// What a finished run learned of the cluster.
+    struct Ran {
+        executors: BTreeSet<String>,
+        analysis: Mutex<Vec<(String, String)>>,
     }
 
     /// A cluster's error, with what to do when it is one a user can fix.
@@ -262,11 +285,20 @@ mod engine {
             for file in repo.files.iter().filter(|f| f.format != Format::Parquet) {
                 progress(&format!("copying {} as Parquet", file.table.name));
                 let name = file.table.name;
-                let frame = ctx.table(name).await.map_err(engine_message)?;
-                let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-                let batches = frame.collect().await.map_err(engine_message)?;
                 let path = stages.join(format!("{name}.table.parquet"));
-                write_parquet(&path, schema, &batches)?;
+                let location = path
+                    .to_str()
+                    .ok_or_else(|| format!("{} is not valid UTF-8", path.display()))?;
+                ctx.table(name)
+                    .await
+                    .map_err(engine_message)?
+                    .write_parquet(
+                        location,
+                        DataFrameWriteOptions::new().with_single_file_output(true),
+                        None,
+                    )
+                    .await
+                    .map_err(engine_message)?;
                 register_parquet(&ctx, name, &path).await?;
             }
             Ok(InCluster {
@@ -280,13 +312,11 @@ mod engine {
             })
         }
 
-        fn executors(&self) -> Vec<String> {
-            self.executors
-                .lock()
-                .expect("not poisoned")
-                .iter()
-                .cloned()
-                .collect()
+        fn finish(self) -> Ran {
+            Ran {
+                executors: self.executors.into_inner().expect("not poisoned"),
+                analysis: self.analysis,
+            }
         }
 
         fn scheduler_url(&self) -> String {
@@ -805,23 +835,10 @@ mod engine {
 
 #[cfg(not(feature = "ballista"))]
 mod without {
-    use super::{Cluster, ClusterRun, SchedulerOptions, NOT_BUILT};
+    use super::{Cluster, ClusterRun, ExecutorOptions, SchedulerOptions, NOT_BUILT};
     use crate::repo::Repository;
     use crate::study::Study;
-    use std::path::{Path, PathBuf};
-
-    /// The executors' settings a command line gives.
-    #[derive(Clone, Debug)]
-    pub struct ExecutorOptions {
-        pub scheduler: Cluster,
-        pub bind: String,
-        pub external_host: Option<String>,
-        pub port: u16,
-        pub grpc_port: u16,
-        pub work_dir: Option<PathBuf>,
-        pub concurrent_tasks: Option<usize>,
-        pub log_level: String,
-    }
+    use std::path::Path;
 
     pub async fn execute(
         _: &Cluster,

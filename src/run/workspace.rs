@@ -281,51 +281,32 @@ impl Workspace {
         let fingerprint = tokio::task::spawn_blocking(move || data_fingerprint(&copy));
         // With the columns Table 1 always shows (sex, age at index); no dataset written keeps them.
         let with_demographics = crate::results::table1::with_demographics(study);
-        let (run, engine) = match cluster {
-            None => (
-                execute(&with_demographics, ctx, progress).await,
-                EngineRecord::Embedded,
-            ),
+        let ran = match cluster {
+            None => execute(&with_demographics, ctx, progress)
+                .await
+                .map(|run| (run, EngineRecord::Embedded)),
             Some(on) => {
                 let parent = on.stages.clone().unwrap_or_else(|| {
                     out.parent()
                         .filter(|p| !p.as_os_str().is_empty())
                         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
                 });
-                let stages = parent.join(format!(
-                    ".cohortql-stages-{}-{}",
-                    std::process::id(),
-                    std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_nanos())
-                ));
-                let ran = super::cluster::execute(
-                    &on.cluster,
-                    &with_demographics,
-                    repo,
-                    &stages,
-                    progress,
-                )
-                .await;
-                // The stages are the run's working data: gone whether it succeeded or not.
-                let _ = std::fs::remove_dir_all(&stages);
-                match ran {
-                    Ok(done) => (
-                        Ok(done.run),
-                        EngineRecord::Cluster {
+                super::cluster::execute(&on.cluster, &with_demographics, repo, &parent, progress)
+                    .await
+                    .map(|done| {
+                        let engine = EngineRecord::Cluster {
                             scheduler: on.cluster.describe(),
                             executors: done.executors,
-                        },
-                    ),
-                    Err(e) => (Err(e), EngineRecord::Embedded),
-                }
+                        };
+                        (done.run, engine)
+                    })
             }
         };
         let fingerprint = fingerprint
             .await
             .map_err(|_| "the data fingerprint failed".to_string())??;
-        let run = match run {
-            Ok(run) => run,
+        let (run, engine) = match ran {
+            Ok(ran) => ran,
             Err(message) => return Err(visible(located(ctx, repo, message).await)),
         };
         progress("checking the data read");
