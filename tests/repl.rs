@@ -222,6 +222,9 @@ fn a_terminal_session_builds_a_study() {
         .current_dir(root())
         .env("NO_COLOR", "1")
         .env("TERM", "xterm")
+        // Its own cache, so its own history: a line kept from an earlier run would be shown as
+        // a hint while typing and be mistaken for the completion awaited below.
+        .env("COHORTQL_CACHE_DIR", dir.path().join("cache"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
