@@ -463,3 +463,74 @@ fn cohorts_outside_observation_with_their_record_end_and_cohort_id() {
     assert!(all_text(&two).contains("one at a time"));
     assert!(!dir.path().join("c").exists());
 }
+
+/// `run` looks the concept sets up in the vocabulary once, before the stages, and finds the
+/// consenting persons once, as a stage: after those two, no stage reads the vocabulary, and
+/// observations are read only by the study's own criterion on them. `plan` runs nothing, so its
+/// plans keep the lookups.
+#[test]
+fn the_vocabulary_and_the_consenting_persons_are_read_once_per_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let cache = dir.path().join("cache");
+    let o = cohortql(
+        &["synth", "--persons", "300", "--seed", "1", "--out", repo.to_str().unwrap()],
+        &cache,
+    );
+    assert!(o.status.success(), "{}", all_text(&o));
+    let study = "studies/breast_neoadjuvant_pcr.study";
+    let o = cohortql(
+        &["plan", study, "--repo", repo.to_str().unwrap(), "--analyze"],
+        &cache,
+    );
+    let text = all_text(&o);
+    assert!(o.status.success(), "{text}");
+    let text = format!("\n{text}");
+    let sections: Vec<(&str, &str)> = text
+        .split("\n== ")
+        .skip(1)
+        .map(|s| s.split_once(" ==").expect("a section title"))
+        .collect();
+    let names: Vec<&str> = sections.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        &names[..3],
+        ["concept_sets", "cohortql_consenting", "cohortql_entries"],
+        "{text}"
+    );
+    let reading = |table: &str, body: &str| {
+        body.lines()
+            .filter(|l| l.contains("DataSourceExec") && l.contains(&format!("/{table}.parquet")))
+            .count()
+    };
+    assert!(reading("concept_ancestor", sections[0].1) > 0, "{text}");
+    // (A modality is the code of an image's concept: that join with `concept` stays.)
+    let lookups = |body: &str| {
+        body.lines()
+            .filter(|l| l.contains("/concept.parquet") && l.contains("upper("))
+            .count()
+    };
+    assert!(lookups(sections[0].1) > 0, "{text}");
+    for (name, body) in &sections[1..] {
+        assert_eq!(lookups(body), 0, "{name} looks up a set: {body}");
+        for table in ["concept_ancestor", "concept_relationship"] {
+            assert_eq!(reading(table, body), 0, "{name} reads {table}: {body}");
+        }
+    }
+    // The consent records, then the `pcr_at_surgery` endpoint's: nothing else reads them.
+    let observations: Vec<&str> = sections[1..]
+        .iter()
+        .filter(|(_, body)| reading("observation", body) > 0)
+        .map(|(name, _)| *name)
+        .collect();
+    assert_eq!(observations, ["cohortql_consenting", "dataset"], "{text}");
+    assert!(sections
+        .iter()
+        .all(|(_, body)| reading("observation", body) <= 1));
+    // Without running, the stages look the sets up themselves.
+    let o = cohortql(&["plan", study, "--repo", repo.to_str().unwrap()], &cache);
+    let text = all_text(&o);
+    assert!(o.status.success(), "{text}");
+    assert!(!text.contains("== concept_sets =="), "{text}");
+    assert!(text.contains("== cohortql_consenting =="), "{text}");
+    assert!(text.contains("concept_ancestor"), "{text}");
+}

@@ -223,9 +223,10 @@ fn parse_every_dialect() {
         ("sqlite", &SQLiteDialect {}, "julianday("),
         ("bigquery", &BigQueryDialect {}, "DATE_DIFF("),
     ];
-    for study in [
-        "studies/breast_neoadjuvant_pcr.study",
-        "studies/nsaid_gi_bleed.study",
+    // The breast study has a consent rule: its consenting persons are a stage of their own.
+    for (study, consent) in [
+        ("studies/breast_neoadjuvant_pcr.study", true),
+        ("studies/nsaid_gi_bleed.study", false),
     ] {
         for (name, dialect, day_arithmetic) in dialects {
             let script = sql_script(study, name);
@@ -238,9 +239,16 @@ fn parse_every_dialect() {
             );
             let statements = Parser::parse_sql(dialect, &script)
                 .unwrap_or_else(|e| panic!("{study} in {name}: {e}"));
-            // Four stages, the attrition (with its split by arm and the inclusion-rule report),
-            // the persons followed up (in all and per arm), the cohort and the dataset.
-            assert_eq!(statements.len(), 12, "{study} in {name}");
+            // Four stages (five with the consenting persons), the attrition (with its split by
+            // arm and the inclusion-rule report), the persons followed up (in all and per arm),
+            // the cohort and the dataset.
+            assert_eq!(
+                script.contains("CREATE TEMPORARY TABLE cohortql_consenting")
+                    || script.contains("CREATE TEMP TABLE cohortql_consenting"),
+                consent,
+                "{study} in {name}"
+            );
+            assert_eq!(statements.len(), 12 + consent as usize, "{study} in {name}");
         }
     }
 }

@@ -5,6 +5,7 @@
 //! every intermediate result once instead of recomputing it inside every criterion:
 //!
 //! ```text
+//!  consenting  persons whose consent the study's rule asks for (only with a consent rule)
 //!  entries     index events with their observation period and the person's birth and sex
 //!  population  entries with one flag per attrition step and the exposure arm
 //!  follow_up   survivors with follow-up start and end (entries with no day left dropped)
@@ -33,6 +34,7 @@ use std::sync::Arc;
 pub use stages::*;
 
 /// The tables the stages write, in order, and the names later stages read them by.
+pub const CONSENTING: &str = "cohortql_consenting";
 pub const ENTRIES: &str = "cohortql_entries";
 pub const POPULATION: &str = "cohortql_population";
 pub const FOLLOW_UP: &str = "cohortql_follow_up";
@@ -49,6 +51,9 @@ pub struct Planner<'a> {
     reading_consent: bool,
     /// The repository's tables the plans built so far read.
     read: std::cell::RefCell<std::collections::BTreeSet<&'static str>>,
+    /// The ids of each concept set read from the vocabulary, once looked up (see
+    /// `concept_sets`): set index to ids, sorted and distinct.
+    resolved: BTreeMap<usize, Vec<i64>>,
 }
 
 impl<'a> Planner<'a> {
@@ -67,6 +72,7 @@ impl<'a> Planner<'a> {
             consenting: None,
             reading_consent: false,
             read: Default::default(),
+            resolved: BTreeMap::new(),
         })
     }
 

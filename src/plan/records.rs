@@ -11,6 +11,7 @@ use datafusion::functions::expr_fn::{least, substring, upper};
 use datafusion::logical_expr::{
     cast, in_subquery, lit, when, Expr, JoinType, LogicalPlan, LogicalPlanBuilder,
 };
+use datafusion::arrow::record_batch::RecordBatch;
 use std::sync::Arc;
 
 /// The column names of a relation of records (see `reference::data::Record`).
@@ -139,7 +140,7 @@ impl Planner<'_> {
 
     /// The records of a domain as stored, before the consent rule, read as the OMOP domain
     /// catalogue says; `modality` only when a filter asks for it, since it may cost a join.
-    fn raw_records(&mut self, domain: Domain, modality: bool) -> Result<(LogicalPlan, Rec)> {
+    pub(super) fn raw_records(&mut self, domain: Domain, modality: bool) -> Result<(LogicalPlan, Rec)> {
         let rec = self.rec_names();
         let source = domains::records(domain);
         let wanted = |f: Field| modality || f != Field::Modality;
@@ -280,7 +281,7 @@ impl Planner<'_> {
 
     /// Applies the consent rule to records: a person without consent contributes none, or
     /// none dated from the rule's date on.
-    fn consent_records(&mut self, plan: LogicalPlan, rec: Rec) -> Result<(LogicalPlan, Rec)> {
+    pub(super) fn consent_records(&mut self, plan: LogicalPlan, rec: Rec) -> Result<(LogicalPlan, Rec)> {
         let Some((consenting, from)) = self.consent_rule()? else {
             return Ok((plan, rec));
         };
@@ -320,6 +321,18 @@ impl Planner<'_> {
         Ok((project(joined, exprs)?, flag))
     }
 
+    /// The persons the consent rule lets the study use (one column, `person`), for an engine
+    /// to keep as the stage `CONSENTING` before the others; `None` without a consent rule.
+    pub fn consenting(&mut self) -> Result<Option<LogicalPlan>> {
+        Ok(self.consent_rule()?.map(|(plan, _)| plan))
+    }
+
+    /// The kept `consenting` stage: every later plan reads it rather than finding the
+    /// consenting persons again in each criterion.
+    pub fn use_consenting(&mut self, kept: LogicalPlan) {
+        self.consenting = Some(kept);
+    }
+
     /// The distinct persons with a consent record (one column, `person`) and the date the rule
     /// applies from; `None` when the study has no consent rule, or while the consent records
     /// themselves are being read (they are read as stored).
@@ -352,21 +365,96 @@ impl Planner<'_> {
         Ok(Some((plan, from)))
     }
 
-    /// Whether `column` holds a concept of the expression: a list of ids when the expression
-    /// is only concept ids (however many, one expression and no relation per id), a subquery
+    /// Whether `column` holds a concept of the expression (a test that keeps or drops a
+    /// record, never negated): a list of ids when the expression is only concept ids and sets
+    /// already looked up (however many, one expression and no relation per id), a subquery
     /// otherwise.
     pub(super) fn in_concepts(&mut self, column: Expr, expr: &ConceptExpr) -> Result<Expr> {
         Ok(match self.plain_ids(expr) {
+            // `x IN ()` is not SQL; an empty set matches nothing, as its subquery would.
+            Some(ids) if ids.is_empty() => lit(false),
             Some(ids) => column.in_list(ids.into_iter().map(lit).collect(), false),
             None => in_subquery(column, Arc::new(self.concepts(expr)?)),
         })
     }
 
-    /// The ids of an expression made only of concept ids, unions and sets of such.
+    /// One plan giving the ids of every concept set that needs the vocabulary (a name, a code,
+    /// descendants, mappings), as rows of (`set`, `concept_id`); `None` when no set does. An
+    /// engine runs it once before the stages and hands the rows to `use_concept_sets`, so the
+    /// stages test lists of ids instead of each criterion reading the vocabulary again.
+    pub fn concept_sets(&mut self) -> Result<Option<LogicalPlan>> {
+        let mut plans = Vec::new();
+        for i in 0..self.study.concept_sets.len() {
+            if self.plain_ids(&ConceptExpr::Set(i)).is_some() {
+                continue;
+            }
+            let ids = self.concepts(&ConceptExpr::Set(i))?;
+            // NULL ids are left out: a test of them is never true, as `IN` would have it.
+            let ids = filter(ids, c("concept_id").is_not_null())?;
+            plans.push(Arc::new(project(
+                ids,
+                vec![
+                    lit(i as i64).alias("set"),
+                    cast(c("concept_id"), DataType::Int64).alias("concept_id"),
+                ],
+            )?));
+        }
+        Ok(match plans.len() {
+            0 => None,
+            1 => Some(Arc::unwrap_or_clone(plans.remove(0))),
+            _ => Some(LogicalPlan::Union(
+                datafusion::logical_expr::Union::try_new_with_loose_types(plans)?,
+            )),
+        })
+    }
+
+    /// Takes the rows of `concept_sets`' plan: from now on those sets are lists of ids.
+    pub fn use_concept_sets(&mut self, rows: &[RecordBatch]) -> Result<()> {
+        use datafusion::arrow::array::{Array, AsArray};
+        use datafusion::arrow::datatypes::Int64Type;
+        for i in 0..self.study.concept_sets.len() {
+            if self.plain_ids(&ConceptExpr::Set(i)).is_none() {
+                self.resolved.insert(i, Vec::new());
+            }
+        }
+        for batch in rows {
+            let column = |name: &str| {
+                batch
+                    .column_by_name(name)
+                    .and_then(|a| a.as_primitive_opt::<Int64Type>())
+                    .ok_or_else(|| {
+                        datafusion::error::DataFusionError::Internal(format!(
+                            "the concept sets' rows have no Int64 column {name}"
+                        ))
+                    })
+            };
+            let (sets, ids) = (column("set")?, column("concept_id")?);
+            for row in 0..batch.num_rows() {
+                if sets.is_null(row) || ids.is_null(row) {
+                    continue;
+                }
+                let set = usize::try_from(sets.value(row)).unwrap_or(usize::MAX);
+                if let Some(list) = self.resolved.get_mut(&set) {
+                    list.push(ids.value(row));
+                }
+            }
+        }
+        for list in self.resolved.values_mut() {
+            list.sort_unstable();
+            list.dedup();
+        }
+        Ok(())
+    }
+
+    /// The ids of an expression made only of concept ids, unions and sets of such (or sets
+    /// already looked up).
     fn plain_ids(&self, expr: &ConceptExpr) -> Option<Vec<i64>> {
         match expr {
             ConceptExpr::Concept { id, .. } => Some(vec![*id]),
-            ConceptExpr::Set(i) => self.plain_ids(&self.study.concept_sets[*i].expr),
+            ConceptExpr::Set(i) => match self.resolved.get(i) {
+                Some(ids) => Some(ids.clone()),
+                None => self.plain_ids(&self.study.concept_sets[*i].expr),
+            },
             ConceptExpr::Union(parts) => {
                 let mut ids = Vec::new();
                 for p in parts {

@@ -930,6 +930,20 @@ impl Materialiser for Explaining<'_> {
             .await?;
         Ok((schema, Vec::new()))
     }
+
+    /// The concept sets are looked up as `run` does, unexplained: the stages explained are
+    /// then those `run` executes.
+    async fn values(
+        &self,
+        name: &'static str,
+        plan: LogicalPlan,
+    ) -> Result<Option<Vec<RecordBatch>>, String> {
+        let runner = InDatabase {
+            client: self.client,
+            ctx: self.ctx,
+        };
+        Ok(Some(runner.rows(name, plan).await?.1))
+    }
 }
 
 /// The data fingerprint of a database: sha256 over, for each OMOP table in the schema (in the

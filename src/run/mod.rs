@@ -126,6 +126,15 @@ pub(crate) trait Materialiser {
         name: &'static str,
         plan: LogicalPlan,
     ) -> Result<(SchemaRef, Vec<RecordBatch>), String>;
+    /// Runs `plan` for values later plans are built with (the concept sets' ids), or `None`
+    /// when the engine runs nothing (plans only): the later plans then compute them.
+    async fn values(
+        &self,
+        name: &'static str,
+        plan: LogicalPlan,
+    ) -> Result<Option<Vec<RecordBatch>>, String> {
+        Ok(Some(self.rows(name, plan).await?.1))
+    }
 }
 
 /// DataFusion: each stage collected into memory and registered as a table of the session.
@@ -173,6 +182,16 @@ impl Materialiser for PlansOnly<'_> {
         let schema = Arc::new(plan.schema().as_arrow().clone());
         self.plans.lock().expect("not poisoned").push((name, plan));
         Ok((schema, Vec::new()))
+    }
+
+    /// Nothing runs: the plans keep the vocabulary lookups that `run` does first, so `sql`
+    /// writes a script that needs no earlier query.
+    async fn values(
+        &self,
+        _name: &'static str,
+        _plan: LogicalPlan,
+    ) -> Result<Option<Vec<RecordBatch>>, String> {
+        Ok(None)
     }
 }
 
@@ -335,7 +354,20 @@ pub(crate) async fn run_stages(
         planned_before = planning;
         clock = Instant::now();
     };
+    // The concept sets read from the vocabulary once, in one query, before any stage: the
+    // stages then test lists of ids (and the engine's planner sees a filter, not a join).
+    if let Some(sets) = planned!(planner.concept_sets()) {
+        if let Some(rows) = m.values("concept_sets", sets).await? {
+            planned!(planner.use_concept_sets(&rows));
+        }
+    }
+    lap("concepts", &mut timings, planning);
     progress("index events");
+    // Consenting persons found once and kept, not once per criterion.
+    if let Some(consenting) = planned!(planner.consenting()) {
+        let kept = m.keep(plan::CONSENTING, consenting).await?;
+        planner.use_consenting(kept);
+    }
     let entries = planned!(planner.entries());
     let entries = m.keep(plan::ENTRIES, entries).await?;
     lap("entries", &mut timings, planning);
