@@ -51,9 +51,11 @@ pub struct Planner<'a> {
     reading_consent: bool,
     /// The repository's tables the plans built so far read.
     read: std::cell::RefCell<std::collections::BTreeSet<&'static str>>,
-    /// The ids of each concept set read from the vocabulary, once looked up (see
-    /// `concept_sets`): set index to ids, sorted and distinct.
-    resolved: BTreeMap<usize, Vec<i64>>,
+    /// Parts of concept sets already read from the vocabulary (see `concept_sets`), with
+    /// their ids.
+    known: Vec<(crate::study::ConceptExpr, records::Ids)>,
+    /// The parts the last `concept_sets` plan looks up, in its order.
+    looking_up: Vec<crate::study::ConceptExpr>,
 }
 
 impl<'a> Planner<'a> {
@@ -72,7 +74,8 @@ impl<'a> Planner<'a> {
             consenting: None,
             reading_consent: false,
             read: Default::default(),
-            resolved: BTreeMap::new(),
+            known: Vec::new(),
+            looking_up: Vec::new(),
         })
     }
 

@@ -6,12 +6,12 @@ use crate::repo::domains::{self, Field, JoinKind};
 use crate::study::{CodePattern, ConceptExpr, Consent, Domain};
 use chrono::{Duration, NaiveDate};
 use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::{Column, Result, ScalarValue};
 use datafusion::functions::expr_fn::{least, substring, upper};
 use datafusion::logical_expr::{
     cast, in_subquery, lit, when, Expr, JoinType, LogicalPlan, LogicalPlanBuilder,
 };
-use datafusion::arrow::record_batch::RecordBatch;
 use std::sync::Arc;
 
 /// The column names of a relation of records (see `reference::data::Record`).
@@ -140,7 +140,11 @@ impl Planner<'_> {
 
     /// The records of a domain as stored, before the consent rule, read as the OMOP domain
     /// catalogue says; `modality` only when a filter asks for it, since it may cost a join.
-    pub(super) fn raw_records(&mut self, domain: Domain, modality: bool) -> Result<(LogicalPlan, Rec)> {
+    pub(super) fn raw_records(
+        &mut self,
+        domain: Domain,
+        modality: bool,
+    ) -> Result<(LogicalPlan, Rec)> {
         let rec = self.rec_names();
         let source = domains::records(domain);
         let wanted = |f: Field| modality || f != Field::Modality;
@@ -281,7 +285,11 @@ impl Planner<'_> {
 
     /// Applies the consent rule to records: a person without consent contributes none, or
     /// none dated from the rule's date on.
-    pub(super) fn consent_records(&mut self, plan: LogicalPlan, rec: Rec) -> Result<(LogicalPlan, Rec)> {
+    pub(super) fn consent_records(
+        &mut self,
+        plan: LogicalPlan,
+        rec: Rec,
+    ) -> Result<(LogicalPlan, Rec)> {
         let Some((consenting, from)) = self.consent_rule()? else {
             return Ok((plan, rec));
         };
@@ -378,94 +386,274 @@ impl Planner<'_> {
         })
     }
 
-    /// One plan giving the ids of every concept set that needs the vocabulary (a name, a code,
-    /// descendants, mappings), as rows of (`set`, `concept_id`); `None` when no set does. An
-    /// engine runs it once before the stages and hands the rows to `use_concept_sets`, so the
-    /// stages test lists of ids instead of each criterion reading the vocabulary again.
+    /// The next lookup of concept sets in the vocabulary, or `None` when every set is a list
+    /// of ids. An engine runs each plan once, before the stages, and hands its rows to
+    /// `use_concept_sets`, until there is none: the stages then test lists of ids instead of
+    /// each criterion reading the vocabulary again. The first lookup reads `concept` once for
+    /// every name and source code of every set (a row per concept that any of them matches,
+    /// with one flag per test); each later one reads `concept_ancestor` and
+    /// `concept_relationship` for the descendants and mappings of ids found before it. Each
+    /// part yields the ids its subquery would (NULL ids remembered, for `-`).
     pub fn concept_sets(&mut self) -> Result<Option<LogicalPlan>> {
-        let mut plans = Vec::new();
-        for i in 0..self.study.concept_sets.len() {
-            if self.plain_ids(&ConceptExpr::Set(i)).is_some() {
-                continue;
-            }
-            let ids = self.concepts(&ConceptExpr::Set(i))?;
-            // NULL ids are left out: a test of them is never true, as `IN` would have it.
-            let ids = filter(ids, c("concept_id").is_not_null())?;
-            plans.push(Arc::new(project(
-                ids,
-                vec![
-                    lit(i as i64).alias("set"),
-                    cast(c("concept_id"), DataType::Int64).alias("concept_id"),
-                ],
-            )?));
+        let mut ready: Vec<ConceptExpr> = Vec::new();
+        for set in &self.study.concept_sets {
+            self.ready_parts(&set.expr, &mut ready);
         }
-        Ok(match plans.len() {
-            0 => None,
-            1 => Some(Arc::unwrap_or_clone(plans.remove(0))),
-            _ => Some(LogicalPlan::Union(
-                datafusion::logical_expr::Union::try_new_with_loose_types(plans)?,
-            )),
-        })
+        let leaves: Vec<ConceptExpr> = ready.iter().filter(|e| is_leaf(e)).cloned().collect();
+        self.looking_up = if leaves.is_empty() { ready } else { leaves };
+        let Some(first) = self.looking_up.first() else {
+            return Ok(None);
+        };
+        if is_leaf(first) {
+            let tests: Vec<Expr> = self.looking_up.iter().map(leaf_test).collect();
+            let concept = |n: &str| qualified("concept", n);
+            let mut exprs = vec![cast(concept("concept_id"), DataType::Int64).alias("concept_id")];
+            exprs.extend(
+                tests
+                    .iter()
+                    .enumerate()
+                    .map(|(k, t)| t.clone().alias(format!("test{k}"))),
+            );
+            let any = tests.into_iter().reduce(Expr::or).unwrap_or(lit(false));
+            let plan = LogicalPlanBuilder::from(self.table("concept"))
+                .filter(any)?
+                .project(exprs)?
+                .build()?;
+            return Ok(Some(plan));
+        }
+        // One reading of each relation for every part of this level: the rows whose first
+        // column is any part's id, handed out to the parts in `use_concept_sets`.
+        let (mut ancestors, mut maps_from, mut maps_to) = (Vec::new(), Vec::new(), Vec::new());
+        for part in &self.looking_up {
+            let (list, inner) = match part {
+                ConceptExpr::WithDescendants(inner) => (&mut ancestors, inner),
+                ConceptExpr::Mapped(inner) => (&mut maps_from, inner),
+                ConceptExpr::WithSources(inner) => (&mut maps_to, inner),
+                _ => unreachable!("only these parts wait for others"),
+            };
+            list.extend(self.known_ids(inner).map(|k| k.ids).unwrap_or_default());
+        }
+        let any_of = |column: Expr, ids: &mut Vec<i64>| {
+            ids.sort_unstable();
+            ids.dedup();
+            match ids.is_empty() {
+                true => lit(false),
+                false => column.in_list(ids.iter().map(|i| lit(*i)).collect(), false),
+            }
+        };
+        let mut plans = Vec::new();
+        for (relation, table) in [(0i64, "concept_ancestor"), (1, "concept_relationship")] {
+            let t = |n: &str| qualified(table, n);
+            let (first, second, test) = if relation == 0 {
+                if ancestors.is_empty() {
+                    continue;
+                }
+                let test = any_of(t("ancestor_concept_id"), &mut ancestors);
+                (t("ancestor_concept_id"), t("descendant_concept_id"), test)
+            } else {
+                if maps_from.is_empty() && maps_to.is_empty() {
+                    continue;
+                }
+                let test = any_of(t("concept_id_1"), &mut maps_from)
+                    .or(any_of(t("concept_id_2"), &mut maps_to));
+                let test = t("relationship_id").eq(lit("Maps to")).and(test);
+                (t("concept_id_1"), t("concept_id_2"), test)
+            };
+            plans.push(Arc::new(
+                LogicalPlanBuilder::from(self.table(table))
+                    .filter(test)?
+                    .project(vec![
+                        lit(relation).alias("relation"),
+                        cast(first, DataType::Int64).alias("first"),
+                        cast(second, DataType::Int64).alias("second"),
+                    ])?
+                    .build()?,
+            ));
+        }
+        Ok(Some(match plans.len() {
+            1 => Arc::unwrap_or_clone(plans.remove(0)),
+            _ => LogicalPlan::Union(datafusion::logical_expr::Union::try_new_with_loose_types(
+                plans,
+            )?),
+        }))
     }
 
-    /// Takes the rows of `concept_sets`' plan: from now on those sets are lists of ids.
+    /// The parts of `expr` not known yet that can be looked up now: names and codes, and
+    /// descendants and mappings of known ids.
+    fn ready_parts(&self, expr: &ConceptExpr, ready: &mut Vec<ConceptExpr>) {
+        if self.known_ids(expr).is_some() {
+            return;
+        }
+        match expr {
+            ConceptExpr::Concept { .. } | ConceptExpr::Set(_) => {}
+            ConceptExpr::Named(_) | ConceptExpr::SourceCodes { .. } => {
+                if !ready.contains(expr) {
+                    ready.push(expr.clone());
+                }
+            }
+            ConceptExpr::WithDescendants(inner)
+            | ConceptExpr::Mapped(inner)
+            | ConceptExpr::WithSources(inner) => {
+                if self.known_ids(inner).is_none() {
+                    self.ready_parts(inner, ready)
+                } else if !ready.contains(expr) {
+                    ready.push(expr.clone());
+                }
+            }
+            ConceptExpr::Union(parts) => {
+                for p in parts {
+                    self.ready_parts(p, ready);
+                }
+            }
+            ConceptExpr::Minus(a, b) => {
+                self.ready_parts(a, ready);
+                self.ready_parts(b, ready);
+            }
+        }
+    }
+
+    /// Takes the rows of the last `concept_sets` plan: the parts it looked up are known.
     pub fn use_concept_sets(&mut self, rows: &[RecordBatch]) -> Result<()> {
         use datafusion::arrow::array::{Array, AsArray};
         use datafusion::arrow::datatypes::Int64Type;
-        for i in 0..self.study.concept_sets.len() {
-            if self.plain_ids(&ConceptExpr::Set(i)).is_none() {
-                self.resolved.insert(i, Vec::new());
-            }
-        }
+        let parts = std::mem::take(&mut self.looking_up);
+        let mut found: Vec<Ids> = vec![Ids::default(); parts.len()];
+        let missing = |name: &str| {
+            datafusion::error::DataFusionError::Internal(format!(
+                "the concept sets' lookup gave no column {name} of the expected type"
+            ))
+        };
+        let leaves = parts.first().is_some_and(is_leaf);
+        let column = |batch: &RecordBatch, name: &str| {
+            batch
+                .column_by_name(name)
+                .and_then(|a| a.as_primitive_opt::<Int64Type>().cloned())
+                .ok_or_else(|| missing(name))
+        };
+        // For each part of a level: the relation it reads, whether its ids are in the first
+        // column (else the second), and its ids.
+        let wanted: Vec<(i64, bool, Vec<i64>)> = parts
+            .iter()
+            .map(|part| {
+                let (relation, forward, inner) = match part {
+                    ConceptExpr::WithDescendants(inner) => (0, true, inner),
+                    ConceptExpr::Mapped(inner) => (1, true, inner),
+                    ConceptExpr::WithSources(inner) => (1, false, inner),
+                    _ => return (-1, true, Vec::new()),
+                };
+                let ids = self.known_ids(inner).map(|k| k.ids).unwrap_or_default();
+                (relation, forward, ids)
+            })
+            .collect();
         for batch in rows {
-            let column = |name: &str| {
-                batch
-                    .column_by_name(name)
-                    .and_then(|a| a.as_primitive_opt::<Int64Type>())
-                    .ok_or_else(|| {
-                        datafusion::error::DataFusionError::Internal(format!(
-                            "the concept sets' rows have no Int64 column {name}"
-                        ))
-                    })
-            };
-            let (sets, ids) = (column("set")?, column("concept_id")?);
-            for row in 0..batch.num_rows() {
-                if sets.is_null(row) || ids.is_null(row) {
-                    continue;
+            if leaves {
+                let ids = column(batch, "concept_id")?;
+                for (k, found) in found.iter_mut().enumerate() {
+                    let name = format!("test{k}");
+                    let test = batch
+                        .column_by_name(&name)
+                        .and_then(|a| a.as_boolean_opt())
+                        .ok_or_else(|| missing(&name))?;
+                    for row in 0..batch.num_rows() {
+                        // A test that is NULL keeps nothing, as in the subquery's filter.
+                        if !(test.is_valid(row) && test.value(row)) {
+                            continue;
+                        }
+                        match ids.is_null(row) {
+                            true => found.null = true,
+                            false => found.ids.push(ids.value(row)),
+                        }
+                    }
                 }
-                let set = usize::try_from(sets.value(row)).unwrap_or(usize::MAX);
-                if let Some(list) = self.resolved.get_mut(&set) {
-                    list.push(ids.value(row));
+            } else {
+                let (relation, first, second) = (
+                    column(batch, "relation")?,
+                    column(batch, "first")?,
+                    column(batch, "second")?,
+                );
+                for row in 0..batch.num_rows() {
+                    for (k, (wanted_relation, forward, ids)) in wanted.iter().enumerate() {
+                        let (from, to) = match forward {
+                            true => (&first, &second),
+                            false => (&second, &first),
+                        };
+                        // A NULL id matches no part, as `IN` has it.
+                        if relation.value(row) != *wanted_relation
+                            || from.is_null(row)
+                            || ids.binary_search(&from.value(row)).is_err()
+                        {
+                            continue;
+                        }
+                        match to.is_null(row) {
+                            true => found[k].null = true,
+                            false => found[k].ids.push(to.value(row)),
+                        }
+                    }
                 }
             }
         }
-        for list in self.resolved.values_mut() {
-            list.sort_unstable();
-            list.dedup();
+        for (part, mut ids) in parts.into_iter().zip(found) {
+            // Descendants and sources include the concepts themselves.
+            if let ConceptExpr::WithDescendants(inner) | ConceptExpr::WithSources(inner) = &part {
+                if let Some(base) = self.known_ids(inner) {
+                    ids.ids.extend(base.ids);
+                    ids.null |= base.null;
+                }
+            }
+            ids.ids.sort_unstable();
+            ids.ids.dedup();
+            self.known.push((part, ids));
         }
         Ok(())
     }
 
-    /// The ids of an expression made only of concept ids, unions and sets of such (or sets
-    /// already looked up).
-    fn plain_ids(&self, expr: &ConceptExpr) -> Option<Vec<i64>> {
+    /// The ids of an expression made only of concept ids and parts already looked up, with
+    /// unions, differences and sets of such.
+    fn known_ids(&self, expr: &ConceptExpr) -> Option<Ids> {
         match expr {
-            ConceptExpr::Concept { id, .. } => Some(vec![*id]),
-            ConceptExpr::Set(i) => match self.resolved.get(i) {
-                Some(ids) => Some(ids.clone()),
-                None => self.plain_ids(&self.study.concept_sets[*i].expr),
-            },
+            ConceptExpr::Concept { id, .. } => Some(Ids {
+                ids: vec![*id],
+                null: false,
+            }),
+            ConceptExpr::Set(i) => self.known_ids(&self.study.concept_sets[*i].expr),
             ConceptExpr::Union(parts) => {
-                let mut ids = Vec::new();
+                let mut all = Ids::default();
                 for p in parts {
-                    ids.extend(self.plain_ids(p)?);
+                    let part = self.known_ids(p)?;
+                    all.ids.extend(part.ids);
+                    all.null |= part.null;
                 }
-                ids.sort_unstable();
-                ids.dedup();
-                Some(ids)
+                all.ids.sort_unstable();
+                all.ids.dedup();
+                Some(all)
             }
-            _ => None,
+            ConceptExpr::Minus(a, b) => {
+                let (keep, remove) = (self.known_ids(a)?, self.known_ids(b)?);
+                // `NOT IN` a list holding NULL is never true: nothing is kept.
+                if remove.null {
+                    return Some(Ids::default());
+                }
+                Some(Ids {
+                    ids: keep
+                        .ids
+                        .into_iter()
+                        .filter(|i| remove.ids.binary_search(i).is_err())
+                        .collect(),
+                    null: false,
+                })
+            }
+            _ => self
+                .known
+                .iter()
+                .find(|(part, _)| part == expr)
+                .map(|(_, ids)| ids.clone()),
         }
+    }
+
+    /// The ids of an expression made only of concept ids, unions, differences and sets of
+    /// such (or parts already looked up).
+    fn plain_ids(&self, expr: &ConceptExpr) -> Option<Vec<i64>> {
+        self.known_ids(expr).map(|k| k.ids)
     }
 
     /// The concept ids a concept expression stands for, as a one-column plan (`concept_id`).
@@ -476,25 +664,12 @@ impl Planner<'_> {
             ConceptExpr::Concept { id, .. } => LogicalPlanBuilder::empty(true)
                 .project(vec![lit(*id).alias("concept_id")])?
                 .build()?,
-            ConceptExpr::SourceCodes { vocabulary, codes } => {
-                let code = upper(concept("concept_code"));
-                let matches = codes
-                    .iter()
-                    .map(|p| code_matches(p, code.clone()))
-                    .reduce(Expr::or)
-                    .unwrap_or(lit(false));
-                let predicate = upper(concept("vocabulary_id"))
-                    .eq(lit(vocabulary.to_ascii_uppercase()))
-                    .and(matches);
+            ConceptExpr::SourceCodes { .. } | ConceptExpr::Named(_) => {
                 LogicalPlanBuilder::from(self.table("concept"))
-                    .filter(predicate)?
+                    .filter(leaf_test(expr))?
                     .project(vec![concept("concept_id").alias("concept_id")])?
                     .build()?
             }
-            ConceptExpr::Named(name) => LogicalPlanBuilder::from(self.table("concept"))
-                .filter(upper(concept("concept_name")).eq(lit(name.to_uppercase())))?
-                .project(vec![concept("concept_id").alias("concept_id")])?
-                .build()?,
             ConceptExpr::Set(i) => {
                 let expr = self.study.concept_sets[*i].expr.clone();
                 self.concepts(&expr)?
@@ -568,6 +743,42 @@ impl Planner<'_> {
             }
         };
         self.aliased(plan)
+    }
+}
+
+/// The concept ids of a part of a concept set, once looked up; `null` when a NULL id was
+/// among them.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Ids {
+    pub ids: Vec<i64>,
+    pub null: bool,
+}
+
+/// Parts of a concept set found by a test of `concept` alone.
+fn is_leaf(expr: &ConceptExpr) -> bool {
+    matches!(
+        expr,
+        ConceptExpr::Named(_) | ConceptExpr::SourceCodes { .. }
+    )
+}
+
+/// The test of a `concept` row for a name or source codes (`is_leaf`).
+fn leaf_test(expr: &ConceptExpr) -> Expr {
+    let concept = |n: &str| qualified("concept", n);
+    match expr {
+        ConceptExpr::SourceCodes { vocabulary, codes } => {
+            let code = upper(concept("concept_code"));
+            let matches = codes
+                .iter()
+                .map(|p| code_matches(p, code.clone()))
+                .reduce(Expr::or)
+                .unwrap_or(lit(false));
+            upper(concept("vocabulary_id"))
+                .eq(lit(vocabulary.to_ascii_uppercase()))
+                .and(matches)
+        }
+        ConceptExpr::Named(name) => upper(concept("concept_name")).eq(lit(name.to_uppercase())),
+        _ => lit(false),
     }
 }
 

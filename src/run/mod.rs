@@ -354,11 +354,13 @@ pub(crate) async fn run_stages(
         planned_before = planning;
         clock = Instant::now();
     };
-    // The concept sets read from the vocabulary once, in one query, before any stage: the
+    // The concept sets read from the vocabulary once, before any stage: the
     // stages then test lists of ids (and the engine's planner sees a filter, not a join).
-    if let Some(sets) = planned!(planner.concept_sets()) {
-        if let Some(rows) = m.values("concept_sets", sets).await? {
-            planned!(planner.use_concept_sets(&rows));
+    // (A few queries: names and codes first, then descendants and mappings of what they found.)
+    while let Some(lookup) = planned!(planner.concept_sets()) {
+        match m.values("concept_sets", lookup).await? {
+            Some(rows) => planned!(planner.use_concept_sets(&rows)),
+            None => break,
         }
     }
     lap("concepts", &mut timings, planning);
