@@ -548,3 +548,44 @@ fn the_vocabulary_and_the_consenting_persons_are_read_once_per_run() {
     assert!(text.contains("== cohortql_consenting =="), "{text}");
     assert!(text.contains("concept_ancestor"), "{text}");
 }
+
+/// A study that collapses entries numbers each follow-up entry's group once, as a stage of its
+/// own: the merge reads the groups twice (first entries, latest ends), and as a subquery the
+/// groups' windows were computed twice.
+#[test]
+fn collapsing_entries_numbers_the_groups_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = cohortql(
+        &[
+            "plan",
+            "studies/eunomia/celecoxib.study",
+            "--repo",
+            "tests/data/eunomia-gibleed",
+        ],
+        dir.path(),
+    );
+    let text = all_text(&o);
+    assert!(o.status.success(), "{text}");
+    let text = format!("\n{text}");
+    let section = |name: &str| {
+        text.split("\n== ")
+            .find_map(|s| s.strip_prefix(&format!("{name} ==")))
+            .unwrap_or_else(|| panic!("no stage {name}: {text}"))
+    };
+    assert!(section("cohortql_groups").contains("cohortql_follow_up"));
+    let cohort = section("cohortql_cohort");
+    assert!(!cohort.contains("cohortql_follow_up"), "{cohort}");
+    assert!(cohort.contains("cohortql_groups"), "{cohort}");
+    // Without collapsing there is no such stage.
+    let o = cohortql(
+        &[
+            "plan",
+            "studies/nsaid_gi_bleed.study",
+            "--repo",
+            "tests/data/eunomia-gibleed",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", all_text(&o));
+    assert!(!all_text(&o).contains("cohortql_groups"));
+}

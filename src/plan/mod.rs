@@ -9,6 +9,7 @@
 //!  entries     index events with their observation period and the person's birth and sex
 //!  population  entries with one flag per attrition step and the exposure arm
 //!  follow_up   survivors with follow-up start and end (entries with no day left dropped)
+//!  groups      follow-up with each entry's group of entries to merge (only when collapsing)
 //!  cohort      follow-up, with entries of a person merged when the study collapses them
 //!  dataset     one row per cohort entry: covariates and endpoints
 //! ```
@@ -38,6 +39,7 @@ pub const CONSENTING: &str = "cohortql_consenting";
 pub const ENTRIES: &str = "cohortql_entries";
 pub const POPULATION: &str = "cohortql_population";
 pub const FOLLOW_UP: &str = "cohortql_follow_up";
+pub const GROUPS: &str = "cohortql_groups";
 pub const COHORT: &str = "cohortql_cohort";
 
 /// Builds the plans of one study over the tables of one session.
@@ -54,6 +56,8 @@ pub struct Planner<'a> {
     /// Parts of concept sets already read from the vocabulary (see `concept_sets`), with
     /// their ids.
     known: Vec<(crate::study::ConceptExpr, records::Ids)>,
+    /// The group column of the `GROUPS` stage, once planned.
+    collapse_group: Option<String>,
     /// The parts the last `concept_sets` plan looks up, in its order.
     looking_up: Vec<crate::study::ConceptExpr>,
 }
@@ -76,6 +80,7 @@ impl<'a> Planner<'a> {
             read: Default::default(),
             known: Vec::new(),
             looking_up: Vec::new(),
+            collapse_group: None,
         })
     }
 

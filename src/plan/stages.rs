@@ -702,14 +702,15 @@ impl Planner<'_> {
         Ok(c(&end))
     }
 
-    /// Follow-up entries, with a person's entries merged when the study collapses them: those
-    /// whose follow-up lies within the collapse distance of the previous one's end. The merged
-    /// entry keeps the first one's index and ends at the latest end.
-    pub fn cohort(&mut self, follow_up: LogicalPlan) -> Result<LogicalPlan> {
+    /// With `collapse entries`, the follow-up entries each with the number of its group of
+    /// entries that overlap or lie within the gap (see `islands`), for an engine to keep as the
+    /// stage `GROUPS` before `cohort` merges each group: the merge reads the groups twice (their
+    /// first entries and their latest ends), and a subquery would be computed twice. `None`
+    /// without collapsing: `cohort` then reads the follow-up itself.
+    pub fn collapse_groups(&mut self, follow_up: LogicalPlan) -> Result<Option<LogicalPlan>> {
         let Some(days) = self.study.follow_up.collapse_days else {
-            return Ok(follow_up);
+            return Ok(None);
         };
-        let columns = names(&follow_up);
         let group = self.fresh("group");
         let grouped = self.islands(
             follow_up,
@@ -726,6 +727,23 @@ impl Planner<'_> {
             days,
             &group,
         )?;
+        self.collapse_group = Some(group);
+        Ok(Some(grouped))
+    }
+
+    /// Follow-up entries, with a person's entries merged when the study collapses them: those
+    /// whose follow-up lies within the collapse distance of the previous one's end. The merged
+    /// entry keeps the first one's index and ends at the latest end. Reads the kept
+    /// `collapse_groups` stage, or without collapsing the follow-up itself.
+    pub fn cohort(&mut self, groups: LogicalPlan) -> Result<LogicalPlan> {
+        let Some(group) = self.collapse_group.clone() else {
+            return Ok(groups);
+        };
+        let grouped = groups;
+        let columns: Vec<String> = names(&grouped)
+            .into_iter()
+            .filter(|n| *n != group)
+            .collect();
         // The merged entry: the group's first entry, ending at the group's latest end.
         let (group_of, group_end) = (self.fresh("group_of"), self.fresh("group_end"));
         let ends = aggregate(

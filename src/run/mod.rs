@@ -429,7 +429,11 @@ pub(crate) async fn run_stages(
     };
     let attrition_by_arm = arm_rows(study, &attrition, &by_arm, &followed_by_arm);
     let (inclusion_rules, rule_combinations) = rule_counts(study, &rules, &combinations);
-    let cohort = planned!(planner.cohort(follow_up));
+    let groups = match planned!(planner.collapse_groups(follow_up.clone())) {
+        Some(groups) => m.keep(plan::GROUPS, groups).await?,
+        None => follow_up,
+    };
+    let cohort = planned!(planner.cohort(groups));
     let cohort = m.keep(plan::COHORT, cohort).await?;
     lap("follow_up", &mut timings, planning);
     progress("covariates and endpoints");
