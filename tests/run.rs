@@ -493,12 +493,7 @@ fn the_vocabulary_and_the_consenting_persons_are_read_once_per_run() {
     );
     let text = all_text(&o);
     assert!(o.status.success(), "{text}");
-    let text = format!("\n{text}");
-    let sections: Vec<(&str, &str)> = text
-        .split("\n== ")
-        .skip(1)
-        .map(|s| s.split_once(" ==").expect("a section title"))
-        .collect();
+    let sections = sections(&text);
     let names: Vec<&str> = sections.iter().map(|(n, _)| *n).collect();
     // Names and codes in one reading of `concept`, then the ICD-10 codes' mappings and the
     // descendants of the cancer and the drugs: one reading of each relation.
@@ -566,10 +561,12 @@ fn collapsing_entries_numbers_the_groups_once() {
     );
     let text = all_text(&o);
     assert!(o.status.success(), "{text}");
-    let text = format!("\n{text}");
+    let sections = sections(&text);
     let section = |name: &str| {
-        text.split("\n== ")
-            .find_map(|s| s.strip_prefix(&format!("{name} ==")))
+        sections
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, body)| *body)
             .unwrap_or_else(|| panic!("no stage {name}: {text}"))
     };
     assert!(section("cohortql_groups").contains("cohortql_follow_up"));
@@ -588,4 +585,15 @@ fn collapsing_entries_numbers_the_groups_once() {
     );
     assert!(o.status.success(), "{}", all_text(&o));
     assert!(!all_text(&o).contains("cohortql_groups"));
+}
+
+/// The sections of `plan` output (each from a line `== name ==`), as (name, text below it).
+fn sections(text: &str) -> Vec<(&str, &str)> {
+    let mut parts = text.split("\n== ");
+    let first = parts.next().unwrap_or_default().strip_prefix("== ");
+    first
+        .into_iter()
+        .chain(parts)
+        .map(|s| s.split_once(" ==").expect("a section title"))
+        .collect()
 }

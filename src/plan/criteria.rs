@@ -128,14 +128,8 @@ impl Planner<'_> {
             .filters
             .iter()
             .any(|f| matches!(f, EventFilter::Modality(_)));
-        // The concept test before the consent rule (both keep or drop a record alone, so
-        // their order is free): the rule then joins the few records of the set, not the domain.
-        let (mut records, rec) = self.raw_records(query.domain, modality)?;
-        if let Some(concepts) = &query.concepts {
-            let test = self.in_concepts(c(&rec.concept), concepts)?;
-            records = filter(records, test)?;
-        }
-        let (mut records, mut rec) = self.consent_records(records, rec)?;
+        let (mut records, mut rec) =
+            self.records(query.domain, modality, query.concepts.as_ref())?;
         if query.filters.contains(&EventFilter::FirstEver) {
             // Chosen before every other filter: they apply to the first record alone.
             let columns = names(&records);

@@ -56,8 +56,6 @@ pub struct Planner<'a> {
     /// Parts of concept sets already read from the vocabulary (see `concept_sets`), with
     /// their ids.
     known: Vec<(crate::study::ConceptExpr, records::Ids)>,
-    /// The group column of the `GROUPS` stage, once planned.
-    collapse_group: Option<String>,
     /// The parts the last `concept_sets` plan looks up, in its order.
     looking_up: Vec<crate::study::ConceptExpr>,
 }
@@ -80,7 +78,6 @@ impl<'a> Planner<'a> {
             read: Default::default(),
             known: Vec::new(),
             looking_up: Vec::new(),
-            collapse_group: None,
         })
     }
 

@@ -131,20 +131,27 @@ impl Planner<'_> {
         }
     }
 
-    /// The records of a domain, consent applied; `modality` only when a filter asks for it,
-    /// since it costs a join with the vocabulary.
-    pub(super) fn records(&mut self, domain: Domain, modality: bool) -> Result<(LogicalPlan, Rec)> {
-        let (plan, rec) = self.raw_records(domain, modality)?;
+    /// The records of a domain, of the concepts if given, consent applied; `modality` only
+    /// when a filter asks for it, since it costs a join with the vocabulary. The concept test
+    /// comes before the consent rule (each keeps or drops a record alone, so their order is
+    /// free): the rule then joins the few records of the set, not the whole domain.
+    pub(super) fn records(
+        &mut self,
+        domain: Domain,
+        modality: bool,
+        concepts: Option<&ConceptExpr>,
+    ) -> Result<(LogicalPlan, Rec)> {
+        let (mut plan, rec) = self.raw_records(domain, modality)?;
+        if let Some(concepts) = concepts {
+            let test = self.in_concepts(c(&rec.concept), concepts)?;
+            plan = filter(plan, test)?;
+        }
         self.consent_records(plan, rec)
     }
 
     /// The records of a domain as stored, before the consent rule, read as the OMOP domain
     /// catalogue says; `modality` only when a filter asks for it, since it may cost a join.
-    pub(super) fn raw_records(
-        &mut self,
-        domain: Domain,
-        modality: bool,
-    ) -> Result<(LogicalPlan, Rec)> {
+    fn raw_records(&mut self, domain: Domain, modality: bool) -> Result<(LogicalPlan, Rec)> {
         let rec = self.rec_names();
         let source = domains::records(domain);
         let wanted = |f: Field| modality || f != Field::Modality;
@@ -285,11 +292,7 @@ impl Planner<'_> {
 
     /// Applies the consent rule to records: a person without consent contributes none, or
     /// none dated from the rule's date on.
-    pub(super) fn consent_records(
-        &mut self,
-        plan: LogicalPlan,
-        rec: Rec,
-    ) -> Result<(LogicalPlan, Rec)> {
+    fn consent_records(&mut self, plan: LogicalPlan, rec: Rec) -> Result<(LogicalPlan, Rec)> {
         let Some((consenting, from)) = self.consent_rule()? else {
             return Ok((plan, rec));
         };
@@ -422,16 +425,13 @@ impl Planner<'_> {
             return Ok(Some(plan));
         }
         // One reading of each relation for every part of this level: the rows whose first
-        // column is any part's id, handed out to the parts in `use_concept_sets`.
-        let (mut ancestors, mut maps_from, mut maps_to) = (Vec::new(), Vec::new(), Vec::new());
+        // (forward) or second column is any part's id, handed out in `use_concept_sets`.
+        let mut wanted: [[Vec<i64>; 2]; 2] = Default::default();
         for part in &self.looking_up {
-            let (list, inner) = match part {
-                ConceptExpr::WithDescendants(inner) => (&mut ancestors, inner),
-                ConceptExpr::Mapped(inner) => (&mut maps_from, inner),
-                ConceptExpr::WithSources(inner) => (&mut maps_to, inner),
-                _ => unreachable!("only these parts wait for others"),
-            };
-            list.extend(self.known_ids(inner).map(|k| k.ids).unwrap_or_default());
+            if let Some((relation, forward, inner)) = relation_of(part) {
+                let ids = self.known_ids(inner).map(|k| k.ids).unwrap_or_default();
+                wanted[relation][usize::from(forward)].extend(ids);
+            }
         }
         let any_of = |column: Expr, ids: &mut Vec<i64>| {
             ids.sort_unstable();
@@ -442,30 +442,23 @@ impl Planner<'_> {
             }
         };
         let mut plans = Vec::new();
-        for (relation, table) in [(0i64, "concept_ancestor"), (1, "concept_relationship")] {
+        for (relation, [backward, forward]) in wanted.iter_mut().enumerate() {
+            if backward.is_empty() && forward.is_empty() {
+                continue;
+            }
+            let (table, first, second) = RELATIONS[relation];
             let t = |n: &str| qualified(table, n);
-            let (first, second, test) = if relation == 0 {
-                if ancestors.is_empty() {
-                    continue;
-                }
-                let test = any_of(t("ancestor_concept_id"), &mut ancestors);
-                (t("ancestor_concept_id"), t("descendant_concept_id"), test)
-            } else {
-                if maps_from.is_empty() && maps_to.is_empty() {
-                    continue;
-                }
-                let test = any_of(t("concept_id_1"), &mut maps_from)
-                    .or(any_of(t("concept_id_2"), &mut maps_to));
-                let test = t("relationship_id").eq(lit("Maps to")).and(test);
-                (t("concept_id_1"), t("concept_id_2"), test)
-            };
+            let mut test = any_of(t(first), forward).or(any_of(t(second), backward));
+            if table == "concept_relationship" {
+                test = t("relationship_id").eq(lit("Maps to")).and(test);
+            }
             plans.push(Arc::new(
                 LogicalPlanBuilder::from(self.table(table))
                     .filter(test)?
                     .project(vec![
-                        lit(relation).alias("relation"),
-                        cast(first, DataType::Int64).alias("first"),
-                        cast(second, DataType::Int64).alias("second"),
+                        lit(relation as i64).alias("relation"),
+                        cast(t(first), DataType::Int64).alias("first"),
+                        cast(t(second), DataType::Int64).alias("second"),
                     ])?
                     .build()?,
             ));
@@ -484,19 +477,19 @@ impl Planner<'_> {
         if self.known_ids(expr).is_some() {
             return;
         }
+        if let Some((_, _, inner)) = relation_of(expr) {
+            if self.known_ids(inner).is_none() {
+                return self.ready_parts(inner, ready);
+            }
+        }
         match expr {
             ConceptExpr::Concept { .. } | ConceptExpr::Set(_) => {}
-            ConceptExpr::Named(_) | ConceptExpr::SourceCodes { .. } => {
+            ConceptExpr::Named(_)
+            | ConceptExpr::SourceCodes { .. }
+            | ConceptExpr::WithDescendants(_)
+            | ConceptExpr::Mapped(_)
+            | ConceptExpr::WithSources(_) => {
                 if !ready.contains(expr) {
-                    ready.push(expr.clone());
-                }
-            }
-            ConceptExpr::WithDescendants(inner)
-            | ConceptExpr::Mapped(inner)
-            | ConceptExpr::WithSources(inner) => {
-                if self.known_ids(inner).is_none() {
-                    self.ready_parts(inner, ready)
-                } else if !ready.contains(expr) {
                     ready.push(expr.clone());
                 }
             }
@@ -532,17 +525,12 @@ impl Planner<'_> {
         };
         // For each part of a level: the relation it reads, whether its ids are in the first
         // column (else the second), and its ids.
-        let wanted: Vec<(i64, bool, Vec<i64>)> = parts
+        let wanted: Vec<Option<(i64, bool, Vec<i64>)>> = parts
             .iter()
             .map(|part| {
-                let (relation, forward, inner) = match part {
-                    ConceptExpr::WithDescendants(inner) => (0, true, inner),
-                    ConceptExpr::Mapped(inner) => (1, true, inner),
-                    ConceptExpr::WithSources(inner) => (1, false, inner),
-                    _ => return (-1, true, Vec::new()),
-                };
+                let (relation, forward, inner) = relation_of(part)?;
                 let ids = self.known_ids(inner).map(|k| k.ids).unwrap_or_default();
-                (relation, forward, ids)
+                Some((relation as i64, forward, ids))
             })
             .collect();
         for batch in rows {
@@ -572,7 +560,10 @@ impl Planner<'_> {
                     column(batch, "second")?,
                 );
                 for row in 0..batch.num_rows() {
-                    for (k, (wanted_relation, forward, ids)) in wanted.iter().enumerate() {
+                    for (k, wanted) in wanted.iter().enumerate() {
+                        let Some((wanted_relation, forward, ids)) = wanted else {
+                            continue;
+                        };
                         let (from, to) = match forward {
                             true => (&first, &second),
                             false => (&second, &first),
@@ -752,6 +743,28 @@ impl Planner<'_> {
 pub(super) struct Ids {
     pub ids: Vec<i64>,
     pub null: bool,
+}
+
+/// The vocabulary's relations a part of a concept set reads: (table, first column, second).
+const RELATIONS: [(&str, &str, &str); 2] = [
+    (
+        "concept_ancestor",
+        "ancestor_concept_id",
+        "descendant_concept_id",
+    ),
+    ("concept_relationship", "concept_id_1", "concept_id_2"),
+];
+
+/// For a part read from a relation once the ids inside it are known (descendants, mappings,
+/// sources): its relation (an index of `RELATIONS`), whether those ids are in the relation's
+/// first column (else the second, the ids found being in the other), and the inner part.
+fn relation_of(part: &ConceptExpr) -> Option<(usize, bool, &ConceptExpr)> {
+    match part {
+        ConceptExpr::WithDescendants(inner) => Some((0, true, inner)),
+        ConceptExpr::Mapped(inner) => Some((1, true, inner)),
+        ConceptExpr::WithSources(inner) => Some((1, false, inner)),
+        _ => None,
+    }
 }
 
 /// Parts of a concept set found by a test of `concept` alone.

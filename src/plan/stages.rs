@@ -38,6 +38,8 @@ pub const DAY_OF_BIRTH: &str = "day_of_birth";
 pub const ARM: &str = "arm";
 pub const FOLLOW_UP_START: &str = "follow_up_start";
 pub const FOLLOW_UP_END: &str = "follow_up_end";
+/// In the `GROUPS` stage: the number of the entry's group of entries to merge.
+const COLLAPSE_GROUP: &str = "collapse_group";
 /// The dataset's person-time column: days from follow-up start to end, both included.
 pub const FOLLOW_UP_DAYS: &str = "follow_up_days";
 
@@ -673,9 +675,7 @@ impl Planner<'_> {
         concepts: &ConceptExpr,
         gap: i64,
     ) -> Result<Expr> {
-        let (records, rec) = self.records(Domain::Drug, false)?;
-        let test = self.in_concepts(c(&rec.concept), concepts)?;
-        let records = filter(records, test)?;
+        let (records, rec) = self.records(Domain::Drug, false, Some(concepts))?;
         // Exposures chained as `era of drug in … gap N days` chains them.
         let era = Era {
             gap,
@@ -711,7 +711,6 @@ impl Planner<'_> {
         let Some(days) = self.study.follow_up.collapse_days else {
             return Ok(None);
         };
-        let group = self.fresh("group");
         let grouped = self.islands(
             follow_up,
             PERSON,
@@ -725,9 +724,8 @@ impl Planner<'_> {
                 asc(INDEX_SOURCE),
             ],
             days,
-            &group,
+            COLLAPSE_GROUP,
         )?;
-        self.collapse_group = Some(group);
         Ok(Some(grouped))
     }
 
@@ -735,11 +733,11 @@ impl Planner<'_> {
     /// whose follow-up lies within the collapse distance of the previous one's end. The merged
     /// entry keeps the first one's index and ends at the latest end. Reads the kept
     /// `collapse_groups` stage, or without collapsing the follow-up itself.
-    pub fn cohort(&mut self, groups: LogicalPlan) -> Result<LogicalPlan> {
-        let Some(group) = self.collapse_group.clone() else {
-            return Ok(groups);
-        };
-        let grouped = groups;
+    pub fn cohort(&mut self, grouped: LogicalPlan) -> Result<LogicalPlan> {
+        if self.study.follow_up.collapse_days.is_none() {
+            return Ok(grouped);
+        }
+        let group = COLLAPSE_GROUP.to_string();
         let columns: Vec<String> = names(&grouped)
             .into_iter()
             .filter(|n| *n != group)

@@ -354,9 +354,9 @@ pub(crate) async fn run_stages(
         planned_before = planning;
         clock = Instant::now();
     };
-    // The concept sets read from the vocabulary once, before any stage: the
-    // stages then test lists of ids (and the engine's planner sees a filter, not a join).
-    // (A few queries: names and codes first, then descendants and mappings of what they found.)
+    // The concept sets read from the vocabulary once, before any stage, in a query per level
+    // (names and codes, then descendants and mappings of what they found): the stages then
+    // test lists of ids, and the engine's planner sees a filter, not a join.
     while let Some(lookup) = planned!(planner.concept_sets()) {
         match m.values("concept_sets", lookup).await? {
             Some(rows) => planned!(planner.use_concept_sets(&rows)),
