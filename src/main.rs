@@ -2,6 +2,9 @@
 
 /// Query plans of large studies are deep trees, and planning, optimising and unparsing them
 /// recurses once per level: the work runs on threads with room for that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const STACK_BYTES: usize = 256 << 20;
 
 fn main() -> std::process::ExitCode {

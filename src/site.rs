@@ -162,12 +162,33 @@ impl Site {
     /// Without the secret the mapping can be neither reproduced nor reversed; with it, the
     /// site can do both.
     pub fn pseudonym(&self, study_hash: &str, person: i64) -> String {
-        let mut mac =
+        format!("{:016x}", self.pseudonyms(study_hash).number(person))
+    }
+
+    /// The pseudonyms of one study, keyed once for the many persons of a dataset.
+    pub fn pseudonyms(&self, study_hash: &str) -> Pseudonyms {
+        let mut keyed =
             hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.secret).expect("any key length");
-        mac.update(study_hash.as_bytes());
-        mac.update(b":");
+        keyed.update(study_hash.as_bytes());
+        keyed.update(b":");
+        Pseudonyms { keyed }
+    }
+}
+
+/// A study's pseudonyms (`Site::pseudonym`): the MAC keyed with the secret and fed the study
+/// hash, cloned for each person.
+pub struct Pseudonyms {
+    keyed: hmac::Hmac<sha2::Sha256>,
+}
+
+impl Pseudonyms {
+    /// A person's pseudonym as the number its 16 hexadecimal digits write: numbers sort as
+    /// the digits do.
+    pub fn number(&self, person: i64) -> u64 {
+        let mut mac = self.keyed.clone();
         mac.update(person.to_string().as_bytes());
-        hex(&mac.finalize().into_bytes()[..8])
+        let bytes = mac.finalize().into_bytes();
+        u64::from_be_bytes(bytes[..8].try_into().expect("a MAC is longer than 8 bytes"))
     }
 }
 

@@ -597,3 +597,50 @@ fn sections(text: &str) -> Vec<(&str, &str)> {
         .map(|s| s.split_once(" ==").expect("a section title"))
         .collect()
 }
+
+/// A run lets go of each stage once no later stage reads it: none is left in the session
+/// (where, held, they would keep millions of rows in memory while the outputs are written).
+#[test]
+fn a_run_leaves_no_stage_in_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let o = cohortql(
+        &[
+            "synth",
+            "--persons",
+            "300",
+            "--seed",
+            "1",
+            "--out",
+            repo.to_str().unwrap(),
+        ],
+        &dir.path().join("cache"),
+    );
+    assert!(o.status.success(), "{}", all_text(&o));
+    let text =
+        std::fs::read_to_string(root().join("studies/breast_neoadjuvant_pcr.study")).unwrap();
+    let study = cohortql::compile::compile_text(text).study.unwrap();
+    let repo = cohortql::repo::Repository::open(&repo).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let ctx = repo.session().await.unwrap();
+        let run = cohortql::run::execute(&study, &ctx, &|_| {}).await.unwrap();
+        assert!(run.persons() > 0);
+        let left: Vec<String> = ctx
+            .catalog_names()
+            .into_iter()
+            .flat_map(|c| {
+                let catalog = ctx.catalog(&c).unwrap();
+                catalog
+                    .schema_names()
+                    .into_iter()
+                    .flat_map(move |s| catalog.schema(&s).unwrap().table_names())
+            })
+            .filter(|t| t.starts_with("cohortql_"))
+            .collect();
+        assert!(left.is_empty(), "stages left in the session: {left:?}");
+    });
+}

@@ -41,9 +41,16 @@ struct Sums {
     information: Vec<Vec<f64>>,
 }
 
+/// The rows by time, latest first, each row's covariates side by side in one vector: the
+/// sums read them in this order many times, so they are laid out in it once.
+struct Sorted {
+    times: Vec<i64>,
+    events: Vec<bool>,
+    x: Vec<f64>,
+}
+
 /// The log partial likelihood (Efron) at `beta`, its gradient and the observed information.
-/// `order` lists the rows by time, latest first.
-fn sums(times: &[i64], events: &[bool], x: &[Vec<f64>], order: &[usize], beta: &[f64]) -> Sums {
+fn sums(rows: &Sorted, beta: &[f64]) -> Sums {
     let p = beta.len();
     let mut out = Sums {
         log_likelihood: 0.0,
@@ -54,11 +61,12 @@ fn sums(times: &[i64], events: &[bool], x: &[Vec<f64>], order: &[usize], beta: &
     let mut s0 = 0.0;
     let mut s1 = vec![0.0; p];
     let mut s2 = vec![vec![0.0; p]; p];
+    let n = rows.times.len();
     let mut k = 0;
-    while k < order.len() {
-        let t = times[order[k]];
+    while k < n {
+        let t = rows.times[k];
         let mut end = k;
-        while end < order.len() && times[order[end]] == t {
+        while end < n && rows.times[end] == t {
             end += 1;
         }
         // Everyone leaving at t joins the risk set first.
@@ -66,25 +74,26 @@ fn sums(times: &[i64], events: &[bool], x: &[Vec<f64>], order: &[usize], beta: &
         let mut d1 = vec![0.0; p];
         let mut d2 = vec![vec![0.0; p]; p];
         let mut deaths = 0usize;
-        for &i in &order[k..end] {
-            let eta: f64 = (0..p).map(|j| beta[j] * x[i][j]).sum();
+        for i in k..end {
+            let x = &rows.x[i * p..(i + 1) * p];
+            let eta: f64 = (0..p).map(|j| beta[j] * x[j]).sum();
             let w = eta.exp();
             s0 += w;
             for a in 0..p {
-                s1[a] += w * x[i][a];
+                s1[a] += w * x[a];
                 for b in 0..p {
-                    s2[a][b] += w * x[i][a] * x[i][b];
+                    s2[a][b] += w * x[a] * x[b];
                 }
             }
-            if events[i] {
+            if rows.events[i] {
                 deaths += 1;
                 out.log_likelihood += eta;
                 d0 += w;
                 for a in 0..p {
-                    out.gradient[a] += x[i][a];
-                    d1[a] += w * x[i][a];
+                    out.gradient[a] += x[a];
+                    d1[a] += w * x[a];
                     for b in 0..p {
-                        d2[a][b] += w * x[i][a] * x[i][b];
+                        d2[a][b] += w * x[a] * x[b];
                     }
                 }
             }
@@ -158,8 +167,14 @@ pub fn fit(times: &[i64], events: &[bool], x: &[Vec<f64>]) -> Result<Fit, Failur
     let p = x.first().map_or(0, Vec::len);
     let mut order: Vec<usize> = (0..times.len()).collect();
     order.sort_by(|&a, &b| times[b].cmp(&times[a]).then(a.cmp(&b)));
+    let rows = Sorted {
+        times: order.iter().map(|&i| times[i]).collect(),
+        events: order.iter().map(|&i| events[i]).collect(),
+        x: order.iter().flat_map(|&i| x[i].iter().copied()).collect(),
+    };
+    drop(order);
     let mut beta = vec![0.0; p];
-    let mut current = sums(times, events, x, &order, &beta);
+    let mut current = sums(&rows, &beta);
     for iteration in 1..=50 {
         let inv = inverse(&current.information).ok_or(Failure::Singular)?;
         let step: Vec<f64> = (0..p)
@@ -168,7 +183,7 @@ pub fn fit(times: &[i64], events: &[bool], x: &[Vec<f64>]) -> Result<Fit, Failur
         let mut factor = 1.0;
         let (next_beta, next) = loop {
             let candidate: Vec<f64> = (0..p).map(|a| beta[a] + factor * step[a]).collect();
-            let s = sums(times, events, x, &order, &candidate);
+            let s = sums(&rows, &candidate);
             if s.log_likelihood.is_finite() && s.log_likelihood >= current.log_likelihood - 1e-12 {
                 break (candidate, s);
             }

@@ -118,16 +118,28 @@ pub fn log_rank(groups: &[Vec<(i64, bool)>]) -> Option<LogRank> {
     if event_times.is_empty() {
         return None;
     }
+    // Each group in time order (censorings before events at a time), so that those at risk
+    // and the events at a time are found by binary search, not by reading every entry.
+    let sorted: Vec<Vec<(i64, bool)>> = groups
+        .iter()
+        .map(|g| {
+            let mut g = g.to_vec();
+            g.sort_unstable();
+            g
+        })
+        .collect();
     let mut observed_less_expected = vec![0.0; k];
     let mut variance = vec![vec![0.0; k]; k];
     for &t in &event_times {
-        let at_risk: Vec<f64> = groups
+        let at_risk: Vec<f64> = sorted
             .iter()
-            .map(|g| g.iter().filter(|o| o.0 >= t).count() as f64)
+            .map(|g| (g.len() - g.partition_point(|o| o.0 < t)) as f64)
             .collect();
-        let deaths: Vec<f64> = groups
+        let deaths: Vec<f64> = sorted
             .iter()
-            .map(|g| g.iter().filter(|o| o.0 == t && o.1).count() as f64)
+            .map(|g| {
+                (g.partition_point(|o| o.0 <= t) - g.partition_point(|o| *o < (t, true))) as f64
+            })
             .collect();
         let n: f64 = at_risk.iter().sum();
         let d: f64 = deaths.iter().sum();

@@ -3,17 +3,61 @@
 //! percentage; dates not at all — with the standardised mean difference of each arm against the
 //! first, the usual measure of balance.
 
-use super::{groups, ALL};
+use super::groups;
 use crate::disclosure::control::{CountRow, Table};
 use crate::study::{Study, ValueKind};
 
-/// One covariate's value for one entry.
+/// One Table 1 column's values, one per entry, kept by column: a run's dataset can have
+/// millions of entries, and a value per entry and column as its own object cost gigabytes.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Value {
-    Missing,
-    Number(f64),
-    /// A category's label (`male`, `female`, or the value as written).
-    Category(String),
+pub enum Column {
+    /// Numbers and flags (a flag is 0 or 1); `None` where the entry has no value.
+    Numbers(Vec<Option<f64>>),
+    /// Categories: each entry's level as a position in `levels` (sorted, each once), `None`
+    /// where the entry has no value.
+    Categories {
+        levels: Vec<String>,
+        of: Vec<Option<u32>>,
+    },
+    /// Dates, which Table 1 leaves out.
+    Dates,
+}
+
+impl Column {
+    /// A category column from each entry's label (`None`: no value), levels sorted.
+    pub fn categories<'a>(labels: impl Iterator<Item = Option<&'a str>>) -> Column {
+        let mut found: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+        let of: Vec<Option<u32>> = labels
+            .map(|l| {
+                l.map(|l| {
+                    let next = found.len() as u32;
+                    *found.entry(l).or_insert(next)
+                })
+            })
+            .collect();
+        let mut seen: Vec<(&str, u32)> = found.into_iter().collect();
+        seen.sort();
+        let mut position = vec![0u32; seen.len()];
+        for (sorted, (_, first)) in seen.iter().enumerate() {
+            position[*first as usize] = sorted as u32;
+        }
+        Column::Categories {
+            levels: seen.iter().map(|(l, _)| l.to_string()).collect(),
+            of: of
+                .into_iter()
+                .map(|k| k.map(|k| position[k as usize]))
+                .collect(),
+        }
+    }
+
+    /// Whether entry `i` has no value.
+    fn missing(&self, i: usize) -> bool {
+        match self {
+            Column::Numbers(v) => v[i].is_none(),
+            Column::Categories { of, .. } => of[i].is_none(),
+            Column::Dates => true,
+        }
+    }
 }
 
 /// One row of Table 1, exact.
@@ -106,52 +150,64 @@ pub fn with_demographics(study: &Study) -> Study {
     run
 }
 
-/// An age's ten-year band: `0–9`, `10–19`, …, `90 and over`.
-pub fn age_band(age: f64) -> String {
-    let decade = (age.max(0.0) / 10.0).floor() as i64 * 10;
-    if decade >= 90 {
-        "90 and over".to_string()
-    } else {
-        format!("{decade}–{}", decade + 9)
-    }
+/// The ten-year bands of age, youngest first: `0–9`, `10–19`, …, `90 and over`.
+pub fn age_bands() -> Vec<String> {
+    (0..AGE_BANDS)
+        .map(|b| {
+            let decade = b * 10;
+            if b + 1 == AGE_BANDS {
+                format!("{decade} and over")
+            } else {
+                format!("{decade}–{}", decade + 9)
+            }
+        })
+        .collect()
 }
 
-/// Table 1 from each entry's arm and its value of each column (`values[entry][column]`, in the
-/// order of `columns`: name and kind). Dates are left out.
+const AGE_BANDS: usize = 10;
+
+/// The position in `age_bands()` of an age's band.
+pub fn age_band_of(age: f64) -> usize {
+    ((age.max(0.0) / 10.0).floor() as usize).min(AGE_BANDS - 1)
+}
+
+/// Table 1 from each entry's arm (its position in the study's arms) and each column's values
+/// (in the order of `columns`: name and kind). Dates are left out.
 pub fn table1(
     study: &Study,
     columns: &[(String, ValueKind)],
-    arms: &[Option<&str>],
-    values: &[Vec<Value>],
+    arms: &[Option<usize>],
+    values: &[Column],
 ) -> Vec<Row> {
     let groups = groups(study);
-    let in_group = |g: &str, i: usize| g == ALL || arms[i] == Some(g);
-    let first = study.arms.first().map(|a| a.name.clone());
+    // Group `g` is arm `g`, or all entries for the last one.
+    let all = groups.len() - 1;
+    let groups_of = |i: usize| arms[i].into_iter().chain([all]);
+    let first = (!study.arms.is_empty()).then_some(0);
     let mut out = Vec::new();
-    for (c, (name, kind)) in columns.iter().enumerate() {
+    for ((name, kind), column) in columns.iter().zip(values) {
         let kind = *kind;
-        match kind {
-            ValueKind::Date => continue,
-            ValueKind::Number => {
-                let of = |g: &str| -> (Vec<f64>, u64) {
-                    let mut v = Vec::new();
-                    let mut missing = 0;
-                    for i in (0..values.len()).filter(|&i| in_group(g, i)) {
-                        match &values[i][c] {
-                            Value::Number(x) => v.push(*x),
-                            _ => missing += 1,
-                        }
+        let mut missing = vec![0u64; groups.len()];
+        for i in (0..arms.len()).filter(|&i| column.missing(i)) {
+            groups_of(i).for_each(|g| missing[g] += 1);
+        }
+        match (kind, column) {
+            (ValueKind::Date, _) | (_, Column::Dates) => continue,
+            (ValueKind::Number, Column::Numbers(numbers)) => {
+                let mut of: Vec<Vec<f64>> = vec![Vec::new(); groups.len()];
+                for (i, x) in numbers.iter().enumerate() {
+                    if let Some(x) = x {
+                        groups_of(i).for_each(|g| of[g].push(*x));
                     }
-                    v.sort_by(f64::total_cmp);
-                    (v, missing)
-                };
-                let reference = first.as_ref().map(|f| of(f)).map(|(v, _)| mean_sd(&v));
-                for g in &groups {
-                    let (v, missing) = of(g);
-                    let (mean, sd) = mean_sd(&v);
-                    let balance = match (&first, reference, mean, sd) {
+                }
+                of.iter_mut().for_each(|v| v.sort_by(f64::total_cmp));
+                let reference = first.map(|f| mean_sd(&of[f]));
+                for (g, group) in groups.iter().enumerate() {
+                    let v = &of[g];
+                    let (mean, sd) = mean_sd(v);
+                    let balance = match (first, reference, mean, sd) {
                         (Some(f), Some((Some(m0), Some(s0))), Some(m1), Some(s1))
-                            if g != f && g != ALL =>
+                            if g != f && g != all =>
                         {
                             smd(m1, s1, m0, s0)
                         }
@@ -161,68 +217,61 @@ pub fn table1(
                         covariate: name.clone(),
                         level: String::new(),
                         kind,
-                        group: g.clone(),
+                        group: group.clone(),
                         n: v.len() as u64,
                         mean,
                         sd,
-                        median: quantile(&v, 0.5),
-                        q1: quantile(&v, 0.25),
-                        q3: quantile(&v, 0.75),
+                        median: quantile(v, 0.5),
+                        q1: quantile(v, 0.25),
+                        q3: quantile(v, 0.75),
                         smd: balance,
                     });
-                    out.push(missing_row(name, kind, g, missing));
+                    out.push(missing_row(name, kind, group, missing[g]));
                 }
             }
-            ValueKind::Flag | ValueKind::Category => {
-                let mut levels: Vec<String> = values
-                    .iter()
-                    .filter_map(|v| match &v[c] {
-                        Value::Category(l) => Some(l.clone()),
-                        Value::Number(x) if kind == ValueKind::Flag => {
-                            (*x != 0.0).then(|| "1".to_string())
+            (_, column) => {
+                // Each entry's level as a position in `levels`.
+                let (levels, level_of): (Vec<String>, Box<dyn Fn(usize) -> Option<usize>>) =
+                    match column {
+                        Column::Numbers(numbers) if kind == ValueKind::Flag => (
+                            vec!["0".to_string(), "1".to_string()],
+                            Box::new(|i| numbers[i].map(|x| usize::from(x != 0.0))),
+                        ),
+                        Column::Numbers(numbers) => {
+                            let labels: Vec<Option<String>> =
+                                numbers.iter().map(|x| x.map(|x| format!("{x}"))).collect();
+                            let Column::Categories { levels, of } =
+                                Column::categories(labels.iter().map(|l| l.as_deref()))
+                            else {
+                                unreachable!("categories() gives categories")
+                            };
+                            (levels, Box::new(move |i| of[i].map(|k| k as usize)))
                         }
-                        Value::Number(x) => Some(format!("{x}")),
-                        Value::Missing => None,
-                    })
-                    .collect();
-                if kind == ValueKind::Flag {
-                    levels = vec!["0".to_string(), "1".to_string()];
-                }
-                levels.sort();
-                levels.dedup();
-                let label = |v: &Value| -> Option<String> {
-                    match v {
-                        Value::Category(l) => Some(l.clone()),
-                        Value::Number(x) if kind == ValueKind::Flag => {
-                            Some(if *x != 0.0 { "1".into() } else { "0".into() })
+                        Column::Categories { levels, of } => {
+                            (levels.clone(), Box::new(|i| of[i].map(|k| k as usize)))
                         }
-                        Value::Number(x) => Some(format!("{x}")),
-                        Value::Missing => None,
+                        Column::Dates => unreachable!("dates are left out above"),
+                    };
+                // Per group: entries with each level, and entries with a value.
+                let mut with_level = vec![vec![0u64; levels.len()]; groups.len()];
+                let mut present = vec![0u64; groups.len()];
+                for i in 0..arms.len() {
+                    if let Some(l) = level_of(i) {
+                        for g in groups_of(i) {
+                            with_level[g][l] += 1;
+                            present[g] += 1;
+                        }
                     }
+                }
+                let proportion = |g: usize, l: usize| {
+                    (present[g] > 0).then(|| with_level[g][l] as f64 / present[g] as f64)
                 };
-                for level in &levels {
-                    let share = |g: &str| -> (u64, u64, u64) {
-                        let (mut n, mut present, mut missing) = (0, 0, 0);
-                        for i in (0..values.len()).filter(|&i| in_group(g, i)) {
-                            match label(&values[i][c]) {
-                                Some(l) => {
-                                    present += 1;
-                                    n += u64::from(l == *level);
-                                }
-                                None => missing += 1,
-                            }
-                        }
-                        (n, present, missing)
-                    };
-                    let proportion = |(n, present, _): (u64, u64, u64)| {
-                        (present > 0).then(|| n as f64 / present as f64)
-                    };
-                    let reference = first.as_ref().and_then(|f| proportion(share(f)));
-                    for g in &groups {
-                        let counts = share(g);
-                        let p = proportion(counts);
-                        let balance = match (&first, reference, p) {
-                            (Some(f), Some(p0), Some(p1)) if g != f && g != ALL => {
+                for (l, level) in levels.iter().enumerate() {
+                    let reference = first.and_then(|f| proportion(f, l));
+                    for (g, group) in groups.iter().enumerate() {
+                        let p = proportion(g, l);
+                        let balance = match (first, reference, p) {
+                            (Some(f), Some(p0), Some(p1)) if g != f && g != all => {
                                 smd(p1, (p1 * (1.0 - p1)).sqrt(), p0, (p0 * (1.0 - p0)).sqrt())
                             }
                             _ => None,
@@ -231,8 +280,8 @@ pub fn table1(
                             covariate: name.clone(),
                             level: level.clone(),
                             kind,
-                            group: g.clone(),
-                            n: counts.0,
+                            group: group.clone(),
+                            n: with_level[g][l],
                             mean: p,
                             sd: None,
                             median: None,
@@ -242,11 +291,8 @@ pub fn table1(
                         });
                     }
                 }
-                for g in &groups {
-                    let missing = (0..values.len())
-                        .filter(|&i| in_group(g, i) && values[i][c] == Value::Missing)
-                        .count() as u64;
-                    out.push(missing_row(name, kind, g, missing));
+                for (g, group) in groups.iter().enumerate() {
+                    out.push(missing_row(name, kind, group, missing[g]));
                 }
             }
         }

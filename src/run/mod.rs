@@ -135,6 +135,11 @@ pub(crate) trait Materialiser {
     ) -> Result<Option<Vec<RecordBatch>>, String> {
         Ok(Some(self.rows(name, plan).await?.1))
     }
+    /// Lets go of a kept stage no later plan reads, so that its rows need not stay in memory
+    /// while later stages run and the outputs are written.
+    fn release(&self, _name: &'static str) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// DataFusion: each stage collected into memory and registered as a table of the session.
@@ -147,6 +152,10 @@ impl Materialiser for InMemory<'_> {
     async fn keep(&self, name: &'static str, plan: LogicalPlan) -> Result<LogicalPlan, String> {
         let (schema, batches) = self.rows(name, plan).await?;
         register(self.ctx, name, schema, batches).map_err(engine)
+    }
+
+    fn release(&self, name: &'static str) -> Result<(), String> {
+        self.ctx.deregister_table(name).map_err(engine).map(drop)
     }
 
     async fn rows(
@@ -376,6 +385,7 @@ pub(crate) async fn run_stages(
     progress("attrition steps");
     let population = planned!(planner.population(entries));
     let population = m.keep(plan::POPULATION, population).await?;
+    m.release(plan::ENTRIES)?;
     let counts = planned!(planner.attrition(population.clone()));
     let (_, counts) = m.rows("attrition", counts).await?;
     let mut attrition: Vec<Attrition> = planner
@@ -406,6 +416,7 @@ pub(crate) async fn run_stages(
     let survivors = planned!(planner.survivors(population));
     let follow_up = planned!(planner.follow_up(survivors));
     let follow_up = m.keep(plan::FOLLOW_UP, follow_up).await?;
+    m.release(plan::POPULATION)?;
     let followed = planned!(LogicalPlanBuilder::from(follow_up.clone())
         .aggregate(
             Vec::<datafusion::logical_expr::Expr>::new(),
@@ -435,12 +446,16 @@ pub(crate) async fn run_stages(
     };
     let cohort = planned!(planner.cohort(groups));
     let cohort = m.keep(plan::COHORT, cohort).await?;
+    m.release(plan::GROUPS)?;
+    m.release(plan::FOLLOW_UP)?;
     lap("follow_up", &mut timings, planning);
     progress("covariates and endpoints");
     let table = planned!(planner.cohort_table(cohort.clone()));
     let (cohort_schema, cohort_rows) = m.rows("cohort", table).await?;
     let dataset = planned!(planner.dataset(cohort));
     let (dataset_schema, dataset_rows) = m.rows("dataset", dataset).await?;
+    m.release(plan::COHORT)?;
+    m.release(plan::CONSENTING)?;
     lap("dataset", &mut timings, planning);
     timings.insert(0, ("plan", setup + planning));
     let tables_read = planner.tables_read();

@@ -231,40 +231,24 @@ fn person_level(
     if !pseudonymise {
         return Ok(all);
     }
-    let mut fields: Vec<Field> = Vec::new();
-    let mut columns: Vec<ArrayRef> = Vec::new();
-    for (field, column) in schema.fields().iter().zip(all.columns()) {
-        match field.name().as_str() {
-            "person_id" => {
-                let ids = cast(column, &DataType::Int64).map_err(|e| e.to_string())?;
-                let ids = ids.as_any().downcast_ref::<Int64Array>().expect("int64");
-                let mut b = StringBuilder::new();
-                for i in 0..ids.len() {
-                    b.append_value(site.pseudonym(study_hash, ids.value(i)));
-                }
-                fields.push(Field::new("person", DataType::Utf8, false));
-                columns.push(Arc::new(b.finish()));
-            }
-            "index_record_id" => {}
-            _ => {
-                fields.push(field.as_ref().clone());
-                columns.push(column.clone());
-            }
-        }
-    }
-    let batch =
-        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())?;
-    sorted_by_person(&batch)
-}
-
-/// Rows sorted by pseudonym, then by index date (the rows of one person keep their order).
-fn sorted_by_person(batch: &RecordBatch) -> Result<RecordBatch, String> {
+    // Sorted by pseudonym (as a number, which sorts as its digits do), then index date, then
+    // the order of the rows.
+    use datafusion::arrow::array::UInt64Array;
     use datafusion::arrow::compute::{lexsort_to_indices, take, SortColumn};
+    let ids = all
+        .column_by_name("person_id")
+        .ok_or("the dataset has no person ids")?;
+    let ids = cast(ids, &DataType::Int64).map_err(|e| e.to_string())?;
+    let ids = ids.as_any().downcast_ref::<Int64Array>().expect("int64");
+    let pseudonyms = site.pseudonyms(study_hash);
+    let numbers: ArrayRef = Arc::new(UInt64Array::from_iter_values(
+        ids.values().iter().map(|&id| pseudonyms.number(id)),
+    ));
     let mut keys = vec![SortColumn {
-        values: batch.column_by_name("person").expect("person").clone(),
+        values: numbers.clone(),
         options: None,
     }];
-    if let Some(index) = batch.column_by_name("index_date") {
+    if let Some(index) = all.column_by_name("index_date") {
         keys.push(SortColumn {
             values: index.clone(),
             options: None,
@@ -272,18 +256,37 @@ fn sorted_by_person(batch: &RecordBatch) -> Result<RecordBatch, String> {
     }
     keys.push(SortColumn {
         values: Arc::new(datafusion::arrow::array::UInt32Array::from_iter_values(
-            0..batch.num_rows() as u32,
+            0..all.num_rows() as u32,
         )),
         options: None,
     });
     let order = lexsort_to_indices(&keys, None).map_err(|e| e.to_string())?;
-    let columns = batch
-        .columns()
-        .iter()
-        .map(|c| take(c, &order, None))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    RecordBatch::try_new(batch.schema(), columns).map_err(|e| e.to_string())
+    let numbers = take(&numbers, &order, None).map_err(|e| e.to_string())?;
+    let numbers = numbers.as_any().downcast_ref::<UInt64Array>().expect("u64");
+    let mut fields: Vec<Field> = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for (field, column) in schema.fields().iter().zip(all.columns()) {
+        match field.name().as_str() {
+            "person_id" => {
+                let mut b = StringBuilder::with_capacity(numbers.len(), numbers.len() * 16);
+                let mut text = String::with_capacity(16);
+                for n in numbers.values() {
+                    use std::fmt::Write;
+                    text.clear();
+                    write!(text, "{n:016x}").expect("writing to a string");
+                    b.append_value(&text);
+                }
+                fields.push(Field::new("person", DataType::Utf8, false));
+                columns.push(Arc::new(b.finish()));
+            }
+            "index_record_id" => {}
+            _ => {
+                fields.push(field.as_ref().clone());
+                columns.push(take(column, &order, None).map_err(|e| e.to_string())?);
+            }
+        }
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| e.to_string())
 }
 
 /// The dataset as exported for a trusted third party: pseudonyms always; with relative dates,
@@ -350,20 +353,27 @@ pub fn every_count(study: &Study, run: &Execution) -> Result<Vec<CountRow>, Stri
 }
 
 /// What the results are computed from and their exact counts, read once from the dataset.
-struct SiteResults {
-    entries: Vec<DatasetEntry>,
-    /// Each entry's value of each Table 1 column (the demographic columns first).
-    values: Vec<Vec<results::table1::Value>>,
+struct SiteResults<'s> {
+    entries: Vec<results::Entry<'s>>,
+    /// Each Table 1 column's values (the demographic columns first).
+    values: Vec<results::table1::Column>,
     endpoint_counts: Vec<EndpointCount>,
     table1: Vec<results::table1::Row>,
 }
 
-fn site_results(study: &Study, run: &Execution) -> Result<SiteResults, String> {
+fn site_results<'s>(study: &'s Study, run: &Execution) -> Result<SiteResults<'s>, String> {
     let all = concat_batches(&run.dataset_schema, &run.dataset).map_err(|e| e.to_string())?;
     let entries = result_entries(study, &all)?;
     let (columns, values) = covariate_values(study, &all)?;
-    let endpoint_counts = results::endpoint_counts(study, &entry_views(&entries));
-    let arms: Vec<Option<&str>> = entries.iter().map(|e| e.1.as_deref()).collect();
+    drop(all);
+    let endpoint_counts = results::endpoint_counts(study, &entries);
+    let arms: Vec<Option<usize>> = entries
+        .iter()
+        .map(|e| {
+            e.arm
+                .and_then(|a| study.arms.iter().position(|s| s.name == a))
+        })
+        .collect();
     let table1 = results::table1::table1(study, &columns, &arms, &values);
     Ok(SiteResults {
         entries,
@@ -371,18 +381,6 @@ fn site_results(study: &Study, run: &Execution) -> Result<SiteResults, String> {
         endpoint_counts,
         table1,
     })
-}
-
-/// The entries as `results` takes them.
-fn entry_views(entries: &[DatasetEntry]) -> Vec<results::Entry<'_>> {
-    entries
-        .iter()
-        .map(|(person, arm, outcomes)| results::Entry {
-            person: *person,
-            arm: arm.as_deref(),
-            outcomes: outcomes.clone(),
-        })
-        .collect()
 }
 
 /// The entries (of the attrition by arm's last step, or for `all` the attrition table's) of a
@@ -526,10 +524,11 @@ fn count_batch(rows: &[CountRow], table: Table) -> RecordBatch {
 
 /// A dataset entry as the results need it: person, arm, and each endpoint's outcome (whether it
 /// happens, and its days).
-type DatasetEntry = (i64, Option<String>, Vec<(bool, Option<i64>)>);
-
-/// The dataset's entries as the results need them.
-fn result_entries(study: &Study, all: &RecordBatch) -> Result<Vec<DatasetEntry>, String> {
+/// The dataset's entries as the results need them, each arm named as the study names it.
+fn result_entries<'s>(
+    study: &'s Study,
+    all: &RecordBatch,
+) -> Result<Vec<results::Entry<'s>>, String> {
     let int = |name: &str| -> Result<Option<Int64Array>, String> {
         match all.column_by_name(name) {
             None => Ok(None),
@@ -552,6 +551,18 @@ fn result_entries(study: &Study, all: &RecordBatch) -> Result<Vec<DatasetEntry>,
     let arms = arms
         .as_ref()
         .map(|a| a.as_any().downcast_ref::<StringArray>().expect("text"));
+    let arm_at = |i: usize| -> Result<Option<&'s str>, String> {
+        let Some(a) = arms.filter(|a| !a.is_null(i)) else {
+            return Ok(None);
+        };
+        let name = a.value(i);
+        study
+            .arms
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| Some(s.name.as_str()))
+            .ok_or_else(|| format!("the dataset names an arm the study does not declare: {name}"))
+    };
     let mut outcomes = Vec::new();
     for e in &study.endpoints {
         let flag =
@@ -559,12 +570,12 @@ fn result_entries(study: &Study, all: &RecordBatch) -> Result<Vec<DatasetEntry>,
         let days = int(&format!("{}_days", e.name))?;
         outcomes.push((flag, days));
     }
-    Ok((0..all.num_rows())
+    (0..all.num_rows())
         .map(|i| {
-            (
-                persons.value(i),
-                arms.and_then(|a| (!a.is_null(i)).then(|| a.value(i).to_string())),
-                outcomes
+            Ok(results::Entry {
+                person: persons.value(i),
+                arm: arm_at(i)?,
+                outcomes: outcomes
                     .iter()
                     .map(|(flag, days)| {
                         (
@@ -574,9 +585,9 @@ fn result_entries(study: &Study, all: &RecordBatch) -> Result<Vec<DatasetEntry>,
                         )
                     })
                     .collect(),
-            )
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// The endpoint table: each row's counts as given (exact at the site, released in `release/`)
@@ -780,9 +791,9 @@ fn cox_models(
     study: &Study,
     endpoint: usize,
     entries: &[results::Entry],
-    covariates: &[Vec<results::table1::Value>],
+    covariates: &[results::table1::Column],
 ) -> Vec<CoxModel> {
-    use results::table1::Value;
+    use results::table1::Column;
     let arms: Vec<&str> = study.arms.iter().map(|a| a.name.as_str()).collect();
     let arm_terms: Vec<String> = arms
         .iter()
@@ -810,10 +821,16 @@ fn cox_models(
                 .collect();
             let mut complete = true;
             for &c in adjust {
-                match &covariates[i][c] {
-                    Value::Number(v) => row.push(*v),
-                    Value::Category(l) => row.push(f64::from(u8::from(l == "male"))),
-                    Value::Missing => complete = false,
+                let value = match &covariates[c] {
+                    Column::Numbers(v) => v[i],
+                    Column::Categories { levels, of } => {
+                        of[i].map(|k| f64::from(u8::from(levels[k as usize] == "male")))
+                    }
+                    Column::Dates => None,
+                };
+                match value {
+                    Some(v) => row.push(v),
+                    None => complete = false,
                 }
             }
             if complete {
@@ -938,19 +955,17 @@ fn cox_batch(
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).expect("columns of equal length")
 }
 
-/// Table 1's columns (name and kind), and each entry's value of each.
+/// Table 1's columns (name and kind), and each one's values.
 type CovariateValues = (
     Vec<(String, crate::study::ValueKind)>,
-    Vec<Vec<results::table1::Value>>,
+    Vec<results::table1::Column>,
 );
 
-/// Each entry's value of each Table 1 column: sex and the age band first, then the
-/// study's covariates.
+/// Each Table 1 column's values: sex and the age band first, then the study's covariates.
 fn covariate_values(study: &Study, all: &RecordBatch) -> Result<CovariateValues, String> {
     use crate::study::{CovariateValue, ValueKind};
     use datafusion::arrow::array::Float64Array;
-    use results::table1::Value;
-    let n = all.num_rows();
+    use results::table1::Column;
     let mut columns: Vec<(String, ValueKind, &str, bool)> = vec![
         (
             results::table1::SEX.to_string(),
@@ -973,54 +988,43 @@ fn covariate_values(study: &Study, all: &RecordBatch) -> Result<CovariateValues,
             matches!(covariate.value, CovariateValue::Sex),
         ));
     }
-    let mut values = vec![Vec::with_capacity(columns.len()); n];
+    let numbers =
+        |column: &datafusion::arrow::array::ArrayRef| -> Result<Vec<Option<f64>>, String> {
+            let c = cast(column, &DataType::Float64).map_err(|e| e.to_string())?;
+            let c = c.as_any().downcast_ref::<Float64Array>().expect("float");
+            Ok(c.iter().collect())
+        };
+    let mut values = Vec::with_capacity(columns.len());
     for (name, kind, column_name, sex) in &columns {
         let Some(column) = all.column_by_name(column_name) else {
             // Run without the demographic columns (a study executed on its own): none to show.
-            values.iter_mut().for_each(|v| v.push(Value::Missing));
+            values.push(Column::Categories {
+                levels: Vec::new(),
+                of: vec![None; all.num_rows()],
+            });
             continue;
         };
-        match kind {
-            ValueKind::Date => values.iter_mut().for_each(|v| v.push(Value::Missing)),
-            ValueKind::Number | ValueKind::Flag => {
-                let c = cast(column, &DataType::Float64).map_err(|e| e.to_string())?;
-                let c = c.as_any().downcast_ref::<Float64Array>().expect("float");
-                for (i, v) in values.iter_mut().enumerate() {
-                    v.push(if c.is_null(i) {
-                        Value::Missing
-                    } else {
-                        Value::Number(c.value(i))
-                    });
-                }
-            }
+        values.push(match kind {
+            ValueKind::Date => Column::Dates,
+            ValueKind::Number | ValueKind::Flag => Column::Numbers(numbers(column)?),
             ValueKind::Category if name == results::table1::AGE_BAND => {
-                let c = cast(column, &DataType::Float64).map_err(|e| e.to_string())?;
-                let c = c.as_any().downcast_ref::<Float64Array>().expect("float");
-                for (i, v) in values.iter_mut().enumerate() {
-                    v.push(if c.is_null(i) {
-                        Value::Missing
-                    } else {
-                        Value::Category(results::table1::age_band(c.value(i)))
-                    });
-                }
+                let bands = results::table1::age_bands();
+                let ages = numbers(column)?;
+                Column::categories(
+                    ages.into_iter()
+                        .map(|age| age.map(|a| bands[results::table1::age_band_of(a)].as_str())),
+                )
             }
             ValueKind::Category => {
                 let c = cast(column, &DataType::Utf8).map_err(|e| e.to_string())?;
                 let c = c.as_any().downcast_ref::<StringArray>().expect("text");
-                for (i, v) in values.iter_mut().enumerate() {
-                    v.push(if c.is_null(i) {
-                        Value::Missing
-                    } else {
-                        let text = c.value(i);
-                        Value::Category(match (*sex, text) {
-                            (true, "8507") => "male".to_string(),
-                            (true, "8532") => "female".to_string(),
-                            _ => text.to_string(),
-                        })
-                    });
-                }
+                Column::categories(c.iter().map(|text| match (*sex, text) {
+                    (true, Some("8507")) => Some("male"),
+                    (true, Some("8532")) => Some("female"),
+                    (_, text) => text,
+                }))
             }
-        }
+        });
     }
     let columns = columns.into_iter().map(|(n, k, _, _)| (n, k)).collect();
     Ok((columns, values))
@@ -1626,10 +1630,8 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
         endpoint_counts,
         table1,
     } = site_results(info.study, run)?;
-    let result_entries = entry_views(&entries);
     // The study's covariates, without the demographic columns, for the models.
-    let covariates: Vec<Vec<results::table1::Value>> =
-        values.iter().map(|v| v[2..].to_vec()).collect();
+    let covariates = &values[2..];
     let first_arm = info.study.arms.first().map(|a| a.name.as_str());
     let mut exact = count_rows(run);
     exact.extend(results::count_rows(&endpoint_counts));
@@ -1645,7 +1647,7 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
         if endpoint.kind != crate::study::EndpointKind::TimeToEvent {
             continue;
         }
-        let observations = results::observations(info.study, &result_entries, e);
+        let observations = results::observations(info.study, &entries, e);
         for (group, obs) in results::groups(info.study).into_iter().zip(&observations) {
             at_risk_tables.push((endpoint.name.clone(), group.clone(), obs.clone()));
             curves.push((
@@ -1657,7 +1659,7 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
         let arms = &observations[..observations.len() - 1];
         log_ranks.push((endpoint.name.clone(), results::survival::log_rank(arms)));
         if arms.len() >= 2 {
-            models.extend(cox_models(info.study, e, &result_entries, &covariates));
+            models.extend(cox_models(info.study, e, &entries, covariates));
         }
     }
     write_table(
