@@ -644,3 +644,60 @@ fn a_run_leaves_no_stage_in_the_session() {
         assert!(left.is_empty(), "stages left in the session: {left:?}");
     });
 }
+
+/// Counts of one domain's records in a stage share one reading of the domain and one join with
+/// the entries: the NSAID study's four drug counts (the exclusion's two, the arms' two) read
+/// `drug_exposure` once in the population stage, and its two condition covariates read
+/// `condition_occurrence` once in the dataset (the endpoint, a first event, reads it again).
+#[test]
+fn counts_of_one_domain_share_one_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let cache = dir.path().join("cache");
+    let o = cohortql(
+        &[
+            "synth",
+            "--persons",
+            "300",
+            "--seed",
+            "1",
+            "--out",
+            repo.to_str().unwrap(),
+        ],
+        &cache,
+    );
+    assert!(o.status.success(), "{}", all_text(&o));
+    let o = cohortql(
+        &[
+            "plan",
+            "studies/nsaid_gi_bleed.study",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--analyze",
+        ],
+        &cache,
+    );
+    let text = all_text(&o);
+    assert!(o.status.success(), "{text}");
+    let sections = sections(&text);
+    let reads = |stage: &str, table: &str| -> usize {
+        sections
+            .iter()
+            .filter(|(n, _)| *n == stage)
+            .map(|(_, body)| {
+                body.lines()
+                    .filter(|l| {
+                        l.contains("DataSourceExec") && l.contains(&format!("/{table}.parquet"))
+                    })
+                    .count()
+            })
+            .sum()
+    };
+    assert_eq!(reads("cohortql_population", "drug_exposure"), 1, "{text}");
+    assert_eq!(
+        reads("cohortql_population", "condition_occurrence"),
+        1,
+        "{text}"
+    );
+    assert_eq!(reads("dataset", "condition_occurrence"), 2, "{text}");
+}

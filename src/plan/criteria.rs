@@ -10,7 +10,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
 use datafusion::functions::expr_fn::{coalesce, date_part, upper};
 use datafusion::functions_aggregate::expr_fn::{count, count_distinct, max, min};
-use datafusion::logical_expr::{cast, lit, not, Expr, JoinType, LogicalPlan};
+use datafusion::logical_expr::{cast, lit, not, when, Expr, JoinType, LogicalPlan};
 use std::sync::Arc;
 
 /// The rows a criterion is evaluated at, and which of their columns hold what.
@@ -22,6 +22,9 @@ pub(super) struct Ctx {
     /// The aggregates attached by the criteria evaluated so far; `Planner::joined` gives the
     /// rows with their columns.
     pub attached: Vec<Attached>,
+    /// Counts asked for but not yet attached: `Planner::joined` attaches them, those of one
+    /// domain together.
+    pub pending: Vec<PendingCount>,
     /// Columns that identify a row.
     pub key: Vec<String>,
     pub person: String,
@@ -48,12 +51,53 @@ pub(super) struct Attached {
     keys: Vec<(String, String)>,
 }
 
+/// A count of records in windows (`Planner::count_in_windows`) whose plan is built when the
+/// context's rows are joined, with every other count of the same domain: one reading of the
+/// domain, filtered by all their concept sets, one join with the rows and one aggregate with a
+/// count per criterion, instead of a reading, a join and an aggregate each.
+#[derive(Clone, Debug)]
+pub(super) struct PendingCount {
+    query: EventQuery,
+    windows: Vec<EdgeWindow>,
+    distinct: Option<Distinct>,
+    /// The column the count is attached as.
+    output: String,
+}
+
+impl PendingCount {
+    /// Whether a count can share its reading: a query of one domain's records tested one by
+    /// one (no alternatives, eras, first-ever record, visit or nested criterion), in windows
+    /// of days or follow-up (no observation period to find).
+    fn shareable(query: &EventQuery, windows: &[EdgeWindow]) -> bool {
+        query.also.is_empty()
+            && query.era.is_none()
+            && query.filters.iter().all(|f| {
+                !matches!(
+                    f,
+                    EventFilter::FirstEver | EventFilter::SameVisit | EventFilter::Where(_)
+                )
+            })
+            && windows.iter().all(|w| match w.window {
+                Window::FollowUp => true,
+                Window::Days { observed, .. } => !observed,
+            })
+    }
+
+    fn modality(&self) -> bool {
+        self.query
+            .filters
+            .iter()
+            .any(|f| matches!(f, EventFilter::Modality(_)))
+    }
+}
+
 impl Ctx {
     /// Persons, before any index date: criteria in the index event's own filters.
     pub fn of_persons(plan: LogicalPlan, cols: &PersonCols) -> Ctx {
         Ctx {
             base: plan,
             attached: Vec::new(),
+            pending: Vec::new(),
             key: vec![cols.id.clone()],
             person: cols.id.clone(),
             gender: cols.gender.clone(),
@@ -75,6 +119,7 @@ impl Ctx {
         Ctx {
             base: plan,
             attached: Vec::new(),
+            pending: Vec::new(),
             ..self.clone()
         }
     }
@@ -265,6 +310,22 @@ impl Planner<'_> {
         Ok((eras, out))
     }
 
+    /// Whether every concept set a query tests (its own, its filters') is a list of ids.
+    fn known_sets(&self, query: &EventQuery) -> bool {
+        let filter_sets = query.filters.iter().filter_map(|f| match f {
+            EventFilter::ValueIn(set)
+            | EventFilter::SourceIn(set)
+            | EventFilter::UnitIn(set)
+            | EventFilter::KindIn(set) => Some(set),
+            _ => None,
+        });
+        query
+            .concepts
+            .iter()
+            .chain(filter_sets)
+            .all(|set| self.known_ids(set).is_some())
+    }
+
     /// A filter that looks at the record alone; `None` for those that need the context.
     fn record_test(&mut self, f: &EventFilter, rec: &Rec) -> Result<Option<Expr>> {
         let in_set = |p: &mut Self, column: &str, set: &ConceptExpr| -> Result<Expr> {
@@ -437,41 +498,55 @@ impl Planner<'_> {
         rows: LogicalPlan,
         aggregates: Vec<Expr>,
     ) -> Result<Vec<String>> {
-        let outputs: Vec<String> = aggregates.iter().map(|_| self.fresh("agg")).collect();
-        let renamed: Vec<String> = ctx.key.iter().map(|k| self.fresh(k)).collect();
+        let named: Vec<(Expr, String)> = aggregates
+            .into_iter()
+            .map(|e| (e, self.fresh("agg")))
+            .collect();
+        let outputs = named.iter().map(|(_, n)| n.clone()).collect();
+        let attached = self.aggregated(&ctx.key, rows, named)?;
+        ctx.attached.push(attached);
+        Ok(outputs)
+    }
+
+    /// `rows` aggregated per context row (`key`), each aggregate named as given, ready to be
+    /// joined to the rows.
+    fn aggregated(
+        &mut self,
+        key: &[String],
+        rows: LogicalPlan,
+        aggregates: Vec<(Expr, String)>,
+    ) -> Result<Attached> {
+        let renamed: Vec<String> = key.iter().map(|k| self.fresh(k)).collect();
+        let outputs: Vec<String> = aggregates.iter().map(|(_, n)| n.clone()).collect();
         let aggregated = aggregate(
             rows,
-            ctx.key.iter().map(|k| c(k)).collect(),
-            aggregates
-                .into_iter()
-                .zip(&outputs)
-                .map(|(e, n)| e.alias(n))
-                .collect(),
+            key.iter().map(|k| c(k)).collect(),
+            aggregates.into_iter().map(|(e, n)| e.alias(n)).collect(),
         )?;
-        let mut exprs: Vec<Expr> = ctx
-            .key
+        let mut exprs: Vec<Expr> = key
             .iter()
             .zip(&renamed)
             .map(|(k, r)| c(k).alias(r))
             .collect();
         exprs.extend(outputs.iter().map(|n| c(n)));
         let aggregated = project(aggregated, exprs)?;
-        let keys = ctx.key.iter().cloned().zip(renamed).collect();
+        let keys = key.iter().cloned().zip(renamed).collect();
         let plan = self.aliased(aggregated)?;
-        ctx.attached.push(Attached { plan, keys });
-        Ok(outputs)
+        Ok(Attached { plan, keys })
     }
 
     /// The context's rows with the columns of every attached aggregate: a chain of left joins
     /// built once, with no projection between them. (A projection per attachment would look up
     /// every column of a plan that widens with each criterion: planning grew with the cube of
-    /// the number of criteria.)
+    /// the number of criteria.) The pending counts are attached here, by domain.
     pub(super) fn joined(&mut self, ctx: &Ctx) -> Result<LogicalPlan> {
-        if ctx.attached.is_empty() {
+        let mut attached = ctx.attached.clone();
+        attached.extend(self.shared_counts(ctx)?);
+        if attached.is_empty() {
             return Ok(ctx.base.clone());
         }
         let mut plan = self.aliased(ctx.base.clone())?;
-        for a in &ctx.attached {
+        for a in &attached {
             let keys: Vec<(&str, &str)> = a
                 .keys
                 .iter()
@@ -480,6 +555,127 @@ impl Planner<'_> {
             plan = join_on(plan, a.plan.clone(), JoinType::Left, &keys)?;
         }
         Ok(plan)
+    }
+
+    /// The context's pending counts, one aggregate per domain (and need of the modality): the
+    /// domain's records of any of their concept sets, joined once with the rows, each count
+    /// taken over the joined rows that meet its own concept set, filters and windows.
+    fn shared_counts(&mut self, ctx: &Ctx) -> Result<Vec<Attached>> {
+        // A count whose concept sets are not all lists of ids yet (plans only, which run no
+        // lookup) keeps a reading of its own: its sets are subqueries, which an engine reads
+        // in a filter but not inside a count or an `or`.
+        let mut groups: Vec<((Domain, bool, Option<usize>), Vec<&PendingCount>)> = Vec::new();
+        for (i, p) in ctx.pending.iter().enumerate() {
+            let alone = (!self.known_sets(&p.query)).then_some(i);
+            let at = (p.query.domain, p.modality(), alone);
+            match groups.iter_mut().find(|(k, _)| *k == at) {
+                Some((_, g)) => g.push(p),
+                None => groups.push((at, vec![p])),
+            }
+        }
+        let mut out = Vec::new();
+        for ((domain, modality, _), counts) in groups {
+            let sets: Vec<Option<&ConceptExpr>> =
+                counts.iter().map(|p| p.query.concepts.as_ref()).collect();
+            let (records, rec) = self.records_of_any(domain, modality, &sets)?;
+            // One set for all: the reading's filter is each count's concept test already.
+            let one_set = sets.windows(2).all(|w| w[0] == w[1]);
+            let mut exprs: Vec<Expr> = names(&ctx.base).iter().map(|n| c(n)).collect();
+            let mut tests: Vec<Expr> = Vec::new();
+            let end = super::stages::record_end(&rec)?;
+            for p in &counts {
+                let mut test = match (&p.query.concepts, one_set) {
+                    (Some(set), false) => self.in_concepts(c(&rec.concept), set)?,
+                    _ => lit(true),
+                };
+                for f in &p.query.filters {
+                    if let Some(t) = self.record_test(f, &rec)? {
+                        test = test.and(t);
+                    }
+                }
+                for w in &p.windows {
+                    // A window whose anchor these rows lack finds nothing.
+                    let bounds = match w.window {
+                        Window::FollowUp => ctx
+                            .follow_up
+                            .as_ref()
+                            .map(|(s, e)| (Some(c(s)), Some(c(e)))),
+                        Window::Days {
+                            anchor, start, end, ..
+                        } => ctx.anchor(anchor).map(|a| {
+                            (
+                                start.map(|s| days_add(a.clone(), lit(s))),
+                                end.map(|e| days_add(a, lit(e))),
+                            )
+                        }),
+                    };
+                    let Some((lo, hi)) = bounds else {
+                        test = lit(false);
+                        continue;
+                    };
+                    let day = match w.edge {
+                        Edge::Start => c(&rec.start),
+                        Edge::End => end.clone(),
+                    };
+                    for (bound, lower) in [(lo, true), (hi, false)] {
+                        let Some(bound) = bound else { continue };
+                        // Each bound computed once per row, so that the joined rows compare
+                        // dates rather than computing a difference per pair.
+                        let name = self.fresh(if lower { "first_day" } else { "last_day" });
+                        exprs.push(bound.alias(&name));
+                        test = test.and(if lower {
+                            day.clone().gt_eq(c(&name))
+                        } else {
+                            day.clone().lt_eq(c(&name))
+                        });
+                    }
+                }
+                tests.push(test);
+            }
+            let left = self.aliased(project(ctx.base.clone(), exprs)?)?;
+            let right = self.aliased(records)?;
+            let rows = join_on(
+                left,
+                right,
+                JoinType::Inner,
+                &[(ctx.person.as_str(), rec.person.as_str())],
+            )?;
+            let counted = |distinct: Option<Distinct>, only: Option<Expr>| -> Result<Expr> {
+                let of = |e: Expr| -> Result<Expr> {
+                    Ok(match &only {
+                        Some(t) => when(t.clone(), e).end()?,
+                        None => e,
+                    })
+                };
+                Ok(match distinct {
+                    None => count(of(lit(1i64))?),
+                    Some(Distinct::Concepts) => count_distinct(of(c(&rec.concept))?),
+                    Some(Distinct::Days) => count_distinct(of(c(&rec.start))?),
+                    Some(Distinct::Visits) => count_distinct(of(c(&rec.visit))?),
+                })
+            };
+            let (rows, aggregates) = if let [only] = counts[..] {
+                let rows = filter(rows, tests.remove(0))?;
+                (
+                    rows,
+                    vec![(counted(only.distinct, None)?, only.output.clone())],
+                )
+            } else {
+                let any = tests
+                    .iter()
+                    .cloned()
+                    .reduce(|a, b| a.or(b))
+                    .expect("a group has a count");
+                let rows = filter(rows, any)?;
+                let mut aggregates = Vec::new();
+                for (p, test) in counts.iter().zip(tests) {
+                    aggregates.push((counted(p.distinct, Some(test))?, p.output.clone()));
+                }
+                (rows, aggregates)
+            };
+            out.push(self.aggregated(&ctx.key, rows, aggregates)?);
+        }
+        Ok(out)
     }
 
     /// How many of the query's records (or distinct concepts, days or visits) lie in the
@@ -507,6 +703,16 @@ impl Planner<'_> {
         windows: &[EdgeWindow],
         distinct: Option<Distinct>,
     ) -> Result<Expr> {
+        if PendingCount::shareable(query, windows) {
+            let output = self.fresh("agg");
+            ctx.pending.push(PendingCount {
+                query: query.clone(),
+                windows: windows.to_vec(),
+                distinct,
+                output: output.clone(),
+            });
+            return Ok(coalesce(vec![c(&output), lit(0i64)]));
+        }
         let (rows, rec) = self.found_in(query, windows, ctx)?;
         let counted = match distinct {
             None => count(lit(1i64)),

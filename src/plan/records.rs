@@ -141,10 +141,29 @@ impl Planner<'_> {
         modality: bool,
         concepts: Option<&ConceptExpr>,
     ) -> Result<(LogicalPlan, Rec)> {
+        self.records_of_any(domain, modality, &[concepts])
+    }
+
+    /// The records of a domain of any of the concept sets (`None`: of any concept), as
+    /// `records` gives them.
+    pub(super) fn records_of_any(
+        &mut self,
+        domain: Domain,
+        modality: bool,
+        sets: &[Option<&ConceptExpr>],
+    ) -> Result<(LogicalPlan, Rec)> {
         let (mut plan, rec) = self.raw_records(domain, modality)?;
-        if let Some(concepts) = concepts {
-            let test = self.in_concepts(c(&rec.concept), concepts)?;
-            plan = filter(plan, test)?;
+        if sets.iter().all(Option::is_some) {
+            let mut tests: Vec<Expr> = Vec::new();
+            for set in sets.iter().flatten() {
+                let test = self.in_concepts(c(&rec.concept), set)?;
+                if !tests.contains(&test) {
+                    tests.push(test);
+                }
+            }
+            if let Some(any) = tests.into_iter().reduce(|a, b| a.or(b)) {
+                plan = filter(plan, any)?;
+            }
         }
         self.consent_records(plan, rec)
     }
@@ -600,7 +619,7 @@ impl Planner<'_> {
 
     /// The ids of an expression made only of concept ids and parts already looked up, with
     /// unions, differences and sets of such.
-    fn known_ids(&self, expr: &ConceptExpr) -> Option<Ids> {
+    pub(super) fn known_ids(&self, expr: &ConceptExpr) -> Option<Ids> {
         match expr {
             ConceptExpr::Concept { id, .. } => Some(Ids {
                 ids: vec![*id],

@@ -100,6 +100,7 @@ fn entry_ctx(plan: LogicalPlan, follow_up: bool) -> Ctx {
     Ctx {
         base: plan,
         attached: Vec::new(),
+        pending: Vec::new(),
         key: strings(&[PERSON, INDEX_RECORD, INDEX_SOURCE, INDEX_DATE]),
         person: PERSON.into(),
         gender: GENDER.into(),
