@@ -543,15 +543,19 @@ impl Planner<'_> {
             fails.push(c(ARM).is_null());
         }
         let rows = fails.len();
-        let passed = match fails.first() {
-            None => lit(0i64),
-            Some(first) => {
-                let mut case = when(first.clone(), lit(0i64));
-                for (i, fail) in fails.iter().enumerate().skip(1) {
-                    case = case.when(fail.clone(), lit(i as i64));
-                }
-                case.otherwise(lit(rows as i64))?
-            }
+        // Built whole: `CaseBuilder` copies its branches at each one added.
+        let passed = if fails.is_empty() {
+            lit(0i64)
+        } else {
+            Expr::Case(datafusion::logical_expr::expr::Case::new(
+                None,
+                fails
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, fail)| (Box::new(fail), Box::new(lit(i as i64))))
+                    .collect(),
+                Some(Box::new(lit(rows as i64))),
+            ))
         };
         let mut columns = vec![c(PERSON)];
         if arm {
