@@ -63,23 +63,11 @@ pub fn step_column(i: usize) -> String {
     format!("step_{}", i + 1)
 }
 
-/// Persons and entries remaining after attrition rows 1 to `rows + 1`, from `rows_passed`.
-fn remaining(rows: usize) -> Result<Vec<Expr>> {
-    let mut aggregates = Vec::new();
-    for i in 0..=rows {
-        let remains = c("rows_passed").gt_eq(lit(i as i64));
-        let (persons, entries) = attrition_columns(i + 1);
-        aggregates.push(count_distinct(when(remains.clone(), c(PERSON)).end()?).alias(persons));
-        aggregates.push(
-            cast(
-                sum(when(remains, lit(1i64)).otherwise(lit(0i64))?),
-                DataType::Int64,
-            )
-            .alias(entries),
-        );
-    }
-    Ok(aggregates)
-}
+/// The columns of the attrition plans: the attrition row (0 for the index event's records),
+/// and the persons and entries remaining after it.
+pub const ATTRITION_STEP: &str = "step";
+pub const ATTRITION_PERSONS: &str = "persons";
+pub const ATTRITION_ENTRIES: &str = "entries";
 
 /// The inclusion-rule plan's columns for step `i` (0-based).
 pub fn inclusion_columns(i: usize) -> (String, String) {
@@ -93,6 +81,18 @@ pub fn attrition_columns(i: usize) -> (String, String) {
 
 fn strings(columns: &[&str]) -> Vec<String> {
     columns.iter().map(|s| s.to_string()).collect()
+}
+
+/// The rows of every plan, one after the other (`UNION ALL`); one plan as it is.
+fn union(mut plans: Vec<LogicalPlan>) -> Result<LogicalPlan> {
+    if plans.len() == 1 {
+        return Ok(plans.remove(0));
+    }
+    Ok(LogicalPlan::Union(
+        datafusion::logical_expr::Union::try_new_with_loose_types(
+            plans.into_iter().map(std::sync::Arc::new).collect(),
+        )?,
+    ))
 }
 
 /// A context whose rows are a stage's entries.
@@ -427,34 +427,115 @@ impl Planner<'_> {
         project(ranked, exprs)
     }
 
-    /// One row: persons and entries remaining after each attrition row (see `attrition_rules`).
-    /// Row 0 counts every record of the index event (persons with one, and records), before
-    /// observation, calendar limits and the choice of first, last or all. For the later rows,
-    /// each entry gets the number of rows it passes, the first rule it fails (a flag that is
-    /// not true fails); an entry remains after row `i` when it passes at least `i`. One column,
-    /// rather than a conjunction of all earlier flags per row, which grew with the square of
-    /// the number of steps.
+    /// The attrition table: one row per attrition row (`ATTRITION_STEP`, 0 for the index event's
+    /// records), with the persons and entries remaining after it, in order.
     pub fn attrition(&mut self, population: LogicalPlan) -> Result<LogicalPlan> {
-        let (counted, rows) = self.rows_passed(population, false)?;
-        let aggregates = remaining(rows)?;
-        let remaining = self.aliased(aggregate(counted, vec![], aggregates)?)?;
-        let records = self.index_records()?;
-        let records = self.aliased(records)?;
-        let mut columns = names(&records);
-        columns.extend(names(&remaining));
-        keep(join_on(records, remaining, JoinType::Inner, &[])?, &columns)
+        let (passed, rows) = self.rows_passed(population, false)?;
+        let remaining = self.remaining(passed, rows, None)?;
+        let (persons, records) = attrition_columns(0);
+        let first = project(
+            self.index_records()?,
+            vec![
+                lit(0i64).alias(ATTRITION_STEP),
+                c(&persons).alias(ATTRITION_PERSONS),
+                c(&records).alias(ATTRITION_ENTRIES),
+            ],
+        )?;
+        let both = union(vec![first, remaining])?;
+        LogicalPlanBuilder::new_from_arc(super::sub(both)?)
+            .sort(vec![c(ATTRITION_STEP).sort(true, true)])?
+            .build()
     }
 
-    /// With exposure arms, one row per arm (NULL: entries in no arm): persons and entries of
-    /// that arm remaining after each attrition row from row 1 on (`attrition_columns(i)`),
-    /// the arm being the one each entry's index would assign it.
-    pub fn arm_attrition(&self, population: LogicalPlan) -> Result<LogicalPlan> {
-        let (counted, rows) = self.rows_passed(population, true)?;
-        let aggregates = remaining(rows)?;
-        let plan = aggregate(counted, vec![c(ARM)], aggregates)?;
-        LogicalPlanBuilder::new_from_arc(super::sub(plan)?)
-            .sort(vec![c(ARM).sort(true, true)])?
+    /// With exposure arms, per arm (NULL: entries in no arm) and attrition row from row 1 on:
+    /// the persons and entries of that arm remaining after the row, the arm being the one each
+    /// entry's index would assign it. An arm left with no entry has no row.
+    pub fn arm_attrition(&mut self, population: LogicalPlan) -> Result<LogicalPlan> {
+        let (passed, rows) = self.rows_passed(population, true)?;
+        let remaining = self.remaining(passed, rows, Some(ARM))?;
+        LogicalPlanBuilder::new_from_arc(super::sub(remaining)?)
+            .sort(vec![
+                c(ARM).sort(true, true),
+                c(ATTRITION_STEP).sort(true, true),
+            ])?
             .build()
+    }
+
+    /// Attrition rows 1 to `rows + 1` (per arm, given the arm's column) from each entry's
+    /// `rows_passed`: row `i` keeps the entries whose value is at least `i - 1`, and the
+    /// persons with such an entry. Each entry is tallied once at its value and each person
+    /// once at the best value of their entries, and each row sums the tallies at or above it:
+    /// a few operators whatever the number of steps, where a pair of distinct counts per row
+    /// made the plan and its execution grow with the steps.
+    fn remaining(
+        &mut self,
+        passed: LogicalPlan,
+        rows: usize,
+        arm: Option<&str>,
+    ) -> Result<LogicalPlan> {
+        let by: Vec<Expr> = arm.iter().map(|a| c(a)).collect();
+        let (value, best) = (self.fresh("passed"), self.fresh("best"));
+        let (n_entries, n_persons) = (self.fresh("entries"), self.fresh("persons"));
+        let with = |first: Expr, entries: Expr, persons: Expr| -> Vec<Expr> {
+            let mut out = by.clone();
+            out.extend([
+                first.alias(&value),
+                entries.alias(&n_entries),
+                persons.alias(&n_persons),
+            ]);
+            out
+        };
+        let mut group = by.clone();
+        group.push(c("rows_passed"));
+        let entries = aggregate(
+            passed.clone(),
+            group,
+            vec![count(lit(1i64)).alias(&n_entries)],
+        )?;
+        let entries = project(entries, with(c("rows_passed"), c(&n_entries), lit(0i64)))?;
+        let mut group = vec![c(PERSON)];
+        group.extend(by.clone());
+        let bests = aggregate(passed, group, vec![max(c("rows_passed")).alias(&best)])?;
+        let mut group = by.clone();
+        group.push(c(&best));
+        let persons = aggregate(bests, group, vec![count(lit(1i64)).alias(&n_persons)])?;
+        let persons = project(persons, with(c(&best), lit(0i64), c(&n_persons)))?;
+        let tallies = union(vec![entries, persons])?;
+        // The rows, each a one-row relation every SQL dialect can read.
+        let step = self.fresh("step");
+        let steps = (1..=rows + 1)
+            .map(|i| {
+                LogicalPlanBuilder::empty(true)
+                    .project(vec![lit(i as i64).alias(&step)])?
+                    .build()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let steps = union(steps)?;
+        let left = self.aliased(steps)?;
+        let right = self.aliased(tallies)?;
+        let joined = super::join_filtered(
+            left,
+            right,
+            JoinType::Left,
+            &[],
+            c(&value).gt_eq(c(&step) - lit(1i64)),
+        )?;
+        let mut group = vec![c(&step)];
+        group.extend(by.clone());
+        let (p, e) = (self.fresh("persons"), self.fresh("entries"));
+        let summed = aggregate(
+            joined,
+            group,
+            vec![sum(c(&n_persons)).alias(&p), sum(c(&n_entries)).alias(&e)],
+        )?;
+        let total = |n: &str| coalesce(vec![cast(c(n), DataType::Int64), lit(0i64)]);
+        let mut out = by;
+        out.extend([
+            c(&step).alias(ATTRITION_STEP),
+            total(&p).alias(ATTRITION_PERSONS),
+            total(&e).alias(ATTRITION_ENTRIES),
+        ]);
+        project(summed, out)
     }
 
     /// Persons and entries with follow-up, per arm, sorted by arm.

@@ -388,16 +388,19 @@ pub(crate) async fn run_stages(
     m.release(plan::ENTRIES)?;
     let counts = planned!(planner.attrition(population.clone()));
     let (_, counts) = m.rows("attrition", counts).await?;
+    let counts = text_rows(&counts);
     let mut attrition: Vec<Attrition> = planner
         .attrition_rules()
         .into_iter()
         .enumerate()
         .map(|(i, rule)| {
-            let (persons, entries) = plan::attrition_columns(i);
+            let row = counts
+                .iter()
+                .find(|r| count_in(r, plan::ATTRITION_STEP) == i as u64);
             Attrition {
                 rule,
-                persons: int_at(&counts, &persons),
-                entries: int_at(&counts, &entries),
+                persons: row.map_or(0, |r| count_in(r, plan::ATTRITION_PERSONS)),
+                entries: row.map_or(0, |r| count_in(r, plan::ATTRITION_ENTRIES)),
             }
         })
         .collect();
@@ -507,11 +510,12 @@ fn arm_rows(
                     found.map_or(0, |r| count_in(r, "entries")),
                 )
             } else {
-                let (p, e) = plan::attrition_columns(i);
-                let found = by_arm.iter().find(|r| arm_of(r) == *arm);
+                let found = by_arm
+                    .iter()
+                    .find(|r| arm_of(r) == *arm && count_in(r, plan::ATTRITION_STEP) == i as u64);
                 (
-                    found.map_or(0, |r| count_in(r, &p)),
-                    found.map_or(0, |r| count_in(r, &e)),
+                    found.map_or(0, |r| count_in(r, plan::ATTRITION_PERSONS)),
+                    found.map_or(0, |r| count_in(r, plan::ATTRITION_ENTRIES)),
                 )
             };
             out.push(ArmAttrition {

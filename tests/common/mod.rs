@@ -341,8 +341,13 @@ pub fn on_postgres(server: &postgres::Postgres, schema: &str, study: &Study) -> 
                 let persons = if i == last {
                     cell(output("followed_by_arm").unwrap(), Some(&arm), "persons")
                 } else {
-                    let column = format!("persons_{}", i + 1);
-                    cell(output("attrition_by_arm").unwrap(), Some(&arm), &column)
+                    let o = output("attrition_by_arm").unwrap();
+                    let at = |name: &str| o.header.iter().position(|h| h == name).unwrap();
+                    let step = (i + 1).to_string();
+                    o.rows
+                        .iter()
+                        .find(|r| r[at("arm")] == arm && r[at("step")].as_deref() == Some(&step))
+                        .map_or(0, |r| r[at("persons")].as_deref().unwrap().parse().unwrap())
                 };
                 by_arm.push((rule.clone(), arm, persons));
             }
@@ -377,12 +382,16 @@ pub fn on_postgres(server: &postgres::Postgres, schema: &str, study: &Study) -> 
             )
         })
         .collect();
-    let mut persons: Vec<usize> = attrition
+    // One row per attrition row, in order.
+    let persons_at = attrition
         .header
         .iter()
-        .zip(&attrition.rows[0])
-        .filter(|(h, _)| h.starts_with("persons_"))
-        .map(|(_, v)| v.as_deref().unwrap().parse().unwrap())
+        .position(|h| h == "persons")
+        .unwrap();
+    let mut persons: Vec<usize> = attrition
+        .rows
+        .iter()
+        .map(|r| r[persons_at].as_deref().unwrap().parse().unwrap())
         .collect();
     let distinct: std::collections::BTreeSet<&Option<String>> =
         dataset.rows.iter().map(|r| &r[0]).collect();
