@@ -74,21 +74,39 @@ fn cohortql_within(args: &[&str], limit: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Read as the command writes: a pipe left unread blocks it once its buffer is full.
+    let drain = |mut from: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            from.read_to_end(&mut bytes).unwrap();
+            bytes
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
     let started = Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
+    let (status, late) = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break (status, false);
         }
         if started.elapsed() > limit {
             let _ = child.kill();
-            let o = child.wait_with_output().unwrap();
-            panic!(
-                "cohortql {args:?} did not finish within {limit:?}: {}",
-                common::all_text(&o)
-            );
+            break (child.wait().unwrap(), true);
         }
         std::thread::sleep(Duration::from_millis(50));
+    };
+    let o = Output {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    };
+    if late {
+        panic!(
+            "cohortql {args:?} did not finish within {limit:?}: {}",
+            common::all_text(&o)
+        );
     }
+    o
 }
 
 /// Every file of an output directory's site/ and release/, by path, except site/run.json.
