@@ -1,10 +1,11 @@
 //! The `cohortql` executable.
 
-/// Query plans of large studies are deep trees, and planning, optimising and unparsing them
-/// recurses once per level: the work runs on threads with room for that.
+/// mimalloc gives freed memory back (Cargo.toml says why it is the allocator).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Query plans of large studies are deep trees, and planning, optimising and unparsing them
+/// recurses once per level: the work runs on threads with room for that.
 const STACK_BYTES: usize = 256 << 20;
 
 fn main() -> std::process::ExitCode {

@@ -471,21 +471,8 @@ fn cohorts_outside_observation_with_their_record_end_and_cohort_id() {
 #[test]
 fn the_vocabulary_and_the_consenting_persons_are_read_once_per_run() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
     let cache = dir.path().join("cache");
-    let o = cohortql(
-        &[
-            "synth",
-            "--persons",
-            "300",
-            "--seed",
-            "1",
-            "--out",
-            repo.to_str().unwrap(),
-        ],
-        &cache,
-    );
-    assert!(o.status.success(), "{}", all_text(&o));
+    let repo = small_synthetic(dir.path(), &cache);
     let study = "studies/breast_neoadjuvant_pcr.study";
     let o = cohortql(
         &["plan", study, "--repo", repo.to_str().unwrap(), "--analyze"],
@@ -504,11 +491,6 @@ fn the_vocabulary_and_the_consenting_persons_are_read_once_per_run() {
         ["cohortql_consenting", "cohortql_entries"],
         "{text}"
     );
-    let reading = |table: &str, body: &str| {
-        body.lines()
-            .filter(|l| l.contains("DataSourceExec") && l.contains(&format!("/{table}.parquet")))
-            .count()
-    };
     // (A modality is the code of an image's concept: that join with `concept` stays.)
     let lookups = |body: &str| {
         body.lines()
@@ -516,25 +498,37 @@ fn the_vocabulary_and_the_consenting_persons_are_read_once_per_run() {
             .count()
     };
     assert_eq!(lookups(sections[0].1), 1, "{text}");
-    assert_eq!(reading("concept_relationship", sections[1].1), 1, "{text}");
-    assert_eq!(reading("concept_ancestor", sections[1].1), 1, "{text}");
+    assert_eq!(
+        parquet_reads(sections[1].1, "concept_relationship"),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        parquet_reads(sections[1].1, "concept_ancestor"),
+        1,
+        "{text}"
+    );
     let sections = &sections[lookups_run..];
     for (name, body) in sections {
         assert_eq!(lookups(body), 0, "{name} looks up a set: {body}");
         for table in ["concept_ancestor", "concept_relationship"] {
-            assert_eq!(reading(table, body), 0, "{name} reads {table}: {body}");
+            assert_eq!(
+                parquet_reads(body, table),
+                0,
+                "{name} reads {table}: {body}"
+            );
         }
     }
     // The consent records, then the `pcr_at_surgery` endpoint's: nothing else reads them.
     let observations: Vec<&str> = sections
         .iter()
-        .filter(|(_, body)| reading("observation", body) > 0)
+        .filter(|(_, body)| parquet_reads(body, "observation") > 0)
         .map(|(name, _)| *name)
         .collect();
     assert_eq!(observations, ["cohortql_consenting", "dataset"], "{text}");
     assert!(sections
         .iter()
-        .all(|(_, body)| reading("observation", body) <= 1));
+        .all(|(_, body)| parquet_reads(body, "observation") <= 1));
     // Without running, the stages look the sets up themselves.
     let o = cohortql(&["plan", study, "--repo", repo.to_str().unwrap()], &cache);
     let text = all_text(&o);
@@ -588,6 +582,32 @@ fn collapsing_entries_numbers_the_groups_once() {
 }
 
 /// The sections of `plan` output (each from a line `== name ==`), as (name, text below it).
+/// A synthetic repository of 300 persons (seed 1), made in `dir/repo`.
+fn small_synthetic(dir: &Path, cache: &Path) -> PathBuf {
+    let repo = dir.join("repo");
+    let o = cohortql(
+        &[
+            "synth",
+            "--persons",
+            "300",
+            "--seed",
+            "1",
+            "--out",
+            repo.to_str().unwrap(),
+        ],
+        cache,
+    );
+    assert!(o.status.success(), "{}", all_text(&o));
+    repo
+}
+
+/// How many times a plan's text (`plan --analyze`) reads a table's Parquet file.
+fn parquet_reads(plan: &str, table: &str) -> usize {
+    plan.lines()
+        .filter(|l| l.contains("DataSourceExec") && l.contains(&format!("/{table}.parquet")))
+        .count()
+}
+
 fn sections(text: &str) -> Vec<(&str, &str)> {
     let mut parts = text.split("\n== ");
     let first = parts.next().unwrap_or_default().strip_prefix("== ");
@@ -603,20 +623,7 @@ fn sections(text: &str) -> Vec<(&str, &str)> {
 #[test]
 fn a_run_leaves_no_stage_in_the_session() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
-    let o = cohortql(
-        &[
-            "synth",
-            "--persons",
-            "300",
-            "--seed",
-            "1",
-            "--out",
-            repo.to_str().unwrap(),
-        ],
-        &dir.path().join("cache"),
-    );
-    assert!(o.status.success(), "{}", all_text(&o));
+    let repo = small_synthetic(dir.path(), &dir.path().join("cache"));
     let text =
         std::fs::read_to_string(root().join("studies/breast_neoadjuvant_pcr.study")).unwrap();
     let study = cohortql::compile::compile_text(text).study.unwrap();
@@ -652,21 +659,8 @@ fn a_run_leaves_no_stage_in_the_session() {
 #[test]
 fn counts_of_one_domain_share_one_reading() {
     let dir = tempfile::tempdir().unwrap();
-    let repo = dir.path().join("repo");
     let cache = dir.path().join("cache");
-    let o = cohortql(
-        &[
-            "synth",
-            "--persons",
-            "300",
-            "--seed",
-            "1",
-            "--out",
-            repo.to_str().unwrap(),
-        ],
-        &cache,
-    );
-    assert!(o.status.success(), "{}", all_text(&o));
+    let repo = small_synthetic(dir.path(), &cache);
     let o = cohortql(
         &[
             "plan",
@@ -684,13 +678,7 @@ fn counts_of_one_domain_share_one_reading() {
         sections
             .iter()
             .filter(|(n, _)| *n == stage)
-            .map(|(_, body)| {
-                body.lines()
-                    .filter(|l| {
-                        l.contains("DataSourceExec") && l.contains(&format!("/{table}.parquet"))
-                    })
-                    .count()
-            })
+            .map(|(_, body)| parquet_reads(body, table))
             .sum()
     };
     assert_eq!(reads("cohortql_population", "drug_exposure"), 1, "{text}");

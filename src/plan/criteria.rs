@@ -4,14 +4,13 @@
 
 use super::days::{days_add, days_between};
 use super::records::{date_lit, PeriodCols, PersonCols, Rec};
-use super::{aggregate, c, filter, join_on, keep, names, project, Planner};
+use super::{aggregate, c, filter, join_on, keep, names, project, union, Planner};
 use crate::study::*;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
 use datafusion::functions::expr_fn::{coalesce, date_part, upper};
 use datafusion::functions_aggregate::expr_fn::{count, count_distinct, max, min};
 use datafusion::logical_expr::{cast, lit, not, when, Expr, JoinType, LogicalPlan};
-use std::sync::Arc;
 
 /// The rows a criterion is evaluated at, and which of their columns hold what.
 #[derive(Clone, Debug)]
@@ -124,6 +123,26 @@ impl Ctx {
         }
     }
 
+    /// A window's first and last day for these rows, as written (`None`: an open side),
+    /// before any observation period bounds it; `None` when the rows lack its anchor, so that
+    /// nothing is found.
+    fn window_days(&self, window: Window) -> Option<(Option<Expr>, Option<Expr>)> {
+        match window {
+            Window::FollowUp => self
+                .follow_up
+                .as_ref()
+                .map(|(s, e)| (Some(c(s)), Some(c(e)))),
+            Window::Days {
+                anchor, start, end, ..
+            } => self.anchor(anchor).map(|a| {
+                (
+                    start.map(|s| days_add(a.clone(), lit(s))),
+                    end.map(|e| days_add(a, lit(e))),
+                )
+            }),
+        }
+    }
+
     fn anchor(&self, anchor: Anchor) -> Option<Expr> {
         match anchor {
             Anchor::Index => self.index.as_deref().map(c),
@@ -157,14 +176,11 @@ impl Planner<'_> {
                 exprs.push(c(from).alias(to));
             }
             exprs.push(lit(i as i64).alias(&alternative));
-            plans.push(Arc::new(project(plan, exprs)?));
+            plans.push(project(plan, exprs)?);
         }
         let mut rec = target.expect("a query has one alternative");
         rec.alternative = Some(alternative);
-        let union = LogicalPlan::Union(datafusion::logical_expr::Union::try_new_with_loose_types(
-            plans,
-        )?);
-        Ok((union, rec))
+        Ok((union(plans)?, rec))
     }
 
     /// The records of one alternative of a query (its `also` left aside), or its eras.
@@ -388,64 +404,48 @@ impl Planner<'_> {
         let mut scratch = ctx.rebased(ctx.base.clone());
         let mut periods: Vec<(String, (Expr, Expr))> = Vec::new();
         for w in windows {
-            let (lo, hi): (Option<Expr>, Option<Expr>) = match w.window {
-                Window::FollowUp => match &ctx.follow_up {
-                    Some((s, e)) => (Some(c(s)), Some(c(e))),
-                    None => return self.nothing_found(query, ctx),
-                },
+            let Some((lo, hi)) = ctx.window_days(w.window) else {
+                return self.nothing_found(query, ctx);
+            };
+            let (lo, hi) = match w.window {
                 Window::Days {
                     anchor,
-                    start,
-                    end,
-                    observed,
-                } => match ctx.anchor(anchor) {
-                    None => return self.nothing_found(query, ctx),
-                    Some(a) => {
-                        let lo = start.map(|s| days_add(a.clone(), lit(s)));
-                        let hi = end.map(|e| days_add(a.clone(), lit(e)));
-                        if !observed {
-                            (lo, hi)
-                        } else {
-                            // The period of the anchor's day (for a record's end, of its
-                            // start): the earliest start and latest end of those that contain
-                            // it; without one, the bounds are NULL and no record is found.
-                            let Some(day) = ctx.anchor(anchor.period_anchor()) else {
-                                return self.nothing_found(query, ctx);
-                            };
-                            let key = format!("{day}");
-                            let (ps, pe) = match periods.iter().find(|(k, _)| *k == key) {
-                                Some((_, bounds)) => bounds.clone(),
-                                None => {
-                                    let person = ctx.person.clone();
-                                    let (covering, p) = self.covering_periods(
-                                        ctx.base.clone(),
-                                        &person,
-                                        day,
-                                        0,
-                                        0,
-                                    )?;
-                                    let bounds = self.attach(
-                                        &mut scratch,
-                                        covering,
-                                        vec![min(c(&p.start)), max(c(&p.end))],
-                                    )?;
-                                    let pair = (c(&bounds[0]), c(&bounds[1]));
-                                    periods.push((key, pair.clone()));
-                                    pair
-                                }
-                            };
-                            // The record starts in the period.
-                            for (bound, lower) in [(ps.clone(), true), (pe.clone(), false)] {
-                                let name =
-                                    self.fresh(if lower { "period_start" } else { "period_end" });
-                                exprs.push(bound.alias(&name));
-                                tests.push((Edge::Start, name, lower));
-                            }
-                            // An open side stops at the period's edge.
-                            (Some(lo.unwrap_or(ps)), Some(hi.unwrap_or(pe)))
+                    observed: true,
+                    ..
+                } => {
+                    // The period of the anchor's day (for a record's end, of its
+                    // start): the earliest start and latest end of those that contain
+                    // it; without one, the bounds are NULL and no record is found.
+                    let Some(day) = ctx.anchor(anchor.period_anchor()) else {
+                        return self.nothing_found(query, ctx);
+                    };
+                    let key = format!("{day}");
+                    let (ps, pe) = match periods.iter().find(|(k, _)| *k == key) {
+                        Some((_, bounds)) => bounds.clone(),
+                        None => {
+                            let person = ctx.person.clone();
+                            let (covering, p) =
+                                self.covering_periods(ctx.base.clone(), &person, day, 0, 0)?;
+                            let bounds = self.attach(
+                                &mut scratch,
+                                covering,
+                                vec![min(c(&p.start)), max(c(&p.end))],
+                            )?;
+                            let pair = (c(&bounds[0]), c(&bounds[1]));
+                            periods.push((key, pair.clone()));
+                            pair
                         }
+                    };
+                    // The record starts in the period.
+                    for (bound, lower) in [(ps.clone(), true), (pe.clone(), false)] {
+                        let name = self.fresh(if lower { "period_start" } else { "period_end" });
+                        exprs.push(bound.alias(&name));
+                        tests.push((Edge::Start, name, lower));
                     }
-                },
+                    // An open side stops at the period's edge.
+                    (Some(lo.unwrap_or(ps)), Some(hi.unwrap_or(pe)))
+                }
+                _ => (lo, hi),
             };
             if let Some(lo) = lo {
                 let name = self.fresh("first_day");
@@ -540,13 +540,12 @@ impl Planner<'_> {
     /// every column of a plan that widens with each criterion: planning grew with the cube of
     /// the number of criteria.) The pending counts are attached here, by domain.
     pub(super) fn joined(&mut self, ctx: &Ctx) -> Result<LogicalPlan> {
-        let mut attached = ctx.attached.clone();
-        attached.extend(self.shared_counts(ctx)?);
-        if attached.is_empty() {
+        let shared = self.shared_counts(ctx)?;
+        if ctx.attached.is_empty() && shared.is_empty() {
             return Ok(ctx.base.clone());
         }
         let mut plan = self.aliased(ctx.base.clone())?;
-        for a in &attached {
+        for a in ctx.attached.iter().chain(&shared) {
             let keys: Vec<(&str, &str)> = a
                 .keys
                 .iter()
@@ -594,22 +593,7 @@ impl Planner<'_> {
                     }
                 }
                 for w in &p.windows {
-                    // A window whose anchor these rows lack finds nothing.
-                    let bounds = match w.window {
-                        Window::FollowUp => ctx
-                            .follow_up
-                            .as_ref()
-                            .map(|(s, e)| (Some(c(s)), Some(c(e)))),
-                        Window::Days {
-                            anchor, start, end, ..
-                        } => ctx.anchor(anchor).map(|a| {
-                            (
-                                start.map(|s| days_add(a.clone(), lit(s))),
-                                end.map(|e| days_add(a, lit(e))),
-                            )
-                        }),
-                    };
-                    let Some((lo, hi)) = bounds else {
+                    let Some((lo, hi)) = ctx.window_days(w.window) else {
                         test = lit(false);
                         continue;
                     };

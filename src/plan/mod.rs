@@ -26,7 +26,7 @@ use crate::study::Study;
 use datafusion::common::{Column, NullEquality, Result};
 use datafusion::logical_expr::{
     Aggregate, Expr, Filter, Join, JoinConstraint, JoinType, LogicalPlan, LogicalPlanBuilder,
-    Projection, SubqueryAlias, Window,
+    Projection, SubqueryAlias, Union, Window,
 };
 use datafusion::prelude::SessionContext;
 use std::collections::BTreeMap;
@@ -216,6 +216,17 @@ fn aggregate(plan: LogicalPlan, group: Vec<Expr>, aggregates: Vec<Expr>) -> Resu
         sub(plan)?,
         group,
         aggregates,
+    )?))
+}
+
+/// The rows of every plan, one after the other (`UNION ALL`, columns by position, types
+/// widened); one plan as it is.
+fn union(mut plans: Vec<LogicalPlan>) -> Result<LogicalPlan> {
+    if plans.len() == 1 {
+        return Ok(plans.remove(0));
+    }
+    Ok(LogicalPlan::Union(Union::try_new_with_loose_types(
+        plans.into_iter().map(Arc::new).collect(),
     )?))
 }
 

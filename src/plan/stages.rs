@@ -4,7 +4,7 @@
 use super::criteria::Ctx;
 use super::days::{days_add, days_between};
 use super::records::date_lit;
-use super::{aggregate, c, filter, join_on, keep, names, project, with_window, Planner};
+use super::{aggregate, c, filter, join_on, keep, names, project, union, with_window, Planner};
 use crate::study::*;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, ScalarValue};
@@ -81,18 +81,6 @@ pub fn attrition_columns(i: usize) -> (String, String) {
 
 fn strings(columns: &[&str]) -> Vec<String> {
     columns.iter().map(|s| s.to_string()).collect()
-}
-
-/// The rows of every plan, one after the other (`UNION ALL`); one plan as it is.
-fn union(mut plans: Vec<LogicalPlan>) -> Result<LogicalPlan> {
-    if plans.len() == 1 {
-        return Ok(plans.remove(0));
-    }
-    Ok(LogicalPlan::Union(
-        datafusion::logical_expr::Union::try_new_with_loose_types(
-            plans.into_iter().map(std::sync::Arc::new).collect(),
-        )?,
-    ))
 }
 
 /// A context whose rows are a stage's entries.

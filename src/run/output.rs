@@ -17,7 +17,7 @@ use datafusion::arrow::array::{
     Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, StringBuilder,
 };
 use datafusion::arrow::compute::{cast, concat_batches};
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
@@ -212,13 +212,12 @@ pub fn file_sha256(path: &Path) -> Result<String, String> {
 /// pseudonym, so that their order says nothing of the person ids either; with original ids,
 /// `person_id` and `index_record_id` stay, in the order of person ids.
 fn person_level(
-    schema: &SchemaRef,
-    batches: &[RecordBatch],
+    all: &RecordBatch,
     pseudonymise: bool,
     site: &Site,
     study_hash: &str,
 ) -> Result<RecordBatch, String> {
-    let all = concat_batches(schema, batches).map_err(|e| e.to_string())?;
+    let schema = all.schema();
     // The columns a run adds for Table 1 are not the study's: no dataset carries them.
     let keep: Vec<usize> = (0..schema.fields().len())
         .filter(|&i| {
@@ -345,7 +344,8 @@ fn exported_dataset(pseudonymised: &RecordBatch, exact_dates: bool) -> Result<Re
 /// Every count a run releases, exact: the attrition tables' (`count_rows`), the endpoint
 /// table's and Table 1's.
 pub fn every_count(study: &Study, run: &Execution) -> Result<Vec<CountRow>, String> {
-    let site = site_results(study, run)?;
+    let all = concat_batches(&run.dataset_schema, &run.dataset).map_err(|e| e.to_string())?;
+    let site = site_results(study, &all)?;
     let mut rows = count_rows(run);
     rows.extend(results::count_rows(&site.endpoint_counts));
     rows.extend(results::table1::count_rows(&site.table1));
@@ -361,11 +361,10 @@ struct SiteResults<'s> {
     table1: Vec<results::table1::Row>,
 }
 
-fn site_results<'s>(study: &'s Study, run: &Execution) -> Result<SiteResults<'s>, String> {
-    let all = concat_batches(&run.dataset_schema, &run.dataset).map_err(|e| e.to_string())?;
-    let entries = result_entries(study, &all)?;
-    let (columns, values) = covariate_values(study, &all)?;
-    drop(all);
+/// The site's results from the dataset, its batches as one.
+fn site_results<'s>(study: &'s Study, all: &RecordBatch) -> Result<SiteResults<'s>, String> {
+    let entries = result_entries(study, all)?;
+    let (columns, values) = covariate_values(study, all)?;
     let endpoint_counts = results::endpoint_counts(study, &entries);
     let arms: Vec<Option<usize>> = entries
         .iter()
@@ -1616,9 +1615,10 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
     // At the site: person-level rows and exact counts.
     let cohort = concat_batches(&run.cohort_schema, &run.cohort).map_err(|e| e.to_string())?;
     write_table(&site_dir, "cohort", &cohort)?;
+    // The dataset's batches as one, read for its file and for the site's results.
+    let all = concat_batches(&run.dataset_schema, &run.dataset).map_err(|e| e.to_string())?;
     let dataset = person_level(
-        &run.dataset_schema,
-        &run.dataset,
+        &all,
         info.study.output.pseudonymise_ids,
         info.site,
         info.study_hash,
@@ -1629,7 +1629,15 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
         values,
         endpoint_counts,
         table1,
-    } = site_results(info.study, run)?;
+    } = site_results(info.study, &all)?;
+    // An export is pseudonymised whatever the site's copy is: made now, from the same rows.
+    let pseudonymised = match info.export {
+        Some(_) if !info.study.output.pseudonymise_ids => {
+            Some(person_level(&all, true, info.site, info.study_hash)?)
+        }
+        _ => None,
+    };
+    drop(all);
     // The study's covariates, without the demographic columns, for the models.
     let covariates = &values[2..];
     let first_arm = info.study.arms.first().map(|a| a.name.as_str());
@@ -1746,16 +1754,9 @@ fn write_files(dir: &Path, info: &RunInfo, run: &Execution) -> Result<Written, S
         .map_err(|e| format!("cannot write the study copy: {e}"))?;
     files.push("study.study".to_string());
     if let Some(exact_dates) = info.export {
-        let pseudonymised = person_level(
-            &run.dataset_schema,
-            &run.dataset,
-            true,
-            info.site,
-            info.study_hash,
-        )?;
         write_csv(
             &release_dir.join("dataset.csv"),
-            &exported_dataset(&pseudonymised, exact_dates)?,
+            &exported_dataset(pseudonymised.as_ref().unwrap_or(&dataset), exact_dates)?,
         )?;
         files.push("dataset.csv".to_string());
     }
