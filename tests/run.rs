@@ -540,14 +540,15 @@ fn the_vocabulary_and_the_consenting_persons_are_read_once_per_run() {
 
 /// A study that collapses entries numbers each follow-up entry's group once, as a stage of its
 /// own: the merge reads the groups twice (first entries, latest ends), and as a subquery the
-/// groups' windows were computed twice.
+/// groups' windows were computed twice. A study whose index is a first event (one entry per
+/// person, each its own group) has nothing to collapse and no such stage.
 #[test]
 fn collapsing_entries_numbers_the_groups_once() {
     let dir = tempfile::tempdir().unwrap();
     let o = cohortql(
         &[
             "plan",
-            "studies/eunomia/celecoxib.study",
+            "tests/constructs/entry.study",
             "--repo",
             "tests/data/eunomia-gibleed",
         ],
@@ -567,18 +568,18 @@ fn collapsing_entries_numbers_the_groups_once() {
     let cohort = section("cohortql_cohort");
     assert!(!cohort.contains("cohortql_follow_up"), "{cohort}");
     assert!(cohort.contains("cohortql_groups"), "{cohort}");
-    // Without collapsing there is no such stage.
-    let o = cohortql(
-        &[
-            "plan",
-            "studies/nsaid_gi_bleed.study",
-            "--repo",
-            "tests/data/eunomia-gibleed",
-        ],
-        dir.path(),
-    );
-    assert!(o.status.success(), "{}", all_text(&o));
-    assert!(!all_text(&o).contains("cohortql_groups"));
+    // Without collapsing, or with one entry per person, there is no such stage.
+    for study in [
+        "studies/nsaid_gi_bleed.study",
+        "studies/eunomia/celecoxib.study",
+    ] {
+        let o = cohortql(
+            &["plan", study, "--repo", "tests/data/eunomia-gibleed"],
+            dir.path(),
+        );
+        assert!(o.status.success(), "{}", all_text(&o));
+        assert!(!all_text(&o).contains("cohortql_groups"), "{study}");
+    }
 }
 
 /// The sections of `plan` output (each from a line `== name ==`), as (name, text below it).
@@ -688,4 +689,32 @@ fn counts_of_one_domain_share_one_reading() {
         "{text}"
     );
     assert_eq!(reads("dataset", "condition_occurrence"), 2, "{text}");
+}
+
+/// Values of one domain share a reading too: the breast study's three `last value of image
+/// feature` covariates (disjoint features, one order) read `image_feature` once in the
+/// dataset, not once each.
+#[test]
+fn last_values_of_one_domain_share_one_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let repo = small_synthetic(dir.path(), &cache);
+    let o = cohortql(
+        &[
+            "plan",
+            "studies/breast_neoadjuvant_pcr.study",
+            "--repo",
+            repo.to_str().unwrap(),
+            "--analyze",
+        ],
+        &cache,
+    );
+    let text = all_text(&o);
+    assert!(o.status.success(), "{text}");
+    let dataset: usize = sections(&text)
+        .iter()
+        .filter(|(n, _)| *n == "dataset")
+        .map(|(_, body)| parquet_reads(body, "image_feature"))
+        .sum();
+    assert_eq!(dataset, 1, "{text}");
 }

@@ -9,7 +9,7 @@ use crate::study::*;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Result;
 use datafusion::functions::expr_fn::{coalesce, date_part, upper};
-use datafusion::functions_aggregate::expr_fn::{count, count_distinct, max, min};
+use datafusion::functions_aggregate::expr_fn::{avg, count, count_distinct, max, min};
 use datafusion::logical_expr::{cast, lit, not, when, Expr, JoinType, LogicalPlan};
 
 /// The rows a criterion is evaluated at, and which of their columns hold what.
@@ -21,9 +21,9 @@ pub(super) struct Ctx {
     /// The aggregates attached by the criteria evaluated so far; `Planner::joined` gives the
     /// rows with their columns.
     pub attached: Vec<Attached>,
-    /// Counts asked for but not yet attached: `Planner::joined` attaches them, those of one
-    /// domain together.
-    pub pending: Vec<PendingCount>,
+    /// Counts and values asked for but not yet attached: `Planner::joined` attaches them,
+    /// those of one domain together.
+    pub pending: Vec<Pending>,
     /// Columns that identify a row.
     pub key: Vec<String>,
     pub person: String,
@@ -50,23 +50,50 @@ pub(super) struct Attached {
     keys: Vec<(String, String)>,
 }
 
-/// A count of records in windows (`Planner::count_in_windows`) whose plan is built when the
-/// context's rows are joined, with every other count of the same domain: one reading of the
-/// domain, filtered by all their concept sets, one join with the rows and one aggregate with a
-/// count per criterion, instead of a reading, a join and an aggregate each.
+/// A count of records in windows (`Planner::count_in_windows`), or a value of them (a
+/// covariate's `first value of …`, `mean value of …`), whose plan is built when the context's
+/// rows are joined, with every other one of the same domain: one reading of the domain,
+/// filtered by all their concept sets, one join with the rows and one aggregate with a column
+/// for each, instead of a reading, a join and an aggregate each.
 #[derive(Clone, Debug)]
-pub(super) struct PendingCount {
+pub(super) struct Pending {
     query: EventQuery,
     windows: Vec<EdgeWindow>,
-    distinct: Option<Distinct>,
-    /// The column the count is attached as.
+    of: Of,
+    /// The column the result is attached as.
     output: String,
 }
 
-impl PendingCount {
-    /// Whether a count can share its reading: a query of one domain's records tested one by
-    /// one (no alternatives, eras, first-ever record, visit or nested criterion), in windows
-    /// of days or follow-up (no observation period to find).
+/// What a pending reading computes from the records it finds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Of {
+    /// How many records (or distinct concepts, days or visits).
+    Count(Option<Distinct>),
+    /// A value of the records: their value as a concept (`concept`), else their number.
+    Value { aggregate: Aggregate, concept: bool },
+}
+
+impl Of {
+    /// `First` or `Last` (whether first), for a value taken from one record in date order.
+    fn ordered(self) -> Option<bool> {
+        match self {
+            Of::Value {
+                aggregate: Aggregate::First,
+                ..
+            } => Some(true),
+            Of::Value {
+                aggregate: Aggregate::Last,
+                ..
+            } => Some(false),
+            _ => None,
+        }
+    }
+}
+
+impl Pending {
+    /// Whether a count or value can share its reading: a query of one domain's records tested
+    /// one by one (no alternatives, eras, first-ever record, visit or nested criterion), in
+    /// windows of days or follow-up (no observation period to find).
     fn shareable(query: &EventQuery, windows: &[EdgeWindow]) -> bool {
         query.also.is_empty()
             && query.era.is_none()
@@ -538,9 +565,9 @@ impl Planner<'_> {
     /// The context's rows with the columns of every attached aggregate: a chain of left joins
     /// built once, with no projection between them. (A projection per attachment would look up
     /// every column of a plan that widens with each criterion: planning grew with the cube of
-    /// the number of criteria.) The pending counts are attached here, by domain.
+    /// the number of criteria.) The pending counts and values are attached here, by domain.
     pub(super) fn joined(&mut self, ctx: &Ctx) -> Result<LogicalPlan> {
-        let shared = self.shared_counts(ctx)?;
+        let shared = self.shared_readings(ctx)?;
         if ctx.attached.is_empty() && shared.is_empty() {
             return Ok(ctx.base.clone());
         }
@@ -556,14 +583,18 @@ impl Planner<'_> {
         Ok(plan)
     }
 
-    /// The context's pending counts, one aggregate per domain (and need of the modality): the
-    /// domain's records of any of their concept sets, joined once with the rows, each count
-    /// taken over the joined rows that meet its own concept set, filters and windows.
-    fn shared_counts(&mut self, ctx: &Ctx) -> Result<Vec<Attached>> {
-        // A count whose concept sets are not all lists of ids yet (plans only, which run no
-        // lookup) keeps a reading of its own: its sets are subqueries, which an engine reads
-        // in a filter but not inside a count or an `or`.
-        let mut groups: Vec<((Domain, bool, Option<usize>), Vec<&PendingCount>)> = Vec::new();
+    /// The context's pending counts and values, one reading per domain (and need of the
+    /// modality): the domain's records of any of their concept sets, joined once with the rows,
+    /// each count or value taken over the joined rows that meet its own concept set, filters
+    /// and windows. A first or last value is the value of one record, chosen in date order:
+    /// values whose records cannot be the same (disjoint lists of concepts) and are chosen in
+    /// the same order share a reading of their own, each joined row tagged with the value it
+    /// belongs to; other counts and values share one aggregate.
+    fn shared_readings(&mut self, ctx: &Ctx) -> Result<Vec<Attached>> {
+        // A reading whose concept sets are not all lists of ids yet (plans only, which run no
+        // lookup) is alone: its sets are subqueries, which an engine reads in a filter but
+        // not inside a count or an `or`.
+        let mut groups: Vec<((Domain, bool, Option<usize>), Vec<&Pending>)> = Vec::new();
         for (i, p) in ctx.pending.iter().enumerate() {
             let alone = (!self.known_sets(&p.query)).then_some(i);
             let at = (p.query.domain, p.modality(), alone);
@@ -573,93 +604,199 @@ impl Planner<'_> {
             }
         }
         let mut out = Vec::new();
-        for ((domain, modality, _), counts) in groups {
-            let sets: Vec<Option<&ConceptExpr>> =
-                counts.iter().map(|p| p.query.concepts.as_ref()).collect();
-            let (records, rec) = self.records_of_any(domain, modality, &sets)?;
-            // One set for all: the reading's filter is each count's concept test already.
-            let one_set = sets.windows(2).all(|w| w[0] == w[1]);
-            let mut exprs: Vec<Expr> = names(&ctx.base).iter().map(|n| c(n)).collect();
-            let mut tests: Vec<Expr> = Vec::new();
-            let end = super::stages::record_end(&rec)?;
-            for p in &counts {
-                let mut test = match (&p.query.concepts, one_set) {
-                    (Some(set), false) => self.in_concepts(c(&rec.concept), set)?,
-                    _ => lit(true),
-                };
-                for f in &p.query.filters {
-                    if let Some(t) = self.record_test(f, &rec)? {
-                        test = test.and(t);
-                    }
-                }
-                for w in &p.windows {
-                    let Some((lo, hi)) = ctx.window_days(w.window) else {
-                        test = lit(false);
-                        continue;
-                    };
-                    let day = match w.edge {
-                        Edge::Start => c(&rec.start),
-                        Edge::End => end.clone(),
-                    };
-                    for (bound, lower) in [(lo, true), (hi, false)] {
-                        let Some(bound) = bound else { continue };
-                        // Each bound computed once per row, so that the joined rows compare
-                        // dates rather than computing a difference per pair.
-                        let name = self.fresh(if lower { "first_day" } else { "last_day" });
-                        exprs.push(bound.alias(&name));
-                        test = test.and(if lower {
-                            day.clone().gt_eq(c(&name))
-                        } else {
-                            day.clone().lt_eq(c(&name))
-                        });
-                    }
-                }
-                tests.push(test);
+        for ((domain, modality, _), pendings) in groups {
+            let (ordered, aggregated): (Vec<&Pending>, Vec<&Pending>) =
+                pendings.into_iter().partition(|p| p.of.ordered().is_some());
+            if !aggregated.is_empty() {
+                out.push(self.shared_aggregate(ctx, domain, modality, &aggregated)?);
             }
-            let left = self.aliased(project(ctx.base.clone(), exprs)?)?;
-            let right = self.aliased(records)?;
-            let rows = join_on(
-                left,
-                right,
-                JoinType::Inner,
-                &[(ctx.person.as_str(), rec.person.as_str())],
-            )?;
-            let counted = |distinct: Option<Distinct>, only: Option<Expr>| -> Result<Expr> {
-                let of = |e: Expr| -> Result<Expr> {
-                    Ok(match &only {
-                        Some(t) => when(t.clone(), e).end()?,
-                        None => e,
-                    })
-                };
-                Ok(match distinct {
-                    None => count(of(lit(1i64))?),
-                    Some(Distinct::Concepts) => count_distinct(of(c(&rec.concept))?),
-                    Some(Distinct::Days) => count_distinct(of(c(&rec.start))?),
-                    Some(Distinct::Visits) => count_distinct(of(c(&rec.visit))?),
-                })
-            };
-            let (rows, aggregates) = if let [only] = counts[..] {
-                let rows = filter(rows, tests.remove(0))?;
-                (
-                    rows,
-                    vec![(counted(only.distinct, None)?, only.output.clone())],
-                )
-            } else {
-                let any = tests
-                    .iter()
-                    .cloned()
-                    .reduce(|a, b| a.or(b))
-                    .expect("a group has a count");
-                let rows = filter(rows, any)?;
-                let mut aggregates = Vec::new();
-                for (p, test) in counts.iter().zip(tests) {
-                    aggregates.push((counted(p.distinct, Some(test))?, p.output.clone()));
-                }
-                (rows, aggregates)
-            };
-            out.push(self.aggregated(&ctx.key, rows, aggregates)?);
+            for tagged in self.disjoint(ordered) {
+                out.push(self.shared_firsts(ctx, domain, modality, &tagged)?);
+            }
         }
         Ok(out)
+    }
+
+    /// First or last values in groups that can share a reading: chosen in the same order, of
+    /// concept sets known as lists of ids that no other value of the group has.
+    fn disjoint<'p>(&self, ordered: Vec<&'p Pending>) -> Vec<Vec<&'p Pending>> {
+        let ids = |p: &Pending| -> Option<Vec<i64>> { self.plain_ids(p.query.concepts.as_ref()?) };
+        let mut groups: Vec<(Vec<&Pending>, Vec<i64>)> = Vec::new();
+        for p in ordered {
+            let mine = ids(p);
+            let fits = |(g, taken): &(Vec<&Pending>, Vec<i64>)| {
+                g[0].of.ordered() == p.of.ordered()
+                    && ids(g[0]).is_some()
+                    && mine
+                        .as_ref()
+                        .is_some_and(|m| m.iter().all(|id| !taken.contains(id)))
+            };
+            match groups.iter_mut().find(|g| fits(g)) {
+                Some((g, taken)) => {
+                    g.push(p);
+                    taken.extend(mine.unwrap_or_default());
+                }
+                None => groups.push((vec![p], mine.unwrap_or_default())),
+            }
+        }
+        groups.into_iter().map(|(g, _)| g).collect()
+    }
+
+    /// The domain's records of any of the pendings' concept sets joined with the context's
+    /// rows (by person), with each pending's test of a joined row: its concept set, filters,
+    /// windows, and for a value, that the record has one.
+    fn reading(
+        &mut self,
+        ctx: &Ctx,
+        domain: Domain,
+        modality: bool,
+        pendings: &[&Pending],
+    ) -> Result<(LogicalPlan, Rec, Vec<Expr>)> {
+        let sets: Vec<Option<&ConceptExpr>> =
+            pendings.iter().map(|p| p.query.concepts.as_ref()).collect();
+        let (records, rec) = self.records_of_any(domain, modality, &sets)?;
+        // One set for all: the reading's filter is each one's concept test already.
+        let one_set = sets.windows(2).all(|w| w[0] == w[1]);
+        let mut exprs: Vec<Expr> = names(&ctx.base).iter().map(|n| c(n)).collect();
+        let mut tests: Vec<Expr> = Vec::new();
+        let end = super::stages::record_end(&rec)?;
+        for p in pendings {
+            let mut test = match (&p.query.concepts, one_set) {
+                (Some(set), false) => self.in_concepts(c(&rec.concept), set)?,
+                _ => lit(true),
+            };
+            for f in &p.query.filters {
+                if let Some(t) = self.record_test(f, &rec)? {
+                    test = test.and(t);
+                }
+            }
+            if let Of::Value { concept, .. } = p.of {
+                test = test.and(c(value_column(&rec, concept)).is_not_null());
+            }
+            for w in &p.windows {
+                let Some((lo, hi)) = ctx.window_days(w.window) else {
+                    test = lit(false);
+                    continue;
+                };
+                let day = match w.edge {
+                    Edge::Start => c(&rec.start),
+                    Edge::End => end.clone(),
+                };
+                for (bound, lower) in [(lo, true), (hi, false)] {
+                    let Some(bound) = bound else { continue };
+                    // Each bound computed once per row, so that the joined rows compare
+                    // dates rather than computing a difference per pair.
+                    let name = self.fresh(if lower { "first_day" } else { "last_day" });
+                    exprs.push(bound.alias(&name));
+                    test = test.and(if lower {
+                        day.clone().gt_eq(c(&name))
+                    } else {
+                        day.clone().lt_eq(c(&name))
+                    });
+                }
+            }
+            tests.push(test);
+        }
+        let left = self.aliased(project(ctx.base.clone(), exprs)?)?;
+        let right = self.aliased(records)?;
+        let rows = join_on(
+            left,
+            right,
+            JoinType::Inner,
+            &[(ctx.person.as_str(), rec.person.as_str())],
+        )?;
+        Ok((rows, rec, tests))
+    }
+
+    /// Counts, and minimum, maximum or mean values, of one reading: one aggregate per row.
+    fn shared_aggregate(
+        &mut self,
+        ctx: &Ctx,
+        domain: Domain,
+        modality: bool,
+        pendings: &[&Pending],
+    ) -> Result<Attached> {
+        let (rows, rec, mut tests) = self.reading(ctx, domain, modality, pendings)?;
+        let computed = |of: Of, only: Option<Expr>| -> Result<Expr> {
+            let of_rows = |e: Expr| -> Result<Expr> {
+                Ok(match &only {
+                    Some(t) => when(t.clone(), e).end()?,
+                    None => e,
+                })
+            };
+            Ok(match of {
+                Of::Count(None) => count(of_rows(lit(1i64))?),
+                Of::Count(Some(Distinct::Concepts)) => count_distinct(of_rows(c(&rec.concept))?),
+                Of::Count(Some(Distinct::Days)) => count_distinct(of_rows(c(&rec.start))?),
+                Of::Count(Some(Distinct::Visits)) => count_distinct(of_rows(c(&rec.visit))?),
+                Of::Value { aggregate, concept } => {
+                    let v = of_rows(cast(c(value_column(&rec, concept)), DataType::Float64))?;
+                    match aggregate {
+                        Aggregate::Min => min(v),
+                        Aggregate::Max => max(v),
+                        Aggregate::Mean => avg(v),
+                        Aggregate::First | Aggregate::Last => {
+                            unreachable!("first and last values are chosen by shared_firsts")
+                        }
+                    }
+                }
+            })
+        };
+        let (rows, aggregates) = if let [only] = pendings[..] {
+            let rows = filter(rows, tests.remove(0))?;
+            (rows, vec![(computed(only.of, None)?, only.output.clone())])
+        } else {
+            let any = tests
+                .iter()
+                .cloned()
+                .reduce(|a, b| a.or(b))
+                .expect("a group has a pending");
+            let rows = filter(rows, any)?;
+            let mut aggregates = Vec::new();
+            for (p, test) in pendings.iter().zip(tests) {
+                aggregates.push((computed(p.of, Some(test))?, p.output.clone()));
+            }
+            (rows, aggregates)
+        };
+        self.aggregated(&ctx.key, rows, aggregates)
+    }
+
+    /// First or last values of one reading (see `disjoint`): each joined row tagged with the
+    /// value whose test it meets, the first row per context row and tag in date order (then
+    /// record id) kept, and its value put in that value's column.
+    fn shared_firsts(
+        &mut self,
+        ctx: &Ctx,
+        domain: Domain,
+        modality: bool,
+        pendings: &[&Pending],
+    ) -> Result<Attached> {
+        let (rows, rec, tests) = self.reading(ctx, domain, modality, pendings)?;
+        let first = pendings[0].of.ordered().expect("first or last values");
+        let tag = self.fresh("tag");
+        let mut tagged = when(tests[0].clone(), lit(0i64));
+        for (i, test) in tests.iter().enumerate().skip(1) {
+            tagged = tagged.when(test.clone(), lit(i as i64));
+        }
+        let mut exprs: Vec<Expr> = names(&rows).iter().map(|n| c(n)).collect();
+        exprs.push(tagged.end()?.alias(&tag));
+        let rows = filter(project(rows, exprs)?, c(&tag).is_not_null())?;
+        let mut partition = ctx.key.clone();
+        partition.push(tag.clone());
+        let order = [(rec.start.clone(), first), (rec.id.clone(), first)];
+        let mut columns = partition.clone();
+        columns.extend([rec.number.clone(), rec.value_concept.clone()]);
+        let chosen = self.first_rows(rows, &partition, &order, &columns)?;
+        let mut aggregates = Vec::new();
+        for (i, p) in pendings.iter().enumerate() {
+            let Of::Value { concept, .. } = p.of else {
+                unreachable!("first and last values")
+            };
+            let v = cast(c(value_column(&rec, concept)), DataType::Float64);
+            let mine = when(c(&tag).eq(lit(i as i64)), v).end()?;
+            aggregates.push((max(mine), p.output.clone()));
+        }
+        self.aggregated(&ctx.key, chosen, aggregates)
     }
 
     /// How many of the query's records (or distinct concepts, days or visits) lie in the
@@ -678,6 +815,53 @@ impl Planner<'_> {
         self.count_in_windows(ctx, query, &windows, distinct)
     }
 
+    /// A value of the query's records in the window (the first or last in date order, or
+    /// their minimum, maximum or mean), as a number column of the context (NULL when no
+    /// record in the window has one): the value as a concept id when `concept`.
+    pub(super) fn value_in_window(
+        &mut self,
+        ctx: &mut Ctx,
+        query: &EventQuery,
+        window: &Window,
+        aggregate: Aggregate,
+        concept: bool,
+    ) -> Result<Expr> {
+        let windows = [EdgeWindow {
+            edge: Edge::Start,
+            window: *window,
+        }];
+        if Pending::shareable(query, &windows) {
+            let output = self.fresh("agg");
+            ctx.pending.push(Pending {
+                query: query.clone(),
+                windows: windows.to_vec(),
+                of: Of::Value { aggregate, concept },
+                output: output.clone(),
+            });
+            return Ok(c(&output));
+        }
+        let (rows, rec) = self.found_in(query, &windows, ctx)?;
+        let column = value_column(&rec, concept).to_string();
+        let v = cast(c(&column), DataType::Float64);
+        let rows = filter(rows, c(&column).is_not_null())?;
+        let (rows, aggregated) = match aggregate {
+            Aggregate::First | Aggregate::Last => {
+                let first = aggregate == Aggregate::First;
+                let mut order = vec![(rec.start.clone(), first), (rec.id.clone(), first)];
+                order.extend(rec.alternative.clone().map(|a| (a, first)));
+                let mut columns = ctx.key.clone();
+                columns.push(column.clone());
+                let chosen = self.first_rows(rows, &ctx.key, &order, &columns)?;
+                (chosen, max(v))
+            }
+            Aggregate::Min => (rows, min(v)),
+            Aggregate::Max => (rows, max(v)),
+            Aggregate::Mean => (rows, avg(v)),
+        };
+        let out = self.attach(ctx, rows, vec![aggregated])?.remove(0);
+        Ok(c(&out))
+    }
+
     /// How many of the query's records (or distinct concepts, days or visits) meet every
     /// window, as a column of the context (0 when none).
     pub(super) fn count_in_windows(
@@ -687,12 +871,12 @@ impl Planner<'_> {
         windows: &[EdgeWindow],
         distinct: Option<Distinct>,
     ) -> Result<Expr> {
-        if PendingCount::shareable(query, windows) {
+        if Pending::shareable(query, windows) {
             let output = self.fresh("agg");
-            ctx.pending.push(PendingCount {
+            ctx.pending.push(Pending {
                 query: query.clone(),
                 windows: windows.to_vec(),
-                distinct,
+                of: Of::Count(distinct),
                 output: output.clone(),
             });
             return Ok(coalesce(vec![c(&output), lit(0i64)]));
@@ -806,16 +990,23 @@ impl Planner<'_> {
         person: &str,
         date: Expr,
     ) -> Result<(LogicalPlan, PeriodCols)> {
-        let (periods, p) = self.periods()?;
         let day = self.fresh("day");
         let mut exprs: Vec<Expr> = names(&rows).iter().map(|n| c(n)).collect();
         exprs.push(date.alias(&day));
         let left = self.aliased(project(rows, exprs)?)?;
-        // Grouped by all their columns (periods are distinct rows): the SQL unparser writes the
-        // periods' filters under a join as the outer query's WHERE, which would turn this outer
-        // join into an inner one, unless the side is an aggregate, always its own subquery.
-        let columns: Vec<Expr> = names(&periods).iter().map(|n| c(n)).collect();
-        let right = self.aliased(super::aggregate(periods, columns, vec![])?)?;
+        // The SQL unparser writes filters under a join's side as the outer query's WHERE, which
+        // would turn this outer join into an inner one. Without a consent rule the periods need
+        // no filter (a period with a NULL column contains no day); with one, they are grouped
+        // by all their columns (periods are distinct rows), as an aggregate is always its own
+        // subquery.
+        let (right, p) = if self.has_consent_rule() {
+            let (periods, p) = self.periods()?;
+            let columns: Vec<Expr> = names(&periods).iter().map(|n| c(n)).collect();
+            (super::aggregate(periods, columns, vec![])?, p)
+        } else {
+            self.period_rows()?
+        };
+        let right = self.aliased(right)?;
         let contains = c(&p.start).lt_eq(c(&day)).and(c(&p.end).gt_eq(c(&day)));
         let joined = super::join_filtered(
             left,
@@ -848,6 +1039,15 @@ impl Planner<'_> {
             Quantity::Year(_) => part("year", date),
             Quantity::Date(_) => date,
         })
+    }
+}
+
+/// The column a value is read from: the value as a concept, or the number.
+fn value_column(rec: &Rec, concept: bool) -> &str {
+    if concept {
+        &rec.value_concept
+    } else {
+        &rec.number
     }
 }
 

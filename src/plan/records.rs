@@ -255,28 +255,7 @@ impl Planner<'_> {
     /// Observation periods, consent applied: without consent from a date on, a person's
     /// observation ends the day before.
     pub(super) fn periods(&mut self) -> Result<(LogicalPlan, PeriodCols)> {
-        let cols = PeriodCols {
-            person: self.fresh("period_person"),
-            id: self.fresh("period_id"),
-            start: self.fresh("period_start"),
-            end: self.fresh("period_end"),
-        };
-        let source = domains::records(Domain::ObservationPeriod);
-        let o = |f: Field| {
-            let col = source
-                .column(f)
-                .expect("observation periods have this field");
-            qualified(col.table, col.column)
-        };
-        let plan = project(
-            self.table(source.table),
-            vec![
-                cast(o(Field::Person), DataType::Int64).alias(&cols.person),
-                cast(o(Field::Id), DataType::Int64).alias(&cols.id),
-                o(Field::Start).alias(&cols.start),
-                o(Field::End).alias(&cols.end),
-            ],
-        )?;
+        let (plan, cols) = self.period_rows()?;
         let plan = filter(
             plan,
             c(&cols.person)
@@ -306,6 +285,35 @@ impl Planner<'_> {
                 filter(plan, c(&cols.start).lt_eq(c(&cols.end)))?
             }
         };
+        Ok((plan, cols))
+    }
+
+    /// Every observation period as it is stored, with no rows left out: a row with a NULL
+    /// person, start or end matches no date in a join on the person and a date between start
+    /// and end, so such joins need no filter. Consent is not applied (see `periods`).
+    pub(super) fn period_rows(&mut self) -> Result<(LogicalPlan, PeriodCols)> {
+        let cols = PeriodCols {
+            person: self.fresh("period_person"),
+            id: self.fresh("period_id"),
+            start: self.fresh("period_start"),
+            end: self.fresh("period_end"),
+        };
+        let source = domains::records(Domain::ObservationPeriod);
+        let o = |f: Field| {
+            let col = source
+                .column(f)
+                .expect("observation periods have this field");
+            qualified(col.table, col.column)
+        };
+        let plan = project(
+            self.table(source.table),
+            vec![
+                cast(o(Field::Person), DataType::Int64).alias(&cols.person),
+                cast(o(Field::Id), DataType::Int64).alias(&cols.id),
+                o(Field::Start).alias(&cols.start),
+                o(Field::End).alias(&cols.end),
+            ],
+        )?;
         Ok((plan, cols))
     }
 
@@ -361,6 +369,11 @@ impl Planner<'_> {
     /// consenting persons again in each criterion.
     pub fn use_consenting(&mut self, kept: LogicalPlan) {
         self.consenting = Some(kept);
+    }
+
+    /// Whether the study's consent rule applies to the records being read (see `consent_rule`).
+    pub(super) fn has_consent_rule(&self) -> bool {
+        matches!(self.study.consent, Consent::RequiredBy { .. }) && !self.reading_consent
     }
 
     /// The distinct persons with a consent record (one column, `person`) and the date the rule
@@ -662,7 +675,7 @@ impl Planner<'_> {
 
     /// The ids of an expression made only of concept ids, unions, differences and sets of
     /// such (or parts already looked up).
-    fn plain_ids(&self, expr: &ConceptExpr) -> Option<Vec<i64>> {
+    pub(super) fn plain_ids(&self, expr: &ConceptExpr) -> Option<Vec<i64>> {
         self.known_ids(expr).map(|k| k.ids)
     }
 

@@ -9,7 +9,7 @@ use crate::study::*;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, ScalarValue};
 use datafusion::functions::expr_fn::{coalesce, greatest, least};
-use datafusion::functions_aggregate::expr_fn::{avg, count, count_distinct, max, min, sum};
+use datafusion::functions_aggregate::expr_fn::{count, count_distinct, max, min, sum};
 use datafusion::functions_aggregate::min_max::max_udaf;
 use datafusion::functions_aggregate::sum::sum_udaf;
 use datafusion::logical_expr::expr::WindowFunction;
@@ -83,13 +83,19 @@ fn strings(columns: &[&str]) -> Vec<String> {
     columns.iter().map(|s| s.to_string()).collect()
 }
 
-/// A context whose rows are a stage's entries.
-fn entry_ctx(plan: LogicalPlan, follow_up: bool) -> Ctx {
+/// A context whose rows are a stage's entries, keyed by the person alone when a person has one
+/// entry at most: aggregates per entry then group and join on one number, not four columns.
+fn entry_ctx(plan: LogicalPlan, follow_up: bool, one_per_person: bool) -> Ctx {
+    let key: &[&str] = if one_per_person {
+        &[PERSON]
+    } else {
+        &[PERSON, INDEX_RECORD, INDEX_SOURCE, INDEX_DATE]
+    };
     Ctx {
         base: plan,
         attached: Vec::new(),
         pending: Vec::new(),
-        key: strings(&[PERSON, INDEX_RECORD, INDEX_SOURCE, INDEX_DATE]),
+        key: strings(key),
         person: PERSON.into(),
         gender: GENDER.into(),
         year_of_birth: YEAR_OF_BIRTH.into(),
@@ -340,7 +346,7 @@ impl Planner<'_> {
     /// Entries with a flag per attrition step (true: the entry passes it) and the arm of the
     /// first exposure arm whose criterion holds (NULL when none does, or without arms).
     pub fn population(&mut self, entries: LogicalPlan) -> Result<LogicalPlan> {
-        let mut ctx = entry_ctx(entries, false);
+        let mut ctx = entry_ctx(entries, false, !self.several_entries_per_person());
         let mut outputs: Vec<Expr> = ENTRY_COLUMNS.iter().map(|n| c(n)).collect();
         let mut keeps = Vec::new();
         for (i, step) in self.study.steps.iter().enumerate() {
@@ -683,7 +689,7 @@ impl Planner<'_> {
     pub fn follow_up(&mut self, survivors: LogicalPlan) -> Result<LogicalPlan> {
         let fu = self.study.follow_up.clone();
         let columns = names(&survivors);
-        let mut ctx = entry_ctx(survivors, false);
+        let mut ctx = entry_ctx(survivors, false, !self.several_entries_per_person());
         let start = days_add(c(INDEX_DATE), lit(fu.start_offset));
         // Observation bounds follow-up unless the study opted out of it for the index
         // (`with or without observation`), where only its exits end follow-up.
@@ -782,7 +788,7 @@ impl Planner<'_> {
     /// first entries and their latest ends), and a subquery would be computed twice. `None`
     /// without collapsing: `cohort` then reads the follow-up itself.
     pub fn collapse_groups(&mut self, follow_up: LogicalPlan) -> Result<Option<LogicalPlan>> {
-        let Some(days) = self.study.follow_up.collapse_days else {
+        let Some(days) = self.collapse_days() else {
             return Ok(None);
         };
         let grouped = self.islands(
@@ -803,12 +809,25 @@ impl Planner<'_> {
         Ok(Some(grouped))
     }
 
+    /// The collapse distance when collapsing can merge entries: a study whose index is a
+    /// person's first or last event has one entry per person, each its own group, which
+    /// collapsing leaves as it is.
+    fn collapse_days(&self) -> Option<i64> {
+        let days = self.study.follow_up.collapse_days?;
+        self.several_entries_per_person().then_some(days)
+    }
+
+    /// Whether a person can have more than one entry: only with `all` events as index.
+    fn several_entries_per_person(&self) -> bool {
+        self.study.index.occurrence == Occurrence::All
+    }
+
     /// Follow-up entries, with a person's entries merged when the study collapses them: those
     /// whose follow-up lies within the collapse distance of the previous one's end. The merged
     /// entry keeps the first one's index and ends at the latest end. Reads the kept
     /// `collapse_groups` stage, or without collapsing the follow-up itself.
     pub fn cohort(&mut self, grouped: LogicalPlan) -> Result<LogicalPlan> {
-        if self.study.follow_up.collapse_days.is_none() {
+        if self.collapse_days().is_none() {
             return Ok(grouped);
         }
         let group = COLLAPSE_GROUP.to_string();
@@ -871,10 +890,16 @@ impl Planner<'_> {
             ],
         )?;
         // Distinct: entries of a person with the same follow-up (`all` records of one day) are
-        // one row of the cohort table, as OMOP's cohort table has no duplicate rows. Sorted
-        // last: SQL keeps no order from inside a derived table.
-        LogicalPlanBuilder::new_from_arc(super::sub(table)?)
-            .distinct()?
+        // one row of the cohort table, as OMOP's cohort table has no duplicate rows; with one
+        // entry per person, rows are distinct already. Sorted last: SQL keeps no order from
+        // inside a derived table.
+        let table = LogicalPlanBuilder::new_from_arc(super::sub(table)?);
+        let table = if self.several_entries_per_person() {
+            table.distinct()?
+        } else {
+            table
+        };
+        table
             .sort(vec![
                 asc("subject_id"),
                 asc("cohort_start_date"),
@@ -887,7 +912,7 @@ impl Planner<'_> {
     pub fn dataset(&mut self, cohort: LogicalPlan) -> Result<LogicalPlan> {
         // Covariates see follow-up start and end: values may be taken there (the checker
         // keeps windows and criteria of covariates at baseline).
-        let mut ctx = entry_ctx(cohort, true);
+        let mut ctx = entry_ctx(cohort, true, !self.several_entries_per_person());
         // With a union of event kinds as index, record ids repeat across tables: which
         // alternative the record comes from is a column, and the last sort key.
         let union = !self.study.index.query.also.is_empty();
@@ -975,32 +1000,7 @@ impl Planner<'_> {
                 concept,
                 query,
                 window,
-            } => {
-                let (rows, rec) = self.found(query, window, ctx)?;
-                let column = if *concept {
-                    &rec.value_concept
-                } else {
-                    &rec.number
-                };
-                let v = cast(c(column), DataType::Float64);
-                let rows = filter(rows, c(column).is_not_null())?;
-                let (rows, aggregated) = match aggregate {
-                    Aggregate::First | Aggregate::Last => {
-                        let first = *aggregate == Aggregate::First;
-                        let mut order = vec![(rec.start.clone(), first), (rec.id.clone(), first)];
-                        order.extend(rec.alternative.clone().map(|a| (a, first)));
-                        let mut columns = ctx.key.clone();
-                        columns.push(column.clone());
-                        let chosen = self.first_rows(rows, &ctx.key, &order, &columns)?;
-                        (chosen, max(v))
-                    }
-                    Aggregate::Min => (rows, min(v)),
-                    Aggregate::Max => (rows, max(v)),
-                    Aggregate::Mean => (rows, avg(v)),
-                };
-                let out = self.attach(ctx, rows, vec![aggregated])?.remove(0);
-                c(&out)
-            }
+            } => self.value_in_window(ctx, query, window, *aggregate, *concept)?,
             CovariateValue::DaysSince {
                 last,
                 query,
