@@ -486,15 +486,23 @@ impl Planner<'_> {
             group,
             vec![count(lit(1i64)).alias(&n_entries)],
         )?;
-        let entries = project(entries, with(c("rows_passed"), c(&n_entries), lit(0i64)))?;
-        let mut group = vec![c(PERSON)];
-        group.extend(by.clone());
-        let bests = aggregate(passed, group, vec![max(c("rows_passed")).alias(&best)])?;
-        let mut group = by.clone();
-        group.push(c(&best));
-        let persons = aggregate(bests, group, vec![count(lit(1i64)).alias(&n_persons)])?;
-        let persons = project(persons, with(c(&best), lit(0i64), c(&n_persons)))?;
-        let tallies = union(vec![entries, persons])?;
+        // With one entry per person, the persons are the entries.
+        let tallies = if self.several_entries_per_person() {
+            let entries = project(entries, with(c("rows_passed"), c(&n_entries), lit(0i64)))?;
+            let mut group = vec![c(PERSON)];
+            group.extend(by.clone());
+            let bests = aggregate(passed, group, vec![max(c("rows_passed")).alias(&best)])?;
+            let mut group = by.clone();
+            group.push(c(&best));
+            let persons = aggregate(bests, group, vec![count(lit(1i64)).alias(&n_persons)])?;
+            let persons = project(persons, with(c(&best), lit(0i64), c(&n_persons)))?;
+            union(vec![entries, persons])?
+        } else {
+            project(
+                entries,
+                with(c("rows_passed"), c(&n_entries), c(&n_entries)),
+            )?
+        };
         // The rows, each a one-row relation every SQL dialect can read.
         let step = self.fresh("step");
         let steps = (1..=rows + 1)
@@ -538,7 +546,7 @@ impl Planner<'_> {
             follow_up,
             vec![c(ARM)],
             vec![
-                count_distinct(c(PERSON)).alias("persons"),
+                self.persons_counted().alias("persons"),
                 count(lit(1i64)).alias("entries"),
             ],
         )?;
@@ -551,22 +559,32 @@ impl Planner<'_> {
     /// among the qualifying index entries that pass step `i` on its own
     /// (`inclusion_columns(i)`).
     pub fn inclusion_rules(&self, population: LogicalPlan) -> Result<LogicalPlan> {
+        let several = self.several_entries_per_person();
         let mut aggregates = vec![count(lit(1i64)).alias("qualifying")];
+        let mut outputs = vec![c("qualifying")];
         for i in 0..self.study.steps.len() {
             // `= true` rather than `IS TRUE`, whose nullability DataFusion's physical planner
             // disagrees with once the expression is shared; a NULL flag fails either way.
             let passes = c(&step_column(i)).eq(lit(true));
             let (persons, entries) = inclusion_columns(i);
-            aggregates.push(count_distinct(when(passes.clone(), c(PERSON)).end()?).alias(persons));
+            if several {
+                aggregates
+                    .push(count_distinct(when(passes.clone(), c(PERSON)).end()?).alias(&persons));
+                outputs.push(c(&persons));
+            } else {
+                // One entry per person: the persons are the entries.
+                outputs.push(c(&entries).alias(&persons));
+            }
             aggregates.push(
                 cast(
                     sum(when(passes, lit(1i64)).otherwise(lit(0i64))?),
                     DataType::Int64,
                 )
-                .alias(entries),
+                .alias(&entries),
             );
+            outputs.push(c(&entries));
         }
-        aggregate(population, vec![], aggregates)
+        project(aggregate(population, vec![], aggregates)?, outputs)
     }
 
     /// OHDSI Circe's inclusion-rule report, per combination: the steps each qualifying entry
@@ -599,7 +617,7 @@ impl Planner<'_> {
             combined,
             vec![c("combination")],
             vec![
-                count_distinct(c(PERSON)).alias("persons"),
+                self.persons_counted().alias("persons"),
                 count(lit(1i64)).alias("entries"),
             ],
         )?;
@@ -815,6 +833,15 @@ impl Planner<'_> {
     fn collapse_days(&self) -> Option<i64> {
         let days = self.study.follow_up.collapse_days?;
         self.several_entries_per_person().then_some(days)
+    }
+
+    /// The number of distinct persons among entries: their number, with one entry per person.
+    fn persons_counted(&self) -> Expr {
+        if self.several_entries_per_person() {
+            count_distinct(c(PERSON))
+        } else {
+            count(lit(1i64))
+        }
     }
 
     /// Whether a person can have more than one entry: only with `all` events as index.
