@@ -78,7 +78,10 @@ def scanned_columns(binary, study, repo):
     plan = subprocess.run([binary, "plan", study, "--repo", repo], capture_output=True, text=True, check=True).stdout
     columns = {}
     for table, cols in re.findall(r"DataSourceExec: file_groups=\{.*?/(\w+)\.parquet.*?\}, projection=\[([^\]]*)\]", plan):
-        columns.setdefault(table, set()).update(c.strip() for c in cols.split(",") if c.strip())
+        # A scan may compute its projection (`start_date@1 as q9_start`): the columns are
+        # those it refers to.
+        read = re.findall(r"(\w+)@\d+", cols) if "@" in cols else [c.strip() for c in cols.split(",")]
+        columns.setdefault(table, set()).update(c for c in read if c)
     return columns
 
 
