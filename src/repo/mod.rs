@@ -155,15 +155,9 @@ impl Repository {
     }
 }
 
-/// Hash joins and aggregates build one table per partition: at least four, so that on a
-/// machine of two cores the tables are half as large and fit the processor's caches better (at
-/// 10,000,000 persons the NSAID study's query went from 14.0 to 11.9 s), the same outputs.
-const MIN_PARTITIONS: usize = 4;
-
 fn session_config() -> SessionConfig {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     SessionConfig::new()
-        .with_target_partitions(cores.max(MIN_PARTITIONS))
+        .with_target_partitions(2)
         .with_information_schema(false)
         .set_bool(
             "datafusion.execution.parquet.schema_force_view_types",
