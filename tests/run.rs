@@ -691,6 +691,56 @@ fn counts_of_one_domain_share_one_reading() {
     assert_eq!(reads("dataset", "condition_occurrence"), 2, "{text}");
 }
 
+/// With a first or last event as index a person has one entry, and each criterion's aggregate
+/// per entry groups by the person alone; with `all` events, by the entry (person, index record,
+/// its table, index date).
+#[test]
+fn aggregates_per_entry_group_by_the_person_when_it_has_one_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let groupings = |occurrence: &str| -> Vec<String> {
+        let study = dir.path().join(format!("{occurrence}.study"));
+        std::fs::write(
+            &study,
+            format!(
+                "study \"k\"\nconcepts\n  statins = drug 1539403 + descendants\npopulation\n  \
+                 index = {occurrence} drug in statins\n  require condition in 192671 [-365, 0] days\n"
+            ),
+        )
+        .unwrap();
+        let o = cohortql(
+            &[
+                "plan",
+                study.to_str().unwrap(),
+                "--repo",
+                "tests/data/eunomia-gibleed",
+            ],
+            dir.path(),
+        );
+        let text = all_text(&o);
+        assert!(o.status.success(), "{text}");
+        let population = sections(&text)
+            .into_iter()
+            .find(|(n, _)| *n == "cohortql_population")
+            .map(|(_, body)| body.to_string())
+            .expect("a population stage");
+        population
+            .lines()
+            .filter_map(|l| l.split("Aggregate: groupBy=[[").nth(1))
+            .filter_map(|rest| rest.split("]]").next())
+            .map(str::to_string)
+            .collect()
+    };
+    let first = groupings("first");
+    assert!(!first.is_empty());
+    assert!(first.iter().all(|g| g == "person_id"), "{first:?}");
+    let all = groupings("all");
+    assert!(
+        all.iter()
+            .any(|g| g.contains("person_id") && g.contains("index_record_id")),
+        "{all:?}"
+    );
+}
+
 /// Values of one domain share a reading too: the breast study's three `last value of image
 /// feature` covariates (disjoint features, one order) read `image_feature` once in the
 /// dataset, not once each.
