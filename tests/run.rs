@@ -659,29 +659,8 @@ fn a_run_leaves_no_stage_in_the_session() {
 /// `condition_occurrence` once in the dataset (the endpoint, a first event, reads it again).
 #[test]
 fn counts_of_one_domain_share_one_reading() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
-    let repo = small_synthetic(dir.path(), &cache);
-    let o = cohortql(
-        &[
-            "plan",
-            "studies/nsaid_gi_bleed.study",
-            "--repo",
-            repo.to_str().unwrap(),
-            "--analyze",
-        ],
-        &cache,
-    );
-    let text = all_text(&o);
-    assert!(o.status.success(), "{text}");
-    let sections = sections(&text);
-    let reads = |stage: &str, table: &str| -> usize {
-        sections
-            .iter()
-            .filter(|(n, _)| *n == stage)
-            .map(|(_, body)| parquet_reads(body, table))
-            .sum()
-    };
+    let text = analyzed_on_small_synthetic("studies/nsaid_gi_bleed.study");
+    let reads = |stage: &str, table: &str| stage_reads(&text, stage, table);
     assert_eq!(reads("cohortql_population", "drug_exposure"), 1, "{text}");
     assert_eq!(
         reads("cohortql_population", "condition_occurrence"),
@@ -746,25 +725,29 @@ fn aggregates_per_entry_group_by_the_person_when_it_has_one_entry() {
 /// dataset, not once each.
 #[test]
 fn last_values_of_one_domain_share_one_reading() {
+    let text = analyzed_on_small_synthetic("studies/breast_neoadjuvant_pcr.study");
+    assert_eq!(stage_reads(&text, "dataset", "image_feature"), 1, "{text}");
+}
+
+/// `plan --analyze` of a study on a synthetic repository of 300 persons: what it prints.
+fn analyzed_on_small_synthetic(study: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let repo = small_synthetic(dir.path(), &cache);
     let o = cohortql(
-        &[
-            "plan",
-            "studies/breast_neoadjuvant_pcr.study",
-            "--repo",
-            repo.to_str().unwrap(),
-            "--analyze",
-        ],
+        &["plan", study, "--repo", repo.to_str().unwrap(), "--analyze"],
         &cache,
     );
     let text = all_text(&o);
     assert!(o.status.success(), "{text}");
-    let dataset: usize = sections(&text)
+    text
+}
+
+/// How many times a stage's plans (in `plan` output) read a table's Parquet file.
+fn stage_reads(text: &str, stage: &str, table: &str) -> usize {
+    sections(text)
         .iter()
-        .filter(|(n, _)| *n == "dataset")
-        .map(|(_, body)| parquet_reads(body, "image_feature"))
-        .sum();
-    assert_eq!(dataset, 1, "{text}");
+        .filter(|(n, _)| *n == stage)
+        .map(|(_, body)| parquet_reads(body, table))
+        .sum()
 }

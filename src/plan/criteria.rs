@@ -620,23 +620,28 @@ impl Planner<'_> {
     /// First or last values in groups that can share a reading: chosen in the same order, of
     /// concept sets known as lists of ids that no other value of the group has.
     fn disjoint<'p>(&self, ordered: Vec<&'p Pending>) -> Vec<Vec<&'p Pending>> {
-        let ids = |p: &Pending| -> Option<Vec<i64>> { self.plain_ids(p.query.concepts.as_ref()?) };
-        let mut groups: Vec<(Vec<&Pending>, Vec<i64>)> = Vec::new();
+        // Each group with the ids its sets hold; `None` when a set is not a list of ids, and
+        // then no other value joins the group.
+        let mut groups: Vec<(Vec<&Pending>, Option<Vec<i64>>)> = Vec::new();
         for p in ordered {
-            let mine = ids(p);
-            let fits = |(g, taken): &(Vec<&Pending>, Vec<i64>)| {
+            let mine = p
+                .query
+                .concepts
+                .as_ref()
+                .and_then(|set| self.plain_ids(set));
+            let fits = |(g, taken): &(Vec<&Pending>, Option<Vec<i64>>)| {
                 g[0].of.ordered() == p.of.ordered()
-                    && ids(g[0]).is_some()
-                    && mine
-                        .as_ref()
-                        .is_some_and(|m| m.iter().all(|id| !taken.contains(id)))
+                    && match (taken, &mine) {
+                        (Some(taken), Some(mine)) => mine.iter().all(|id| !taken.contains(id)),
+                        _ => false,
+                    }
             };
             match groups.iter_mut().find(|g| fits(g)) {
-                Some((g, taken)) => {
+                Some((g, Some(taken))) => {
                     g.push(p);
-                    taken.extend(mine.unwrap_or_default());
+                    taken.extend(mine.into_iter().flatten());
                 }
-                None => groups.push((vec![p], mine.unwrap_or_default())),
+                _ => groups.push((vec![p], mine)),
             }
         }
         groups.into_iter().map(|(g, _)| g).collect()

@@ -83,34 +83,6 @@ fn strings(columns: &[&str]) -> Vec<String> {
     columns.iter().map(|s| s.to_string()).collect()
 }
 
-/// A context whose rows are a stage's entries, keyed by the person alone when a person has one
-/// entry at most: aggregates per entry then group and join on one number, not four columns.
-fn entry_ctx(plan: LogicalPlan, follow_up: bool, one_per_person: bool) -> Ctx {
-    let key: &[&str] = if one_per_person {
-        &[PERSON]
-    } else {
-        &[PERSON, INDEX_RECORD, INDEX_SOURCE, INDEX_DATE]
-    };
-    Ctx {
-        base: plan,
-        attached: Vec::new(),
-        pending: Vec::new(),
-        key: strings(key),
-        person: PERSON.into(),
-        gender: GENDER.into(),
-        year_of_birth: YEAR_OF_BIRTH.into(),
-        month_of_birth: MONTH_OF_BIRTH.into(),
-        day_of_birth: DAY_OF_BIRTH.into(),
-        index: Some(INDEX_DATE.into()),
-        index_visit: Some(INDEX_VISIT.into()),
-        index_end: Some(INDEX_END.into()),
-        event: None,
-        event_end: None,
-        event_visit: None,
-        follow_up: follow_up.then(|| (FOLLOW_UP_START.into(), FOLLOW_UP_END.into())),
-    }
-}
-
 /// A record's end date as exits read it: a missing end is the start plus the days supplied
 /// (drugs with a supply) or else the start plus 1 day, as OHDSI's Circe fills it; an end before
 /// the start is the start.
@@ -346,7 +318,7 @@ impl Planner<'_> {
     /// Entries with a flag per attrition step (true: the entry passes it) and the arm of the
     /// first exposure arm whose criterion holds (NULL when none does, or without arms).
     pub fn population(&mut self, entries: LogicalPlan) -> Result<LogicalPlan> {
-        let mut ctx = entry_ctx(entries, false, !self.several_entries_per_person());
+        let mut ctx = self.entry_ctx(entries, false);
         let mut outputs: Vec<Expr> = ENTRY_COLUMNS.iter().map(|n| c(n)).collect();
         let mut keeps = Vec::new();
         for (i, step) in self.study.steps.iter().enumerate() {
@@ -707,7 +679,7 @@ impl Planner<'_> {
     pub fn follow_up(&mut self, survivors: LogicalPlan) -> Result<LogicalPlan> {
         let fu = self.study.follow_up.clone();
         let columns = names(&survivors);
-        let mut ctx = entry_ctx(survivors, false, !self.several_entries_per_person());
+        let mut ctx = self.entry_ctx(survivors, false);
         let start = days_add(c(INDEX_DATE), lit(fu.start_offset));
         // Observation bounds follow-up unless the study opted out of it for the index
         // (`with or without observation`), where only its exits end follow-up.
@@ -844,6 +816,35 @@ impl Planner<'_> {
         }
     }
 
+    /// A context whose rows are a stage's entries, keyed by the person alone when a person has
+    /// one entry at most: aggregates per entry then group and join on one number, not four
+    /// columns.
+    fn entry_ctx(&self, plan: LogicalPlan, follow_up: bool) -> Ctx {
+        let key: &[&str] = if self.several_entries_per_person() {
+            &[PERSON, INDEX_RECORD, INDEX_SOURCE, INDEX_DATE]
+        } else {
+            &[PERSON]
+        };
+        Ctx {
+            base: plan,
+            attached: Vec::new(),
+            pending: Vec::new(),
+            key: strings(key),
+            person: PERSON.into(),
+            gender: GENDER.into(),
+            year_of_birth: YEAR_OF_BIRTH.into(),
+            month_of_birth: MONTH_OF_BIRTH.into(),
+            day_of_birth: DAY_OF_BIRTH.into(),
+            index: Some(INDEX_DATE.into()),
+            index_visit: Some(INDEX_VISIT.into()),
+            index_end: Some(INDEX_END.into()),
+            event: None,
+            event_end: None,
+            event_visit: None,
+            follow_up: follow_up.then(|| (FOLLOW_UP_START.into(), FOLLOW_UP_END.into())),
+        }
+    }
+
     /// Whether a person can have more than one entry: only with `all` events as index.
     fn several_entries_per_person(&self) -> bool {
         self.study.index.occurrence == Occurrence::All
@@ -939,7 +940,7 @@ impl Planner<'_> {
     pub fn dataset(&mut self, cohort: LogicalPlan) -> Result<LogicalPlan> {
         // Covariates see follow-up start and end: values may be taken there (the checker
         // keeps windows and criteria of covariates at baseline).
-        let mut ctx = entry_ctx(cohort, true, !self.several_entries_per_person());
+        let mut ctx = self.entry_ctx(cohort, true);
         // With a union of event kinds as index, record ids repeat across tables: which
         // alternative the record comes from is a column, and the last sort key.
         let union = !self.study.index.query.also.is_empty();
