@@ -66,7 +66,7 @@ fn measure(text: &str) -> (Duration, Duration, usize) {
         let plans = runtime
             .block_on(async {
                 let ctx = cohortql::repo::empty_session().unwrap();
-                cohortql::run::stage_plans(&study, &ctx).await
+                cohortql::run::stage_plans(&study, &ctx, Default::default()).await
             })
             .unwrap();
         let planned = started.elapsed();

@@ -522,6 +522,19 @@ fn implausible_data_is_warned_of_once_with_counts() {
     let run: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("site/run.json")).unwrap()).unwrap();
     assert_eq!(run["data_warnings"].as_array().unwrap().len(), 4, "{run}");
+    // The repeated person id still gives one person its first entry once: with ids known to
+    // repeat, the entries are not joined with each of its rows after being chosen.
+    let cohort = std::fs::read_to_string(out.join("site/cohort.csv")).unwrap();
+    let subjects: Vec<&str> = cohort
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        subjects.iter().filter(|s| **s == "1").count(),
+        1,
+        "{cohort}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -851,7 +864,7 @@ fn plan_nodes(study_text: &str) -> usize {
     let plans = runtime
         .block_on(async {
             let ctx = cohortql::repo::empty_session().unwrap();
-            cohortql::run::stage_plans(&study, &ctx).await
+            cohortql::run::stage_plans(&study, &ctx, Default::default()).await
         })
         .unwrap();
     let mut nodes = 0;

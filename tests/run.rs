@@ -729,6 +729,28 @@ fn last_values_of_one_domain_share_one_reading() {
     assert_eq!(stage_reads(&text, "dataset", "image_feature"), 1, "{text}");
 }
 
+/// With person ids unique (the synthetic repository's), an index read from its records alone
+/// is joined with its persons after each person's first entry is chosen: the entries stage's
+/// join with `person` sits above the window that chooses, and reads one row per entry.
+#[test]
+fn entries_meet_their_persons_after_being_chosen_when_person_ids_are_unique() {
+    let text = analyzed_on_small_synthetic("studies/nsaid_gi_bleed.study");
+    let (_, entries) = *sections(&text)
+        .iter()
+        .find(|(n, _)| *n == "cohortql_entries")
+        .unwrap();
+    let position = |what: &str| {
+        entries
+            .find(what)
+            .unwrap_or_else(|| panic!("{what}: {entries}"))
+    };
+    assert!(
+        position("HashJoinExec") < position("BoundedWindowAggExec"),
+        "{entries}"
+    );
+    assert_eq!(parquet_reads(entries, "person"), 1, "{entries}");
+}
+
 /// `plan --analyze` of a study on a synthetic repository of 300 persons: what it prints.
 fn analyzed_on_small_synthetic(study: &str) -> String {
     let dir = tempfile::tempdir().unwrap();

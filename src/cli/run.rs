@@ -373,8 +373,13 @@ pub(super) fn plan(
             None => empty_session(),
         }
         .map_err(|e| e.to_string())?;
+        // With a repository, the plans a run on it makes.
+        let facts = match &repo {
+            Some(_) => crate::run::data_facts(&ctx).await?.0,
+            None => Default::default(),
+        };
         let mut text = String::new();
-        for (name, plan) in stage_plans(&study, &ctx).await? {
+        for (name, plan) in stage_plans(&study, &ctx, facts).await? {
             let (logical, optimised, physical) = explain_plan(&ctx, &plan).await?;
             text.push_str(&format!(
                 "== {name} ==\n-- logical plan\n{logical}\n-- optimised logical plan\n{optimised}\n-- physical plan\n{physical}\n"

@@ -182,16 +182,37 @@ impl Ctx {
     }
 }
 
+/// Whether a query's filters read the record alone (no `where` criterion, no `same visit`), so
+/// that its records need no context row to be found.
+pub(super) fn reads_only_records(query: &EventQuery) -> bool {
+    query.alternatives().all(|alt| {
+        !alt.filters
+            .iter()
+            .any(|f| matches!(f, EventFilter::Where(_) | EventFilter::SameVisit))
+    })
+}
+
 impl Planner<'_> {
     /// The records of a query for each context row, before any window: the context's columns
     /// and the records' (`Rec`).
     pub(super) fn matching(&mut self, query: &EventQuery, ctx: &Ctx) -> Result<(LogicalPlan, Rec)> {
+        self.matching_in(query, Some(ctx))
+    }
+
+    /// The records of a query alone, no context joined: for a query whose filters read
+    /// nothing but the record (`reads_only_records`).
+    pub(super) fn matching_records(&mut self, query: &EventQuery) -> Result<(LogicalPlan, Rec)> {
+        debug_assert!(reads_only_records(query));
+        self.matching_in(query, None)
+    }
+
+    fn matching_in(&mut self, query: &EventQuery, ctx: Option<&Ctx>) -> Result<(LogicalPlan, Rec)> {
         if query.also.is_empty() {
             return self.matching_alt(query, ctx);
         }
         // A union of the alternatives' records, each under the first one's column names, with
         // the alternative's number.
-        let context = names(&ctx.base);
+        let context = ctx.map(|ctx| names(&ctx.base)).unwrap_or_default();
         let alternative = self.fresh("alternative");
         let mut plans = Vec::new();
         let mut target: Option<Rec> = None;
@@ -211,7 +232,11 @@ impl Planner<'_> {
     }
 
     /// The records of one alternative of a query (its `also` left aside), or its eras.
-    fn matching_alt(&mut self, query: &EventQuery, ctx: &Ctx) -> Result<(LogicalPlan, Rec)> {
+    fn matching_alt(
+        &mut self,
+        query: &EventQuery,
+        ctx: Option<&Ctx>,
+    ) -> Result<(LogicalPlan, Rec)> {
         let modality = query
             .filters
             .iter()
@@ -236,6 +261,9 @@ impl Planner<'_> {
         if let Some(era) = &query.era {
             (records, rec) = self.eras(records, &rec, era)?;
         }
+        let Some(ctx) = ctx else {
+            return Ok((records, rec));
+        };
         let left = self.aliased(ctx.base.clone())?;
         let right = self.aliased(records)?;
         let mut joined = join_on(

@@ -58,6 +58,18 @@ pub struct Planner<'a> {
     known: Vec<(crate::study::ConceptExpr, records::Ids)>,
     /// The parts the last `concept_sets` plan looks up, in its order.
     looking_up: Vec<crate::study::ConceptExpr>,
+    /// What the data are known to satisfy (nothing, unless told).
+    facts: DataFacts,
+}
+
+/// What the data are known to satisfy, from checks made before planning: each lets a plan skip
+/// work that only data breaking it would need. Without them (the default) plans assume nothing,
+/// as the SQL `cohortql sql` writes must.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataFacts {
+    /// `person` holds each person id once: a person's rows join all of that person's records
+    /// or none, and never repeat them.
+    pub person_ids_unique: bool,
 }
 
 impl<'a> Planner<'a> {
@@ -78,7 +90,13 @@ impl<'a> Planner<'a> {
             read: Default::default(),
             known: Vec::new(),
             looking_up: Vec::new(),
+            facts: DataFacts::default(),
         })
+    }
+
+    /// Plans from here on may rely on `facts`.
+    pub fn assume(&mut self, facts: DataFacts) {
+        self.facts = facts;
     }
 
     /// The first row of each group of `partition` in `order` (keys that are never NULL and

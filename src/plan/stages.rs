@@ -213,8 +213,20 @@ impl Planner<'_> {
     pub fn entries(&mut self) -> Result<LogicalPlan> {
         let index = self.study.index.clone();
         let (persons, pc) = self.persons()?;
-        let ctx = Ctx::of_persons(persons, &pc);
-        let (mut rows, rec) = self.matching(&index.query, &ctx)?;
+        // With person ids known unique, an index event read from its records alone is joined
+        // with its person after the entries are chosen: the join then reads one row per entry
+        // instead of every record, and the same entries come out (a person joins all of its
+        // records, once, or none). A repeated person id would repeat its entries there.
+        let persons_after =
+            self.facts.person_ids_unique && super::criteria::reads_only_records(&index.query);
+        let (mut rows, rec, persons_after) = if persons_after {
+            let (rows, rec) = self.matching_records(&index.query)?;
+            (rows, rec, Some(persons))
+        } else {
+            let ctx = Ctx::of_persons(persons, &pc);
+            let (rows, rec) = self.matching(&index.query, &ctx)?;
+            (rows, rec, None)
+        };
         if let Some(day) = index.at_date {
             // The observation periods that contain the day, each dated on it.
             rows = filter(
@@ -263,7 +275,7 @@ impl Planner<'_> {
                 source
             }
         };
-        let columns: Vec<String> = [
+        let mut columns: Vec<String> = [
             &rec.person,
             &rec.id,
             &source,
@@ -272,14 +284,13 @@ impl Planner<'_> {
             &index_end,
             &p.start,
             &p.end,
-            &pc.gender,
-            &pc.year,
-            &pc.month,
-            &pc.day,
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        if persons_after.is_none() {
+            columns.extend([&pc.gender, &pc.year, &pc.month, &pc.day].map(|s| s.to_string()));
+        }
         // NULLs last: an entry outside observation only when no period contains it.
         let periods = [(p.start.clone(), true), (p.end.clone(), true)];
         let rows = match index.occurrence {
@@ -295,6 +306,18 @@ impl Planner<'_> {
                 order.extend(periods);
                 self.first_rows(rows, &[rec.person.clone()], &order, &columns)?
             }
+        };
+        let rows = match persons_after {
+            Some(persons) => {
+                let (left, right) = (self.aliased(rows)?, self.aliased(persons)?);
+                join_on(
+                    left,
+                    right,
+                    JoinType::Inner,
+                    &[(rec.person.as_str(), pc.id.as_str())],
+                )?
+            }
+            None => rows,
         };
         project(
             rows,

@@ -184,7 +184,14 @@ mod engine {
         let stages = stage_dir(stage_parent);
         let ran = async {
             let on = InCluster::prepare(cluster, repo, &stages, analyse, progress).await?;
-            let run = run_stages(study, &on.ctx, &on, progress).await?;
+            let run = run_stages(
+                study,
+                &on.ctx,
+                crate::plan::DataFacts::default(),
+                &on,
+                progress,
+            )
+            .await?;
             Ok((run, on.finish()))
         }
         .await;

@@ -849,7 +849,7 @@ pub async fn execute_in(
     // running there), then the transaction is rolled back like any failure.
     let cancel = client.cancel_token();
     let run = tokio::select! {
-        run = super::run_stages(study, &ctx, &m, progress) => run,
+        run = super::run_stages(study, &ctx, crate::plan::DataFacts::default(), &m, progress) => run,
         _ = tokio::signal::ctrl_c() => {
             if let Ok(tls) = db.tls.connector() {
                 let _ = cancel.cancel_query(tls).await;
@@ -874,7 +874,7 @@ pub async fn explain_in(db: &Database, study: &Study, analyze: bool) -> Result<S
         analyze,
         text: std::sync::Mutex::new(String::new()),
     };
-    let run = super::run_stages(study, &ctx, &m, &|_| {}).await;
+    let run = super::run_stages(study, &ctx, crate::plan::DataFacts::default(), &m, &|_| {}).await;
     let _ = client.batch_execute("ROLLBACK").await;
     run.map_err(|e| format!("{}: {e}", db.describe()))?;
     Ok(m.text.into_inner().expect("not poisoned"))

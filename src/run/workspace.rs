@@ -132,7 +132,7 @@ pub async fn run_in_database(
     .map_err(visible)?;
     progress("checking the data read");
     let connected = db.open().await.map_err(visible)?;
-    let warnings = run_warnings(&connected, &run.tables_read)
+    let warnings = run_warnings(&connected, &run.tables_read, None)
         .await
         .map_err(visible)?;
     for warning in &warnings {
@@ -310,7 +310,9 @@ impl Workspace {
             Err(message) => return Err(visible(located(ctx, repo, message).await)),
         };
         progress("checking the data read");
-        let warnings = run_warnings(ctx, &run.tables_read).await.map_err(visible)?;
+        let warnings = run_warnings(ctx, &run.tables_read, run.repeated_person_ids)
+            .await
+            .map_err(visible)?;
         for warning in &warnings {
             note(warning);
         }
@@ -340,8 +342,9 @@ impl Workspace {
         if let Source::Database(c) = &self.source {
             return super::database::explain_in(&c.db, study, false).await;
         }
+        let (facts, _) = super::data_facts(self.ctx()).await?;
         let mut text = String::new();
-        for (name, plan) in stage_plans(study, self.ctx()).await? {
+        for (name, plan) in stage_plans(study, self.ctx(), facts).await? {
             let (logical, _, _) = explain_plan(self.ctx(), &plan).await?;
             text.push_str(&format!("== {name} ==\n{logical}\n"));
         }
