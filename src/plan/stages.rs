@@ -535,6 +535,18 @@ impl Planner<'_> {
         project(summed, out)
     }
 
+    /// One row: the persons and entries with follow-up (the attrition table's last row).
+    pub fn followed(&self, follow_up: LogicalPlan) -> Result<LogicalPlan> {
+        aggregate(
+            follow_up,
+            vec![],
+            vec![
+                self.persons_counted().alias("persons"),
+                count(lit(1i64)).alias("entries"),
+            ],
+        )
+    }
+
     /// Persons and entries with follow-up, per arm, sorted by arm.
     pub fn arm_followed(&self, follow_up: LogicalPlan) -> Result<LogicalPlan> {
         let plan = aggregate(
@@ -658,15 +670,45 @@ impl Planner<'_> {
     fn index_records(&mut self) -> Result<LogicalPlan> {
         let index = self.study.index.query.clone();
         let (persons, pc) = self.persons()?;
-        let ctx = Ctx::of_persons(persons, &pc);
-        let (rows, rec) = self.matching(&index, &ctx)?;
-        let (persons, records) = attrition_columns(0);
-        aggregate(
-            rows,
+        let (counted_persons, counted_records) = attrition_columns(0);
+        if !super::criteria::reads_only_records(&index) {
+            let ctx = Ctx::of_persons(persons, &pc);
+            let (rows, rec) = self.matching(&index, &ctx)?;
+            return aggregate(
+                rows,
+                vec![],
+                vec![
+                    count_distinct(c(&rec.person)).alias(counted_persons),
+                    count(lit(1i64)).alias(counted_records),
+                ],
+            );
+        }
+        // Records read alone are counted per person, then the persons with a row in `person`
+        // kept (`IN`, which a repeated person id does not repeat) and counted: an aggregate the
+        // engine spreads over its partitions, where one distinct count gathers every person
+        // in one place, and a join of one row per person instead of one per record.
+        let (rows, rec) = self.matching_records(&index)?;
+        let n = self.fresh("records");
+        let per_person = aggregate(rows, vec![c(&rec.person)], vec![count(lit(1i64)).alias(&n)])?;
+        let ids = keep(persons, std::slice::from_ref(&pc.id))?;
+        let known = filter(
+            per_person,
+            datafusion::logical_expr::in_subquery(c(&rec.person), std::sync::Arc::new(ids)),
+        )?;
+        let summed = self.fresh("records");
+        let totals = aggregate(
+            known,
             vec![],
             vec![
-                count_distinct(c(&rec.person)).alias(persons),
-                count(lit(1i64)).alias(records),
+                count(lit(1i64)).alias(&counted_persons),
+                sum(c(&n)).alias(&summed),
+            ],
+        )?;
+        project(
+            totals,
+            vec![
+                c(&counted_persons),
+                coalesce(vec![c(&summed), lit(0i64)]).alias(&counted_records),
             ],
         )
     }

@@ -163,7 +163,26 @@ fn session_config() -> SessionConfig {
             "datafusion.execution.parquet.schema_force_view_types",
             false,
         )
+        // A hash join builds one table from its smaller side, shared by every partition of the
+        // larger, up to these sizes (DataFusion's defaults: 1 MB, 128 Ki rows). Above them it
+        // hashes both sides into partitions, moving every row of the larger side, which is
+        // what dominated joins of entries with all their persons' records: at 1,000,000
+        // persons the NSAID study's count of visits repartitioned 23 million visits to join
+        // 240,000 entries (docs/performance.md).
+        .set_usize(
+            "datafusion.optimizer.hash_join_single_partition_threshold",
+            HASH_JOIN_SHARED_BYTES,
+        )
+        .set_usize(
+            "datafusion.optimizer.hash_join_single_partition_threshold_rows",
+            HASH_JOIN_SHARED_ROWS,
+        )
 }
+
+/// The largest side, in bytes and in rows, a hash join builds as one table all its partitions
+/// share (see `session_config`).
+const HASH_JOIN_SHARED_BYTES: usize = 1 << 30;
+const HASH_JOIN_SHARED_ROWS: usize = 1 << 24;
 
 /// A session with every OMOP table registered empty: enough to plan a study, or to write it as
 /// SQL, without any data.

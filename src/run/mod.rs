@@ -17,8 +17,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::Result as DfResult;
 use datafusion::datasource::MemTable;
 use datafusion::error::DataFusionError;
-use datafusion::functions_aggregate::expr_fn::{count, count_distinct};
-use datafusion::logical_expr::{col, lit, LogicalPlan, LogicalPlanBuilder};
+use datafusion::logical_expr::{LogicalPlan, LogicalPlanBuilder};
 use datafusion::physical_plan::displayable;
 use datafusion::prelude::SessionContext;
 use std::sync::Arc;
@@ -443,15 +442,7 @@ pub(crate) async fn run_stages(
     let follow_up = planned!(planner.follow_up(survivors));
     let follow_up = m.keep(plan::FOLLOW_UP, follow_up).await?;
     m.release(plan::POPULATION)?;
-    let followed = planned!(LogicalPlanBuilder::from(follow_up.clone())
-        .aggregate(
-            Vec::<datafusion::logical_expr::Expr>::new(),
-            vec![
-                count_distinct(col(plan::PERSON)).alias("persons"),
-                count(lit(1i64)).alias("entries"),
-            ],
-        )
-        .and_then(|b| b.build()));
+    let followed = planned!(planner.followed(follow_up.clone()));
     let (_, followed) = m.rows("followed", followed).await?;
     attrition.push(Attrition {
         rule: "follow-up of at least one day".to_string(),
