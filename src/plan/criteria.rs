@@ -998,15 +998,7 @@ impl Planner<'_> {
         start: i64,
         end: i64,
     ) -> Result<(LogicalPlan, PeriodCols)> {
-        // A period with a NULL person, start or end covers no day (the join and the test drop
-        // it), so without a consent rule the periods are read as stored: a filter would also
-        // make the engine estimate them at a fraction of their rows and build its hash table
-        // from them rather than from the (usually fewer) rows.
-        let (periods, p) = if self.has_consent_rule() {
-            self.periods()?
-        } else {
-            self.period_rows()?
-        };
+        let (periods, p) = self.periods()?;
         // The days to cover, computed once per row rather than once per row and period.
         let (first_day, last_day) = (self.fresh("first_day"), self.fresh("last_day"));
         let mut exprs: Vec<Expr> = names(&rows).iter().map(|n| c(n)).collect();

@@ -285,6 +285,15 @@ mod engine {
                 optimizer.enable_topk_dynamic_filter_pushdown = false;
                 optimizer.enable_aggregate_dynamic_filter_pushdown = false;
                 optimizer.enable_sort_pushdown = false;
+                // A join that builds one table for all partitions of its other side builds it
+                // once per process; the cluster runs each partition as a task of its own, which
+                // would build it again, so the cluster keeps DataFusion's limits on such tables
+                // rather than `repo::session_config`'s larger ones.
+                let defaults = datafusion::config::OptimizerOptions::default();
+                optimizer.hash_join_single_partition_threshold =
+                    defaults.hash_join_single_partition_threshold;
+                optimizer.hash_join_single_partition_threshold_rows =
+                    defaults.hash_join_single_partition_threshold_rows;
             }
             for f in days::functions() {
                 ctx.register_udf(f.as_ref().clone());
