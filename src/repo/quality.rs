@@ -475,25 +475,24 @@ pub async fn run_warnings(
     };
     if tables.iter().any(|t| t == "person") {
         let (first, last) = (&EARLIEST_PLAUSIBLE[..4], &LATEST_PLAUSIBLE[..4]);
-        let years = query_counts(
+        // The repeated ids counted in the same pass, unless the run counted them already.
+        let repeated = if repeats.is_some() { "0" } else { REPEATED_IDS };
+        let counts = query_counts(
             ctx,
             &format!(
-                "SELECT sum(CASE WHEN year_of_birth < {first} OR year_of_birth > {last} THEN 1 ELSE 0 END) \
+                "SELECT {repeated}, \
+                   sum(CASE WHEN year_of_birth < {first} OR year_of_birth > {last} THEN 1 ELSE 0 END) \
                  FROM person"
             ),
         )
         .await?;
-        let repeated = match repeats {
-            Some(n) => n,
-            None => repeated_person_ids(ctx).await?,
-        };
-        if let Some(n) = Some(repeated).filter(|&n| n > 0) {
+        if let Some(n) = repeats.or(counts[0]).filter(|&n| n > 0) {
             warnings.push(format!(
                 "person: {n} row{} repeat a person_id of another row",
                 plural(n)
             ));
         }
-        if let Some(n) = years[0].filter(|&n| n > 0) {
+        if let Some(n) = counts[1].filter(|&n| n > 0) {
             warnings.push(format!(
                 "person: {n} row{} have a year_of_birth before {first} or after {last}",
                 plural(n)
@@ -534,13 +533,12 @@ pub async fn run_warnings(
 
 /// The rows of `person` that repeat the person id of another row (all rows but one per id).
 pub async fn repeated_person_ids(ctx: &impl Queries) -> Result<u64, String> {
-    let counts = query_counts(
-        ctx,
-        "SELECT count(person_id) - count(DISTINCT person_id) FROM person",
-    )
-    .await?;
+    let counts = query_counts(ctx, &format!("SELECT {REPEATED_IDS} FROM person")).await?;
     Ok(counts[0].unwrap_or(0))
 }
+
+/// Over `person`: the rows that repeat the person id of another row.
+const REPEATED_IDS: &str = "count(person_id) - count(DISTINCT person_id)";
 
 fn plural(n: u64) -> &'static str {
     if n == 1 {

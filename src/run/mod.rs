@@ -293,21 +293,7 @@ pub async fn execute(
     ctx: &SessionContext,
     progress: &dyn Fn(&str),
 ) -> Result<Execution, String> {
-    let (facts, repeated) = data_facts(ctx).await?;
-    let analysis = Analysis::new(None);
-    let mut run = run_stages(
-        study,
-        ctx,
-        facts,
-        &InMemory {
-            ctx,
-            analysis: &analysis,
-        },
-        progress,
-    )
-    .await?;
-    run.repeated_person_ids = Some(repeated);
-    Ok(run)
+    in_memory(study, ctx, &Analysis::new(None), progress).await
 }
 
 /// What the repository's data are known to satisfy (see `DataFacts`), checked before the
@@ -328,25 +314,26 @@ pub async fn execute_analysed(
     ctx: &SessionContext,
     progress: &dyn Fn(&str),
 ) -> Result<(Execution, Vec<(String, String)>), String> {
-    let (facts, repeated) = data_facts(ctx).await?;
     let analysis = Analysis::new(Some(Vec::new()));
-    let mut run = run_stages(
-        study,
-        ctx,
-        facts,
-        &InMemory {
-            ctx,
-            analysis: &analysis,
-        },
-        progress,
-    )
-    .await?;
-    run.repeated_person_ids = Some(repeated);
+    let run = in_memory(study, ctx, &analysis, progress).await?;
     let stages = analysis
         .into_inner()
         .expect("not poisoned")
         .unwrap_or_default();
     Ok((run, stages))
+}
+
+/// The stages run in the session, each kept in memory, planned with the data's facts.
+async fn in_memory(
+    study: &Study,
+    ctx: &SessionContext,
+    analysis: &Analysis,
+    progress: &dyn Fn(&str),
+) -> Result<Execution, String> {
+    let (facts, repeated) = data_facts(ctx).await?;
+    let mut run = run_stages(study, ctx, facts, &InMemory { ctx, analysis }, progress).await?;
+    run.repeated_person_ids = Some(repeated);
+    Ok(run)
 }
 
 /// The stage pipeline, written once: index entries, the population with its attrition,
