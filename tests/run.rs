@@ -487,8 +487,12 @@ fn the_vocabulary_and_the_consenting_persons_are_read_once_per_run() {
     let lookups_run = names.iter().take_while(|n| **n == "concept_sets").count();
     assert_eq!(lookups_run, 2, "{text}");
     assert_eq!(
-        &names[2..4],
-        ["cohortql_consenting", "cohortql_entries"],
+        &names[2..5],
+        [
+            "cohortql_consenting",
+            "cohortql_index_records",
+            "cohortql_entries"
+        ],
         "{text}"
     );
     // (A modality is the code of an image's concept: that join with `concept` stays.)
@@ -749,6 +753,57 @@ fn entries_meet_their_persons_after_being_chosen_when_person_ids_are_unique() {
         "{entries}"
     );
     assert_eq!(parquet_reads(entries, "person"), 1, "{entries}");
+}
+
+/// With person ids unique, the index event's records are a stage of their own, read once for
+/// the entries and for the attrition's first row; when there are none, the entries read no
+/// observation period and no person (the synthetic data hold no acetaminophen).
+#[test]
+fn the_index_records_are_kept_once_and_none_read_no_periods() {
+    let text = analyzed_on_small_synthetic("studies/eunomia/acetaminophen_eras.study");
+    let sections = sections(&text);
+    let names: Vec<&str> = sections.iter().map(|(n, _)| *n).collect();
+    let at = |name: &str| names.iter().position(|n| *n == name);
+    assert!(
+        at("cohortql_index_records").expect("an index records stage")
+            < at("cohortql_entries").expect("an entries stage"),
+        "{text}"
+    );
+    assert_eq!(
+        stage_reads(&text, "cohortql_index_records", "drug_exposure"),
+        1,
+        "{text}"
+    );
+    // The entries and the attrition read the kept records, not the domain.
+    for stage in ["cohortql_entries", "attrition"] {
+        assert_eq!(
+            stage_reads(&text, stage, "drug_exposure"),
+            0,
+            "{stage}: {text}"
+        );
+    }
+    let (_, entries) = sections
+        .iter()
+        .find(|(n, _)| *n == "cohortql_entries")
+        .unwrap();
+    for table in ["observation_period", "person"] {
+        let scans: Vec<&str> = entries
+            .lines()
+            .filter(|l| l.contains("DataSourceExec") && l.contains(&format!("/{table}.parquet")))
+            .collect();
+        assert!(!scans.is_empty(), "{table}: {entries}");
+        for scan in scans {
+            assert!(scan.contains("output_rows=0,"), "{table} read: {scan}");
+        }
+    }
+    // `sql` knows nothing of the data: its script chooses the entries as before.
+    let dir = tempfile::tempdir().unwrap();
+    let o = cohortql(
+        &["sql", "studies/eunomia/acetaminophen_eras.study"],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", all_text(&o));
+    assert!(!all_text(&o).contains("cohortql_index_records"));
 }
 
 /// `plan --analyze` of a study on a synthetic repository of 300 persons: what it prints.

@@ -6,6 +6,8 @@
 //!
 //! ```text
 //!  consenting  persons whose consent the study's rule asks for (only with a consent rule)
+//!  index_records  the index event's records, read once for the entries and the attrition (only
+//!              when the entries are chosen from the records alone, `DataFacts`)
 //!  entries     index events with their observation period and the person's birth and sex
 //!  population  entries with one flag per attrition step and the exposure arm
 //!  follow_up   survivors with follow-up start and end (entries with no day left dropped)
@@ -36,6 +38,7 @@ pub use stages::*;
 
 /// The tables the stages write, in order, and the names later stages read them by.
 pub const CONSENTING: &str = "cohortql_consenting";
+pub const INDEX_RECORDS: &str = "cohortql_index_records";
 pub const ENTRIES: &str = "cohortql_entries";
 pub const POPULATION: &str = "cohortql_population";
 pub const FOLLOW_UP: &str = "cohortql_follow_up";
@@ -60,6 +63,9 @@ pub struct Planner<'a> {
     looking_up: Vec<crate::study::ConceptExpr>,
     /// What the data are known to satisfy (nothing, unless told).
     facts: DataFacts,
+    /// The index event's records as kept by the engine (see `index_records_stage`), with the
+    /// names of their columns.
+    index_records: Option<(LogicalPlan, records::Rec)>,
 }
 
 /// What the data are known to satisfy, from checks made before planning: each lets a plan skip
@@ -91,6 +97,7 @@ impl<'a> Planner<'a> {
             known: Vec::new(),
             looking_up: Vec::new(),
             facts: DataFacts::default(),
+            index_records: None,
         })
     }
 

@@ -208,6 +208,60 @@ impl Planner<'_> {
         keep(plan, &keep_columns)
     }
 
+    /// Whether the entries are chosen from the index event's records alone, their persons
+    /// joined after: with person ids known unique (`DataFacts`) and an index event whose
+    /// filters read only the record.
+    fn chooses_from_records(&self) -> bool {
+        self.facts.person_ids_unique && super::criteria::reads_only_records(&self.study.index.query)
+    }
+
+    /// The index event's records, for an engine to keep as the stage `INDEX_RECORDS` when
+    /// the entries are chosen from them (`use_index_records`): the entries and the attrition's
+    /// first row then read them once, and the engine plans those stages knowing how many
+    /// there are (none, and it reads no observation period or person). `None` otherwise.
+    pub fn index_records_stage(&mut self) -> Result<Option<LogicalPlan>> {
+        if !self.chooses_from_records() {
+            return Ok(None);
+        }
+        let (rows, rec) = {
+            let study = self.study;
+            self.matching_records(&study.index.query)
+        }?;
+        // The columns the entries read (`record_end` included).
+        let mut read = vec![
+            rec.person.clone(),
+            rec.id.clone(),
+            rec.start.clone(),
+            rec.end.clone(),
+            rec.visit.clone(),
+            rec.days_supply.clone(),
+        ];
+        read.extend(rec.alternative.clone());
+        let present = names(&rows);
+        read.retain(|n| present.contains(n));
+        let rows = keep(rows, &read)?;
+        self.index_records = Some((rows.clone(), rec));
+        Ok(Some(rows))
+    }
+
+    /// The kept `INDEX_RECORDS` stage, read instead of the records.
+    pub fn use_index_records(&mut self, kept: LogicalPlan) {
+        if let Some((plan, _)) = self.index_records.as_mut() {
+            *plan = kept;
+        }
+    }
+
+    /// The index event's records alone: the kept stage when there is one.
+    fn index_event_records(&mut self) -> Result<(LogicalPlan, super::records::Rec)> {
+        match &self.index_records {
+            Some((plan, rec)) => Ok((plan.clone(), rec.clone())),
+            None => {
+                let study = self.study;
+                self.matching_records(&study.index.query)
+            }
+        }
+    }
+
     /// Qualifying index events: in an observation period (with the observation the study asks
     /// for) and within the calendar limits; then each person's first, last or all of them.
     pub fn entries(&mut self) -> Result<LogicalPlan> {
@@ -217,10 +271,8 @@ impl Planner<'_> {
         // with its person after the entries are chosen: the join then reads one row per entry
         // instead of every record, and the same entries come out (a person joins all of its
         // records, once, or none). A repeated person id would repeat its entries there.
-        let persons_after =
-            self.facts.person_ids_unique && super::criteria::reads_only_records(&index.query);
-        let (mut rows, rec, persons_after) = if persons_after {
-            let (rows, rec) = self.matching_records(&index.query)?;
+        let (mut rows, rec, persons_after) = if self.chooses_from_records() {
+            let (rows, rec) = self.index_event_records()?;
             (rows, rec, Some(persons))
         } else {
             let ctx = Ctx::of_persons(persons, &pc);
@@ -687,7 +739,7 @@ impl Planner<'_> {
         // kept (`IN`, which a repeated person id does not repeat) and counted: an aggregate the
         // engine spreads over its partitions, where one distinct count gathers every person
         // in one place, and a join of one row per person instead of one per record.
-        let (rows, rec) = self.matching_records(&index)?;
+        let (rows, rec) = self.index_event_records()?;
         let n = self.fresh("records");
         let per_person = aggregate(rows, vec![c(&rec.person)], vec![count(lit(1i64)).alias(&n)])?;
         let ids = keep(persons, std::slice::from_ref(&pc.id))?;

@@ -388,6 +388,10 @@ pub(crate) async fn run_stages(
         let kept = m.keep(plan::CONSENTING, consenting).await?;
         planner.use_consenting(kept);
     }
+    if let Some(records) = planned!(planner.index_records_stage()) {
+        let kept = m.keep(plan::INDEX_RECORDS, records).await?;
+        planner.use_index_records(kept);
+    }
     let entries = planned!(planner.entries());
     let entries = m.keep(plan::ENTRIES, entries).await?;
     lap("entries", &mut timings, planning);
@@ -397,6 +401,7 @@ pub(crate) async fn run_stages(
     m.release(plan::ENTRIES)?;
     let counts = planned!(planner.attrition(population.clone()));
     let (_, counts) = m.rows("attrition", counts).await?;
+    m.release(plan::INDEX_RECORDS)?;
     let counts = text_rows(&counts);
     let mut attrition: Vec<Attrition> = planner
         .attrition_rules()
