@@ -755,9 +755,10 @@ fn entries_meet_their_persons_after_being_chosen_when_person_ids_are_unique() {
     assert_eq!(parquet_reads(entries, "person"), 1, "{entries}");
 }
 
-/// With person ids unique, the index event's records are a stage of their own, read once for
-/// the entries and for the attrition's first row; when there are none, the entries read no
-/// observation period and no person (the synthetic data hold no acetaminophen).
+/// The index event's records are a stage of their own, read once for the entries and for the
+/// attrition's first row; when there are none, the entries read no observation period and no
+/// person (the synthetic data hold no acetaminophen). An index event with a `where` keeps its
+/// records with the criterion applied: the attrition does not evaluate it again.
 #[test]
 fn the_index_records_are_kept_once_and_none_read_no_periods() {
     let text = analyzed_on_small_synthetic("studies/eunomia/acetaminophen_eras.study");
@@ -796,14 +797,33 @@ fn the_index_records_are_kept_once_and_none_read_no_periods() {
             assert!(scan.contains("output_rows=0,"), "{table} read: {scan}");
         }
     }
-    // `sql` knows nothing of the data: its script chooses the entries as before.
+    // The prostate study's index is an MRI `where` a raised PSA precedes it.
+    let text = analyzed_on_small_synthetic("studies/prostate_mri_pirads.study");
+    assert_eq!(
+        stage_reads(&text, "cohortql_index_records", "measurement"),
+        1,
+        "{text}"
+    );
+    for stage in ["cohortql_entries", "attrition"] {
+        assert_eq!(
+            stage_reads(&text, stage, "measurement"),
+            0,
+            "{stage}: {text}"
+        );
+        assert_eq!(
+            stage_reads(&text, stage, "image_occurrence"),
+            0,
+            "{stage}: {text}"
+        );
+    }
+    // The script `sql` writes keeps them as a table too.
     let dir = tempfile::tempdir().unwrap();
     let o = cohortql(
         &["sql", "studies/eunomia/acetaminophen_eras.study"],
         dir.path(),
     );
     assert!(o.status.success(), "{}", all_text(&o));
-    assert!(!all_text(&o).contains("cohortql_index_records"));
+    assert!(all_text(&o).contains("CREATE TEMPORARY TABLE cohortql_index_records"));
 }
 
 /// `plan --analyze` of a study on a synthetic repository of 300 persons: what it prints.

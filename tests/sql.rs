@@ -239,16 +239,17 @@ fn parse_every_dialect() {
             );
             let statements = Parser::parse_sql(dialect, &script)
                 .unwrap_or_else(|e| panic!("{study} in {name}: {e}"));
-            // Four stages (five with the consenting persons), the attrition (with its split by
-            // arm and the inclusion-rule report), the persons followed up (in all and per arm),
-            // the cohort and the dataset.
+            // Five stages (six with the consenting persons): the index records, entries,
+            // population, follow-up and cohort; the attrition (with its split by arm and the
+            // inclusion-rule report), the persons followed up (in all and per arm), the cohort
+            // table and the dataset.
             assert_eq!(
                 script.contains("CREATE TEMPORARY TABLE cohortql_consenting")
                     || script.contains("CREATE TEMP TABLE cohortql_consenting"),
                 consent,
                 "{study} in {name}"
             );
-            assert_eq!(statements.len(), 12 + consent as usize, "{study} in {name}");
+            assert_eq!(statements.len(), 13 + consent as usize, "{study} in {name}");
         }
     }
 }

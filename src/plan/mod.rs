@@ -6,8 +6,7 @@
 //!
 //! ```text
 //!  consenting  persons whose consent the study's rule asks for (only with a consent rule)
-//!  index_records  the index event's records, read once for the entries and the attrition (only
-//!              when the entries are chosen from the records alone, `DataFacts`)
+//!  index_records  the index event's records, read once for the entries and the attrition
 //!  entries     index events with their observation period and the person's birth and sex
 //!  population  entries with one flag per attrition step and the exposure arm
 //!  follow_up   survivors with follow-up start and end (entries with no day left dropped)
@@ -65,7 +64,7 @@ pub struct Planner<'a> {
     facts: DataFacts,
     /// The index event's records as kept by the engine (see `index_records_stage`), with the
     /// names of their columns.
-    index_records: Option<(LogicalPlan, records::Rec)>,
+    index_records: Option<stages::KeptRecords>,
 }
 
 /// What the data are known to satisfy, from checks made before planning: each lets a plan skip

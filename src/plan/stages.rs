@@ -99,6 +99,15 @@ pub(super) fn asc(name: &str) -> SortExpr {
     c(name).sort(true, false)
 }
 
+/// The index event's records as a plan, with the names of their columns; `persons` names the
+/// person columns joined to them (`None`: the records alone, `chooses_from_records`).
+#[derive(Clone)]
+pub(super) struct KeptRecords {
+    pub plan: LogicalPlan,
+    pub rec: super::records::Rec,
+    pub persons: Option<super::records::PersonCols>,
+}
+
 /// An aggregate over all rows in `order`, from the first row to `last`.
 fn running(
     function: WindowFunctionDefinition,
@@ -215,18 +224,22 @@ impl Planner<'_> {
         self.facts.person_ids_unique && super::criteria::reads_only_records(&self.study.index.query)
     }
 
-    /// The index event's records, for an engine to keep as the stage `INDEX_RECORDS` when
-    /// the entries are chosen from them (`use_index_records`): the entries and the attrition's
-    /// first row then read them once, and the engine plans those stages knowing how many
-    /// there are (none, and it reads no observation period or person). `None` otherwise.
-    pub fn index_records_stage(&mut self) -> Result<Option<LogicalPlan>> {
-        if !self.chooses_from_records() {
-            return Ok(None);
-        }
-        let (rows, rec) = {
-            let study = self.study;
-            self.matching_records(&study.index.query)
-        }?;
+    /// The index event's records, for an engine to keep as the stage `INDEX_RECORDS`
+    /// (`use_index_records`): the entries and the attrition's first row then read them once,
+    /// and the engine plans those stages knowing how many there are (none, and it reads no
+    /// observation period or person). The records alone when the entries are chosen from them
+    /// (`chooses_from_records`); otherwise joined with their persons, a `where` applied.
+    pub fn index_records_stage(&mut self) -> Result<LogicalPlan> {
+        let study = self.study;
+        let (rows, rec, pc) = if self.chooses_from_records() {
+            let (rows, rec) = self.matching_records(&study.index.query)?;
+            (rows, rec, None)
+        } else {
+            let (persons, pc) = self.persons()?;
+            let ctx = Ctx::of_persons(persons, &pc);
+            let (rows, rec) = self.matching(&study.index.query, &ctx)?;
+            (rows, rec, Some(pc))
+        };
         // The columns the entries read (`record_end` included).
         let mut read = vec![
             rec.person.clone(),
@@ -237,47 +250,71 @@ impl Planner<'_> {
             rec.days_supply.clone(),
         ];
         read.extend(rec.alternative.clone());
+        if let Some(pc) = &pc {
+            read.extend([&pc.gender, &pc.year, &pc.month, &pc.day].map(|s| s.to_string()));
+        }
         let present = names(&rows);
         read.retain(|n| present.contains(n));
         let rows = keep(rows, &read)?;
-        self.index_records = Some((rows.clone(), rec));
-        Ok(Some(rows))
+        self.index_records = Some(KeptRecords {
+            plan: rows.clone(),
+            rec,
+            persons: pc,
+        });
+        Ok(rows)
     }
 
     /// The kept `INDEX_RECORDS` stage, read instead of the records.
     pub fn use_index_records(&mut self, kept: LogicalPlan) {
-        if let Some((plan, _)) = self.index_records.as_mut() {
-            *plan = kept;
+        if let Some(records) = self.index_records.as_mut() {
+            records.plan = kept;
         }
     }
 
-    /// The index event's records alone: the kept stage when there is one.
-    fn index_event_records(&mut self) -> Result<(LogicalPlan, super::records::Rec)> {
-        match &self.index_records {
-            Some((plan, rec)) => Ok((plan.clone(), rec.clone())),
-            None => {
-                let study = self.study;
-                self.matching_records(&study.index.query)
-            }
+    /// The index event's records (with the columns of their persons unless the entries are
+    /// chosen from the records alone): the kept stage when there is one.
+    fn index_event_records(&mut self) -> Result<KeptRecords> {
+        if let Some(kept) = &self.index_records {
+            return Ok(kept.clone());
         }
+        let study = self.study;
+        if self.chooses_from_records() {
+            let (plan, rec) = self.matching_records(&study.index.query)?;
+            return Ok(KeptRecords {
+                plan,
+                rec,
+                persons: None,
+            });
+        }
+        let (persons, pc) = self.persons()?;
+        let ctx = Ctx::of_persons(persons, &pc);
+        let (plan, rec) = self.matching(&study.index.query, &ctx)?;
+        Ok(KeptRecords {
+            plan,
+            rec,
+            persons: Some(pc),
+        })
     }
 
     /// Qualifying index events: in an observation period (with the observation the study asks
     /// for) and within the calendar limits; then each person's first, last or all of them.
     pub fn entries(&mut self) -> Result<LogicalPlan> {
         let index = self.study.index.clone();
-        let (persons, pc) = self.persons()?;
         // With person ids known unique, an index event read from its records alone is joined
         // with its person after the entries are chosen: the join then reads one row per entry
         // instead of every record, and the same entries come out (a person joins all of its
         // records, once, or none). A repeated person id would repeat its entries there.
-        let (mut rows, rec, persons_after) = if self.chooses_from_records() {
-            let (rows, rec) = self.index_event_records()?;
-            (rows, rec, Some(persons))
-        } else {
-            let ctx = Ctx::of_persons(persons, &pc);
-            let (rows, rec) = self.matching(&index.query, &ctx)?;
-            (rows, rec, None)
+        let KeptRecords {
+            plan: mut rows,
+            rec,
+            persons: joined,
+        } = self.index_event_records()?;
+        let (pc, persons_after) = match joined {
+            Some(pc) => (pc, None),
+            None => {
+                let (persons, pc) = self.persons()?;
+                (pc, Some(persons))
+            }
         };
         if let Some(day) = index.at_date {
             // The observation periods that contain the day, each dated on it.
@@ -721,13 +758,11 @@ impl Planner<'_> {
     /// (consent applied), as attrition row 0.
     fn index_records(&mut self) -> Result<LogicalPlan> {
         let index = self.study.index.query.clone();
-        let (persons, pc) = self.persons()?;
         let (counted_persons, counted_records) = attrition_columns(0);
         if !super::criteria::reads_only_records(&index) {
-            let ctx = Ctx::of_persons(persons, &pc);
-            let (rows, rec) = self.matching(&index, &ctx)?;
+            let KeptRecords { plan, rec, .. } = self.index_event_records()?;
             return aggregate(
-                rows,
+                plan,
                 vec![],
                 vec![
                     count_distinct(c(&rec.person)).alias(counted_persons),
@@ -735,11 +770,15 @@ impl Planner<'_> {
                 ],
             );
         }
+        let (persons, pc) = self.persons()?;
         // Records read alone are counted per person, then the persons with a row in `person`
         // kept (`IN`, which a repeated person id does not repeat) and counted: an aggregate the
         // engine spreads over its partitions, where one distinct count gathers every person
         // in one place, and a join of one row per person instead of one per record.
-        let (rows, rec) = self.index_event_records()?;
+        let (rows, rec) = match &self.index_records {
+            Some(kept) if kept.persons.is_none() => (kept.plan.clone(), kept.rec.clone()),
+            _ => self.matching_records(&index)?,
+        };
         let n = self.fresh("records");
         let per_person = aggregate(rows, vec![c(&rec.person)], vec![count(lit(1i64)).alias(&n)])?;
         let ids = keep(persons, std::slice::from_ref(&pc.id))?;

@@ -388,10 +388,9 @@ pub(crate) async fn run_stages(
         let kept = m.keep(plan::CONSENTING, consenting).await?;
         planner.use_consenting(kept);
     }
-    if let Some(records) = planned!(planner.index_records_stage()) {
-        let kept = m.keep(plan::INDEX_RECORDS, records).await?;
-        planner.use_index_records(kept);
-    }
+    let records = planned!(planner.index_records_stage());
+    let records = m.keep(plan::INDEX_RECORDS, records).await?;
+    planner.use_index_records(records);
     let entries = planned!(planner.entries());
     let entries = m.keep(plan::ENTRIES, entries).await?;
     lap("entries", &mut timings, planning);
