@@ -128,6 +128,18 @@ pub(crate) trait Materialiser {
         name: &'static str,
         plan: LogicalPlan,
     ) -> Result<(SchemaRef, Vec<RecordBatch>), String>;
+    /// Runs plans that read nothing of one another and gives each one's rows, in their order.
+    /// An engine that can run them side by side does; the default runs one after another.
+    async fn rows_of(
+        &self,
+        plans: Vec<(&'static str, LogicalPlan)>,
+    ) -> Result<Vec<(SchemaRef, Vec<RecordBatch>)>, String> {
+        let mut all = Vec::with_capacity(plans.len());
+        for (name, plan) in plans {
+            all.push(self.rows(name, plan).await?);
+        }
+        Ok(all)
+    }
     /// Runs `plan` for values later plans are built with (the concept sets' ids), or `None`
     /// when the engine runs nothing (plans only): the later plans then compute them.
     async fn values(
@@ -168,6 +180,16 @@ impl Materialiser for InMemory<'_> {
         collect(self.ctx, self.analysis, name, plan)
             .await
             .map_err(engine)
+    }
+
+    /// Side by side: a plan's sorts, merges and final aggregates run on one core, and the
+    /// other plans keep the rest busy.
+    async fn rows_of(
+        &self,
+        plans: Vec<(&'static str, LogicalPlan)>,
+    ) -> Result<Vec<(SchemaRef, Vec<RecordBatch>)>, String> {
+        futures::future::try_join_all(plans.into_iter().map(|(name, plan)| self.rows(name, plan)))
+            .await
     }
 }
 
@@ -212,8 +234,13 @@ async fn collect(
     name: &str,
     plan: LogicalPlan,
 ) -> DfResult<(SchemaRef, Vec<RecordBatch>)> {
-    let wanted = analysis.lock().expect("not poisoned").is_some();
-    if wanted {
+    // A plan's place in the analysis is where it started: plans run side by side end in any
+    // order.
+    let slot = analysis.lock().expect("not poisoned").as_mut().map(|a| {
+        a.push((name.to_string(), String::new()));
+        a.len() - 1
+    });
+    if let Some(slot) = slot {
         let explained = ctx
             .execute_logical_plan(plan.clone())
             .await?
@@ -222,7 +249,7 @@ async fn collect(
             .await?;
         let text = datafusion::arrow::util::pretty::pretty_format_batches(&explained)?.to_string();
         if let Some(a) = analysis.lock().expect("not poisoned").as_mut() {
-            a.push((name.to_string(), text));
+            a[slot].1 = text;
         }
     }
     let frame = ctx.execute_logical_plan(plan).await?;
@@ -398,10 +425,27 @@ pub(crate) async fn run_stages(
     let population = planned!(planner.population(entries));
     let population = m.keep(plan::POPULATION, population).await?;
     m.release(plan::ENTRIES)?;
-    let counts = planned!(planner.attrition(population.clone()));
-    let (_, counts) = m.rows("attrition", counts).await?;
+    // The attrition and the inclusion-rule report read the population, and nothing of one
+    // another.
+    let mut plans = vec![("attrition", planned!(planner.attrition(population.clone())))];
+    if !study.arms.is_empty() {
+        plans.push((
+            "attrition_by_arm",
+            planned!(planner.arm_attrition(population.clone())),
+        ));
+    }
+    plans.push((
+        "inclusion_rules",
+        planned!(planner.inclusion_rules(population.clone())),
+    ));
+    plans.push((
+        "rule_combinations",
+        planned!(planner.rule_combinations(population.clone())),
+    ));
+    let mut results = m.rows_of(plans).await?.into_iter().map(|(_, rows)| rows);
+    let mut next = || results.next().expect("a result per plan");
     m.release(plan::INDEX_RECORDS)?;
-    let counts = text_rows(&counts);
+    let counts = text_rows(&next());
     let mut attrition: Vec<Attrition> = planner
         .attrition_rules()
         .into_iter()
@@ -420,32 +464,31 @@ pub(crate) async fn run_stages(
     let by_arm = if study.arms.is_empty() {
         Vec::new()
     } else {
-        let plan = planned!(planner.arm_attrition(population.clone()));
-        m.rows("attrition_by_arm", plan).await?.1
+        next()
     };
-    let plan = planned!(planner.inclusion_rules(population.clone()));
-    let (_, rules) = m.rows("inclusion_rules", plan).await?;
-    let plan = planned!(planner.rule_combinations(population.clone()));
-    let (_, combinations) = m.rows("rule_combinations", plan).await?;
+    let rules = next();
+    let combinations = next();
     lap("population", &mut timings, planning);
     progress("follow-up");
     let survivors = planned!(planner.survivors(population));
     let follow_up = planned!(planner.follow_up(survivors));
     let follow_up = m.keep(plan::FOLLOW_UP, follow_up).await?;
     m.release(plan::POPULATION)?;
-    let followed = planned!(planner.followed(follow_up.clone()));
-    let (_, followed) = m.rows("followed", followed).await?;
+    let mut plans = vec![("followed", planned!(planner.followed(follow_up.clone())))];
+    if !study.arms.is_empty() {
+        plans.push((
+            "followed_by_arm",
+            planned!(planner.arm_followed(follow_up.clone())),
+        ));
+    }
+    let mut results = m.rows_of(plans).await?.into_iter().map(|(_, rows)| rows);
+    let followed = results.next().expect("a result per plan");
     attrition.push(Attrition {
         rule: "follow-up of at least one day".to_string(),
         persons: int_at(&followed, "persons"),
         entries: int_at(&followed, "entries"),
     });
-    let followed_by_arm = if study.arms.is_empty() {
-        Vec::new()
-    } else {
-        let plan = planned!(planner.arm_followed(follow_up.clone()));
-        m.rows("followed_by_arm", plan).await?.1
-    };
+    let followed_by_arm = results.next().unwrap_or_default();
     let attrition_by_arm = arm_rows(study, &attrition, &by_arm, &followed_by_arm);
     let (inclusion_rules, rule_combinations) = rule_counts(study, &rules, &combinations);
     let groups = match planned!(planner.collapse_groups(follow_up.clone())) {
@@ -458,10 +501,13 @@ pub(crate) async fn run_stages(
     m.release(plan::FOLLOW_UP)?;
     lap("follow_up", &mut timings, planning);
     progress("covariates and endpoints");
-    let table = planned!(planner.cohort_table(cohort.clone()));
-    let (cohort_schema, cohort_rows) = m.rows("cohort", table).await?;
-    let dataset = planned!(planner.dataset(cohort));
-    let (dataset_schema, dataset_rows) = m.rows("dataset", dataset).await?;
+    let plans = vec![
+        ("cohort", planned!(planner.cohort_table(cohort.clone()))),
+        ("dataset", planned!(planner.dataset(cohort))),
+    ];
+    let mut results = m.rows_of(plans).await?.into_iter();
+    let (cohort_schema, cohort_rows) = results.next().expect("the cohort");
+    let (dataset_schema, dataset_rows) = results.next().expect("the dataset");
     m.release(plan::COHORT)?;
     m.release(plan::CONSENTING)?;
     lap("dataset", &mut timings, planning);
