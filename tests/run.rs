@@ -799,6 +799,20 @@ fn the_index_records_are_kept_once_and_none_read_no_periods() {
     }
     // The prostate study's index is an MRI `where` a raised PSA precedes it.
     let text = analyzed_on_small_synthetic("studies/prostate_mri_pirads.study");
+    // Its attrition queries run side by side, and are shown in the order they started.
+    let listed = self::sections(&text);
+    let names: Vec<&str> = listed.iter().map(|(n, _)| *n).collect();
+    let attrition = names.iter().position(|n| *n == "attrition").unwrap();
+    assert_eq!(
+        names[attrition..attrition + 4],
+        [
+            "attrition",
+            "attrition_by_arm",
+            "inclusion_rules",
+            "rule_combinations"
+        ],
+        "{text}"
+    );
     assert_eq!(
         stage_reads(&text, "cohortql_index_records", "measurement"),
         1,
