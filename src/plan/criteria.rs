@@ -998,7 +998,13 @@ impl Planner<'_> {
         start: i64,
         end: i64,
     ) -> Result<(LogicalPlan, PeriodCols)> {
-        let (periods, p) = self.periods()?;
+        // As stored, without a consent rule: a period with a NULL column covers no day, and
+        // without the filter the engine estimates the periods at their full count.
+        let (periods, p) = if self.has_consent_rule() {
+            self.periods()?
+        } else {
+            self.period_rows()?
+        };
         // The days to cover, computed once per row rather than once per row and period.
         let (first_day, last_day) = (self.fresh("first_day"), self.fresh("last_day"));
         let mut exprs: Vec<Expr> = names(&rows).iter().map(|n| c(n)).collect();
