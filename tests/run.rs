@@ -762,8 +762,8 @@ fn entries_meet_their_persons_after_being_chosen_when_person_ids_are_unique() {
 #[test]
 fn the_index_records_are_kept_once_and_none_read_no_periods() {
     let text = analyzed_on_small_synthetic("studies/eunomia/acetaminophen_eras.study");
-    let sections = sections(&text);
-    let names: Vec<&str> = sections.iter().map(|(n, _)| *n).collect();
+    let listed = sections(&text);
+    let names: Vec<&str> = listed.iter().map(|(n, _)| *n).collect();
     let at = |name: &str| names.iter().position(|n| *n == name);
     assert!(
         at("cohortql_index_records").expect("an index records stage")
@@ -776,14 +776,8 @@ fn the_index_records_are_kept_once_and_none_read_no_periods() {
         "{text}"
     );
     // The entries and the attrition read the kept records, not the domain.
-    for stage in ["cohortql_entries", "attrition"] {
-        assert_eq!(
-            stage_reads(&text, stage, "drug_exposure"),
-            0,
-            "{stage}: {text}"
-        );
-    }
-    let (_, entries) = sections
+    read_by_neither_entries_nor_attrition(&text, &["drug_exposure"]);
+    let (_, entries) = listed
         .iter()
         .find(|(n, _)| *n == "cohortql_entries")
         .unwrap();
@@ -800,7 +794,7 @@ fn the_index_records_are_kept_once_and_none_read_no_periods() {
     // The prostate study's index is an MRI `where` a raised PSA precedes it.
     let text = analyzed_on_small_synthetic("studies/prostate_mri_pirads.study");
     // Its attrition queries run side by side, and are shown in the order they started.
-    let listed = self::sections(&text);
+    let listed = sections(&text);
     let names: Vec<&str> = listed.iter().map(|(n, _)| *n).collect();
     let attrition = names.iter().position(|n| *n == "attrition").unwrap();
     assert_eq!(
@@ -818,18 +812,7 @@ fn the_index_records_are_kept_once_and_none_read_no_periods() {
         1,
         "{text}"
     );
-    for stage in ["cohortql_entries", "attrition"] {
-        assert_eq!(
-            stage_reads(&text, stage, "measurement"),
-            0,
-            "{stage}: {text}"
-        );
-        assert_eq!(
-            stage_reads(&text, stage, "image_occurrence"),
-            0,
-            "{stage}: {text}"
-        );
-    }
+    read_by_neither_entries_nor_attrition(&text, &["measurement", "image_occurrence"]);
     // The script `sql` writes keeps them as a table too.
     let dir = tempfile::tempdir().unwrap();
     let o = cohortql(
@@ -838,6 +821,19 @@ fn the_index_records_are_kept_once_and_none_read_no_periods() {
     );
     assert!(o.status.success(), "{}", all_text(&o));
     assert!(all_text(&o).contains("CREATE TEMPORARY TABLE cohortql_index_records"));
+}
+
+/// Neither the entries nor the attrition (`plan --analyze` output) read any of `tables`.
+fn read_by_neither_entries_nor_attrition(text: &str, tables: &[&str]) {
+    for stage in ["cohortql_entries", "attrition"] {
+        for table in tables {
+            assert_eq!(
+                stage_reads(text, stage, table),
+                0,
+                "{stage}, {table}: {text}"
+            );
+        }
+    }
 }
 
 /// `plan --analyze` of a study on a synthetic repository of 300 persons: what it prints.

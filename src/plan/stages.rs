@@ -227,19 +227,14 @@ impl Planner<'_> {
     /// The index event's records, for an engine to keep as the stage `INDEX_RECORDS`
     /// (`use_index_records`): the entries and the attrition's first row then read them once,
     /// and the engine plans those stages knowing how many there are (none, and it reads no
-    /// observation period or person). The records alone when the entries are chosen from them
-    /// (`chooses_from_records`); otherwise joined with their persons, a `where` applied.
+    /// observation period or person). As `read_index_records` reads them, with the columns the
+    /// entries use.
     pub fn index_records_stage(&mut self) -> Result<LogicalPlan> {
-        let study = self.study;
-        let (rows, rec, pc) = if self.chooses_from_records() {
-            let (rows, rec) = self.matching_records(&study.index.query)?;
-            (rows, rec, None)
-        } else {
-            let (persons, pc) = self.persons()?;
-            let ctx = Ctx::of_persons(persons, &pc);
-            let (rows, rec) = self.matching(&study.index.query, &ctx)?;
-            (rows, rec, Some(pc))
-        };
+        let KeptRecords {
+            plan: rows,
+            rec,
+            persons: pc,
+        } = self.read_index_records()?;
         // The columns the entries read (`record_end` included).
         let mut read = vec![
             rec.person.clone(),
@@ -274,9 +269,16 @@ impl Planner<'_> {
     /// The index event's records (with the columns of their persons unless the entries are
     /// chosen from the records alone): the kept stage when there is one.
     fn index_event_records(&mut self) -> Result<KeptRecords> {
-        if let Some(kept) = &self.index_records {
-            return Ok(kept.clone());
+        match &self.index_records {
+            Some(kept) => Ok(kept.clone()),
+            None => self.read_index_records(),
         }
+    }
+
+    /// The index event's records as read from the repository: alone when the entries are
+    /// chosen from them (`chooses_from_records`); otherwise joined with their persons, a
+    /// `where` applied.
+    fn read_index_records(&mut self) -> Result<KeptRecords> {
         let study = self.study;
         if self.chooses_from_records() {
             let (plan, rec) = self.matching_records(&study.index.query)?;
