@@ -165,3 +165,162 @@ fn random_studies_over_random_repositories() {
         "too few random studies keep anyone: {populated}"
     );
 }
+
+/// The rows that start a group, found by the `lag` window and its filter as DataFusion runs
+/// them and by cohortql's `GroupStartsExec` that replaces them in its sessions, are the same:
+/// with NULL keys, one key or two, batches of any size and several sorted partitions merged.
+#[test]
+fn group_starts_keep_the_rows_the_window_and_its_filter_keep() {
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::record_batch::RecordBatch;
+    use datafusion::datasource::MemTable;
+    use datafusion::physical_plan::displayable;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+    use proptest::prelude::*;
+    use std::sync::Arc;
+
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k1", DataType::Int64, true),
+        Field::new("k2", DataType::Utf8, true),
+        Field::new("o", DataType::Int64, false),
+        Field::new("v", DataType::Int64, false),
+    ]));
+    // The shape `Planner::first_rows` builds: the window, the filter, then the columns kept.
+    async fn query(
+        ctx: &SessionContext,
+        keys: &[(&str, bool)],
+    ) -> datafusion::dataframe::DataFrame {
+        use datafusion::functions_window::expr_fn::lag;
+        use datafusion::logical_expr::{col, ExprFunctionExt};
+        let mut order: Vec<_> = keys
+            .iter()
+            .map(|(k, ascending)| col(*k).sort(*ascending, false))
+            .collect();
+        order.extend([col("o").sort(true, false), col("v").sort(true, false)]);
+        let lags = keys
+            .iter()
+            .map(|(k, _)| {
+                lag(col(*k), Some(1), None)
+                    .order_by(order.clone())
+                    .build()
+                    .unwrap()
+                    .alias(format!("previous_{k}"))
+            })
+            .collect();
+        let starts = keys
+            .iter()
+            .map(|(k, _)| {
+                let previous = col(format!("previous_{k}"));
+                previous.clone().is_null().or(previous.not_eq(col(*k)))
+            })
+            .reduce(|a, b| a.or(b))
+            .unwrap();
+        ctx.table("t")
+            .await
+            .unwrap()
+            .window(lags)
+            .unwrap()
+            .filter(starts)
+            .unwrap()
+            .select(vec![col("v"), col("o")])
+            .unwrap()
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let rows = prop::collection::vec(
+        (
+            prop::option::weighted(0.8, 0i64..6),
+            prop::option::weighted(0.8, 0u8..3),
+            0i64..8,
+        ),
+        0..300,
+    );
+    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases: 48,
+        ..Default::default()
+    });
+    runner
+        .run(
+            &(rows, 1usize..4, 1usize..70),
+            |(rows, partitions, batch)| {
+                // Row i goes to partition i % partitions, in batches of `batch` rows.
+                let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
+                for (p, part) in parts.iter_mut().enumerate() {
+                    let mine: Vec<(usize, &(Option<i64>, Option<u8>, i64))> = rows
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| i % partitions == p)
+                        .collect();
+                    for chunk in mine.chunks(batch) {
+                        let k1: Int64Array = chunk.iter().map(|(_, r)| r.0).collect();
+                        let k2: StringArray = chunk
+                            .iter()
+                            .map(|(_, r)| r.1.map(|x| format!("s{x}")))
+                            .collect();
+                        let o: Int64Array = chunk.iter().map(|(_, r)| Some(r.2)).collect();
+                        let v: Int64Array = chunk.iter().map(|(i, _)| Some(*i as i64)).collect();
+                        part.push(
+                            RecordBatch::try_new(
+                                schema.clone(),
+                                vec![Arc::new(k1), Arc::new(k2), Arc::new(o), Arc::new(v)],
+                            )
+                            .unwrap(),
+                        );
+                    }
+                }
+                let table = Arc::new(MemTable::try_new(schema.clone(), parts).unwrap());
+                let ours = cohortql::repo::empty_session().unwrap();
+                ours.register_table("t", table.clone()).unwrap();
+                let plain =
+                    SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+                plain.register_table("t", table).unwrap();
+                // The same in SQL, where a projection comes between the window and the filter.
+                let sql = [
+                "SELECT v, o FROM (SELECT v, o, k1, lag(k1) OVER (ORDER BY k1, o, v) AS p FROM t) \
+                 WHERE p IS NULL OR p <> k1",
+                "SELECT v FROM (SELECT v, k1, k2, lag(k1) OVER (ORDER BY k1 DESC, k2, o, v) AS p1, \
+                 lag(k2) OVER (ORDER BY k1 DESC, k2, o, v) AS p2 FROM t) \
+                 WHERE k1 <> p1 OR p2 IS NULL OR p1 IS NULL OR p2 <> k2",
+            ];
+                let forms = [
+                    (Some(&[("k1", true)][..]), ""),
+                    (Some(&[("k1", false), ("k2", true)][..]), ""),
+                    (None, sql[0]),
+                    (None, sql[1]),
+                ];
+                for (keys, sql) in forms {
+                    let kept = |ctx: &SessionContext| {
+                        runtime.block_on(async {
+                            let frame = match keys {
+                                Some(keys) => query(ctx, keys).await,
+                                None => ctx.sql(sql).await.unwrap(),
+                            };
+                            let plan = frame.clone().create_physical_plan().await.unwrap();
+                            let shown = displayable(plan.as_ref()).indent(false).to_string();
+                            let mut v: Vec<i64> = Vec::new();
+                            for b in frame.collect().await.unwrap() {
+                                let col =
+                                    b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                                v.extend(col.iter().flatten());
+                            }
+                            v.sort();
+                            (v, shown)
+                        })
+                    };
+                    let (expected, window) = kept(&plain);
+                    let (got, replaced) = kept(&ours);
+                    prop_assert!(window.contains("BoundedWindowAggExec"), "{window}");
+                    prop_assert!(
+                        replaced.contains("GroupStartsExec") && !replaced.contains("WindowAggExec"),
+                        "the rule did not apply:\n{replaced}"
+                    );
+                    if rows.len() >= 2 * partitions && partitions > 1 {
+                        prop_assert!(replaced.contains("in each partition"), "{replaced}");
+                    }
+                    prop_assert_eq!(got, expected, "keys {:?} {}", keys, sql);
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+}

@@ -735,7 +735,7 @@ fn last_values_of_one_domain_share_one_reading() {
 
 /// With person ids unique (the synthetic repository's), an index read from its records alone
 /// is joined with its persons after each person's first entry is chosen: the entries stage's
-/// join with `person` sits above the window that chooses, and reads one row per entry.
+/// join with `person` sits above the operator that chooses, and reads one row per entry.
 #[test]
 fn entries_meet_their_persons_after_being_chosen_when_person_ids_are_unique() {
     let text = analyzed_on_small_synthetic("studies/nsaid_gi_bleed.study");
@@ -749,7 +749,7 @@ fn entries_meet_their_persons_after_being_chosen_when_person_ids_are_unique() {
             .unwrap_or_else(|| panic!("{what}: {entries}"))
     };
     assert!(
-        position("HashJoinExec") < position("BoundedWindowAggExec"),
+        position("HashJoinExec") < position("GroupStartsExec"),
         "{entries}"
     );
     assert_eq!(parquet_reads(entries, "person"), 1, "{entries}");
@@ -821,6 +821,31 @@ fn the_index_records_are_kept_once_and_none_read_no_periods() {
     );
     assert!(o.status.success(), "{}", all_text(&o));
     assert!(all_text(&o).contains("CREATE TEMPORARY TABLE cohortql_index_records"));
+}
+
+/// Each person's first NSAID exposure is chosen by `GroupStartsExec` (docs/running.md): in each
+/// sorted partition, then once more after the merge, with no window left in the entries, and
+/// the dataset's `first value of` likewise.
+#[test]
+fn first_rows_are_chosen_without_a_window() {
+    let text = analyzed_on_small_synthetic("studies/nsaid_gi_bleed.study");
+    let listed = sections(&text);
+    let (_, entries) = listed
+        .iter()
+        .find(|(n, _)| *n == "cohortql_entries")
+        .unwrap();
+    assert!(!entries.contains("WindowAggExec"), "{entries}");
+    assert!(
+        entries.contains("GroupStartsExec: keys=[") && entries.contains(", in each partition"),
+        "{entries}"
+    );
+    let text = analyzed_on_small_synthetic("studies/lung_ct_radiomics_os.study");
+    let (_, dataset) = sections(&text)
+        .into_iter()
+        .find(|(n, _)| *n == "dataset")
+        .unwrap();
+    assert!(dataset.contains("GroupStartsExec"), "{dataset}");
+    assert!(!dataset.contains("WindowAggExec"), "{dataset}");
 }
 
 /// Neither the entries nor the attrition (`plan --analyze` output) read any of `tables`.

@@ -4,6 +4,7 @@
 pub mod browse;
 pub mod domains;
 pub mod files;
+pub mod group_starts;
 pub mod quality;
 pub mod query;
 pub mod schema;
@@ -137,9 +138,18 @@ impl Repository {
     /// A DataFusion session with every OMOP table registered under its own name. Tables the
     /// repository lacks are registered empty, so a study that reads them finds no records.
     pub async fn session(&self) -> Result<SessionContext, RepoError> {
+        self.register_in(new_context(true)).await
+    }
+
+    /// A session as `session` gives, whose physical plans hold only DataFusion's own operators
+    /// (none of `group_starts`): what a cluster's plan format can carry to its executors.
+    pub async fn portable_session(&self) -> Result<SessionContext, RepoError> {
+        self.register_in(new_context(false)).await
+    }
+
+    async fn register_in(&self, ctx: SessionContext) -> Result<SessionContext, RepoError> {
         // Text is read as plain Utf8 from every format, so tables have the same schema whether
         // they come from Parquet or CSV.
-        let ctx = SessionContext::new_with_config(session_config());
         for table in schema::TABLES {
             match self.file(table.name) {
                 Some(file) => register_file(&ctx, file).await?,
@@ -153,6 +163,18 @@ impl Repository {
         }
         Ok(ctx)
     }
+}
+
+/// A session with cohortql's settings and, if `own_operators`, its physical rule
+/// (`group_starts`).
+fn new_context(own_operators: bool) -> SessionContext {
+    let mut state = datafusion::execution::SessionStateBuilder::new()
+        .with_config(session_config())
+        .with_default_features();
+    if own_operators {
+        state = state.with_physical_optimizer_rule(Arc::new(group_starts::GroupStarts));
+    }
+    SessionContext::new_with_state(state.build())
 }
 
 fn session_config() -> SessionConfig {
@@ -187,7 +209,7 @@ const HASH_JOIN_SHARED_ROWS: usize = 1 << 24;
 /// A session with every OMOP table registered empty: enough to plan a study, or to write it as
 /// SQL, without any data.
 pub fn empty_session() -> Result<SessionContext, RepoError> {
-    let ctx = SessionContext::new_with_config(session_config());
+    let ctx = new_context(true);
     for table in schema::TABLES {
         let empty = MemTable::try_new(table.arrow_schema(), vec![vec![]]).map_err(engine)?;
         ctx.register_table(table.name, Arc::new(empty))

@@ -271,7 +271,7 @@ mod engine {
         ) -> Result<InCluster<'a>, String> {
             std::fs::create_dir_all(stages)
                 .map_err(|e| format!("cannot create {}: {e}", stages.display()))?;
-            let ctx = repo.session().await.map_err(|e| e.to_string())?;
+            let ctx = repo.portable_session().await.map_err(|e| e.to_string())?;
             // What DataFusion's plan format does not carry is left out of the plans, rather
             // than lost on the way: dynamic filters (they link operators of one process, and
             // forbid the scheduler to swap a join's sides) and the read order a sort pushed
