@@ -825,7 +825,8 @@ fn the_index_records_are_kept_once_and_none_read_no_periods() {
 
 /// Each person's first NSAID exposure is chosen by `GroupStartsExec` (docs/running.md): in each
 /// sorted partition, then once more after the merge, with no window left in the entries, and
-/// the dataset's `first value of` likewise.
+/// the dataset's `first value of` likewise; the entries, one per person, are the side of the
+/// join with `person` that builds the table.
 #[test]
 fn first_rows_are_chosen_without_a_window() {
     let text = analyzed_on_small_synthetic("studies/nsaid_gi_bleed.study");
@@ -839,6 +840,13 @@ fn first_rows_are_chosen_without_a_window() {
         entries.contains("GroupStartsExec: keys=[") && entries.contains(", in each partition"),
         "{entries}"
     );
+    // The join with `person` builds its table from the chosen entries (its first input,
+    // shown first) and reads the persons past it.
+    let (starts, persons) = (
+        entries.find("GroupStartsExec").unwrap(),
+        entries.find("/person.parquet").expect("person read"),
+    );
+    assert!(starts < persons, "{entries}");
     let text = analyzed_on_small_synthetic("studies/lung_ct_radiomics_os.study");
     let (_, dataset) = sections(&text)
         .into_iter()

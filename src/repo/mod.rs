@@ -172,7 +172,15 @@ fn new_context(own_operators: bool) -> SessionContext {
         .with_config(session_config())
         .with_default_features();
     if own_operators {
-        state = state.with_physical_optimizer_rule(Arc::new(group_starts::GroupStarts));
+        // Before the joins make their dynamic filters (the last rules but the checks): a join
+        // whose sides `group_starts` exchanges must not have made one yet.
+        let mut rules = datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules;
+        let at = rules
+            .iter()
+            .position(|r| r.name() == "FilterPushdown(Post)")
+            .unwrap_or(rules.len());
+        rules.insert(at, Arc::new(group_starts::GroupStarts));
+        state = state.with_physical_optimizer_rules(rules);
     }
     SessionContext::new_with_state(state.build())
 }
