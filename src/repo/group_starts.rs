@@ -281,30 +281,28 @@ fn build_from_group_starts(
         Arc::clone(collected.input()),
     );
     let swapped = join.swap_inputs(PartitionMode::CollectLeft)?;
-    // `swap_inputs` puts the collected side second; the probe side is read in partitions.
-    let swapped = if let Some(new_join) = swapped.downcast_ref::<HashJoinExec>() {
-        Arc::new(
-            new_join
-                .builder()
-                .with_new_children(vec![build, probe])?
-                .recompute_properties()
-                .build()?,
-        ) as Arc<dyn ExecutionPlan>
-    } else {
-        let Some(inner) = swapped.children().first().map(|c| Arc::clone(c)) else {
-            return Ok(None);
-        };
-        let Some(new_join) = inner.downcast_ref::<HashJoinExec>() else {
-            return Ok(None);
-        };
-        let rebuilt: Arc<dyn ExecutionPlan> = Arc::new(
-            new_join
-                .builder()
-                .with_new_children(vec![build, probe])?
-                .recompute_properties()
-                .build()?,
-        );
-        replace_children_if_necessary(swapped, vec![rebuilt])?
+    // `swap_inputs` puts the collected side second, and may put a projection over the join to
+    // restore the column order; the probe side is to be read in partitions.
+    let (wrapper, inner) = match swapped.downcast_ref::<HashJoinExec>() {
+        Some(_) => (None, Arc::clone(&swapped)),
+        None => match swapped.children().first() {
+            Some(&inner) => (Some(Arc::clone(&swapped)), Arc::clone(inner)),
+            None => return Ok(None),
+        },
+    };
+    let Some(new_join) = inner.downcast_ref::<HashJoinExec>() else {
+        return Ok(None);
+    };
+    let rebuilt: Arc<dyn ExecutionPlan> = Arc::new(
+        new_join
+            .builder()
+            .with_new_children(vec![build, probe])?
+            .recompute_properties()
+            .build()?,
+    );
+    let swapped = match wrapper {
+        Some(wrapper) => replace_children_if_necessary(wrapper, vec![rebuilt])?,
+        None => rebuilt,
     };
     if swapped.schema().fields() != node.schema().fields() {
         return Ok(None);
@@ -315,22 +313,44 @@ fn build_from_group_starts(
 /// Whether a plan's rows have one value of column `key` each: they come from an exact
 /// [`GroupStartsExec`] on that column alone, through projections of columns and repartitions.
 fn one_row_per_key(plan: &Arc<dyn ExecutionPlan>, key: usize) -> bool {
-    let mut key = key;
-    let mut plan = Arc::clone(plan);
+    under_moves(plan).is_some_and(|(_, map, below)| {
+        below
+            .downcast_ref::<GroupStartsExec>()
+            .is_some_and(|starts| starts.exact && starts.keys == [map[key]])
+    })
+}
+
+/// The first operator under `plan` that neither moves rows between partitions nor projects
+/// columns, with the repartitions passed on the way (top first) and, for each column of
+/// `plan`, the column of that operator's output it is. `None` when a projection computes.
+#[allow(clippy::type_complexity)]
+fn under_moves(
+    plan: &Arc<dyn ExecutionPlan>,
+) -> Option<(
+    Vec<Arc<dyn ExecutionPlan>>,
+    Vec<usize>,
+    Arc<dyn ExecutionPlan>,
+)> {
+    let mut between = Vec::new();
+    let mut map: Vec<usize> = (0..plan.schema().fields().len()).collect();
+    let mut below = Arc::clone(plan);
     loop {
-        if let Some(starts) = plan.downcast_ref::<GroupStartsExec>() {
-            return starts.exact && starts.keys == [key];
-        }
-        if let Some(projection) = plan.downcast_ref::<ProjectionExec>() {
-            match projection.expr()[key].expr.downcast_ref::<Column>() {
-                Some(c) => key = c.index(),
-                None => return false,
+        if below.downcast_ref::<RepartitionExec>().is_some() {
+            let next = Arc::clone(below.children()[0]);
+            between.push(below);
+            below = next;
+        } else if let Some(projection) = below.downcast_ref::<ProjectionExec>() {
+            let sources: Vec<usize> = projection
+                .expr()
+                .iter()
+                .map(|e| e.expr.downcast_ref::<Column>().map(Column::index))
+                .collect::<Option<_>>()?;
+            for m in map.iter_mut() {
+                *m = sources[*m];
             }
-            plan = Arc::clone(projection.input());
-        } else if plan.downcast_ref::<RepartitionExec>().is_some() {
-            plan = Arc::clone(plan.children()[0]);
+            below = Arc::clone(projection.input());
         } else {
-            return false;
+            return Some((between, map, below));
         }
     }
 }
@@ -345,32 +365,10 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
         return Ok(None);
     }
     // Between the filter and the window: operators that move rows between partitions, kept,
-    // and projections of columns, which `map` follows: it takes a column of the filter's input
-    // to the window's output column it is.
-    let mut between: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
-    let mut map: Vec<usize> = (0..filter.input().schema().fields().len()).collect();
-    let mut below = Arc::clone(filter.input());
-    loop {
-        if below.downcast_ref::<RepartitionExec>().is_some() {
-            let next = Arc::clone(below.children()[0]);
-            between.push(below);
-            below = next;
-        } else if let Some(projection) = below.downcast_ref::<ProjectionExec>() {
-            let mut sources = Vec::new();
-            for e in projection.expr() {
-                match e.expr.downcast_ref::<Column>() {
-                    Some(c) => sources.push(c.index()),
-                    None => return Ok(None),
-                }
-            }
-            for m in map.iter_mut() {
-                *m = sources[*m];
-            }
-            below = Arc::clone(projection.input());
-        } else {
-            break;
-        }
-    }
+    // and projections of columns, which `map` follows.
+    let Some((between, map, below)) = under_moves(filter.input()) else {
+        return Ok(None);
+    };
     let Some(window) = below.downcast_ref::<BoundedWindowAggExec>() else {
         return Ok(None);
     };
