@@ -658,14 +658,26 @@ fn a_run_leaves_no_stage_in_the_session() {
 }
 
 /// Counts of one domain's records in a stage share one reading of the domain and one join with
-/// the entries: the NSAID study's four drug counts (the exclusion's two, the arms' two) read
-/// `drug_exposure` once in the population stage, and its two condition covariates read
-/// `condition_occurrence` once in the dataset (the endpoint, a first event, reads it again).
+/// the entries: the NSAID study's two condition covariates read `condition_occurrence` once in
+/// the dataset (the endpoint, a first event, reads it again). Its four drug counts in the
+/// population (the exclusion's two, the arms' two) are of the index event's concepts: they
+/// read the kept index records, in one join, and `drug_exposure` not at all.
 #[test]
 fn counts_of_one_domain_share_one_reading() {
     let text = analyzed_on_small_synthetic("studies/nsaid_gi_bleed.study");
     let reads = |stage: &str, table: &str| stage_reads(&text, stage, table);
-    assert_eq!(reads("cohortql_population", "drug_exposure"), 1, "{text}");
+    assert_eq!(reads("cohortql_population", "drug_exposure"), 0, "{text}");
+    let (_, population) = sections(&text)
+        .into_iter()
+        .find(|(n, _)| *n == "cohortql_population")
+        .expect("a population stage");
+    // The four counts' concept tests, each in the one join's filter: celecoxib's two ids and
+    // diclofenac's, tested against the kept records' concept column.
+    let joins_testing_concepts = population
+        .lines()
+        .filter(|l| l.contains("HashJoinExec") && l.contains("1118084") && l.contains("1124300"))
+        .count();
+    assert_eq!(joins_testing_concepts, 1, "{population}");
     assert_eq!(
         reads("cohortql_population", "condition_occurrence"),
         1,

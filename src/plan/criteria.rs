@@ -687,9 +687,15 @@ impl Planner<'_> {
     ) -> Result<(LogicalPlan, Rec, Vec<Expr>)> {
         let sets: Vec<Option<&ConceptExpr>> =
             pendings.iter().map(|p| p.query.concepts.as_ref()).collect();
-        let (records, rec) = self.records_of_any(domain, modality, &sets)?;
-        // One set for all: the reading's filter is each one's concept test already.
-        let one_set = sets.windows(2).all(|w| w[0] == w[1]);
+        let kept = self.kept_index_reading(domain, modality, pendings)?;
+        // One set for all: the reading's filter is each one's concept test already. The kept
+        // index records are not filtered: each count tests its concepts in the join, whose
+        // engine then sees the exact number of kept records when it chooses the side to hash.
+        let one_set = kept.is_none() && sets.windows(2).all(|w| w[0] == w[1]);
+        let (records, rec) = match kept {
+            Some(kept) => kept,
+            None => self.records_of_any(domain, modality, &sets)?,
+        };
         let mut exprs: Vec<Expr> = names(&ctx.base).iter().map(|n| c(n)).collect();
         let mut tests: Vec<Expr> = Vec::new();
         let end = super::stages::record_end(&rec)?;
@@ -739,6 +745,70 @@ impl Planner<'_> {
             &[(ctx.person.as_str(), rec.person.as_str())],
         )?;
         Ok((rows, rec, tests))
+    }
+
+    /// The index event's kept records (`index_records_stage`), when they hold every record
+    /// the pendings could count: while the population is
+    /// planned (the stage is let go of after it), for counts of the index event's domain whose
+    /// concepts are among the index event's, read with no filter but their concepts and
+    /// windows (a duration reads the start and end the kept records have), and an index event
+    /// read with no filter, alternative or era, so that it kept every record of its concepts.
+    /// The population then reads no domain twice for its arms and exclusions on the index
+    /// day (`drug in celecoxib on index`).
+    fn kept_index_reading(
+        &mut self,
+        domain: Domain,
+        modality: bool,
+        pendings: &[&Pending],
+    ) -> Result<Option<(LogicalPlan, Rec)>> {
+        let Some(kept) = self
+            .index_records
+            .as_ref()
+            .filter(|_| self.index_records_shared)
+        else {
+            return Ok(None);
+        };
+        let index = &self.study.index;
+        let plain = |q: &EventQuery| q.also.is_empty() && q.era.is_none();
+        if modality
+            || index.at_date.is_some()
+            || index.query.domain != domain
+            || !plain(&index.query)
+            || !index.query.filters.is_empty()
+            || !names(&kept.plan).contains(&kept.rec.concept)
+        {
+            return Ok(None);
+        }
+        let reads_kept = |p: &Pending| {
+            plain(&p.query)
+                && matches!(p.of, Of::Count(_))
+                && p.query
+                    .filters
+                    .iter()
+                    .all(|f| matches!(f, EventFilter::Duration(_)))
+        };
+        if !pendings.iter().all(|p| reads_kept(p)) {
+            return Ok(None);
+        }
+        // Every pending's concepts among the index event's, both known as lists of ids.
+        if let Some(set) = &index.query.concepts {
+            let Some(held) = self.known_ids(set) else {
+                return Ok(None);
+            };
+            for p in pendings {
+                let Some(wanted) = p.query.concepts.as_ref().and_then(|s| self.known_ids(s)) else {
+                    return Ok(None);
+                };
+                let inside = wanted
+                    .ids
+                    .iter()
+                    .all(|id| held.ids.binary_search(id).is_ok());
+                if !inside || (wanted.null && !held.null) {
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(Some((kept.plan.clone(), kept.rec.clone())))
     }
 
     /// Counts, and minimum, maximum or mean values, of one reading: one aggregate per row.

@@ -65,6 +65,9 @@ pub struct Planner<'a> {
     /// The index event's records as kept by the engine (see `index_records_stage`), with the
     /// names of their columns.
     index_records: Option<stages::KeptRecords>,
+    /// Set while the population is planned: its counts may read the kept index records
+    /// (`Planner::kept_index_reading`).
+    index_records_shared: bool,
 }
 
 /// What the data are known to satisfy, from checks made before planning: each lets a plan skip
@@ -97,6 +100,7 @@ impl<'a> Planner<'a> {
             looking_up: Vec::new(),
             facts: DataFacts::default(),
             index_records: None,
+            index_records_shared: false,
         })
     }
 

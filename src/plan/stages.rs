@@ -236,9 +236,12 @@ impl Planner<'_> {
             persons: pc,
         } = self.read_index_records()?;
         // The columns the entries read (`record_end` included).
+        // The concept too: the population's counts of the index event's concepts read the
+        // kept records (`kept_index_reading`).
         let mut read = vec![
             rec.person.clone(),
             rec.id.clone(),
+            rec.concept.clone(),
             rec.start.clone(),
             rec.end.clone(),
             rec.visit.clone(),
@@ -432,6 +435,13 @@ impl Planner<'_> {
     /// Entries with a flag per attrition step (true: the entry passes it) and the arm of the
     /// first exposure arm whose criterion holds (NULL when none does, or without arms).
     pub fn population(&mut self, entries: LogicalPlan) -> Result<LogicalPlan> {
+        self.index_records_shared = true;
+        let plan = self.population_of(entries);
+        self.index_records_shared = false;
+        plan
+    }
+
+    fn population_of(&mut self, entries: LogicalPlan) -> Result<LogicalPlan> {
         let mut ctx = self.entry_ctx(entries, false);
         let mut outputs: Vec<Expr> = ENTRY_COLUMNS.iter().map(|n| c(n)).collect();
         let mut keeps = Vec::new();
