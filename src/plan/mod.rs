@@ -207,16 +207,19 @@ fn sub(plan: LogicalPlan) -> Result<Arc<LogicalPlan>> {
         | LogicalPlan::SubqueryAlias(_)
         | LogicalPlan::Join(_)
         | LogicalPlan::EmptyRelation(_) => Ok(Arc::new(plan)),
-        other => {
-            let n = DERIVED.with(|d| {
-                d.set(d.get() + 1);
-                d.get()
-            });
-            Ok(Arc::new(LogicalPlan::SubqueryAlias(
-                SubqueryAlias::try_new(Arc::new(other), format!("d{n}"))?,
-            )))
-        }
+        other => derived(other),
     }
+}
+
+/// The plan as a derived table of a name of its own.
+fn derived(plan: LogicalPlan) -> Result<Arc<LogicalPlan>> {
+    let n = DERIVED.with(|d| {
+        d.set(d.get() + 1);
+        d.get()
+    });
+    Ok(Arc::new(LogicalPlan::SubqueryAlias(
+        SubqueryAlias::try_new(Arc::new(plan), format!("d{n}"))?,
+    )))
 }
 
 // The operators below are built directly rather than through `LogicalPlanBuilder`, whose
@@ -236,7 +239,15 @@ fn filter(plan: LogicalPlan, predicate: Expr) -> Result<LogicalPlan> {
 }
 
 fn with_window(plan: LogicalPlan, exprs: Vec<Expr>) -> Result<LogicalPlan> {
-    Ok(LogicalPlan::Window(Window::try_new(exprs, sub(plan)?)?))
+    // Over a join too: DataFusion's unparser writes a window straight over a join as
+    // `SELECT *, *, lag(…)`, a wildcard per side, and every column then comes twice (an index
+    // event `with or without observation`, whose periods are left-joined, failed so on
+    // PostgreSQL as "ambiguous").
+    let input = match plan {
+        LogicalPlan::Join(_) => derived(plan)?,
+        other => sub(other)?,
+    };
+    Ok(LogicalPlan::Window(Window::try_new(exprs, input)?))
 }
 
 fn aggregate(plan: LogicalPlan, group: Vec<Expr>, aggregates: Vec<Expr>) -> Result<LogicalPlan> {
