@@ -71,6 +71,8 @@ enum Of {
     Count(Option<Distinct>),
     /// A value of the records: their value as a concept (`concept`), else their number.
     Value { aggregate: Aggregate, concept: bool },
+    /// The first (or `last`) day a record starts on: an endpoint's event, `days since`.
+    Day { last: bool },
 }
 
 impl Of {
@@ -423,23 +425,6 @@ impl Planner<'_> {
                 return Ok(None)
             }
         }))
-    }
-
-    /// The query's records inside the window, for each context row.
-    pub(super) fn found(
-        &mut self,
-        query: &EventQuery,
-        window: &Window,
-        ctx: &Ctx,
-    ) -> Result<(LogicalPlan, Rec)> {
-        self.found_in(
-            query,
-            &[EdgeWindow {
-                edge: Edge::Start,
-                window: *window,
-            }],
-            ctx,
-        )
     }
 
     /// The query's records whose start or end day lies inside every window, for each context
@@ -832,6 +817,8 @@ impl Planner<'_> {
                 Of::Count(Some(Distinct::Concepts)) => count_distinct(of_rows(c(&rec.concept))?),
                 Of::Count(Some(Distinct::Days)) => count_distinct(of_rows(c(&rec.start))?),
                 Of::Count(Some(Distinct::Visits)) => count_distinct(of_rows(c(&rec.visit))?),
+                Of::Day { last: false } => min(of_rows(c(&rec.start))?),
+                Of::Day { last: true } => max(of_rows(c(&rec.start))?),
                 Of::Value { aggregate, concept } => {
                     let v = of_rows(cast(c(value_column(&rec, concept)), DataType::Float64))?;
                     match aggregate {
@@ -962,6 +949,39 @@ impl Planner<'_> {
             Aggregate::Mean => (rows, avg(v)),
         };
         let out = self.attach(ctx, rows, vec![aggregated])?.remove(0);
+        Ok(c(&out))
+    }
+
+    /// The day the query's first (or `last`) record in the window starts, as a date column
+    /// of the context (NULL when none).
+    pub(super) fn day_in_window(
+        &mut self,
+        ctx: &mut Ctx,
+        query: &EventQuery,
+        window: &Window,
+        last: bool,
+    ) -> Result<Expr> {
+        let windows = [EdgeWindow {
+            edge: Edge::Start,
+            window: *window,
+        }];
+        if Pending::shareable(query, &windows) {
+            let output = self.fresh("agg");
+            ctx.pending.push(Pending {
+                query: query.clone(),
+                windows: windows.to_vec(),
+                of: Of::Day { last },
+                output: output.clone(),
+            });
+            return Ok(c(&output));
+        }
+        let (rows, rec) = self.found_in(query, &windows, ctx)?;
+        let day = if last {
+            max(c(&rec.start))
+        } else {
+            min(c(&rec.start))
+        };
+        let out = self.attach(ctx, rows, vec![day])?.remove(0);
         Ok(c(&out))
     }
 

@@ -1130,34 +1130,29 @@ impl Planner<'_> {
             values.push(value.clone());
             outputs.push(value.alias(&covariate.name));
         }
+        // Endpoints are counts and first days of their records: of one domain, they share
+        // the covariates' reading of it (`Planner::joined`).
         for endpoint in &self.study.endpoints {
-            let (rows, rec) = self.found(&endpoint.query, &endpoint.window, &ctx)?;
+            let (query, window) = (&endpoint.query, &endpoint.window);
             match endpoint.kind {
                 EndpointKind::Binary => {
-                    let n = self
-                        .attach(&mut ctx, rows, vec![count(lit(1i64))])?
-                        .remove(0);
+                    let n = self.count_in_window(&mut ctx, query, window, None)?;
                     outputs.push(
-                        when(c(&n).gt(lit(0i64)), lit(1i64))
+                        when(n.gt(lit(0i64)), lit(1i64))
                             .otherwise(lit(0i64))?
                             .alias(&endpoint.name),
                     );
                 }
                 EndpointKind::TimeToEvent => {
-                    let first = self
-                        .attach(&mut ctx, rows, vec![min(c(&rec.start))])?
-                        .remove(0);
+                    let first = self.day_in_window(&mut ctx, query, window, false)?;
                     outputs.push(
-                        when(c(&first).is_not_null(), lit(1i64))
+                        when(first.clone().is_not_null(), lit(1i64))
                             .otherwise(lit(0i64))?
                             .alias(&endpoint.name),
                     );
                     outputs.push(
-                        days_between(
-                            coalesce(vec![c(&first), c(FOLLOW_UP_END)]),
-                            c(FOLLOW_UP_START),
-                        )
-                        .alias(format!("{}_days", endpoint.name)),
+                        days_between(coalesce(vec![first, c(FOLLOW_UP_END)]), c(FOLLOW_UP_START))
+                            .alias(format!("{}_days", endpoint.name)),
                     );
                 }
             }
@@ -1201,16 +1196,10 @@ impl Planner<'_> {
                 last,
                 query,
                 window,
-            } => {
-                let (rows, rec) = self.found(query, window, ctx)?;
-                let date = if *last {
-                    max(c(&rec.start))
-                } else {
-                    min(c(&rec.start))
-                };
-                let out = self.attach(ctx, rows, vec![date])?.remove(0);
-                days_between(c(INDEX_DATE), c(&out))
-            }
+            } => days_between(
+                c(INDEX_DATE),
+                self.day_in_window(ctx, query, window, *last)?,
+            ),
             CovariateValue::Flag(criterion) => {
                 when(self.condition(criterion, ctx)?, lit(1i64)).otherwise(lit(0i64))?
             }
