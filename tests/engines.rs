@@ -168,7 +168,9 @@ fn random_studies_over_random_repositories() {
 
 /// The rows that start a group, found by the `lag` window and its filter as DataFusion runs
 /// them and by cohortql's `GroupStartsExec` that replaces them in its sessions, are the same:
-/// with NULL keys, one key or two, batches of any size and several sorted partitions merged.
+/// with NULL keys, one key or two, batches of any size and several sorted partitions merged,
+/// and with one key the rows beaten by an earlier row of their key dropped before the sort
+/// (`FirstCandidatesExec`), in either order.
 #[test]
 fn group_starts_keep_the_rows_the_window_and_its_filter_keep() {
     use datafusion::arrow::array::{Int64Array, StringArray};
@@ -281,12 +283,15 @@ fn group_starts_keep_the_rows_the_window_and_its_filter_keep() {
                 "SELECT v FROM (SELECT v, k1, k2, lag(k1) OVER (ORDER BY k1 DESC, k2, o, v) AS p1, \
                  lag(k2) OVER (ORDER BY k1 DESC, k2, o, v) AS p2 FROM t) \
                  WHERE k1 <> p1 OR p2 IS NULL OR p1 IS NULL OR p2 <> k2",
+                "SELECT v, o FROM (SELECT v, o, k1, lag(k1) OVER (ORDER BY k1, o DESC, v) AS p FROM t) \
+                 WHERE p IS NULL OR p <> k1",
             ];
                 let forms = [
                     (Some(&[("k1", true)][..]), ""),
                     (Some(&[("k1", false), ("k2", true)][..]), ""),
                     (None, sql[0]),
                     (None, sql[1]),
+                    (None, sql[2]),
                 ];
                 for (keys, sql) in forms {
                     let kept = |ctx: &SessionContext| {
@@ -316,6 +321,15 @@ fn group_starts_keep_the_rows_the_window_and_its_filter_keep() {
                     );
                     if rows.len() >= 2 * partitions && partitions > 1 {
                         prop_assert!(replaced.contains("in each partition"), "{replaced}");
+                        // One integer key: the rows beaten by an earlier one of their key are
+                        // dropped before the sort too.
+                        let one_key = keys.map_or(!sql.contains("k2"), |k| k.len() == 1);
+                        prop_assert_eq!(
+                            replaced.contains("FirstCandidatesExec"),
+                            one_key,
+                            "{}",
+                            replaced
+                        );
                     }
                     prop_assert_eq!(got, expected, "keys {:?} {}", keys, sql);
                 }

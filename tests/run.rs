@@ -839,7 +839,9 @@ fn the_index_records_are_kept_once_and_none_read_no_periods() {
 /// Each person's first NSAID exposure is chosen by `GroupStartsExec` (docs/running.md): in each
 /// sorted partition, then once more after the merge, with no window left in the entries, and
 /// the dataset's `first value of` likewise; the entries, one per person, are the side of the
-/// join with `person` that builds the table.
+/// join with `person` that builds the table. Before the sort, a person's exposures after an
+/// earlier one of the same person are dropped (the synthetic records come in order of person
+/// and date): the sort receives one row per person.
 #[test]
 fn first_rows_are_chosen_without_a_window() {
     let text = analyzed_on_small_synthetic("studies/nsaid_gi_bleed.study");
@@ -860,6 +862,20 @@ fn first_rows_are_chosen_without_a_window() {
         entries.find("/person.parquet").expect("person read"),
     );
     assert!(starts < persons, "{entries}");
+    let rows = |line: &str| -> String {
+        let from = line.find("output_rows=").expect("rows shown") + "output_rows=".len();
+        line[from..].split(',').next().unwrap().to_string()
+    };
+    let line = |wanted: &dyn Fn(&str) -> bool| -> &str {
+        entries
+            .lines()
+            .find(|l| wanted(l))
+            .unwrap_or_else(|| panic!("{entries}"))
+    };
+    let candidates = line(&|l| l.contains("FirstCandidatesExec: key="));
+    assert!(candidates.contains("ASC"), "{candidates}");
+    let chosen = line(&|l| l.contains("GroupStartsExec") && !l.contains("in each partition"));
+    assert_eq!(rows(candidates), rows(chosen), "{entries}");
     let text = analyzed_on_small_synthetic("studies/lung_ct_radiomics_os.study");
     let (_, dataset) = sections(&text)
         .into_iter()

@@ -8,15 +8,21 @@
 //! own sessions, recognises the window and its filter and replaces them with
 //! [`GroupStartsExec`]: the same rows, chosen by comparing each key column with itself
 //! shifted by one row. It also drops, in each sorted partition before they are merged, the
-//! rows that cannot start a group, so that the merge, which runs on one core, handles fewer.
+//! rows that cannot start a group, so that the merge, which runs on one core, handles fewer;
+//! and before the sort, with one key, [`FirstCandidatesExec`] drops the rows whose first order
+//! value is beaten by a row of the same key just before them, so that the sort handles fewer.
 //! Plans that do not have this exact shape are left alone. An inner join of those rows, one
 //! per key, with a table on that key (the entries with `person`) then builds its hash table
 //! from them rather than from the table, which DataFusion's estimates, made while the window
 //! was there, would have chosen. The rule runs before the joins make their dynamic filters.
 
-use datafusion::arrow::array::{new_null_array, Array, ArrayRef, BooleanArray};
+use datafusion::arrow::array::{
+    new_null_array, Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder,
+};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::compute::kernels::cmp::neq;
 use datafusion::arrow::compute::{concat, filter_record_batch, is_null, or_kleene};
+use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
@@ -27,6 +33,7 @@ use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::expressions::{BinaryExpr, Column, IsNullExpr, Literal};
 use datafusion::physical_expr::window::StandardWindowExpr;
 use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::PhysicalSortExpr;
 use datafusion::physical_optimizer::sanity_checker::SanityCheckPlan;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
@@ -35,6 +42,7 @@ use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::windows::{BoundedWindowAggExec, WindowUDFExpr};
@@ -396,7 +404,7 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
     if let Some(merge) = sorted.downcast_ref::<SortPreservingMergeExec>() {
         if merge.fetch().is_none() {
             let partitions = Arc::new(GroupStartsExec::new(
-                Arc::clone(merge.input()),
+                with_first_candidates(merge.input(), &keys)?,
                 keys.clone(),
                 false,
             ));
@@ -425,6 +433,211 @@ fn rewrite(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan
         return Ok(None);
     }
     Ok(Some(plan))
+}
+
+/// A sort of one partition by one key and then an order (`SortExec`, no limit) with
+/// [`FirstCandidatesExec`] under it when the key is an integer and the order's first column an
+/// integer or a date; the sort as it is otherwise.
+fn with_first_candidates(
+    sorted: &Arc<dyn ExecutionPlan>,
+    keys: &[usize],
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let unchanged = Ok(Arc::clone(sorted));
+    let Some(sort) = sorted.downcast_ref::<SortExec>() else {
+        return unchanged;
+    };
+    let ([key], false) = (keys, sort.fetch().is_some()) else {
+        return unchanged;
+    };
+    let exprs: Vec<&PhysicalSortExpr> = sort.expr().iter().collect();
+    let column = |e: &PhysicalSortExpr| e.expr.downcast_ref::<Column>().map(Column::index);
+    let (Some(first), Some(then)) = (exprs.first(), exprs.get(1)) else {
+        return unchanged;
+    };
+    let (Some(k), Some(o)) = (column(first), column(then)) else {
+        return unchanged;
+    };
+    let schema = sort.input().schema();
+    let integer = |i: usize| matches!(schema.field(i).data_type(), DataType::Int64);
+    let orderable = |i: usize| {
+        matches!(
+            schema.field(i).data_type(),
+            DataType::Int64 | DataType::Date32
+        )
+    };
+    if k != *key || !integer(k) || !orderable(o) || !sort.preserve_partitioning() {
+        return unchanged;
+    }
+    let candidates = Arc::new(FirstCandidatesExec::new(
+        Arc::clone(sort.input()),
+        k,
+        o,
+        then.options.descending,
+    ));
+    replace_children_if_necessary(Arc::clone(sorted), vec![candidates])
+}
+
+/// Keeps, of a stream, every row that can come first in its key's group once the rows are
+/// sorted by the key and then by `order` (descending when `descending`), and drops others as
+/// they come: a row whose order value is beaten (strictly smaller, or larger when descending)
+/// by that of a row of the same key kept since the key last changed. A dropped row has a
+/// kept row of its key before it in the sort, so the first rows are all kept; rows with a NULL
+/// key or order value are kept. Records read in order of person and date (as OMOP tables are
+/// commonly written) keep about one row per person.
+#[derive(Debug)]
+pub struct FirstCandidatesExec {
+    input: Arc<dyn ExecutionPlan>,
+    key: usize,
+    order: usize,
+    descending: bool,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl FirstCandidatesExec {
+    pub fn new(input: Arc<dyn ExecutionPlan>, key: usize, order: usize, descending: bool) -> Self {
+        FirstCandidatesExec {
+            input,
+            key,
+            order,
+            descending,
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+}
+
+impl DisplayAs for FirstCandidatesExec {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let schema = self.input.schema();
+        let direction = if self.descending { "DESC" } else { "ASC" };
+        write!(
+            f,
+            "FirstCandidatesExec: key={}@{}, order={}@{} {direction}",
+            schema.field(self.key).name(),
+            self.key,
+            schema.field(self.order).name(),
+            self.order
+        )
+    }
+}
+
+impl ExecutionPlan for FirstCandidatesExec {
+    fn name(&self) -> &str {
+        "FirstCandidatesExec"
+    }
+
+    /// A filter: the input's partitioning, order and equivalences hold for what it keeps.
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    /// It evaluates no expression: it compares columns.
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let [input] = <[_; 1]>::try_from(children).map_err(|_| {
+            datafusion::common::DataFusionError::Internal(
+                "FirstCandidatesExec has one input".into(),
+            )
+        })?;
+        Ok(Arc::new(FirstCandidatesExec::new(
+            input,
+            self.key,
+            self.order,
+            self.descending,
+        )))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let metrics = BaselineMetrics::new(&self.metrics, partition);
+        let mut best = Best {
+            key: self.key,
+            order: self.order,
+            descending: self.descending,
+            current: None,
+        };
+        let stream = input.map(move |batch| {
+            let timer = metrics.elapsed_compute().timer();
+            let kept = best.keep(batch?);
+            timer.done();
+            if let Ok(kept) = &kept {
+                metrics.record_output(kept.num_rows());
+            }
+            kept
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema(),
+            stream,
+        )))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+}
+
+/// The state of one partition's stream: the last key seen and the best order value kept for it.
+struct Best {
+    key: usize,
+    order: usize,
+    descending: bool,
+    current: Option<(i64, i64)>,
+}
+
+impl Best {
+    fn keep(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
+        let keys = batch.column(self.key).as_primitive::<Int64Type>();
+        let order = cast(batch.column(self.order), &DataType::Int64)?;
+        let order = order.as_primitive::<Int64Type>();
+        let mut keep = BooleanBufferBuilder::new(batch.num_rows());
+        for i in 0..batch.num_rows() {
+            if keys.is_null(i) || order.is_null(i) {
+                keep.append(true);
+                continue;
+            }
+            let (k, v) = (keys.value(i), order.value(i));
+            match &mut self.current {
+                Some((key, best)) if *key == k => {
+                    let beaten = if self.descending {
+                        v < *best
+                    } else {
+                        v > *best
+                    };
+                    if !beaten {
+                        *best = v;
+                    }
+                    keep.append(!beaten);
+                }
+                current => {
+                    *current = Some((k, v));
+                    keep.append(true);
+                }
+            }
+        }
+        let keep = BooleanArray::new(keep.finish(), None);
+        Ok(filter_record_batch(&batch, &keep)?)
+    }
 }
 
 /// The columns of a window that computes only `lag(key, 1)` of its input's columns, one per
