@@ -898,11 +898,29 @@ impl Planner<'_> {
         window: &Window,
         distinct: Option<Distinct>,
     ) -> Result<Expr> {
-        let windows = [EdgeWindow {
-            edge: Edge::Start,
-            window: *window,
-        }];
-        self.count_in_windows(ctx, query, &windows, distinct)
+        self.count_in_windows(ctx, query, &on_start(window), distinct)
+    }
+
+    /// The column a count or value will be attached as, left pending in the context to share
+    /// its domain's reading (`Planner::joined`); `None` when it cannot share one.
+    fn pend(
+        &mut self,
+        ctx: &mut Ctx,
+        query: &EventQuery,
+        windows: &[EdgeWindow],
+        of: Of,
+    ) -> Option<String> {
+        if !Pending::shareable(query, windows) {
+            return None;
+        }
+        let output = self.fresh("agg");
+        ctx.pending.push(Pending {
+            query: query.clone(),
+            windows: windows.to_vec(),
+            of,
+            output: output.clone(),
+        });
+        Some(output)
     }
 
     /// A value of the query's records in the window (the first or last in date order, or
@@ -916,18 +934,8 @@ impl Planner<'_> {
         aggregate: Aggregate,
         concept: bool,
     ) -> Result<Expr> {
-        let windows = [EdgeWindow {
-            edge: Edge::Start,
-            window: *window,
-        }];
-        if Pending::shareable(query, &windows) {
-            let output = self.fresh("agg");
-            ctx.pending.push(Pending {
-                query: query.clone(),
-                windows: windows.to_vec(),
-                of: Of::Value { aggregate, concept },
-                output: output.clone(),
-            });
+        let windows = on_start(window);
+        if let Some(output) = self.pend(ctx, query, &windows, Of::Value { aggregate, concept }) {
             return Ok(c(&output));
         }
         let (rows, rec) = self.found_in(query, &windows, ctx)?;
@@ -961,18 +969,8 @@ impl Planner<'_> {
         window: &Window,
         last: bool,
     ) -> Result<Expr> {
-        let windows = [EdgeWindow {
-            edge: Edge::Start,
-            window: *window,
-        }];
-        if Pending::shareable(query, &windows) {
-            let output = self.fresh("agg");
-            ctx.pending.push(Pending {
-                query: query.clone(),
-                windows: windows.to_vec(),
-                of: Of::Day { last },
-                output: output.clone(),
-            });
+        let windows = on_start(window);
+        if let Some(output) = self.pend(ctx, query, &windows, Of::Day { last }) {
             return Ok(c(&output));
         }
         let (rows, rec) = self.found_in(query, &windows, ctx)?;
@@ -994,14 +992,7 @@ impl Planner<'_> {
         windows: &[EdgeWindow],
         distinct: Option<Distinct>,
     ) -> Result<Expr> {
-        if Pending::shareable(query, windows) {
-            let output = self.fresh("agg");
-            ctx.pending.push(Pending {
-                query: query.clone(),
-                windows: windows.to_vec(),
-                of: Of::Count(distinct),
-                output: output.clone(),
-            });
+        if let Some(output) = self.pend(ctx, query, windows, Of::Count(distinct)) {
             return Ok(coalesce(vec![c(&output), lit(0i64)]));
         }
         let (rows, rec) = self.found_in(query, windows, ctx)?;
@@ -1043,10 +1034,7 @@ impl Planner<'_> {
                 if count.op == CountOp::AtLeast && count.n == 0 {
                     return Ok(lit(true));
                 }
-                let mut windows = vec![EdgeWindow {
-                    edge: Edge::Start,
-                    window: *window,
-                }];
+                let mut windows = on_start(window).to_vec();
                 windows.extend(more.iter().copied());
                 let n = self.count_in_windows(ctx, query, &windows, count.distinct)?;
                 let wanted = lit(count.n as i64);
@@ -1172,6 +1160,14 @@ impl Planner<'_> {
 }
 
 /// The column a value is read from: the value as a concept, or the number.
+/// A window on the records' start day.
+fn on_start(window: &Window) -> [EdgeWindow; 1] {
+    [EdgeWindow {
+        edge: Edge::Start,
+        window: *window,
+    }]
+}
+
 fn value_column(rec: &Rec, concept: bool) -> &str {
     if concept {
         &rec.value_concept

@@ -235,9 +235,8 @@ impl Planner<'_> {
             rec,
             persons: pc,
         } = self.read_index_records()?;
-        // The columns the entries read (`record_end` included).
-        // The concept too: the population's counts of the index event's concepts read the
-        // kept records (`kept_index_reading`).
+        // The columns the entries read (`record_end` included), and the concept, which the
+        // population's counts of the index event's concepts read (`kept_index_reading`).
         let mut read = vec![
             rec.person.clone(),
             rec.id.clone(),

@@ -142,31 +142,46 @@ impl ExecutionPlan for GroupStartsExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context)?;
-        let metrics = BaselineMetrics::new(&self.metrics, partition);
-        let mut starts = Starts {
+        let starts = Starts {
             keys: self.keys.clone(),
             exact: self.exact,
             last: None,
         };
-        let stream = input.map(move |batch| {
-            let timer = metrics.elapsed_compute().timer();
-            let kept = starts.keep(batch?);
-            timer.done();
-            if let Ok(kept) = &kept {
-                metrics.record_output(kept.num_rows());
-            }
-            kept
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.schema(),
-            stream,
-        )))
+        kept_rows(&self.input, partition, context, &self.metrics, starts)
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
         Some(self.metrics.clone_inner())
     }
+}
+
+/// What a filter of one partition's stream keeps of each batch, knowing the batches before it.
+trait Keeper: Send + 'static {
+    fn keep(&mut self, batch: RecordBatch) -> Result<RecordBatch>;
+}
+
+/// One partition of `input` with only the rows `keeper` keeps, its time and rows counted in
+/// `metrics`: the stream of both filters of this module.
+fn kept_rows(
+    input: &Arc<dyn ExecutionPlan>,
+    partition: usize,
+    context: Arc<TaskContext>,
+    metrics: &ExecutionPlanMetricsSet,
+    mut keeper: impl Keeper,
+) -> Result<SendableRecordBatchStream> {
+    let schema = input.schema();
+    let rows = input.execute(partition, context)?;
+    let metrics = BaselineMetrics::new(metrics, partition);
+    let stream = rows.map(move |batch| {
+        let timer = metrics.elapsed_compute().timer();
+        let kept = keeper.keep(batch?);
+        timer.done();
+        if let Ok(kept) = &kept {
+            metrics.record_output(kept.num_rows());
+        }
+        kept
+    });
+    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
 }
 
 /// The state of one partition's stream: the keys of the last row seen.
@@ -176,7 +191,7 @@ struct Starts {
     last: Option<Vec<ArrayRef>>,
 }
 
-impl Starts {
+impl Keeper for Starts {
     fn keep(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
         let n = batch.num_rows();
         if n == 0 {
@@ -569,27 +584,13 @@ impl ExecutionPlan for FirstCandidatesExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let input = self.input.execute(partition, context)?;
-        let metrics = BaselineMetrics::new(&self.metrics, partition);
-        let mut best = Best {
+        let best = Best {
             key: self.key,
             order: self.order,
             descending: self.descending,
             current: None,
         };
-        let stream = input.map(move |batch| {
-            let timer = metrics.elapsed_compute().timer();
-            let kept = best.keep(batch?);
-            timer.done();
-            if let Ok(kept) = &kept {
-                metrics.record_output(kept.num_rows());
-            }
-            kept
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.schema(),
-            stream,
-        )))
+        kept_rows(&self.input, partition, context, &self.metrics, best)
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -605,7 +606,7 @@ struct Best {
     current: Option<(i64, i64)>,
 }
 
-impl Best {
+impl Keeper for Best {
     fn keep(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
         let keys = batch.column(self.key).as_primitive::<Int64Type>();
         let order = cast(batch.column(self.order), &DataType::Int64)?;
