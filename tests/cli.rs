@@ -544,3 +544,43 @@ fn engine_takes_a_ballista_address() {
         assert!(err.contains(says), "{engine}: {err}");
     }
 }
+
+/// The allocator takes no transparent huge pages (docs/performance.md): mimalloc, built with
+/// `no_thp`, turns them off for the whole process, so the kernel zeroes no 2 MiB page for it
+/// whatever the machine's setting.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_executable_takes_no_transparent_huge_pages() {
+    let mut child = Command::new(BIN)
+        .args(["repl", "--repo", "tests/data/eunomia-gibleed"])
+        .current_dir(root())
+        .env("COHORTQL_SITE", common::site_file())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let started = Instant::now();
+    let mut seen = String::new();
+    // The process waits on its standard input; it turns huge pages off as it starts.
+    while started.elapsed() < HANG_GUARD {
+        let text = std::fs::read_to_string(&status).unwrap_or_default();
+        seen = text
+            .lines()
+            .find(|l| l.starts_with("THP_enabled:"))
+            .unwrap_or_default()
+            .to_string();
+        if seen.split_whitespace().nth(1) == Some("0") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().ok();
+    child.wait().ok();
+    assert_eq!(
+        seen.split_whitespace().nth(1),
+        Some("0"),
+        "{status} said {seen:?}"
+    );
+}
