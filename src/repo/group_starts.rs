@@ -22,7 +22,7 @@ use datafusion::arrow::array::{
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::compute::kernels::cmp::neq;
 use datafusion::arrow::compute::{concat, filter_record_batch, is_null, or_kleene};
-use datafusion::arrow::datatypes::{DataType, Int64Type};
+use datafusion::arrow::datatypes::{DataType, Int64Type, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
@@ -53,52 +53,53 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use std::sync::Arc;
 
-/// Keeps the rows of a stream sorted by `keys` (first, in any direction) that start a group
-/// of equal keys. `exact`: the meaning of `Planner::first_rows`'s filter over the whole
-/// stream — a row is kept when, for some key, the previous row's value is NULL or differs
-/// (the first row's previous is NULL; a NULL compared with a value keeps nothing). Otherwise
-/// a pre-filter of one sorted partition: a row is dropped only when every key and the
-/// previous row's are non-NULL and equal, which never drops a row the exact filter keeps after
-/// the partitions are merged, nor changes its decision for any row it keeps.
+/// A filter of each partition's stream that decides from the rows before it too (`Keeper`):
+/// both operators of this module. The input's partitioning, order and equivalences hold for
+/// what it keeps.
 #[derive(Debug)]
-pub struct GroupStartsExec {
+pub struct KeptRowsExec<K> {
     input: Arc<dyn ExecutionPlan>,
-    keys: Vec<usize>,
-    exact: bool,
+    /// The state a partition's stream starts from.
+    keeper: K,
     metrics: ExecutionPlanMetricsSet,
 }
 
-impl GroupStartsExec {
-    pub fn new(input: Arc<dyn ExecutionPlan>, keys: Vec<usize>, exact: bool) -> Self {
-        GroupStartsExec {
+/// Keeps the rows of a stream sorted by `keys` that start a group of equal keys ([`Starts`]).
+pub type GroupStartsExec = KeptRowsExec<Starts>;
+
+/// Keeps the rows that can come first in their key's group once sorted ([`Best`]).
+pub type FirstCandidatesExec = KeptRowsExec<Best>;
+
+/// What a filter of one partition's stream keeps of each batch, knowing the batches before it,
+/// and how its operator is shown.
+pub trait Keeper: Clone + std::fmt::Debug + Send + Sync + 'static {
+    /// The operator's name.
+    const NAME: &'static str;
+    /// The operator's settings, as `plan` shows them after its name.
+    fn settings(&self, schema: &Schema) -> String;
+    fn keep(&mut self, batch: RecordBatch) -> Result<RecordBatch>;
+}
+
+impl<K: Keeper> KeptRowsExec<K> {
+    fn with(input: Arc<dyn ExecutionPlan>, keeper: K) -> Self {
+        KeptRowsExec {
             input,
-            keys,
-            exact,
+            keeper,
             metrics: ExecutionPlanMetricsSet::new(),
         }
     }
 }
 
-impl DisplayAs for GroupStartsExec {
+impl<K: Keeper> DisplayAs for KeptRowsExec<K> {
     fn fmt_as(&self, _: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        let schema = self.input.schema();
-        let keys: Vec<String> = self
-            .keys
-            .iter()
-            .map(|&k| format!("{}@{k}", schema.field(k).name()))
-            .collect();
-        let scope = if self.exact {
-            ""
-        } else {
-            ", in each partition"
-        };
-        write!(f, "GroupStartsExec: keys=[{}]{scope}", keys.join(", "))
+        let settings = self.keeper.settings(&self.input.schema());
+        write!(f, "{}: {settings}", K::NAME)
     }
 }
 
-impl ExecutionPlan for GroupStartsExec {
+impl<K: Keeper> ExecutionPlan for KeptRowsExec<K> {
     fn name(&self) -> &str {
-        "GroupStartsExec"
+        K::NAME
     }
 
     /// A filter: the input's partitioning, order and equivalences hold for what it keeps.
@@ -128,26 +129,32 @@ impl ExecutionPlan for GroupStartsExec {
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let [input] = <[_; 1]>::try_from(children).map_err(|_| {
-            datafusion::common::DataFusionError::Internal("GroupStartsExec has one input".into())
+            datafusion::common::DataFusionError::Internal(format!("{} has one input", K::NAME))
         })?;
-        Ok(Arc::new(GroupStartsExec::new(
-            input,
-            self.keys.clone(),
-            self.exact,
-        )))
+        Ok(Arc::new(KeptRowsExec::with(input, self.keeper.clone())))
     }
 
+    /// One partition of the input with only the rows a fresh keeper keeps, its time and rows
+    /// counted in the metrics.
     fn execute(
         &self,
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let starts = Starts {
-            keys: self.keys.clone(),
-            exact: self.exact,
-            last: None,
-        };
-        kept_rows(&self.input, partition, context, &self.metrics, starts)
+        let schema = self.input.schema();
+        let rows = self.input.execute(partition, context)?;
+        let metrics = BaselineMetrics::new(&self.metrics, partition);
+        let mut keeper = self.keeper.clone();
+        let stream = rows.map(move |batch| {
+            let timer = metrics.elapsed_compute().timer();
+            let kept = keeper.keep(batch?);
+            timer.done();
+            if let Ok(kept) = &kept {
+                metrics.record_output(kept.num_rows());
+            }
+            kept
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -155,43 +162,51 @@ impl ExecutionPlan for GroupStartsExec {
     }
 }
 
-/// What a filter of one partition's stream keeps of each batch, knowing the batches before it.
-trait Keeper: Send + 'static {
-    fn keep(&mut self, batch: RecordBatch) -> Result<RecordBatch>;
+impl GroupStartsExec {
+    pub fn new(input: Arc<dyn ExecutionPlan>, keys: Vec<usize>, exact: bool) -> Self {
+        KeptRowsExec::with(
+            input,
+            Starts {
+                keys,
+                exact,
+                last: None,
+            },
+        )
+    }
 }
 
-/// One partition of `input` with only the rows `keeper` keeps, its time and rows counted in
-/// `metrics`: the stream of both filters of this module.
-fn kept_rows(
-    input: &Arc<dyn ExecutionPlan>,
-    partition: usize,
-    context: Arc<TaskContext>,
-    metrics: &ExecutionPlanMetricsSet,
-    mut keeper: impl Keeper,
-) -> Result<SendableRecordBatchStream> {
-    let schema = input.schema();
-    let rows = input.execute(partition, context)?;
-    let metrics = BaselineMetrics::new(metrics, partition);
-    let stream = rows.map(move |batch| {
-        let timer = metrics.elapsed_compute().timer();
-        let kept = keeper.keep(batch?);
-        timer.done();
-        if let Ok(kept) = &kept {
-            metrics.record_output(kept.num_rows());
-        }
-        kept
-    });
-    Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
-}
-
-/// The state of one partition's stream: the keys of the last row seen.
-struct Starts {
+/// Keeps the rows of a stream sorted by `keys` (first, in any direction) that start a group
+/// of equal keys. `exact`: the meaning of `Planner::first_rows`'s filter over the whole
+/// stream — a row is kept when, for some key, the previous row's value is NULL or differs
+/// (the first row's previous is NULL; a NULL compared with a value keeps nothing). Otherwise
+/// a pre-filter of one sorted partition: a row is dropped only when every key and the
+/// previous row's are non-NULL and equal, which never drops a row the exact filter keeps after
+/// the partitions are merged, nor changes its decision for any row it keeps. The state of one
+/// partition's stream: the keys of the last row seen.
+#[derive(Debug, Clone)]
+pub struct Starts {
     keys: Vec<usize>,
     exact: bool,
     last: Option<Vec<ArrayRef>>,
 }
 
 impl Keeper for Starts {
+    const NAME: &'static str = "GroupStartsExec";
+
+    fn settings(&self, schema: &Schema) -> String {
+        let keys: Vec<String> = self
+            .keys
+            .iter()
+            .map(|&k| format!("{}@{k}", schema.field(k).name()))
+            .collect();
+        let scope = if self.exact {
+            ""
+        } else {
+            ", in each partition"
+        };
+        format!("keys=[{}]{scope}", keys.join(", "))
+    }
+
     fn keep(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
         let n = batch.num_rows();
         if n == 0 {
@@ -339,7 +354,7 @@ fn one_row_per_key(plan: &Arc<dyn ExecutionPlan>, key: usize) -> bool {
     under_moves(plan).is_some_and(|(_, map, below)| {
         below
             .downcast_ref::<GroupStartsExec>()
-            .is_some_and(|starts| starts.exact && starts.keys == [map[key]])
+            .is_some_and(|starts| starts.keeper.exact && starts.keeper.keys == [map[key]])
     })
 }
 
@@ -492,114 +507,30 @@ fn with_first_candidates(
     replace_children_if_necessary(Arc::clone(sorted), vec![candidates])
 }
 
+impl FirstCandidatesExec {
+    pub fn new(input: Arc<dyn ExecutionPlan>, key: usize, order: usize, descending: bool) -> Self {
+        KeptRowsExec::with(
+            input,
+            Best {
+                key,
+                order,
+                descending,
+                current: None,
+            },
+        )
+    }
+}
+
 /// Keeps, of a stream, every row that can come first in its key's group once the rows are
 /// sorted by the key and then by `order` (descending when `descending`), and drops others as
 /// they come: a row whose order value is beaten (strictly smaller, or larger when descending)
 /// by that of a row of the same key kept since the key last changed. A dropped row has a
 /// kept row of its key before it in the sort, so the first rows are all kept; rows with a NULL
 /// key or order value are kept. Records read in order of person and date (as OMOP tables are
-/// commonly written) keep about one row per person.
-#[derive(Debug)]
-pub struct FirstCandidatesExec {
-    input: Arc<dyn ExecutionPlan>,
-    key: usize,
-    order: usize,
-    descending: bool,
-    metrics: ExecutionPlanMetricsSet,
-}
-
-impl FirstCandidatesExec {
-    pub fn new(input: Arc<dyn ExecutionPlan>, key: usize, order: usize, descending: bool) -> Self {
-        FirstCandidatesExec {
-            input,
-            key,
-            order,
-            descending,
-            metrics: ExecutionPlanMetricsSet::new(),
-        }
-    }
-}
-
-impl DisplayAs for FirstCandidatesExec {
-    fn fmt_as(&self, _: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        let schema = self.input.schema();
-        let direction = if self.descending { "DESC" } else { "ASC" };
-        write!(
-            f,
-            "FirstCandidatesExec: key={}@{}, order={}@{} {direction}",
-            schema.field(self.key).name(),
-            self.key,
-            schema.field(self.order).name(),
-            self.order
-        )
-    }
-}
-
-impl ExecutionPlan for FirstCandidatesExec {
-    fn name(&self) -> &str {
-        "FirstCandidatesExec"
-    }
-
-    /// A filter: the input's partitioning, order and equivalences hold for what it keeps.
-    fn properties(&self) -> &Arc<PlanProperties> {
-        self.input.properties()
-    }
-
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    /// It evaluates no expression: it compares columns.
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    #[allow(deprecated)]
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let [input] = <[_; 1]>::try_from(children).map_err(|_| {
-            datafusion::common::DataFusionError::Internal(
-                "FirstCandidatesExec has one input".into(),
-            )
-        })?;
-        Ok(Arc::new(FirstCandidatesExec::new(
-            input,
-            self.key,
-            self.order,
-            self.descending,
-        )))
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
-        context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
-        let best = Best {
-            key: self.key,
-            order: self.order,
-            descending: self.descending,
-            current: None,
-        };
-        kept_rows(&self.input, partition, context, &self.metrics, best)
-    }
-
-    fn metrics(&self) -> Option<MetricsSet> {
-        Some(self.metrics.clone_inner())
-    }
-}
-
-/// The state of one partition's stream: the last key seen and the best order value kept for it.
-struct Best {
+/// commonly written) keep about one row per person. The state of one partition's stream: the
+/// last key seen and the best order value kept for it.
+#[derive(Debug, Clone)]
+pub struct Best {
     key: usize,
     order: usize,
     descending: bool,
@@ -607,6 +538,19 @@ struct Best {
 }
 
 impl Keeper for Best {
+    const NAME: &'static str = "FirstCandidatesExec";
+
+    fn settings(&self, schema: &Schema) -> String {
+        let direction = if self.descending { "DESC" } else { "ASC" };
+        format!(
+            "key={}@{}, order={}@{} {direction}",
+            schema.field(self.key).name(),
+            self.key,
+            schema.field(self.order).name(),
+            self.order
+        )
+    }
+
     fn keep(&mut self, batch: RecordBatch) -> Result<RecordBatch> {
         let keys = batch.column(self.key).as_primitive::<Int64Type>();
         let order = cast(batch.column(self.order), &DataType::Int64)?;
