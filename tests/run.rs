@@ -920,3 +920,62 @@ fn stage_reads(text: &str, stage: &str, table: &str) -> usize {
         .map(|(_, body)| parquet_reads(body, table))
         .sum()
 }
+
+#[test]
+fn a_rerun_on_unchanged_files_reuses_the_fingerprint_remembered_in_the_cache_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = eunomia_copy(dir.path());
+    let cache = dir.path().join("cache");
+    // Files changed in the last 2 seconds are hashed but not remembered (docs/running.md).
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    let fingerprint = |name: &str| -> String {
+        let out = dir.path().join(name);
+        let o = cohortql(
+            &[
+                "run",
+                "studies/eunomia/celecoxib.study",
+                "--repo",
+                repo.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            &cache,
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", all_text(&o));
+        let run: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("site/run.json")).unwrap())
+                .unwrap();
+        run["data_fingerprint"].as_str().unwrap().to_string()
+    };
+    let first = fingerprint("first");
+    let remembered: Vec<String> = std::fs::read_dir(cache.join("fingerprints"))
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(remembered.len(), 1, "{remembered:?}");
+    assert!(remembered[0].trim_end().ends_with(&first), "{remembered:?}");
+    assert_eq!(fingerprint("second"), first);
+    // A table file replaced by another (a new inode) is hashed again, and remembered anew.
+    let person = repo.join("person.csv.gz");
+    let bytes = std::fs::read(&person).unwrap();
+    std::fs::remove_file(&person).unwrap();
+    std::fs::write(&person, &bytes).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    assert_eq!(
+        fingerprint("third"),
+        first,
+        "the same bytes, the same fingerprint"
+    );
+    let line = std::fs::read_to_string(
+        cache.join("fingerprints").join(
+            std::fs::read_dir(cache.join("fingerprints"))
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .file_name(),
+        ),
+    )
+    .unwrap();
+    assert_ne!(line, remembered[0], "the files' identity changed: {line}");
+}

@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod database;
 mod dialect;
+pub mod fingerprint;
 pub mod output;
 pub mod workspace;
 

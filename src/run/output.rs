@@ -9,7 +9,6 @@ use super::{Attrition, Execution};
 use crate::disclosure::control::{CountRow, Table};
 use crate::disclosure::Policy;
 use crate::repo::write::hidden_sibling;
-use crate::repo::Repository;
 use crate::results::{self, EndpointCount};
 use crate::site::Site;
 use crate::study::Study;
@@ -23,7 +22,7 @@ use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -170,31 +169,6 @@ pub fn live_attrition_table(rows: &[Attrition], policy: &Policy) -> String {
         ]);
     }
     t.to_string()
-}
-
-/// sha256 over the files of the repository's tables (names and contents), in table order: the
-/// data snapshot a run read.
-pub fn data_fingerprint(repo: &Repository) -> Result<String, String> {
-    let mut files: Vec<&crate::repo::files::TableFile> = repo.files.iter().collect();
-    files.sort_by_key(|f| f.table.name);
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    for f in files {
-        hasher.update(f.table.name.as_bytes());
-        hasher.update([0]);
-        let mut file = std::fs::File::open(&f.path)
-            .map_err(|e| format!("cannot read {}: {e}", f.path.display()))?;
-        loop {
-            let n = file
-                .read(&mut buf)
-                .map_err(|e| format!("cannot read {}: {e}", f.path.display()))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-        }
-    }
-    Ok(hex(&hasher.finalize()))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -3,7 +3,8 @@
 //! database (its questions as queries there, its runs as `run_in_database`).
 
 use super::cluster::Cluster;
-use super::output::{data_fingerprint, EngineRecord, OutputDir, RunInfo, Written};
+use super::fingerprint::data_fingerprint;
+use super::output::{EngineRecord, OutputDir, RunInfo, Written};
 use super::{execute, explain_plan, sql_script, stage_plans, Attrition, Dialect, Execution};
 use crate::hash::study_hash;
 use crate::repo::browse::{
