@@ -645,7 +645,14 @@ fn a_study_named_with_dots_writes_inside_the_output_directory() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     top.sort();
-    assert_eq!(top, ["...study", "output"]);
+    // Beside the outputs, only the cache directory these tests name (`COHORTQL_CACHE_DIR`),
+    // where the run remembers the data's fingerprint.
+    assert_eq!(top, ["...study", "cache", "output"]);
+    let cached: Vec<String> = std::fs::read_dir(dir.path().join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(cached, ["fingerprints"]);
 }
 
 #[test]

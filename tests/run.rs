@@ -979,3 +979,63 @@ fn a_rerun_on_unchanged_files_reuses_the_fingerprint_remembered_in_the_cache_dir
     .unwrap();
     assert_ne!(line, remembered[0], "the files' identity changed: {line}");
 }
+
+#[test]
+fn studies_give_the_same_outputs_from_parquet_files_shared_by_rows_as_from_csv() {
+    // At 20,000 persons `visit_occurrence` and `measurement` are Parquet files of one row group
+    // over 1 MiB, which the run's partitions share by rows (src/repo/split_scans.rs); the CSV
+    // files of the same data are divided by DataFusion's CSV reader.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    for format in ["parquet", "csv"] {
+        let o = cohortql(
+            &[
+                "synth",
+                "--persons",
+                "20000",
+                "--seed",
+                "7",
+                "--format",
+                format,
+                "--out",
+                dir.path().join(format).to_str().unwrap(),
+            ],
+            &cache,
+        );
+        assert_eq!(o.status.code(), Some(0), "{}", all_text(&o));
+    }
+    for table in ["visit_occurrence", "measurement"] {
+        let path = dir.path().join(format!("parquet/{table}.parquet"));
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert!(size > 1 << 20, "{table}.parquet has {size} bytes");
+    }
+    for study in ["nsaid_gi_bleed", "lung_ct_radiomics_os"] {
+        let outputs: Vec<PathBuf> = ["parquet", "csv"]
+            .iter()
+            .map(|format| {
+                let out = dir.path().join(format!("{study}-{format}"));
+                let o = cohortql(
+                    &[
+                        "run",
+                        &format!("studies/{study}.study"),
+                        "--repo",
+                        dir.path().join(format).to_str().unwrap(),
+                        "--out",
+                        out.to_str().unwrap(),
+                    ],
+                    &cache,
+                );
+                assert_eq!(o.status.code(), Some(0), "{}", all_text(&o));
+                out
+            })
+            .collect();
+        for file in ["site/cohort.csv", "site/dataset.csv", "site/attrition.csv"] {
+            let (a, b) = (
+                std::fs::read(outputs[0].join(file)).unwrap(),
+                std::fs::read(outputs[1].join(file)).unwrap(),
+            );
+            assert!(a.len() > 100, "{study}: {file} is nearly empty");
+            assert!(a == b, "{study}: {file} differs between Parquet and CSV");
+        }
+    }
+}

@@ -8,6 +8,7 @@ pub mod group_starts;
 pub mod quality;
 pub mod query;
 pub mod schema;
+pub mod split_scans;
 pub mod vocabulary_index;
 pub mod write;
 
@@ -142,7 +143,8 @@ impl Repository {
     }
 
     /// A session as `session` gives, whose physical plans hold only DataFusion's own operators
-    /// (none of `group_starts`): what a cluster's plan format can carry to its executors.
+    /// and scans (none of `group_starts`, no row selections of `split_scans`): what a
+    /// cluster's plan format can carry to its executors.
     pub async fn portable_session(&self) -> Result<SessionContext, RepoError> {
         self.register_in(new_context(false)).await
     }
@@ -165,8 +167,8 @@ impl Repository {
     }
 }
 
-/// A session with cohortql's settings and, if `own_operators`, its physical rule
-/// (`group_starts`).
+/// A session with cohortql's settings and, if `own_operators`, its physical rules
+/// (`group_starts`, `split_scans`).
 fn new_context(own_operators: bool) -> SessionContext {
     let mut state = datafusion::execution::SessionStateBuilder::new()
         .with_config(session_config())
@@ -180,6 +182,8 @@ fn new_context(own_operators: bool) -> SessionContext {
             .position(|r| r.name() == "FilterPushdown(Post)")
             .unwrap_or(rules.len());
         rules.insert(at, Arc::new(group_starts::GroupStarts));
+        // After the file scans are divided among partitions (EnforceDistribution).
+        rules.insert(at + 1, Arc::new(split_scans::SplitScans::default()));
         state = state.with_physical_optimizer_rules(rules);
     }
     SessionContext::new_with_state(state.build())
