@@ -1,5 +1,5 @@
 //! The study hash: sha256 of the checked model, so layout and comments never change it and any
-//! change of meaning does.
+//! change of meaning does; and digests written as hex digits.
 
 use crate::study::Study;
 use sha2::{Digest, Sha256};
@@ -13,9 +13,10 @@ pub fn study_hash(study: &Study) -> String {
     let mut hasher = Sha256::new();
     hasher.update(FORM.as_bytes());
     hasher.update(json.as_bytes());
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&hasher.finalize())
+}
+
+/// Bytes as lower-case hex digits, two per byte.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

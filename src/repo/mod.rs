@@ -167,6 +167,14 @@ impl Repository {
     }
 }
 
+/// The name under which a cache keeps what it knows of the repository in `dir`: the first 8
+/// bytes of the sha256 of its canonical path, in hex.
+pub fn cache_name(dir: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    crate::hash::hex(&Sha256::digest(dir.to_string_lossy().as_bytes())[..8])
+}
+
 /// A session with cohortql's settings and, if `own_operators`, its physical rules
 /// (`group_starts`, `split_scans`).
 fn new_context(own_operators: bool) -> SessionContext {

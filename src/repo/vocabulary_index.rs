@@ -246,10 +246,7 @@ pub fn data_key(repo: &Repository) -> Result<String, RepoError> {
 /// Where the index of the repository in `repo_dir` is kept under `cache`: one directory per
 /// repository, replaced when its data changes.
 pub fn index_dir(cache: &Path, repo_dir: &Path) -> PathBuf {
-    let dir = std::fs::canonicalize(repo_dir).unwrap_or_else(|_| repo_dir.to_path_buf());
-    let digest = Sha256::digest(dir.to_string_lossy().as_bytes());
-    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    cache.join("vocabulary").join(name)
+    cache.join("vocabulary").join(super::cache_name(repo_dir))
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> RepoError + '_ {

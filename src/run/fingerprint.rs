@@ -6,6 +6,7 @@
 //! replaced file, changes its change time or inode, which no one but the system sets back: the
 //! data is hashed again.
 
+use crate::hash::hex;
 use crate::repo::files::TableFile;
 use crate::repo::write::hidden_sibling;
 use crate::repo::Repository;
@@ -48,7 +49,7 @@ pub fn data_fingerprint_with(repo: &Repository, cache: Option<&Path>) -> Result<
 }
 
 /// sha256 over the files of the repository's tables (names and contents), in table order.
-pub fn hash_files(files: &[&TableFile]) -> Result<String, String> {
+fn hash_files(files: &[&TableFile]) -> Result<String, String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     for f in files {
@@ -78,9 +79,9 @@ fn in_table_order(repo: &Repository) -> Vec<&TableFile> {
 /// Where the fingerprint of the repository in `dir` is remembered: one file per directory,
 /// replaced when its data changes.
 fn remembered_at(cache: &Path, dir: &Path) -> PathBuf {
-    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    let digest = Sha256::digest(dir.to_string_lossy().as_bytes());
-    cache.join("fingerprints").join(hex(&digest[..8]))
+    cache
+        .join("fingerprints")
+        .join(crate::repo::cache_name(dir))
 }
 
 /// sha256 over the identity of every file (see the module doc), or `None` when one cannot be
@@ -149,10 +150,6 @@ fn remember(at: &Path, key: &str, fingerprint: &str) {
     if written.is_err() {
         let _ = std::fs::remove_file(&new);
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 use super::{Attrition, Execution};
 use crate::disclosure::control::{CountRow, Table};
 use crate::disclosure::Policy;
+use crate::hash::hex;
 use crate::repo::write::hidden_sibling;
 use crate::results::{self, EndpointCount};
 use crate::site::Site;
@@ -169,10 +170,6 @@ pub fn live_attrition_table(rows: &[Attrition], policy: &Policy) -> String {
         ]);
     }
     t.to_string()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// sha256 of a file's bytes, as `run.json` records those it releases.
