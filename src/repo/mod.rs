@@ -8,6 +8,7 @@ pub mod group_starts;
 pub mod quality;
 pub mod query;
 pub mod schema;
+pub mod shared_scans;
 pub mod split_scans;
 pub mod vocabulary_index;
 pub mod write;
@@ -143,7 +144,7 @@ impl Repository {
     }
 
     /// A session as `session` gives, whose physical plans hold only DataFusion's own operators
-    /// and scans (none of `group_starts`, no row selections of `split_scans`): what a
+    /// and scans (none of `group_starts` or `shared_scans`, no row selections of `split_scans`): what a
     /// cluster's plan format can carry to its executors.
     pub async fn portable_session(&self) -> Result<SessionContext, RepoError> {
         self.register_in(new_context(false)).await
@@ -176,7 +177,7 @@ pub fn cache_name(dir: &Path) -> String {
 }
 
 /// A session with cohortql's settings and, if `own_operators`, its physical rules
-/// (`group_starts`, `split_scans`).
+/// (`group_starts`, `split_scans`, `shared_scans`).
 fn new_context(own_operators: bool) -> SessionContext {
     let mut state = datafusion::execution::SessionStateBuilder::new()
         .with_config(session_config())
@@ -192,6 +193,8 @@ fn new_context(own_operators: bool) -> SessionContext {
         rules.insert(at, Arc::new(group_starts::GroupStarts));
         // After the file scans are divided among partitions (EnforceDistribution).
         rules.insert(at + 1, Arc::new(split_scans::SplitScans::default()));
+        // After the scans are divided, so that readings of the same shares are seen as one.
+        rules.insert(at + 2, Arc::new(shared_scans::SharedScans::default()));
         state = state.with_physical_optimizer_rules(rules);
     }
     SessionContext::new_with_state(state.build())

@@ -1,0 +1,771 @@
+//! A physical rule of the sessions `run` executes in: the filtered readings of one Parquet file
+//! in one plan share one scan. A stage's plan reads a domain once per kind of thing it takes
+//! from it (the dataset of the prostate study counts biopsy grades, takes the last PSA value
+//! and looks up image-feature values: three readings of `measurement`), and DataFusion runs each
+//! reading as a scan of its own, decoding the same columns again. Here the readings that filter
+//! the file (a filter straight over its scan) become [`SharedReadingExec`]s of one
+//! [`SharedScan`]: the first to run scans the file once, with every column any of them reads,
+//! on as many tasks as the scans had partitions, and keeps for each reading, partition by
+//! partition, the rows its own filter keeps. What each reading returns is what its own scan and
+//! filter would have: the same rows of the same share of the file.
+//!
+//! What is kept is held in memory until the plan is dropped. A reading whose filter keeps more
+//! than one row in [`OWN_SCAN_SHARE`] is let go early and runs its own scan when its turn
+//! comes, as it would have without the rule (the readings of a plan run one after another, so
+//! the rows of the later ones wait in memory: worth it for a concept's records, not for most
+//! of a table). When fewer than two readings are left, or what they keep would take more than
+//! [`SharedScans::limit_bytes`], the shared scan stops and every reading runs its own.
+
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::compute::BatchCoalescer;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::runtime::SpawnedTask;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{DataFusionError, Result};
+use datafusion::datasource::physical_plan::parquet::ParquetRowSelection;
+use datafusion::datasource::physical_plan::{
+    FileScanConfig, FileScanConfigBuilder, FileSource, ParquetSource,
+};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::Operator;
+use datafusion::physical_expr::expressions::{BinaryExpr, Column, InListExpr, Literal};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+    SendableRecordBatchStream,
+};
+use futures::{StreamExt, TryStreamExt};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// The rule, with the most a shared scan keeps in memory for its readings.
+#[derive(Debug)]
+pub struct SharedScans {
+    pub limit_bytes: usize,
+}
+
+impl Default for SharedScans {
+    /// 256 MiB: at 10,000,000 persons the imaging studies' shared readings of `measurement`
+    /// keep under 50 MiB; a study whose readings keep more reads the file once per reading.
+    fn default() -> Self {
+        SharedScans {
+            limit_bytes: 256 << 20,
+        }
+    }
+}
+
+impl PhysicalOptimizerRule for SharedScans {
+    fn optimize(
+        &self,
+        plan: Arc<dyn ExecutionPlan>,
+        _config: &ConfigOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        // The filtered readings of each file, by what they scan (file, shares, schema), in the
+        // order the plan shows them.
+        let mut groups: Vec<(String, Vec<Arc<dyn ExecutionPlan>>)> = Vec::new();
+        plan.apply(|node| {
+            if let Some(key) = reading_key(node) {
+                let seen = |g: &Vec<Arc<dyn ExecutionPlan>>| g.iter().any(|n| Arc::ptr_eq(n, node));
+                match groups.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, g)) if !seen(g) => g.push(Arc::clone(node)),
+                    Some(_) => {}
+                    None => groups.push((key, vec![Arc::clone(node)])),
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        let mut replacements: HashMap<usize, Arc<dyn ExecutionPlan>> = HashMap::new();
+        for (_, readings) in groups.into_iter().filter(|(_, g)| g.len() >= 2) {
+            let Some(shared) = SharedScan::new(&readings, self.limit_bytes)? else {
+                continue;
+            };
+            let shared = Arc::new(shared);
+            for (index, node) in readings.iter().enumerate() {
+                let reading = SharedReadingExec {
+                    shared: Arc::clone(&shared),
+                    index,
+                    metrics: ExecutionPlanMetricsSet::new(),
+                };
+                replacements.insert(address(node), Arc::new(reading));
+            }
+        }
+        if replacements.is_empty() {
+            return Ok(plan);
+        }
+        Ok(plan
+            .transform_up(|node| match replacements.get(&address(&node)) {
+                Some(new) => Ok(Transformed::yes(Arc::clone(new))),
+                None => Ok(Transformed::no(node)),
+            })?
+            .data)
+    }
+
+    fn name(&self) -> &str {
+        "shared_scans"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+fn address(node: &Arc<dyn ExecutionPlan>) -> usize {
+    Arc::as_ptr(node) as *const () as usize
+}
+
+/// The Parquet scan under a filter, when the rule can share it: its columns plain, no limit,
+/// no order it promises.
+fn filtered_scan(node: &Arc<dyn ExecutionPlan>) -> Option<(&FilterExec, &FileScanConfig)> {
+    let filter = node.downcast_ref::<FilterExec>()?;
+    if filter.fetch().is_some() {
+        return None;
+    }
+    let scan = filter.input().downcast_ref::<DataSourceExec>()?;
+    let (config, source) = scan.downcast_to_file_source::<ParquetSource>()?;
+    let plain = source
+        .projection()
+        .is_some_and(|p| p.iter().all(|e| e.expr.downcast_ref::<Column>().is_some()));
+    let ordered = scan.properties().output_ordering().is_some();
+    (plain && !ordered && config.limit.is_none() && selective(filter.predicate()))
+        .then_some((filter, config))
+}
+
+/// Whether a filter tests a column against given values (`=` a literal, `IN` a list), as a
+/// test of concepts does: one that keeps records that are not null keeps most of a table,
+/// which is not worth keeping in memory for a reading to come (`OWN_SCAN_SHARE`).
+fn selective(predicate: &Arc<dyn PhysicalExpr>) -> bool {
+    let mut found = false;
+    let _ = predicate.apply(|e| {
+        found = match (
+            e.downcast_ref::<BinaryExpr>(),
+            e.downcast_ref::<InListExpr>(),
+        ) {
+            (Some(b), _) => {
+                *b.op() == Operator::Eq
+                    && (b.left().downcast_ref::<Column>().is_some()
+                        && b.right().downcast_ref::<Literal>().is_some()
+                        || b.right().downcast_ref::<Column>().is_some()
+                            && b.left().downcast_ref::<Literal>().is_some())
+            }
+            (None, Some(list)) => !list.negated(),
+            (None, None) => false,
+        };
+        Ok(if found {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    found
+}
+
+/// What a filtered reading scans, as a key equal for readings that scan the same rows: the
+/// store, each partition's files with their byte ranges and row selections, the table's
+/// schema.
+fn reading_key(node: &Arc<dyn ExecutionPlan>) -> Option<String> {
+    let (_, config) = filtered_scan(node)?;
+    let mut key = format!(
+        "{}|{:?}|",
+        config.object_store_url.as_str(),
+        config.file_source.table_schema().table_schema()
+    );
+    for group in &config.file_groups {
+        key.push('[');
+        for file in group.iter() {
+            let selection = match file.extensions.len() {
+                0 => None,
+                1 => Some(file.extensions.get::<ParquetRowSelection>()?.selection()),
+                _ => return None,
+            };
+            key.push_str(&format!(
+                "({}, {:?}, {:?})",
+                file.object_meta.location, file.range, selection
+            ));
+        }
+        key.push(']');
+    }
+    Some(key)
+}
+
+/// One scan of a file for several filtered readings of it, and what it kept for each.
+#[derive(Debug)]
+pub struct SharedScan {
+    /// The scan of every column any reading reads, with no filter.
+    scan: Arc<dyn ExecutionPlan>,
+    readings: Vec<Reading>,
+    limit_bytes: usize,
+    kept: tokio::sync::OnceCell<Kept>,
+}
+
+/// One reading of a shared scan: the filter it replaces, and how its rows are taken from the
+/// shared scan's.
+#[derive(Debug)]
+struct Reading {
+    /// The filter over its own scan, run instead when the shared scan keeps too much.
+    own: Arc<dyn ExecutionPlan>,
+    /// Its scan's columns, as positions in the shared scan's rows.
+    columns: Vec<usize>,
+    /// Its filter's predicate (over its scan's columns) and projection.
+    predicate: Arc<dyn PhysicalExpr>,
+    projection: Option<Vec<usize>>,
+    schema: SchemaRef,
+}
+
+/// What a shared scan kept: for each reading, its rows partition by partition, or `None` when
+/// it scans on its own.
+type Kept = Vec<Option<Vec<Vec<RecordBatch>>>>;
+
+impl SharedScan {
+    /// The shared scan of `readings` (filters over scans of the same rows).
+    fn new(readings: &[Arc<dyn ExecutionPlan>], limit_bytes: usize) -> Result<Option<Self>> {
+        let mut scanned: Vec<(&FilterExec, &FileScanConfig, Vec<usize>)> = Vec::new();
+        for node in readings {
+            let Some((filter, config)) = filtered_scan(node) else {
+                return Ok(None);
+            };
+            let Some(projection) = config.file_source.projection() else {
+                return Ok(None);
+            };
+            let own: Option<Vec<usize>> = projection
+                .iter()
+                .map(|e| e.expr.downcast_ref::<Column>().map(Column::index))
+                .collect();
+            let Some(own) = own else {
+                return Ok(None);
+            };
+            scanned.push((filter, config, own));
+        }
+        let mut columns: Vec<usize> = scanned.iter().flat_map(|(_, _, c)| c.clone()).collect();
+        columns.sort_unstable();
+        columns.dedup();
+        let (_, first, _) = &scanned[0];
+        let Some(source) = first.file_source.downcast_ref::<ParquetSource>() else {
+            return Ok(None);
+        };
+        // The readings' own filters, pushed into their scans to skip row groups, are dropped:
+        // each reading's filter is applied to the shared rows in full.
+        let mut bare = ParquetSource::new(FileSource::table_schema(source).clone())
+            .with_table_parquet_options(source.table_parquet_options().clone());
+        if let Some(factory) = source.parquet_file_reader_factory() {
+            bare = bare.with_parquet_file_reader_factory(Arc::clone(factory));
+        }
+        let config = FileScanConfigBuilder::from((*first).clone())
+            .with_source(Arc::new(bare))
+            .with_projection_indices(Some(columns.clone()))?
+            .build();
+        let scan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
+        let readings = readings
+            .iter()
+            .zip(scanned)
+            .map(|(own, (filter, _, own_columns))| Reading {
+                own: Arc::clone(own),
+                columns: own_columns
+                    .iter()
+                    .map(|c| columns.binary_search(c).expect("a column of the union"))
+                    .collect(),
+                predicate: Arc::clone(filter.predicate()),
+                projection: filter.projection().as_ref().map(|p| p.to_vec()),
+                schema: filter.schema(),
+            })
+            .collect();
+        Ok(Some(SharedScan {
+            scan,
+            readings,
+            limit_bytes,
+            kept: tokio::sync::OnceCell::new(),
+        }))
+    }
+
+    /// Scans the file once, each partition on a task of its own, keeping each reading's rows.
+    /// A reading that keeps more than one row in [`OWN_SCAN_SHARE`] of those scanned (once
+    /// [`JUDGED_AFTER`] rows are) is let go: it will scan on its own, since keeping its rows
+    /// until it runs costs more memory than decoding them again saves. When fewer than two
+    /// readings are left, or what they keep takes more than the limit, every reading scans
+    /// on its own.
+    async fn read(&self, context: Arc<TaskContext>) -> Result<Kept> {
+        let partitions = self.scan.output_partitioning().partition_count();
+        let batch_size = context.session_config().batch_size();
+        let tally = Arc::new(Tally {
+            scanned: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            kept: self.readings.iter().map(|_| AtomicUsize::new(0)).collect(),
+            let_go: self
+                .readings
+                .iter()
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            limit_bytes: self.limit_bytes,
+        });
+        let mut tasks = Vec::with_capacity(partitions);
+        for partition in 0..partitions {
+            let mut rows = self.scan.execute(partition, Arc::clone(&context))?;
+            let mut sieves: Vec<Sieve> = self
+                .readings
+                .iter()
+                .map(|r| Sieve {
+                    columns: r.columns.clone(),
+                    predicate: Arc::clone(&r.predicate),
+                    projection: r.projection.clone(),
+                    coalescer: BatchCoalescer::new(Arc::clone(&r.schema), batch_size),
+                    kept: Vec::new(),
+                    bytes: 0,
+                })
+                .collect();
+            let tally = Arc::clone(&tally);
+            tasks.push(SpawnedTask::spawn(async move {
+                while let Some(batch) = rows.next().await {
+                    let batch = batch?;
+                    tally.scanned.fetch_add(batch.num_rows(), Ordering::Relaxed);
+                    for (i, sieve) in sieves.iter_mut().enumerate() {
+                        if tally.let_go[i].load(Ordering::Relaxed) {
+                            // What it kept is no longer wanted.
+                            tally.bytes.fetch_sub(sieve.bytes, Ordering::Relaxed);
+                            *sieve = sieve.emptied();
+                            continue;
+                        }
+                        let (rows, bytes) = sieve.push(&batch)?;
+                        tally.kept[i].fetch_add(rows, Ordering::Relaxed);
+                        tally.bytes.fetch_add(bytes, Ordering::Relaxed);
+                    }
+                    if !tally.worth_sharing() {
+                        return Ok(None);
+                    }
+                }
+                let mut kept = Vec::with_capacity(sieves.len());
+                for mut sieve in sieves {
+                    sieve.coalescer.finish_buffered_batch()?;
+                    sieve.take_completed();
+                    kept.push(sieve.kept);
+                }
+                Ok::<_, DataFusionError>(Some(kept))
+            }));
+        }
+        let mut kept: Vec<Option<Vec<Vec<RecordBatch>>>> =
+            vec![Some(Vec::with_capacity(partitions)); self.readings.len()];
+        for task in tasks {
+            let done = task
+                .join()
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))??;
+            let Some(done) = done else {
+                return Ok(vec![None; self.readings.len()]);
+            };
+            for (reading, rows) in kept.iter_mut().zip(done) {
+                if let Some(reading) = reading {
+                    reading.push(rows);
+                }
+            }
+        }
+        for (reading, let_go) in kept.iter_mut().zip(&tally.let_go) {
+            if let_go.load(Ordering::Relaxed) {
+                *reading = None;
+            }
+        }
+        Ok(kept)
+    }
+}
+
+/// A reading that keeps more than one row in this many of those scanned scans on its own.
+pub const OWN_SCAN_SHARE: usize = 8;
+
+/// The rows scanned before the readings are judged by what they keep.
+pub const JUDGED_AFTER: usize = 65_536;
+
+/// What a shared scan has read and kept so far, over all its partitions, and which readings
+/// it has let go.
+struct Tally {
+    scanned: AtomicUsize,
+    bytes: AtomicUsize,
+    kept: Vec<AtomicUsize>,
+    let_go: Vec<AtomicBool>,
+    limit_bytes: usize,
+}
+
+impl Tally {
+    /// Lets go of the readings that keep too large a share of the rows; whether at least two
+    /// are left and what they keep is within the limit.
+    fn worth_sharing(&self) -> bool {
+        let scanned = self.scanned.load(Ordering::Relaxed);
+        if scanned >= JUDGED_AFTER {
+            for (kept, let_go) in self.kept.iter().zip(&self.let_go) {
+                if kept.load(Ordering::Relaxed) * OWN_SCAN_SHARE > scanned {
+                    let_go.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        let left = self
+            .let_go
+            .iter()
+            .filter(|l| !l.load(Ordering::Relaxed))
+            .count();
+        left >= 2 && self.bytes.load(Ordering::Relaxed) <= self.limit_bytes
+    }
+}
+
+/// One reading's filter over one partition of the shared scan, and the rows it kept.
+struct Sieve {
+    columns: Vec<usize>,
+    predicate: Arc<dyn PhysicalExpr>,
+    projection: Option<Vec<usize>>,
+    coalescer: BatchCoalescer,
+    kept: Vec<RecordBatch>,
+    /// The bytes of `kept`.
+    bytes: usize,
+}
+
+impl Sieve {
+    /// Keeps the rows of a batch of the shared scan that the reading's filter keeps: how many,
+    /// and the bytes of the batches this completed.
+    fn push(&mut self, batch: &RecordBatch) -> Result<(usize, usize)> {
+        let own = batch.project(&self.columns)?;
+        let test = self.predicate.evaluate(&own)?.into_array(own.num_rows())?;
+        let own = match &self.projection {
+            Some(p) => own.project(p)?,
+            None => own,
+        };
+        let own = RecordBatch::try_new(self.coalescer.schema(), own.columns().to_vec())?;
+        let test = test.as_boolean();
+        let rows = test.true_count();
+        self.coalescer.push_batch_with_filter(own, test)?;
+        Ok((rows, self.take_completed()))
+    }
+
+    fn take_completed(&mut self) -> usize {
+        let mut bytes = 0;
+        while let Some(done) = self.coalescer.next_completed_batch() {
+            bytes += done.get_array_memory_size();
+            self.kept.push(done);
+        }
+        self.bytes += bytes;
+        bytes
+    }
+
+    /// The sieve with nothing kept.
+    fn emptied(&self) -> Sieve {
+        Sieve {
+            columns: Vec::new(),
+            predicate: Arc::clone(&self.predicate),
+            projection: None,
+            coalescer: BatchCoalescer::new(self.coalescer.schema(), 1),
+            kept: Vec::new(),
+            bytes: 0,
+        }
+    }
+}
+
+/// A filtered reading of a Parquet file whose scan is shared ([`SharedScan`]): the rows its
+/// filter keeps, partition by partition, as the filter over its own scan would return them.
+#[derive(Debug)]
+pub struct SharedReadingExec {
+    shared: Arc<SharedScan>,
+    index: usize,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl SharedReadingExec {
+    fn reading(&self) -> &Reading {
+        &self.shared.readings[self.index]
+    }
+}
+
+impl DisplayAs for SharedReadingExec {
+    /// The first reading shows the shared scan (as the `DataSourceExec` it runs); the others
+    /// name its file.
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let reading = self.reading();
+        write!(
+            f,
+            "SharedReadingExec: reading {} of {} of one scan, predicate={}",
+            self.index + 1,
+            self.shared.readings.len(),
+            reading.predicate
+        )?;
+        if self.index == 0 {
+            write!(f, ", scan=")?;
+            match self.shared.scan.downcast_ref::<DataSourceExec>() {
+                Some(scan) => scan.fmt_as(t, f),
+                None => Ok(()),
+            }
+        } else {
+            let file = self
+                .shared
+                .scan
+                .downcast_ref::<DataSourceExec>()
+                .and_then(|s| s.downcast_to_file_source::<ParquetSource>())
+                .and_then(|(c, _)| c.file_groups.first()?.iter().next().cloned());
+            match file {
+                Some(file) => {
+                    let name = file.object_meta.location.filename().unwrap_or_default();
+                    write!(f, ", file={name}")
+                }
+                None => Ok(()),
+            }
+        }
+    }
+}
+
+impl ExecutionPlan for SharedReadingExec {
+    fn name(&self) -> &str {
+        "SharedReadingExec"
+    }
+
+    /// Those of the filter it replaces: the same rows, in the same partitions.
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.reading().own.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        f(&self.reading().predicate)
+    }
+
+    #[allow(deprecated)]
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal(
+                "SharedReadingExec has no input".to_string(),
+            ))
+        }
+    }
+
+    /// The reading's rows of one partition, once the shared scan has kept them (the first
+    /// reading to run starts it; the others wait for it), or from its own scan when the
+    /// shared scan kept too many.
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let shared = Arc::clone(&self.shared);
+        let index = self.index;
+        let schema = self.schema();
+        let metrics = BaselineMetrics::new(&self.metrics, partition);
+        let rows = futures::stream::once(async move {
+            let kept = shared
+                .kept
+                .get_or_try_init(|| shared.read(Arc::clone(&context)))
+                .await?;
+            let rows: SendableRecordBatchStream = match &kept[index] {
+                Some(kept) => {
+                    let batches = kept.get(partition).cloned().unwrap_or_default();
+                    Box::pin(RecordBatchStreamAdapter::new(
+                        Arc::clone(&shared.readings[index].schema),
+                        futures::stream::iter(batches.into_iter().map(Ok)),
+                    ))
+                }
+                None => shared.readings[index].own.execute(partition, context)?,
+            };
+            Ok::<_, DataFusionError>(rows)
+        })
+        .try_flatten()
+        .inspect_ok(move |batch| metrics.record_output(batch.num_rows()));
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, rows)))
+    }
+
+    /// The first reading's metrics hold the shared scan's too.
+    fn metrics(&self) -> Option<MetricsSet> {
+        let mut metrics = self.metrics.clone_inner();
+        if self.index == 0 {
+            // Not the scan's rows and batches, which would be added to the reading's.
+            let own = [
+                "output_rows",
+                "output_batches",
+                "output_bytes",
+                "elapsed_compute",
+            ];
+            for metric in self.shared.scan.metrics().iter().flat_map(|m| m.iter()) {
+                if !own.contains(&metric.value().name()) {
+                    metrics.push(Arc::clone(metric));
+                }
+            }
+        }
+        Some(metrics)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, RecordBatch};
+    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    use datafusion::execution::SessionStateBuilder;
+    use datafusion::parquet::arrow::ArrowWriter;
+    use datafusion::parquet::basic::Compression;
+    use datafusion::parquet::file::properties::WriterProperties;
+    use datafusion::physical_plan::collect;
+    use datafusion::prelude::{ParquetReadOptions, SessionContext};
+    use std::path::Path;
+
+    const ROWS: i64 = 200_000;
+
+    /// Row `i`'s kind: half the rows 1, one in a hundred 2, one in a hundred 3, the rest 4.
+    fn kind(i: i64) -> i64 {
+        match (i % 2, i % 100) {
+            (0, _) => 1,
+            (_, 1) => 2,
+            (_, 3) => 3,
+            _ => 4,
+        }
+    }
+
+    /// Row `i`'s value: scattered, so that nothing compresses.
+    fn value(i: i64) -> i64 {
+        i * 7_919 % 1_000_003
+    }
+
+    /// The rows in row groups of 50,000, over the 1 MiB below which DataFusion reads a file in
+    /// one partition.
+    fn write(path: &Path) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, true),
+            Field::new("v", DataType::Int64, true),
+        ]));
+        let kinds = Int64Array::from_iter_values((0..ROWS).map(kind));
+        let values = Int64Array::from_iter_values((0..ROWS).map(value));
+        let batch =
+            RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(kinds), Arc::new(values)])
+                .unwrap();
+        let properties = WriterProperties::builder()
+            .set_dictionary_enabled(false)
+            .set_compression(Compression::UNCOMPRESSED)
+            .set_max_row_group_row_count(Some(50_000))
+            .build();
+        let file = std::fs::File::create(path).unwrap();
+        let mut writer = ArrowWriter::try_new(file, schema, Some(properties)).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+    }
+
+    /// Four readings of the file: three that test its kinds, one that keeps every row.
+    const QUERY: &str = "SELECT 'one' AS r, count(*) AS n, sum(v) AS s FROM t WHERE k = 1 \
+        UNION ALL SELECT 'two', count(*), sum(v) FROM t WHERE k = 2 \
+        UNION ALL SELECT 'three', count(*), sum(v) FROM t WHERE k IN (3, 5) \
+        UNION ALL SELECT 'all', count(*), sum(v) FROM t WHERE k IS NOT NULL";
+
+    /// What the query should give, counted here.
+    fn expected() -> Vec<(String, i64, i64)> {
+        let of = |name: &str, keep: &dyn Fn(i64) -> bool| {
+            let rows: Vec<i64> = (0..ROWS).filter(|i| keep(kind(*i))).collect();
+            let sum = rows.iter().map(|i| value(*i)).sum();
+            (name.to_string(), rows.len() as i64, sum)
+        };
+        let mut rows = vec![
+            of("one", &|k| k == 1),
+            of("two", &|k| k == 2),
+            of("three", &|k| k == 3 || k == 5),
+            of("all", &|_| true),
+        ];
+        rows.sort();
+        rows
+    }
+
+    /// The query's rows, and the plan's shared readings after it ran: the predicate each
+    /// shows, and whether it kept its rows from the shared scan (`false`: its own scan).
+    fn run(ctx: SessionContext, path: &Path) -> (Vec<(String, i64, i64)>, Vec<(String, bool)>) {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let options = ParquetReadOptions::default();
+            ctx.register_parquet("t", path.to_str().unwrap(), options)
+                .await
+                .unwrap();
+            let plan = ctx.sql(QUERY).await.unwrap();
+            let plan = plan.create_physical_plan().await.unwrap();
+            let batches = collect(Arc::clone(&plan), ctx.task_ctx()).await.unwrap();
+            let mut rows = Vec::new();
+            for b in &batches {
+                let names = datafusion::arrow::compute::cast(b.column(0), &DataType::Utf8).unwrap();
+                for i in 0..b.num_rows() {
+                    rows.push((
+                        names.as_string::<i32>().value(i).to_string(),
+                        b.column(1).as_primitive::<Int64Type>().value(i),
+                        b.column(2).as_primitive::<Int64Type>().value(i),
+                    ));
+                }
+            }
+            rows.sort();
+            let mut readings = Vec::new();
+            plan.apply(|node| {
+                if let Some(r) = node.downcast_ref::<SharedReadingExec>() {
+                    let kept = r.shared.kept.get().expect("the shared scan ran");
+                    readings.push((r.reading().predicate.to_string(), kept[r.index].is_some()));
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+            .unwrap();
+            readings.sort();
+            (rows, readings)
+        })
+    }
+
+    /// A session with cohortql's rules, its shared scans keeping at most `limit_bytes`.
+    fn session(limit_bytes: usize) -> SessionContext {
+        let state = super::super::new_context(true).state();
+        let rules = state
+            .physical_optimizers()
+            .iter()
+            .map(|r| -> Arc<dyn PhysicalOptimizerRule + Send + Sync> {
+                if r.name() == "shared_scans" {
+                    Arc::new(SharedScans { limit_bytes })
+                } else {
+                    Arc::clone(r)
+                }
+            })
+            .collect();
+        let state = SessionStateBuilder::new_from_existing(state)
+            .with_physical_optimizer_rules(rules)
+            .build();
+        SessionContext::new_with_state(state)
+    }
+
+    #[test]
+    fn readings_that_test_the_same_file_share_one_scan_and_give_what_their_own_scans_give() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        write(&path);
+        let (rows, readings) = run(session(SharedScans::default().limit_bytes), &path);
+        assert_eq!(rows, expected());
+        assert_eq!(
+            readings,
+            vec![
+                // Half the rows: more than one in eight, let go to scan on its own.
+                ("k@0 = 1".to_string(), false),
+                ("k@0 = 2".to_string(), true),
+                ("k@0 = 3 OR k@0 = 5".to_string(), true),
+            ],
+            "the filter that keeps every row known is not shared"
+        );
+        // Without cohortql's rules, the same rows.
+        let (plain, none) = run(super::super::new_context(false), &path);
+        assert_eq!((plain, none), (expected(), vec![]));
+    }
+
+    #[test]
+    fn a_shared_scan_that_would_keep_more_than_its_limit_leaves_each_reading_its_own_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        write(&path);
+        let (rows, readings) = run(session(1), &path);
+        assert_eq!(rows, expected());
+        assert_eq!(readings.len(), 3, "{readings:?}");
+        assert!(readings.iter().all(|(_, shared)| !shared), "{readings:?}");
+    }
+}
