@@ -677,9 +677,16 @@ impl Planner<'_> {
         // index records are not filtered: each count tests its concepts in the join, whose
         // engine then sees the exact number of kept records when it chooses the side to hash.
         let one_set = kept.is_none() && sets.windows(2).all(|w| w[0] == w[1]);
-        let (records, rec) = match kept {
-            Some(kept) => kept,
-            None => self.records_of_any(domain, modality, &sets)?,
+        // The consent rule, a test of each record alone, is applied once the records are
+        // joined with the rows: to the records of the rows' persons, not to all of the sets'
+        // (the breast study's BMI reading: 10,000 joined rows instead of 5 million records).
+        // The kept index records had it applied when they were read.
+        let (records, rec, consent_after_join) = match kept {
+            Some((plan, rec)) => (plan, rec, false),
+            None => {
+                let (plan, rec) = self.records_of_any_before_consent(domain, modality, &sets)?;
+                (plan, rec, true)
+            }
         };
         let mut exprs: Vec<Expr> = names(&ctx.base).iter().map(|n| c(n)).collect();
         let mut tests: Vec<Expr> = Vec::new();
@@ -729,6 +736,11 @@ impl Planner<'_> {
             JoinType::Inner,
             &[(ctx.person.as_str(), rec.person.as_str())],
         )?;
+        let (rows, rec) = if consent_after_join {
+            self.consent_records(rows, rec)?
+        } else {
+            (rows, rec)
+        };
         Ok((rows, rec, tests))
     }
 

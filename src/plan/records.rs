@@ -152,6 +152,18 @@ impl Planner<'_> {
         modality: bool,
         sets: &[Option<&ConceptExpr>],
     ) -> Result<(LogicalPlan, Rec)> {
+        let (plan, rec) = self.records_of_any_before_consent(domain, modality, sets)?;
+        self.consent_records(plan, rec)
+    }
+
+    /// The records of a domain of any of the concept sets, the consent rule not yet applied:
+    /// for a reading that applies it once joined with fewer rows (`consent_records`).
+    pub(super) fn records_of_any_before_consent(
+        &mut self,
+        domain: Domain,
+        modality: bool,
+        sets: &[Option<&ConceptExpr>],
+    ) -> Result<(LogicalPlan, Rec)> {
         let (mut plan, rec) = self.raw_records(domain, modality)?;
         if sets.iter().all(Option::is_some) {
             let mut tests: Vec<Expr> = Vec::new();
@@ -165,7 +177,7 @@ impl Planner<'_> {
                 plan = filter(plan, any)?;
             }
         }
-        self.consent_records(plan, rec)
+        Ok((plan, rec))
     }
 
     /// The records of a domain as stored, before the consent rule, read as the OMOP domain
@@ -317,9 +329,13 @@ impl Planner<'_> {
         Ok((plan, cols))
     }
 
-    /// Applies the consent rule to records: a person without consent contributes none, or
-    /// none dated from the rule's date on.
-    fn consent_records(&mut self, plan: LogicalPlan, rec: Rec) -> Result<(LogicalPlan, Rec)> {
+    /// Applies the consent rule to records (or to rows holding a record's columns): a person
+    /// without consent contributes none, or none dated from the rule's date on.
+    pub(super) fn consent_records(
+        &mut self,
+        plan: LogicalPlan,
+        rec: Rec,
+    ) -> Result<(LogicalPlan, Rec)> {
         let Some((consenting, from)) = self.consent_rule()? else {
             return Ok((plan, rec));
         };
