@@ -473,12 +473,56 @@ impl SharedReadingExec {
     fn reading(&self) -> &Reading {
         &self.shared.readings[self.index]
     }
+
+    /// The reading's own scan, when it ran it instead of taking its rows from the shared one.
+    fn own_scan(&self) -> Option<&Arc<dyn ExecutionPlan>> {
+        let kept = self.shared.kept.get()?;
+        kept[self.index]
+            .is_none()
+            .then(|| self.reading().own.children().first().copied())
+            .flatten()
+    }
+}
+
+/// The metrics of a scan that are not a reading's own (its rows, batches and time), which
+/// would be added to the reading's.
+fn scan_metrics(
+    scan: &Arc<dyn ExecutionPlan>,
+) -> Vec<Arc<datafusion::physical_plan::metrics::Metric>> {
+    let own = [
+        "output_rows",
+        "output_batches",
+        "output_bytes",
+        "elapsed_compute",
+    ];
+    scan.metrics()
+        .iter()
+        .flat_map(|m| m.iter())
+        .filter(|m| !own.contains(&m.value().name()))
+        .cloned()
+        .collect()
 }
 
 impl DisplayAs for SharedReadingExec {
     /// The first reading shows the shared scan (as the `DataSourceExec` it runs); the others
-    /// name its file.
+    /// name its file. Once run, a reading that was let go shows the scan it ran on its own.
     fn fmt_as(&self, t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        self.fmt_reading(t, f)?;
+        match self
+            .own_scan()
+            .and_then(|s| s.downcast_ref::<DataSourceExec>())
+        {
+            Some(scan) => {
+                write!(f, ", let go to its own scan=")?;
+                scan.fmt_as(t, f)
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+impl SharedReadingExec {
+    fn fmt_reading(&self, t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         let reading = self.reading();
         write!(
             f,
@@ -580,21 +624,18 @@ impl ExecutionPlan for SharedReadingExec {
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, rows)))
     }
 
-    /// The first reading's metrics hold the shared scan's too.
+    /// The first reading's metrics hold the shared scan's too, and a reading let go its own
+    /// scan's (the first, let go, both).
     fn metrics(&self) -> Option<MetricsSet> {
         let mut metrics = self.metrics.clone_inner();
         if self.index == 0 {
-            // Not the scan's rows and batches, which would be added to the reading's.
-            let own = [
-                "output_rows",
-                "output_batches",
-                "output_bytes",
-                "elapsed_compute",
-            ];
-            for metric in self.shared.scan.metrics().iter().flat_map(|m| m.iter()) {
-                if !own.contains(&metric.value().name()) {
-                    metrics.push(Arc::clone(metric));
-                }
+            for metric in scan_metrics(&self.shared.scan) {
+                metrics.push(metric);
+            }
+        }
+        if let Some(scan) = self.own_scan() {
+            for metric in scan_metrics(scan) {
+                metrics.push(metric);
             }
         }
         Some(metrics)
@@ -610,7 +651,7 @@ mod tests {
     use datafusion::parquet::arrow::ArrowWriter;
     use datafusion::parquet::basic::Compression;
     use datafusion::parquet::file::properties::WriterProperties;
-    use datafusion::physical_plan::collect;
+    use datafusion::physical_plan::{collect, displayable};
     use datafusion::prelude::{ParquetReadOptions, SessionContext};
     use std::path::Path;
 
@@ -706,7 +747,15 @@ mod tests {
             plan.apply(|node| {
                 if let Some(r) = node.downcast_ref::<SharedReadingExec>() {
                     let kept = r.shared.kept.get().expect("the shared scan ran");
-                    readings.push((r.reading().predicate.to_string(), kept[r.index].is_some()));
+                    let shared = kept[r.index].is_some();
+                    // `plan --analyze` shows the scan a reading let go ran on its own.
+                    let shown = displayable(node.as_ref()).one_line().to_string();
+                    assert_eq!(
+                        !shared,
+                        shown.contains("let go to its own scan="),
+                        "{shown}"
+                    );
+                    readings.push((r.reading().predicate.to_string(), shared));
                 }
                 Ok(TreeNodeRecursion::Continue)
             })
