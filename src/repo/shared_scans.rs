@@ -121,21 +121,35 @@ fn address(node: &Arc<dyn ExecutionPlan>) -> usize {
     Arc::as_ptr(node) as *const () as usize
 }
 
+/// A filter straight over a Parquet scan, as the rule sees it.
+struct Filtered<'a> {
+    filter: &'a FilterExec,
+    config: &'a FileScanConfig,
+    source: &'a ParquetSource,
+    /// The scan's columns, as indices of the table's.
+    columns: Vec<usize>,
+}
+
 /// The Parquet scan under a filter, when the rule can share it: its columns plain, no limit,
-/// no order it promises.
-fn filtered_scan(node: &Arc<dyn ExecutionPlan>) -> Option<(&FilterExec, &FileScanConfig)> {
+/// no order it promises, a selective filter.
+fn filtered_scan(node: &Arc<dyn ExecutionPlan>) -> Option<Filtered<'_>> {
     let filter = node.downcast_ref::<FilterExec>()?;
-    if filter.fetch().is_some() {
+    if filter.fetch().is_some() || !selective(filter.predicate()) {
         return None;
     }
     let scan = filter.input().downcast_ref::<DataSourceExec>()?;
     let (config, source) = scan.downcast_to_file_source::<ParquetSource>()?;
-    let plain = source
-        .projection()
-        .is_some_and(|p| p.iter().all(|e| e.expr.downcast_ref::<Column>().is_some()));
+    let columns = FileSource::projection(source)?
+        .iter()
+        .map(|e| e.expr.downcast_ref::<Column>().map(Column::index))
+        .collect::<Option<Vec<usize>>>()?;
     let ordered = scan.properties().output_ordering().is_some();
-    (plain && !ordered && config.limit.is_none() && selective(filter.predicate()))
-        .then_some((filter, config))
+    (!ordered && config.limit.is_none()).then_some(Filtered {
+        filter,
+        config,
+        source,
+        columns,
+    })
 }
 
 /// Whether a filter tests a column against given values (`=` a literal, `IN` a list), as a
@@ -171,7 +185,7 @@ fn selective(predicate: &Arc<dyn PhysicalExpr>) -> bool {
 /// store, each partition's files with their byte ranges and row selections, the table's
 /// schema.
 fn reading_key(node: &Arc<dyn ExecutionPlan>) -> Option<String> {
-    let (_, config) = filtered_scan(node)?;
+    let config = filtered_scan(node)?.config;
     let mut key = format!(
         "{}|{:?}|",
         config.object_store_url.as_str(),
@@ -226,30 +240,17 @@ type Kept = Vec<Option<Vec<Vec<RecordBatch>>>>;
 impl SharedScan {
     /// The shared scan of `readings` (filters over scans of the same rows).
     fn new(readings: &[Arc<dyn ExecutionPlan>], limit_bytes: usize) -> Result<Option<Self>> {
-        let mut scanned: Vec<(&FilterExec, &FileScanConfig, Vec<usize>)> = Vec::new();
-        for node in readings {
-            let Some((filter, config)) = filtered_scan(node) else {
-                return Ok(None);
-            };
-            let Some(projection) = config.file_source.projection() else {
-                return Ok(None);
-            };
-            let own: Option<Vec<usize>> = projection
-                .iter()
-                .map(|e| e.expr.downcast_ref::<Column>().map(Column::index))
-                .collect();
-            let Some(own) = own else {
-                return Ok(None);
-            };
-            scanned.push((filter, config, own));
-        }
-        let mut columns: Vec<usize> = scanned.iter().flat_map(|(_, _, c)| c.clone()).collect();
-        columns.sort_unstable();
-        columns.dedup();
-        let (_, first, _) = &scanned[0];
-        let Some(source) = first.file_source.downcast_ref::<ParquetSource>() else {
+        let Some(scanned) = readings
+            .iter()
+            .map(filtered_scan)
+            .collect::<Option<Vec<Filtered>>>()
+        else {
             return Ok(None);
         };
+        let mut columns: Vec<usize> = scanned.iter().flat_map(|f| f.columns.clone()).collect();
+        columns.sort_unstable();
+        columns.dedup();
+        let (first, source) = (scanned[0].config, scanned[0].source);
         // The readings' own filters, pushed into their scans to skip row groups, are dropped:
         // each reading's filter is applied to the shared rows in full.
         let mut bare = ParquetSource::new(FileSource::table_schema(source).clone())
@@ -257,7 +258,7 @@ impl SharedScan {
         if let Some(factory) = source.parquet_file_reader_factory() {
             bare = bare.with_parquet_file_reader_factory(Arc::clone(factory));
         }
-        let config = FileScanConfigBuilder::from((*first).clone())
+        let config = FileScanConfigBuilder::from(first.clone())
             .with_source(Arc::new(bare))
             .with_projection_indices(Some(columns.clone()))?
             .build();
@@ -265,15 +266,16 @@ impl SharedScan {
         let readings = readings
             .iter()
             .zip(scanned)
-            .map(|(own, (filter, _, own_columns))| Reading {
+            .map(|(own, f)| Reading {
                 own: Arc::clone(own),
-                columns: own_columns
+                columns: f
+                    .columns
                     .iter()
                     .map(|c| columns.binary_search(c).expect("a column of the union"))
                     .collect(),
-                predicate: Arc::clone(filter.predicate()),
-                projection: filter.projection().as_ref().map(|p| p.to_vec()),
-                schema: filter.schema(),
+                predicate: Arc::clone(f.filter.predicate()),
+                projection: f.filter.projection().as_ref().map(|p| p.to_vec()),
+                schema: f.filter.schema(),
             })
             .collect();
         Ok(Some(SharedScan {
@@ -307,16 +309,18 @@ impl SharedScan {
         let mut tasks = Vec::with_capacity(partitions);
         for partition in 0..partitions {
             let mut rows = self.scan.execute(partition, Arc::clone(&context))?;
-            let mut sieves: Vec<Sieve> = self
+            let mut sieves: Vec<Option<Sieve>> = self
                 .readings
                 .iter()
-                .map(|r| Sieve {
-                    columns: r.columns.clone(),
-                    predicate: Arc::clone(&r.predicate),
-                    projection: r.projection.clone(),
-                    coalescer: BatchCoalescer::new(Arc::clone(&r.schema), batch_size),
-                    kept: Vec::new(),
-                    bytes: 0,
+                .map(|r| {
+                    Some(Sieve {
+                        columns: r.columns.clone(),
+                        predicate: Arc::clone(&r.predicate),
+                        projection: r.projection.clone(),
+                        coalescer: BatchCoalescer::new(Arc::clone(&r.schema), batch_size),
+                        kept: Vec::new(),
+                        bytes: 0,
+                    })
                 })
                 .collect();
             let tally = Arc::clone(&tally);
@@ -324,13 +328,15 @@ impl SharedScan {
                 while let Some(batch) = rows.next().await {
                     let batch = batch?;
                     tally.scanned.fetch_add(batch.num_rows(), Ordering::Relaxed);
-                    for (i, sieve) in sieves.iter_mut().enumerate() {
+                    for (i, slot) in sieves.iter_mut().enumerate() {
                         if tally.let_go[i].load(Ordering::Relaxed) {
                             // What it kept is no longer wanted.
-                            tally.bytes.fetch_sub(sieve.bytes, Ordering::Relaxed);
-                            *sieve = sieve.emptied();
+                            if let Some(sieve) = slot.take() {
+                                tally.bytes.fetch_sub(sieve.bytes, Ordering::Relaxed);
+                            }
                             continue;
                         }
+                        let Some(sieve) = slot else { continue };
                         let (rows, bytes) = sieve.push(&batch)?;
                         tally.kept[i].fetch_add(rows, Ordering::Relaxed);
                         tally.bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -339,11 +345,17 @@ impl SharedScan {
                         return Ok(None);
                     }
                 }
+                // A reading let go keeps nothing (and is given its own scan below).
                 let mut kept = Vec::with_capacity(sieves.len());
-                for mut sieve in sieves {
-                    sieve.coalescer.finish_buffered_batch()?;
-                    sieve.take_completed();
-                    kept.push(sieve.kept);
+                for sieve in sieves {
+                    kept.push(match sieve {
+                        Some(mut sieve) => {
+                            sieve.coalescer.finish_buffered_batch()?;
+                            sieve.take_completed();
+                            sieve.kept
+                        }
+                        None => Vec::new(),
+                    });
                 }
                 Ok::<_, DataFusionError>(Some(kept))
             }));
@@ -445,18 +457,6 @@ impl Sieve {
         }
         self.bytes += bytes;
         bytes
-    }
-
-    /// The sieve with nothing kept.
-    fn emptied(&self) -> Sieve {
-        Sieve {
-            columns: Vec::new(),
-            predicate: Arc::clone(&self.predicate),
-            projection: None,
-            coalescer: BatchCoalescer::new(self.coalescer.schema(), 1),
-            kept: Vec::new(),
-            bytes: 0,
-        }
     }
 }
 
