@@ -40,6 +40,10 @@ pub(super) struct Ctx {
     pub event_end: Option<String>,
     pub event_visit: Option<String>,
     pub follow_up: Option<(String, String)>,
+    /// The observation period the entries chose for each row's index date (start, end
+    /// columns), when that period decides `continuous observation [s, 0]` from the index
+    /// alone (`Planner::entry_ctx`).
+    pub index_period: Option<(String, String)>,
 }
 
 /// An aggregate per context row, to be joined to the rows by their key.
@@ -139,6 +143,7 @@ impl Ctx {
             event_end: None,
             event_visit: None,
             follow_up: None,
+            index_period: None,
         }
     }
 
@@ -170,6 +175,16 @@ impl Ctx {
                 )
             }),
         }
+    }
+
+    /// The start column of the entry's period when it alone decides whether one observation
+    /// period covers `[anchor + start, anchor + end]`: a window on the index that ends on it.
+    fn period_deciding(&self, anchor: Anchor, start: i64, end: i64) -> Option<String> {
+        let (period_start, period_end) = self.index_period.as_ref()?;
+        let schema = self.base.schema();
+        let present = schema.has_column_with_unqualified_name(period_start)
+            && schema.has_column_with_unqualified_name(period_end);
+        (anchor == Anchor::Index && end == 0 && start <= 0 && present).then(|| period_start.clone())
     }
 
     fn anchor(&self, anchor: Anchor) -> Option<Expr> {
@@ -1060,6 +1075,14 @@ impl Planner<'_> {
                 let Some(a) = ctx.anchor(*anchor) else {
                     return Ok(lit(false));
                 };
+                if let Some(period_start) = ctx.period_deciding(*anchor, *start, *end) {
+                    // A period that covers the window contains the index date, and the entry's
+                    // period starts no later than any such one.
+                    return Ok(coalesce(vec![
+                        c(&period_start).lt_eq(days_add(a, lit(*start))),
+                        lit(false),
+                    ]));
+                }
                 let (covering, _) =
                     self.covering_periods(ctx.base.clone(), &ctx.person.clone(), a, *start, *end)?;
                 let n = self

@@ -1009,7 +1009,25 @@ impl Planner<'_> {
             event_end: None,
             event_visit: None,
             follow_up: follow_up.then(|| (FOLLOW_UP_START.into(), FOLLOW_UP_END.into())),
+            index_period: self
+                .index_period_decides()
+                .then(|| (PERIOD_START.into(), PERIOD_END.into())),
         }
+    }
+
+    /// Whether an entry's period decides `continuous observation [s, 0]` (s ≤ 0) on its
+    /// index date without reading the periods again. A period P that covers the window
+    /// contains the index date. The entries chose, of the periods that qualify, the one with
+    /// the earliest start, C. When every period containing the index date qualifies (`with or
+    /// without observation`, or an index observation that ends on the index date, `[b, 0]`),
+    /// either P qualifies, and C starts no later, or it starts after `index + b`, where C
+    /// starts at the latest. So a period covers the window exactly when C starts by
+    /// `index + s` (C contains the index date); NULL when no period contains it. With days of
+    /// observation required after the index, a period covering the window might not qualify
+    /// and start before C; the periods are then read again.
+    fn index_period_decides(&self) -> bool {
+        let index = &self.study.index;
+        index.any_observation || index.observation.1 == 0
     }
 
     /// Whether a person can have more than one entry: only with `all` events as index.
