@@ -9,12 +9,13 @@ mod common;
 use cohortql::reference::rows::load_rows;
 use cohortql::repo::write::OutputFormat;
 use cohortql::repo::Repository;
+use cohortql::run::Keeping;
 use cohortql::synth::{generate, SynthOptions};
 use common::postgres::Postgres;
 use common::random::{random_data, random_study};
 use common::{
-    by_database, by_datafusion, by_postgres, by_reference, checked, in_database, on_postgres,
-    on_repository, study_files, with_big_stack, Got,
+    by_database, by_datafusion, by_datafusion_keeping_every_domain, by_postgres, by_reference,
+    checked, in_database, keeping, on_postgres, on_repository, study_files, with_big_stack, Got,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -98,6 +99,8 @@ fn every_study_over_a_synthetic_repository() {
         let reference = by_reference(&study, &data);
         let datafusion = on_repository(&study, &repo_dir);
         assert_agree(&name, &reference, &datafusion);
+        let kept = keeping(&study, &repo_dir, Keeping::Every);
+        assert_agree(&format!("{name}, every domain kept"), &reference, &kept);
         let postgres = on_postgres(&server, &schema, &study);
         assert_agree(&format!("{name} on PostgreSQL"), &reference, &postgres);
         let database = in_database(&server, &schema, &study);
@@ -140,6 +143,12 @@ fn random_studies_over_random_repositories() {
         let reference = by_reference(&study, &data);
         let datafusion = by_datafusion(&study, &data);
         assert_agree(&format!("seed {seed}: {study:#?}"), &reference, &datafusion);
+        let kept = by_datafusion_keeping_every_domain(&study, &data);
+        assert_agree(
+            &format!("seed {seed}, every domain kept: {study:#?}"),
+            &reference,
+            &kept,
+        );
         let postgres = by_postgres(&server, &study, &data);
         assert_agree(
             &format!("seed {seed} on PostgreSQL: {study:#?}"),

@@ -486,6 +486,11 @@ fn the_vocabulary_and_the_consenting_persons_are_read_once_per_run() {
     // descendants of the cancer and the drugs: one reading of each relation.
     let lookups_run = names.iter().take_while(|n| **n == "concept_sets").count();
     assert_eq!(lookups_run, 2, "{text}");
+    // (Between them, the domains read by several stages that `run` keeps: `plan::kept`.)
+    let names: Vec<&str> = names
+        .into_iter()
+        .filter(|n| *n != "kept_sample" && !n.starts_with("cohortql_kept_"))
+        .collect();
     assert_eq!(
         &names[2..5],
         [
@@ -523,13 +528,19 @@ fn the_vocabulary_and_the_consenting_persons_are_read_once_per_run() {
             );
         }
     }
-    // The consent records, then the `pcr_at_surgery` endpoint's: nothing else reads them.
+    // The consent records, then the `pcr_at_surgery` endpoint's: nothing else reads them but
+    // the sample that finds them too many of the observations to keep for both
+    // (`plan::kept`; 65,536 rows at most).
     let observations: Vec<&str> = sections
         .iter()
         .filter(|(_, body)| parquet_reads(body, "observation") > 0)
         .map(|(name, _)| *name)
         .collect();
-    assert_eq!(observations, ["cohortql_consenting", "dataset"], "{text}");
+    assert_eq!(
+        observations,
+        ["kept_sample", "cohortql_consenting", "dataset"],
+        "{text}"
+    );
     assert!(sections
         .iter()
         .all(|(_, body)| parquet_reads(body, "observation") <= 1));
@@ -679,12 +690,19 @@ fn counts_of_one_domain_share_one_reading() {
         .filter(|l| l.contains("HashJoinExec") && l.contains("1118084") && l.contains("1124300"))
         .count();
     assert_eq!(joins_testing_concepts, 1, "{population}");
+    // Conditions are read by the population (the exclusion of a prior GI bleeding) and the
+    // dataset: once, for both, their records of the study's sets kept (`plan::kept`).
     assert_eq!(
-        reads("cohortql_population", "condition_occurrence"),
+        reads("cohortql_kept_condition", "condition_occurrence"),
         1,
         "{text}"
     );
-    assert_eq!(reads("dataset", "condition_occurrence"), 1, "{text}");
+    assert_eq!(
+        reads("cohortql_population", "condition_occurrence"),
+        0,
+        "{text}"
+    );
+    assert_eq!(reads("dataset", "condition_occurrence"), 0, "{text}");
 }
 
 /// With a first or last event as index a person has one entry, and each criterion's aggregate
@@ -820,9 +838,16 @@ fn the_index_records_are_kept_once_and_none_read_no_periods() {
         ],
         "{text}"
     );
+    // Its measurements are kept for all stages (`plan::kept`): the index records read them
+    // there, and once.
+    assert_eq!(
+        stage_reads(&text, "cohortql_kept_measurement", "measurement"),
+        1,
+        "{text}"
+    );
     assert_eq!(
         stage_reads(&text, "cohortql_index_records", "measurement"),
-        1,
+        0,
         "{text}"
     );
     read_by_neither_entries_nor_attrition(&text, &["measurement", "image_occurrence"]);
@@ -984,10 +1009,10 @@ fn a_rerun_on_unchanged_files_reuses_the_fingerprint_remembered_in_the_cache_dir
 fn studies_give_the_same_outputs_from_parquet_files_shared_by_rows_as_from_csv() {
     // At 20,000 persons `visit_occurrence` and `measurement` are Parquet files of one row group
     // over 1 MiB, which the run's partitions share by rows (src/repo/split_scans.rs); the CSV
-    // files of the same data are divided by DataFusion's CSV reader. The prostate study's
-    // dataset shares one scan of `measurement` between two readings (src/repo/shared_scans.rs);
-    // the breast study's lets go of a reading that keeps most of the file, which scans on its
-    // own. CSV files are never shared.
+    // files of the same data are divided by DataFusion's CSV reader. The prostate study keeps
+    // the measurements of its concept sets for all its stages (src/plan/kept.rs); the breast
+    // study's dataset lets go of a reading that keeps most of the file, which scans on its own
+    // (src/repo/shared_scans.rs). CSV files are never shared.
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     for format in ["parquet", "csv"] {
@@ -1046,24 +1071,78 @@ fn studies_give_the_same_outputs_from_parquet_files_shared_by_rows_as_from_csv()
             assert!(a == b, "{study}: {file} differs between Parquet and CSV");
         }
     }
-    // Readings of one file that a stage's plan filters for different things share one scan:
-    // the prostate study's dataset counts biopsy grades and takes the last PSA value, two
-    // filters of `measurement` (besides the image features' values, looked up by id), and reads
-    // the file twice, not three times; the first reading shows the shared scan. (In files of a
-    // few hundred persons, read by one partition, the filters are over a repartition of the
-    // scan, which is not shared.)
-    let o = cohortql(
-        &[
-            "plan",
-            "studies/prostate_mri_pirads.study",
-            "--repo",
-            dir.path().join("parquet").to_str().unwrap(),
-            "--analyze",
-        ],
-        &cache,
+    let analysed = |study: &str| -> String {
+        let o = cohortql(
+            &[
+                "plan",
+                study,
+                "--repo",
+                dir.path().join("parquet").to_str().unwrap(),
+                "--analyze",
+            ],
+            &cache,
+        );
+        let text = all_text(&o);
+        assert!(o.status.success(), "{text}");
+        text
+    };
+    // A domain several stages read by concept sets is read once and its records of those sets
+    // kept: the prostate study's index event (a raised PSA), arms (PI-RADS) and dataset (the
+    // last PSA, the biopsy grades) read the kept measurements, and only the image features'
+    // values, looked up by id, read the file again.
+    let text = analysed("studies/prostate_mri_pirads.study");
+    for stage in ["cohortql_kept_measurement", "cohortql_kept_condition"] {
+        assert!(
+            sections(&text).iter().any(|(n, _)| *n == stage),
+            "{stage}: {text}"
+        );
+    }
+    assert_eq!(
+        stage_reads(&text, "cohortql_kept_measurement", "measurement"),
+        1,
+        "{text}"
     );
-    let text = all_text(&o);
-    assert!(o.status.success(), "{text}");
+    for stage in ["cohortql_index_records", "cohortql_population"] {
+        assert_eq!(
+            stage_reads(&text, stage, "measurement"),
+            0,
+            "{stage}: {text}"
+        );
+    }
+    assert_eq!(stage_reads(&text, "dataset", "measurement"), 1, "{text}");
+    // The breast study's sets select most of `measurement` (its BMI reading): a sample of the
+    // file says so, and each stage reads the file instead of keeping most of it in memory.
+    let text = analysed("studies/breast_neoadjuvant_pcr.study");
+    assert!(
+        !sections(&text)
+            .iter()
+            .any(|(n, _)| *n == "cohortql_kept_measurement"),
+        "{text}"
+    );
+    assert!(stage_reads(&text, "dataset", "measurement") >= 1, "{text}");
+    // Readings of one file that a stage's plan filters for different things share one scan: a
+    // dataset that counts biopsy grades and takes the last PSA value, two filters of
+    // `measurement` that no other stage reads (besides the image features' values, looked up
+    // by id), reads the file twice, not three times; the first reading shows the shared scan.
+    // (In files of a few hundred persons, read by one partition, the filters are over a
+    // repartition of the scan, which is not shared.)
+    let study = dir.path().join("shared.study");
+    std::fs::write(
+        &study,
+        "study \"shared scans\"\n\
+         concepts\n\
+         \x20 psa = measurement loinc \"2857-1\"\n\
+         \x20 grade_group = measurement \"ISUP grade group\"\n\
+         \x20 adc_entropy = image feature \"original_firstorder_Entropy\"\n\
+         population\n\
+         \x20 index = first image occurrence modality MR\n\
+         covariates\n\
+         \x20 psa = last value of measurement in psa [-180, 0] days\n\
+         \x20 grades = count measurement in grade_group [0, 180] days\n\
+         \x20 adc_entropy = last value of image feature in adc_entropy modality MR on index\n",
+    )
+    .unwrap();
+    let text = analysed(study.to_str().unwrap());
     assert_eq!(stage_reads(&text, "dataset", "measurement"), 2, "{text}");
     let (_, dataset) = sections(&text)
         .into_iter()

@@ -23,6 +23,20 @@ fn the_datafusion_engine_meets_every_spec() {
     }
 }
 
+/// Every domain a spec reads by concept sets alone read once and kept for all stages, as a
+/// run keeps those several stages read when they are few of its rows: the same results.
+#[test]
+fn the_datafusion_engine_meets_every_spec_with_every_domain_kept() {
+    for (name, spec) in specs() {
+        check_spec(
+            &name,
+            &spec,
+            &data(&spec),
+            &common::by_datafusion_keeping_every_domain,
+        );
+    }
+}
+
 /// Writing a study as SQL recurses once per level of the plan: the work gets the stack the
 /// command line gives it.
 #[test]

@@ -5,6 +5,8 @@
 //! every intermediate result once instead of recomputing it inside every criterion:
 //!
 //! ```text
+//!  kept_<domain>  a domain's records of the study's concept sets, read once for every stage
+//!              (only when an engine keeps them: `kept`)
 //!  consenting  persons whose consent the study's rule asks for (only with a consent rule)
 //!  index_records  the index event's records, read once for the entries and the attrition
 //!  entries     index events with their observation period and the person's birth and sex
@@ -20,6 +22,7 @@
 
 mod criteria;
 pub mod days;
+pub mod kept;
 mod records;
 mod stages;
 
@@ -68,6 +71,9 @@ pub struct Planner<'a> {
     /// Set while the population is planned: its counts may read the kept index records
     /// (`Planner::kept_index_reading`).
     index_records_shared: bool,
+    /// Domains the engine keeps (`kept`): the concept sets whose records they hold, and the
+    /// plan that reads them.
+    kept_domains: BTreeMap<crate::study::Domain, (Vec<crate::study::ConceptExpr>, LogicalPlan)>,
 }
 
 /// What the data are known to satisfy, from checks made before planning: each lets a plan skip
@@ -101,6 +107,7 @@ impl<'a> Planner<'a> {
             facts: DataFacts::default(),
             index_records: None,
             index_records_shared: false,
+            kept_domains: BTreeMap::new(),
         })
     }
 

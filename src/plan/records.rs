@@ -1,7 +1,7 @@
 //! The relations criteria read: persons, observation periods and each domain's records in one
 //! shape, concept sets through the vocabulary, and the consent rule applied to all of them.
 
-use super::{c, filter, join_on, project, Planner};
+use super::{c, filter, join_on, names, project, Planner};
 use crate::repo::domains::{self, Field, JoinKind};
 use crate::study::{CodePattern, ConceptExpr, Consent, Domain};
 use chrono::{Duration, NaiveDate};
@@ -164,7 +164,8 @@ impl Planner<'_> {
         modality: bool,
         sets: &[Option<&ConceptExpr>],
     ) -> Result<(LogicalPlan, Rec)> {
-        let (mut plan, rec) = self.raw_records(domain, modality)?;
+        let kept = self.kept_reading(domain, sets);
+        let (mut plan, rec) = self.raw_records(domain, modality, kept)?;
         if sets.iter().all(Option::is_some) {
             let mut tests: Vec<Expr> = Vec::new();
             for set in sets.iter().flatten() {
@@ -182,11 +183,24 @@ impl Planner<'_> {
 
     /// The records of a domain as stored, before the consent rule, read as the OMOP domain
     /// catalogue says; `modality` only when a filter asks for it, since it may cost a join.
-    fn raw_records(&mut self, domain: Domain, modality: bool) -> Result<(LogicalPlan, Rec)> {
+    /// From `kept` instead of the table when given: the domain's records kept by the engine,
+    /// under the table's own column names (`kept`).
+    fn raw_records(
+        &mut self,
+        domain: Domain,
+        modality: bool,
+        kept: Option<LogicalPlan>,
+    ) -> Result<(LogicalPlan, Rec)> {
         let rec = self.rec_names();
         let source = domains::records(domain);
         let wanted = |f: Field| modality || f != Field::Modality;
-        let mut builder = LogicalPlanBuilder::from(self.table(source.table));
+        // The kept records hold the columns the study's readings of the domain use
+        // (`kept::kept_domain`); any other field is NULL there, read by no plan.
+        let kept_columns: Option<Vec<String>> = kept.as_ref().map(names);
+        let mut builder = match kept {
+            Some(kept) => LogicalPlanBuilder::from(kept).alias(source.table)?,
+            None => LogicalPlanBuilder::from(self.table(source.table)),
+        };
         for join in source.joins_for(wanted) {
             let joined = LogicalPlanBuilder::from(self.table(join.table))
                 .alias(join.alias)?
@@ -209,7 +223,12 @@ impl Planner<'_> {
             .into_iter()
             .map(|field| {
                 let t = field.kind().arrow();
-                let e = match source.column(field).filter(|_| wanted(field)) {
+                let present = |col: &domains::Col| {
+                    kept_columns
+                        .as_ref()
+                        .is_none_or(|k| k.iter().any(|n| n == col.column))
+                };
+                let e = match source.column(field).filter(|c| wanted(field) && present(c)) {
                     Some(col) => cast(qualified(col.table, col.column), t),
                     None => null(t),
                 };

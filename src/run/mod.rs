@@ -155,12 +155,41 @@ pub(crate) trait Materialiser {
     fn release(&self, _name: &'static str) -> Result<(), String> {
         Ok(())
     }
+    /// Runs `plan` and keeps its result as the table `name` if it has at most `rows` rows,
+    /// giving the plan that reads it; `None` when it has more, or when the engine keeps no
+    /// domain's records (the default: the stages then read the repository's tables).
+    async fn keep_at_most(
+        &self,
+        _name: &'static str,
+        _plan: LogicalPlan,
+        _rows: usize,
+    ) -> Result<Option<LogicalPlan>, String> {
+        Ok(None)
+    }
+    /// Which domains the engine keeps the records of (`keep_at_most`), if any: DataFusion in
+    /// memory does, where each stage's reading decodes the whole file again; a database
+    /// reads its own tables.
+    fn domain_keeping(&self) -> Option<Keeping> {
+        None
+    }
+}
+
+/// Which domains a run keeps the records of, read once for every stage (`plan::kept`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keeping {
+    /// Domains read by several stages, when a sample of their rows says the records of the
+    /// study's concept sets are few: what `run` does.
+    Sampled,
+    /// Every domain read by concept sets alone, whatever the sample: for tests that hold
+    /// the kept readings to the results of the readings of the tables.
+    Every,
 }
 
 /// DataFusion: each stage collected into memory and registered as a table of the session.
 struct InMemory<'a> {
     ctx: &'a SessionContext,
     analysis: &'a Analysis,
+    keeping: Keeping,
 }
 
 impl Materialiser for InMemory<'_> {
@@ -171,6 +200,25 @@ impl Materialiser for InMemory<'_> {
 
     fn release(&self, name: &'static str) -> Result<(), String> {
         self.ctx.deregister_table(name).map_err(engine).map(drop)
+    }
+
+    async fn keep_at_most(
+        &self,
+        name: &'static str,
+        plan: LogicalPlan,
+        rows: usize,
+    ) -> Result<Option<LogicalPlan>, String> {
+        let (schema, batches) = self.rows(name, plan).await?;
+        if batches.iter().map(RecordBatch::num_rows).sum::<usize>() > rows {
+            return Ok(None);
+        }
+        register(self.ctx, name, schema, batches)
+            .map(Some)
+            .map_err(engine)
+    }
+
+    fn domain_keeping(&self) -> Option<Keeping> {
+        Some(self.keeping)
     }
 
     async fn rows(
@@ -321,7 +369,17 @@ pub async fn execute(
     ctx: &SessionContext,
     progress: &dyn Fn(&str),
 ) -> Result<Execution, String> {
-    in_memory(study, ctx, &Analysis::new(None), progress).await
+    execute_keeping(study, ctx, Keeping::Sampled, progress).await
+}
+
+/// Runs a study as `execute` does, keeping the domains `keeping` says.
+pub async fn execute_keeping(
+    study: &Study,
+    ctx: &SessionContext,
+    keeping: Keeping,
+    progress: &dyn Fn(&str),
+) -> Result<Execution, String> {
+    in_memory(study, ctx, &Analysis::new(None), keeping, progress).await
 }
 
 /// What the repository's data are known to satisfy (see `DataFacts`), checked before the
@@ -343,7 +401,7 @@ pub async fn execute_analysed(
     progress: &dyn Fn(&str),
 ) -> Result<(Execution, Vec<(String, String)>), String> {
     let analysis = Analysis::new(Some(Vec::new()));
-    let run = in_memory(study, ctx, &analysis, progress).await?;
+    let run = in_memory(study, ctx, &analysis, Keeping::Sampled, progress).await?;
     let stages = analysis
         .into_inner()
         .expect("not poisoned")
@@ -356,10 +414,16 @@ async fn in_memory(
     study: &Study,
     ctx: &SessionContext,
     analysis: &Analysis,
+    keeping: Keeping,
     progress: &dyn Fn(&str),
 ) -> Result<Execution, String> {
     let (facts, repeated) = data_facts(ctx).await?;
-    let mut run = run_stages(study, ctx, facts, &InMemory { ctx, analysis }, progress).await?;
+    let m = InMemory {
+        ctx,
+        analysis,
+        keeping,
+    };
+    let mut run = run_stages(study, ctx, facts, &m, progress).await?;
     run.repeated_person_ids = Some(repeated);
     Ok(run)
 }
@@ -411,6 +475,30 @@ pub(crate) async fn run_stages(
     }
     lap("concepts", &mut timings, planning);
     progress("index events");
+    // A domain several stages read by concept sets alone is read once, its records of those
+    // sets kept, when a sample of its rows says they are few.
+    let mut kept_domains = Vec::new();
+    if let Some(keeping) = m.domain_keeping() {
+        let every = keeping == Keeping::Every;
+        let samples = planned!(planner.kept_domain_samples(every));
+        let domains: Vec<_> = samples.iter().map(|(d, _)| *d).collect();
+        let plans = samples
+            .into_iter()
+            .map(|(_, plan)| ("kept_sample", plan))
+            .collect();
+        let counts = m.rows_of(plans).await?;
+        for (domain, (_, rows)) in domains.into_iter().zip(counts) {
+            if !every && !Planner::sample_keeps(int_at(&rows, "seen"), int_at(&rows, "kept")) {
+                continue;
+            }
+            let name = plan::kept::kept_name(domain);
+            let plan = planned!(planner.kept_domain(domain));
+            if let Some(kept) = m.keep_at_most(name, plan, plan::kept::KEPT_ROWS).await? {
+                planner.use_kept_domain(domain, kept);
+                kept_domains.push(name);
+            }
+        }
+    }
     // Consenting persons found once and kept, not once per criterion.
     if let Some(consenting) = planned!(planner.consenting()) {
         let kept = m.keep(plan::CONSENTING, consenting).await?;
@@ -511,6 +599,9 @@ pub(crate) async fn run_stages(
     let (dataset_schema, dataset_rows) = results.next().expect("the dataset");
     m.release(plan::COHORT)?;
     m.release(plan::CONSENTING)?;
+    for name in kept_domains {
+        m.release(name)?;
+    }
     lap("dataset", &mut timings, planning);
     timings.insert(0, ("plan", setup + planning));
     let tables_read = planner.tables_read();

@@ -13,7 +13,7 @@ use cohortql::reference::rows::write_rows;
 use cohortql::reference::{evaluate_study, Cell};
 use cohortql::repo::write::OutputFormat;
 use cohortql::repo::Repository;
-use cohortql::run::{execute, sql_script, Dialect};
+use cohortql::run::{execute_keeping, sql_script, Dialect, Keeping};
 use cohortql::study::{EndpointKind, Study};
 use datafusion::arrow::array::{Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
@@ -219,8 +219,21 @@ pub fn by_datafusion(study: &Study, data: &Data) -> Got {
     on_repository(study, dir.path())
 }
 
+/// Runs the study with DataFusion, every domain it reads by concept sets alone read once and
+/// kept for every stage (`plan::kept`), whatever a sample of the rows would say.
+pub fn by_datafusion_keeping_every_domain(study: &Study, data: &Data) -> Got {
+    let dir = tempfile::tempdir().unwrap();
+    write_rows(data, dir.path(), OutputFormat::Parquet).unwrap();
+    keeping(study, dir.path(), Keeping::Every)
+}
+
 /// Runs the study with DataFusion on a repository.
 pub fn on_repository(study: &Study, dir: &std::path::Path) -> Got {
+    keeping(study, dir, Keeping::Sampled)
+}
+
+/// Runs the study with DataFusion on a repository, keeping the domains `keeping` says.
+pub fn keeping(study: &Study, dir: &std::path::Path, keeping: Keeping) -> Got {
     let repo = Repository::open(dir).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -228,7 +241,7 @@ pub fn on_repository(study: &Study, dir: &std::path::Path) -> Got {
         .unwrap();
     let run = runtime.block_on(async {
         let ctx = repo.session().await.unwrap();
-        execute(study, &ctx, &|_| {}).await
+        execute_keeping(study, &ctx, keeping, &|_| {}).await
     });
     let run = run.unwrap_or_else(|e| panic!("the study does not run: {e}"));
     got_from_execution(study, &run)
