@@ -123,6 +123,9 @@ impl Pending {
     }
 }
 
+/// The name given a person's columns in a context without the person's row: no column has it.
+const NO_PERSON_ROW: &str = "cohortql_no_person_row";
+
 impl Ctx {
     /// Persons, before any index date: criteria in the index event's own filters.
     pub fn of_persons(plan: LogicalPlan, cols: &PersonCols) -> Ctx {
@@ -136,6 +139,31 @@ impl Ctx {
             year_of_birth: cols.year.clone(),
             month_of_birth: cols.month.clone(),
             day_of_birth: cols.day.clone(),
+            index: None,
+            index_visit: None,
+            index_end: None,
+            event: None,
+            event_end: None,
+            event_visit: None,
+            follow_up: None,
+            index_period: None,
+        }
+    }
+
+    /// The records of a query, before any index date: for a `where` on records found alone.
+    /// The person's sex and birth are no columns here; a criterion that read them would fail
+    /// to plan (`reads_only_records` keeps such criteria in a context of persons).
+    pub fn of_records(plan: LogicalPlan, rec: &Rec) -> Ctx {
+        Ctx {
+            base: plan,
+            attached: Vec::new(),
+            pending: Vec::new(),
+            key: vec![rec.person.clone()],
+            person: rec.person.clone(),
+            gender: NO_PERSON_ROW.into(),
+            year_of_birth: NO_PERSON_ROW.into(),
+            month_of_birth: NO_PERSON_ROW.into(),
+            day_of_birth: NO_PERSON_ROW.into(),
             index: None,
             index_visit: None,
             index_end: None,
@@ -199,14 +227,41 @@ impl Ctx {
     }
 }
 
-/// Whether a query's filters read the record alone (no `where` criterion, no `same visit`), so
-/// that its records need no context row to be found.
+/// Whether a query's records are found without a context row: its filters read the record,
+/// or (`where`) other records of its person and the person's observation, never the person's
+/// sex or birth nor a visit of the context (`same visit`).
 pub(super) fn reads_only_records(query: &EventQuery) -> bool {
     query.alternatives().all(|alt| {
-        !alt.filters
-            .iter()
-            .any(|f| matches!(f, EventFilter::Where(_) | EventFilter::SameVisit))
+        alt.filters.iter().all(|f| match f {
+            EventFilter::SameVisit => false,
+            EventFilter::Where(criterion) => !reads_person(criterion),
+            _ => true,
+        })
     })
+}
+
+/// Whether a query has a `where` criterion.
+pub(super) fn has_where(query: &EventQuery) -> bool {
+    query.alternatives().any(|alt| {
+        alt.filters
+            .iter()
+            .any(|f| matches!(f, EventFilter::Where(_)))
+    })
+}
+
+/// Whether a criterion reads the person's row (sex, birth), or a `same visit` it cannot know
+/// without a context, anywhere inside it.
+fn reads_person(criterion: &Criterion) -> bool {
+    match criterion {
+        Criterion::All(parts) | Criterion::Any(parts) => parts.iter().any(reads_person),
+        Criterion::Not(inner) => reads_person(inner),
+        Criterion::Events { query, .. } => !reads_only_records(query),
+        Criterion::Sex(_) => true,
+        Criterion::Compare { quantity, .. } => {
+            matches!(quantity, Quantity::Age(_) | Quantity::CalendarAge(_))
+        }
+        Criterion::Observation { .. } => false,
+    }
 }
 
 impl Planner<'_> {
@@ -278,17 +333,27 @@ impl Planner<'_> {
         if let Some(era) = &query.era {
             (records, rec) = self.eras(records, &rec, era)?;
         }
-        let Some(ctx) = ctx else {
-            return Ok((records, rec));
+        let own;
+        let (ctx, mut joined) = match ctx {
+            Some(ctx) => {
+                let left = self.aliased(ctx.base.clone())?;
+                let right = self.aliased(records)?;
+                let joined = join_on(
+                    left,
+                    right,
+                    JoinType::Inner,
+                    &[(ctx.person.as_str(), rec.person.as_str())],
+                )?;
+                (ctx, joined)
+            }
+            // Records found alone: a `where` is evaluated for each record, in a context of the
+            // records themselves, which has no person's row (`reads_only_records`).
+            None if has_where(query) => {
+                own = Ctx::of_records(records.clone(), &rec);
+                (&own, records)
+            }
+            None => return Ok((records, rec)),
         };
-        let left = self.aliased(ctx.base.clone())?;
-        let right = self.aliased(records)?;
-        let mut joined = join_on(
-            left,
-            right,
-            JoinType::Inner,
-            &[(ctx.person.as_str(), rec.person.as_str())],
-        )?;
         for f in &query.filters {
             match f {
                 EventFilter::SameVisit => {

@@ -219,7 +219,8 @@ impl Planner<'_> {
 
     /// Whether the entries are chosen from the index event's records alone, their persons
     /// joined after: with person ids known unique (`DataFacts`) and an index event whose
-    /// filters read only the record.
+    /// filters need no person's row (`criteria::reads_only_records`: the record, or a `where`
+    /// that reads no sex or birth).
     fn chooses_from_records(&self) -> bool {
         self.facts.person_ids_unique && super::criteria::reads_only_records(&self.study.index.query)
     }
@@ -770,7 +771,16 @@ impl Planner<'_> {
     fn index_records(&mut self) -> Result<LogicalPlan> {
         let index = self.study.index.query.clone();
         let (counted_persons, counted_records) = attrition_columns(0);
-        if !super::criteria::reads_only_records(&index) {
+        // Records joined with their persons (an index event whose filters need the person's
+        // row, or a `where` read with its persons when they are not known unique) are counted
+        // as they are: only persons with a row have them.
+        let joined_with_persons = self
+            .index_records
+            .as_ref()
+            .is_some_and(|k| k.persons.is_some());
+        if !super::criteria::reads_only_records(&index)
+            || (super::criteria::has_where(&index) && joined_with_persons)
+        {
             let KeptRecords { plan, rec, .. } = self.index_event_records()?;
             return aggregate(
                 plan,
