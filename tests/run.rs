@@ -937,6 +937,39 @@ fn analyzed_on_small_synthetic(study: &str) -> String {
     text
 }
 
+/// Index records rare in their table are found decoding the concept column first: the eras
+/// study's acetaminophen exposures (none in the synthetic data) by a scan that tests the
+/// concept as it decodes and prunes every row, once a sample of the table found them rare; the
+/// celecoxib cohort's drug eras (a fifth of them celecoxib) are decoded and filtered after, as
+/// every other scan (`docs/running.md`).
+#[test]
+fn rare_index_records_are_found_decoding_the_concept_first() {
+    let pruned = |study: &str| -> Vec<String> {
+        let text = analyzed_on_small_synthetic(study);
+        let sections = sections(&text);
+        assert!(sections.iter().any(|(n, _)| *n == "index_sample"), "{text}");
+        let (_, records) = sections
+            .iter()
+            .find(|(n, _)| *n == "cohortql_index_records")
+            .expect("an index records stage");
+        records
+            .lines()
+            .filter(|l| l.contains("DataSourceExec"))
+            .map(|l| {
+                let at = l
+                    .find("pushdown_rows_pruned=")
+                    .expect("a Parquet scan's metrics");
+                l[at..].split([',', ']']).next().unwrap().to_string()
+            })
+            .collect()
+    };
+    let eras = pruned("studies/eunomia/acetaminophen_eras.study");
+    assert_eq!(eras.len(), 1, "{eras:?}");
+    assert_ne!(eras[0], "pushdown_rows_pruned=0", "{eras:?}");
+    let celecoxib = pruned("studies/eunomia/celecoxib.study");
+    assert_eq!(celecoxib, ["pushdown_rows_pruned=0"]);
+}
+
 /// How many times a stage's plans (in `plan` output) read a table's Parquet file.
 fn stage_reads(text: &str, stage: &str, table: &str) -> usize {
     sections(text)

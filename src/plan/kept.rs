@@ -21,6 +21,10 @@ pub const SAMPLE_ROWS: usize = 65_536;
 /// sample: more, and keeping them costs memory for little saved.
 pub const KEPT_SHARE: usize = 4;
 
+/// The index event's records are rare in their table when a sample finds at most one in this
+/// many (`Planner::sample_rare`).
+pub const RARE_SHARE: usize = 100;
+
 /// At most this many records are kept (some 40 bytes each), whatever the sample said: a table
 /// whose first rows were not like the rest is read by each stage instead.
 pub const KEPT_ROWS: usize = 1 << 24;
@@ -247,21 +251,58 @@ impl Planner<'_> {
             {
                 continue;
             }
-            let test = self.kept_test(domain, &reads.sets)?;
-            let concept = source.own(Field::Concept).expect("checked above");
-            let rows = LogicalPlanBuilder::from(self.table(source.table))
-                .project(vec![Expr::Column(Column::new_unqualified(concept))])?
-                .limit(0, Some(SAMPLE_ROWS))?
-                .build()?;
-            let selected = when(test, lit(1i64)).otherwise(lit(0i64))?;
-            let sample = aggregate(
-                rows,
-                vec![],
-                vec![count(lit(1i64)).alias("seen"), sum(selected).alias("kept")],
-            )?;
-            samples.push((domain, sample));
+            samples.push((domain, self.sample(domain, &reads.sets)?));
         }
         Ok(samples)
+    }
+
+    /// Among the first `SAMPLE_ROWS` rows of the domain's table, the rows (`seen`) and those
+    /// of any of the sets (`kept`).
+    fn sample(&mut self, domain: Domain, sets: &[ConceptExpr]) -> Result<LogicalPlan> {
+        let source = domains::records(domain);
+        let test = self.kept_test(domain, sets)?;
+        let concept = source
+            .own(Field::Concept)
+            .expect("a domain sampled has one");
+        let rows = LogicalPlanBuilder::from(self.table(source.table))
+            .project(vec![Expr::Column(Column::new_unqualified(concept))])?
+            .limit(0, Some(SAMPLE_ROWS))?
+            .build()?;
+        let selected = when(test, lit(1i64)).otherwise(lit(0i64))?;
+        aggregate(
+            rows,
+            vec![],
+            vec![count(lit(1i64)).alias("seen"), sum(selected).alias("kept")],
+        )
+    }
+
+    /// A sample of the index event's table (`sample`'s counts) for its concept set, when its
+    /// records are read from their own table (not from a kept domain) by one set of known
+    /// ids: to judge whether they are rare there (`sample_rare`).
+    pub fn index_sample(&mut self) -> Result<Option<LogicalPlan>> {
+        let query = &self.study.index.query;
+        let domain = query.domain;
+        let source = domains::records(domain);
+        let Some(set) = query.concepts.clone() else {
+            return Ok(None);
+        };
+        if !query.also.is_empty()
+            || self.kept_domains.contains_key(&domain)
+            || !source.joins.is_empty()
+            || source.own(Field::Concept).is_none()
+            || self.plain_ids(&set).is_none()
+        {
+            return Ok(None);
+        }
+        self.sample(domain, &[set]).map(Some)
+    }
+
+    /// Whether a sample says the records of the sets are rare: at most one row in
+    /// `RARE_SHARE`. An engine then finds them by decoding the concept column first, and the
+    /// other columns only for the rows it keeps; for records less rare, decoding every column
+    /// of every row and filtering after is faster (`docs/performance.md`).
+    pub fn sample_rare(seen: u64, kept: u64) -> bool {
+        seen > 0 && kept.saturating_mul(RARE_SHARE as u64) <= seen
     }
 
     /// Whether a sample (`kept_domain_samples`'s counts) says the domain is worth keeping:
@@ -344,6 +385,14 @@ impl Planner<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sample_finds_records_rare_at_one_in_a_hundred_or_fewer() {
+        assert!(Planner::sample_rare(65_536, 0));
+        assert!(Planner::sample_rare(65_536, 655));
+        assert!(!Planner::sample_rare(65_536, 656));
+        assert!(!Planner::sample_rare(0, 0));
+    }
 
     #[test]
     fn a_sample_keeps_a_domain_when_few_of_its_rows_are_selected() {

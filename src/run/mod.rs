@@ -166,6 +166,16 @@ pub(crate) trait Materialiser {
     ) -> Result<Option<LogicalPlan>, String> {
         Ok(None)
     }
+    /// Runs `plan` as `keep` does, for rows that are rare in the tables it reads: an engine
+    /// that can decode the columns its filters test first, and the others only for the rows
+    /// that pass, does.
+    async fn keep_rare(
+        &self,
+        name: &'static str,
+        plan: LogicalPlan,
+    ) -> Result<LogicalPlan, String> {
+        self.keep(name, plan).await
+    }
     /// Which domains the engine keeps the records of (`keep_at_most`), if any: DataFusion in
     /// memory does, where each stage's reading decodes the whole file again; a database
     /// reads its own tables.
@@ -219,6 +229,31 @@ impl Materialiser for InMemory<'_> {
 
     fn domain_keeping(&self) -> Option<Keeping> {
         Some(self.keeping)
+    }
+
+    /// In a session whose Parquet scans evaluate their filters as they decode
+    /// (`pushdown_filters`, the cheapest filter first).
+    async fn keep_rare(
+        &self,
+        name: &'static str,
+        plan: LogicalPlan,
+    ) -> Result<LogicalPlan, String> {
+        let config = self
+            .ctx
+            .copied_config()
+            .set_bool("datafusion.execution.parquet.pushdown_filters", true)
+            .set_bool("datafusion.execution.parquet.reorder_filters", true)
+            // The session shares this one's catalogs: a default catalog made anew would replace
+            // the one holding the repository's tables and the kept stages.
+            .with_create_default_catalog_and_schema(false);
+        let state = datafusion::execution::SessionStateBuilder::new_from_existing(self.ctx.state())
+            .with_config(config)
+            .build();
+        let decoding = SessionContext::new_with_state(state);
+        let (schema, batches) = collect(&decoding, self.analysis, name, plan)
+            .await
+            .map_err(engine)?;
+        register(self.ctx, name, schema, batches).map_err(engine)
     }
 
     async fn rows(
@@ -504,8 +539,21 @@ pub(crate) async fn run_stages(
         let kept = m.keep(plan::CONSENTING, consenting).await?;
         planner.use_consenting(kept);
     }
+    // Index records rare in their table (the eras study's: none) are found decoding the
+    // concept column first, when a sample of the table says so.
+    let mut rare = false;
+    if m.domain_keeping().is_some() {
+        if let Some(sample) = planned!(planner.index_sample()) {
+            let (_, rows) = m.rows("index_sample", sample).await?;
+            rare = Planner::sample_rare(int_at(&rows, "seen"), int_at(&rows, "kept"));
+        }
+    }
     let records = planned!(planner.index_records_stage());
-    let records = m.keep(plan::INDEX_RECORDS, records).await?;
+    let records = if rare {
+        m.keep_rare(plan::INDEX_RECORDS, records).await?
+    } else {
+        m.keep(plan::INDEX_RECORDS, records).await?
+    };
     planner.use_index_records(records);
     let entries = planned!(planner.entries());
     let entries = m.keep(plan::ENTRIES, entries).await?;
