@@ -154,25 +154,15 @@ impl Ctx {
     /// The person's sex and birth are no columns here; a criterion that read them would fail
     /// to plan (`reads_only_records` keeps such criteria in a context of persons).
     pub fn of_records(plan: LogicalPlan, rec: &Rec) -> Ctx {
-        Ctx {
-            base: plan,
-            attached: Vec::new(),
-            pending: Vec::new(),
-            key: vec![rec.person.clone()],
-            person: rec.person.clone(),
-            gender: NO_PERSON_ROW.into(),
-            year_of_birth: NO_PERSON_ROW.into(),
-            month_of_birth: NO_PERSON_ROW.into(),
-            day_of_birth: NO_PERSON_ROW.into(),
-            index: None,
-            index_visit: None,
-            index_end: None,
-            event: None,
-            event_end: None,
-            event_visit: None,
-            follow_up: None,
-            index_period: None,
-        }
+        let none = || NO_PERSON_ROW.to_string();
+        let cols = PersonCols {
+            id: rec.person.clone(),
+            gender: none(),
+            year: none(),
+            month: none(),
+            day: none(),
+        };
+        Ctx::of_persons(plan, &cols)
     }
 
     /// Starts a new context whose rows are `plan`'s (its base is the plan as it is now).

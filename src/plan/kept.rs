@@ -211,6 +211,11 @@ impl Walk {
     }
 }
 
+/// Whether a sample of `seen` rows (some) selects at most one in `share` (`kept`).
+fn at_most_one_in(share: usize, seen: u64, kept: u64) -> bool {
+    seen > 0 && kept.saturating_mul(share as u64) <= seen
+}
+
 /// The table a kept domain is registered as.
 pub fn kept_name(domain: Domain) -> &'static str {
     match domain {
@@ -302,13 +307,13 @@ impl Planner<'_> {
     /// other columns only for the rows it keeps; for records less rare, decoding every column
     /// of every row and filtering after is faster (`docs/performance.md`).
     pub fn sample_rare(seen: u64, kept: u64) -> bool {
-        seen > 0 && kept.saturating_mul(RARE_SHARE as u64) <= seen
+        at_most_one_in(RARE_SHARE, seen, kept)
     }
 
     /// Whether a sample (`kept_domain_samples`'s counts) says the domain is worth keeping:
     /// some rows, of which at most one in `KEPT_SHARE` is selected.
     pub fn sample_keeps(seen: u64, kept: u64) -> bool {
-        seen > 0 && kept.saturating_mul(KEPT_SHARE as u64) <= seen
+        at_most_one_in(KEPT_SHARE, seen, kept)
     }
 
     /// The domain's records of any of the study's concept sets, with the columns its
@@ -368,16 +373,8 @@ impl Planner<'_> {
             Expr::Column(Column::new_unqualified(concept)),
             Field::Concept.kind().arrow(),
         );
-        let mut tests: Vec<Expr> = Vec::new();
-        for set in sets {
-            let test = self.in_concepts(column.clone(), set)?;
-            if !tests.contains(&test) {
-                tests.push(test);
-            }
-        }
-        Ok(tests
-            .into_iter()
-            .reduce(|a, b| a.or(b))
+        Ok(self
+            .in_any_concepts(column, sets)?
             .unwrap_or_else(|| lit(false)))
     }
 }

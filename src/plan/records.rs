@@ -167,18 +167,30 @@ impl Planner<'_> {
         let kept = self.kept_reading(domain, sets);
         let (mut plan, rec) = self.raw_records(domain, modality, kept)?;
         if sets.iter().all(Option::is_some) {
-            let mut tests: Vec<Expr> = Vec::new();
-            for set in sets.iter().flatten() {
-                let test = self.in_concepts(c(&rec.concept), set)?;
-                if !tests.contains(&test) {
-                    tests.push(test);
-                }
-            }
-            if let Some(any) = tests.into_iter().reduce(|a, b| a.or(b)) {
+            if let Some(any) =
+                self.in_any_concepts(c(&rec.concept), sets.iter().flatten().copied())?
+            {
                 plan = filter(plan, any)?;
             }
         }
         Ok((plan, rec))
+    }
+
+    /// Whether `column` holds a concept of any of the sets (`in_concepts` of each, the same
+    /// test once); `None` without sets.
+    pub(super) fn in_any_concepts<'s>(
+        &mut self,
+        column: Expr,
+        sets: impl IntoIterator<Item = &'s ConceptExpr>,
+    ) -> Result<Option<Expr>> {
+        let mut tests: Vec<Expr> = Vec::new();
+        for set in sets {
+            let test = self.in_concepts(column.clone(), set)?;
+            if !tests.contains(&test) {
+                tests.push(test);
+            }
+        }
+        Ok(tests.into_iter().reduce(|a, b| a.or(b)))
     }
 
     /// The records of a domain as stored, before the consent rule, read as the OMOP domain
