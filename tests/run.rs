@@ -970,6 +970,38 @@ fn rare_index_records_are_found_decoding_the_concept_first() {
     assert_eq!(celecoxib, ["pushdown_rows_pruned=0"]);
 }
 
+/// Attrition row 0 looks up in `person` only the persons with index records and no entry
+/// (the persons with an entry were joined with their rows already): the celecoxib cohort's
+/// every such person has an entry, and its attrition opens no `person` file; the prostate
+/// study's MRIs after a raised PSA include persons with no entry, whose rows are read.
+#[test]
+fn attrition_reads_person_only_for_persons_with_records_and_no_entry() {
+    let opened = |study: &str| -> Vec<String> {
+        let text = analyzed_on_small_synthetic(study);
+        let sections = sections(&text);
+        let (_, attrition) = sections
+            .iter()
+            .find(|(n, _)| *n == "attrition")
+            .expect("an attrition stage");
+        attrition
+            .lines()
+            .filter(|l| l.contains("DataSourceExec") && l.contains("/person.parquet"))
+            .map(|l| {
+                let at = l.find("files_opened=").expect("a Parquet scan's metrics");
+                l[at..].split([',', ']']).next().unwrap().to_string()
+            })
+            .collect()
+    };
+    assert_eq!(
+        opened("studies/eunomia/celecoxib.study"),
+        ["files_opened=0"]
+    );
+    assert_eq!(
+        opened("studies/prostate_mri_pirads.study"),
+        ["files_opened=1"]
+    );
+}
+
 /// How many times a stage's plans (in `plan` output) read a table's Parquet file.
 fn stage_reads(text: &str, stage: &str, table: &str) -> usize {
     sections(text)

@@ -520,11 +520,11 @@ impl Planner<'_> {
     /// The attrition table: one row per attrition row (`ATTRITION_STEP`, 0 for the index event's
     /// records), with the persons and entries remaining after it, in order.
     pub fn attrition(&mut self, population: LogicalPlan) -> Result<LogicalPlan> {
-        let (passed, rows) = self.rows_passed(population, false)?;
+        let (passed, rows) = self.rows_passed(population.clone(), false)?;
         let remaining = self.remaining(passed, rows, None)?;
         let (persons, records) = attrition_columns(0);
         let first = project(
-            self.index_records()?,
+            self.index_records(population)?,
             vec![
                 lit(0i64).alias(ATTRITION_STEP),
                 c(&persons).alias(ATTRITION_PERSONS),
@@ -767,8 +767,8 @@ impl Planner<'_> {
     }
 
     /// One row: the persons with a record of the index event and the number of such records
-    /// (consent applied), as attrition row 0.
-    fn index_records(&mut self) -> Result<LogicalPlan> {
+    /// (consent applied), as attrition row 0; `population` holds the persons with an entry.
+    fn index_records(&mut self, population: LogicalPlan) -> Result<LogicalPlan> {
         let index = self.study.index.query.clone();
         let (counted_persons, counted_records) = attrition_columns(0);
         // Records joined with their persons (an index event whose filters need the person's
@@ -791,36 +791,71 @@ impl Planner<'_> {
                 ],
             );
         }
-        let (persons, pc) = self.persons()?;
-        // Records read alone are counted per person, then the persons with a row in `person`
-        // kept (`IN`, which a repeated person id does not repeat) and counted: an aggregate the
-        // engine spreads over its partitions, where one distinct count gathers every person
-        // in one place, and a join of one row per person instead of one per record.
+        // Records read alone are counted for the persons that have an entry, and for the
+        // others only if they have a row in `person`. The persons with an entry have one (the
+        // entries are joined with their persons), so `person` is read only for the records of
+        // persons without an entry: usually none, and a join whose one side is empty reads
+        // nothing of the other.
         let (rows, rec) = match &self.index_records {
             Some(kept) if kept.persons.is_none() => (kept.plan.clone(), kept.rec.clone()),
             _ => self.matching_records(&index)?,
         };
+        let (persons_n, records_n) = (self.fresh("persons"), self.fresh("records"));
+        let entered = keep(population.clone(), &[PERSON.to_string()])?;
+        let semi = |planner: &mut Self, join_type: JoinType| -> Result<LogicalPlan> {
+            let (left, right) = (
+                planner.aliased(rows.clone())?,
+                planner.aliased(entered.clone())?,
+            );
+            join_on(left, right, join_type, &[(rec.person.as_str(), PERSON)])
+        };
+        let of_entered = semi(self, JoinType::LeftSemi)?;
+        let of_others = semi(self, JoinType::LeftAnti)?;
+        let entered_persons = aggregate(
+            population,
+            vec![],
+            vec![self.persons_counted().alias(&persons_n)],
+        )?;
+        let entered_persons = project(
+            entered_persons,
+            vec![c(&persons_n), lit(0i64).alias(&records_n)],
+        )?;
+        let entered_records =
+            aggregate(of_entered, vec![], vec![count(lit(1i64)).alias(&records_n)])?;
+        let entered_records = project(
+            entered_records,
+            vec![lit(0i64).alias(&persons_n), c(&records_n)],
+        )?;
+        // The others are counted per person, then the persons with a row in `person` kept
+        // (`IN`, which a repeated person id does not repeat) and counted.
+        let (persons, pc) = self.persons()?;
         let n = self.fresh("records");
-        let per_person = aggregate(rows, vec![c(&rec.person)], vec![count(lit(1i64)).alias(&n)])?;
+        let per_person = aggregate(
+            of_others,
+            vec![c(&rec.person)],
+            vec![count(lit(1i64)).alias(&n)],
+        )?;
         let ids = keep(persons, std::slice::from_ref(&pc.id))?;
         let known = filter(
             per_person,
             datafusion::logical_expr::in_subquery(c(&rec.person), std::sync::Arc::new(ids)),
         )?;
-        let summed = self.fresh("records");
-        let totals = aggregate(
+        let others = aggregate(
             known,
             vec![],
             vec![
-                count(lit(1i64)).alias(&counted_persons),
-                sum(c(&n)).alias(&summed),
+                count(lit(1i64)).alias(&persons_n),
+                sum(c(&n)).alias(&records_n),
             ],
         )?;
-        project(
-            totals,
+        let all = union(vec![entered_persons, entered_records, others])?;
+        let total = |n: &str| coalesce(vec![cast(sum(c(n)), DataType::Int64), lit(0i64)]);
+        aggregate(
+            all,
+            vec![],
             vec![
-                c(&counted_persons),
-                coalesce(vec![c(&summed), lit(0i64)]).alias(&counted_records),
+                total(&persons_n).alias(&counted_persons),
+                total(&records_n).alias(&counted_records),
             ],
         )
     }

@@ -30,6 +30,8 @@ pub struct Got {
     pub entries: Vec<(i64, String, i64, Option<String>)>,
     /// Persons after each attrition row, the follow-up row last.
     pub attrition: Vec<usize>,
+    /// The index event's records counted in attrition row 0.
+    pub index_records: usize,
     pub follow_up: Vec<(String, String)>,
     pub covariates: Vec<Vec<Value>>,
     pub endpoints: Outcomes,
@@ -159,6 +161,7 @@ pub fn by_reference(study: &Study, data: &Data) -> Got {
             })
             .collect(),
         attrition: evaluation.attrition.iter().map(|r| r.persons).collect(),
+        index_records: evaluation.attrition[0].entries,
         follow_up: evaluation
             .rows
             .iter()
@@ -280,6 +283,7 @@ pub fn got_from_execution(study: &Study, run: &cohortql::run::Execution) -> Got 
     }
     let attrition = run.attrition.iter().map(|a| a.persons as usize).collect();
     Got {
+        index_records: run.attrition[0].entries as usize,
         by_arm: run
             .attrition_by_arm
             .iter()
@@ -416,10 +420,21 @@ pub fn on_postgres(server: &postgres::Postgres, schema: &str, study: &Study) -> 
             .map(|r| postgres::value(&r[i]))
             .collect()
     };
+    let entries_at = attrition
+        .header
+        .iter()
+        .position(|h| h == "entries")
+        .unwrap();
+    let index_records = attrition.rows[0][entries_at]
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
     Got {
         by_arm,
         rules,
         combinations,
+        index_records,
         ..got_from(study, &column, persons)
     }
 }
@@ -483,6 +498,7 @@ fn got_from(study: &Study, column: &dyn Fn(usize) -> Vec<Value>, attrition: Vec<
             })
             .collect(),
         attrition,
+        index_records: 0,
         follow_up: (0..person.len())
             .map(|i| (text(&start[i]), text(&end[i])))
             .collect(),

@@ -25,6 +25,9 @@ pub struct Spec {
     pub entries: Vec<Vec<Value>>,
     /// Persons after each attrition step, before follow-up.
     pub attrition: Vec<usize>,
+    /// The index event's records counted in attrition row 0, when the spec states them.
+    #[serde(default)]
+    pub index_records: Option<usize>,
     /// Persons left with at least one day of follow-up.
     pub followed: usize,
     pub follow_up: Option<Vec<(String, String)>>,
@@ -183,6 +186,12 @@ pub fn check_spec(name: &str, spec: &Spec, data: &Data, engine: &dyn Fn(&Study, 
         "{name}: persons after each step"
     );
     assert_eq!(*last, spec.followed, "{name}: persons with follow-up");
+    if let Some(want) = spec.index_records {
+        assert_eq!(
+            got.index_records, want,
+            "{name}: records in attrition row 0"
+        );
+    }
     if let Some(want) = &spec.follow_up {
         assert_eq!(&got.follow_up, want, "{name}: follow-up");
     }
