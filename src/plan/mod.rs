@@ -74,6 +74,9 @@ pub struct Planner<'a> {
     /// Domains the engine keeps (`kept`): the concept sets whose records they hold, and the
     /// plan that reads them.
     kept_domains: BTreeMap<crate::study::Domain, (Vec<crate::study::ConceptExpr>, LogicalPlan)>,
+    /// Attrition row 0 looks up in `person` only the persons with no entry
+    /// (`only_persons_without_entries_looked_up`).
+    row_zero_from_entries: bool,
 }
 
 /// What the data are known to satisfy, from checks made before planning: each lets a plan skip
@@ -108,7 +111,18 @@ impl<'a> Planner<'a> {
             index_records: None,
             index_records_shared: false,
             kept_domains: BTreeMap::new(),
+            row_zero_from_entries: false,
         })
+    }
+
+    /// Attrition row 0 from here on counts the persons with an entry as they are and looks up
+    /// in `person` only the others, with a semi and an anti join of the records with the
+    /// population: a join with an empty side reads nothing of `person`. For DataFusion in
+    /// memory; a Ballista cluster fails on a stage whose tasks report different numbers of
+    /// operator metrics (a probe side left unread reports none), and a database plans the
+    /// lookup itself.
+    pub fn only_persons_without_entries_looked_up(&mut self) {
+        self.row_zero_from_entries = true;
     }
 
     /// Plans from here on may rely on `facts`.

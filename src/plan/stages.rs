@@ -791,15 +791,18 @@ impl Planner<'_> {
                 ],
             );
         }
+        let (rows, rec) = match &self.index_records {
+            Some(kept) if kept.persons.is_none() => (kept.plan.clone(), kept.rec.clone()),
+            _ => self.matching_records(&index)?,
+        };
+        if !self.row_zero_from_entries {
+            return self.records_in_person(rows, &rec);
+        }
         // Records read alone are counted for the persons that have an entry, and for the
         // others only if they have a row in `person`. The persons with an entry have one (the
         // entries are joined with their persons), so `person` is read only for the records of
         // persons without an entry: usually none, and a join whose one side is empty reads
         // nothing of the other.
-        let (rows, rec) = match &self.index_records {
-            Some(kept) if kept.persons.is_none() => (kept.plan.clone(), kept.rec.clone()),
-            _ => self.matching_records(&index)?,
-        };
         let (persons_n, records_n) = (self.fresh("persons"), self.fresh("records"));
         let entered = keep(population.clone(), &[PERSON.to_string()])?;
         let semi = |planner: &mut Self, join_type: JoinType| -> Result<LogicalPlan> {
@@ -856,6 +859,43 @@ impl Planner<'_> {
             vec![
                 total(&persons_n).alias(&counted_persons),
                 total(&records_n).alias(&counted_records),
+            ],
+        )
+    }
+
+    /// Attrition row 0 from the index event's records read alone: counted per person, then
+    /// the persons with a row in `person` kept (`IN`, which a repeated person id does not
+    /// repeat) and counted: an aggregate the engine spreads over its partitions, where one
+    /// distinct count gathers every person in one place, and a join of one row per person
+    /// instead of one per record.
+    fn records_in_person(
+        &mut self,
+        rows: LogicalPlan,
+        rec: &super::records::Rec,
+    ) -> Result<LogicalPlan> {
+        let (counted_persons, counted_records) = attrition_columns(0);
+        let (persons, pc) = self.persons()?;
+        let n = self.fresh("records");
+        let per_person = aggregate(rows, vec![c(&rec.person)], vec![count(lit(1i64)).alias(&n)])?;
+        let ids = keep(persons, std::slice::from_ref(&pc.id))?;
+        let known = filter(
+            per_person,
+            datafusion::logical_expr::in_subquery(c(&rec.person), std::sync::Arc::new(ids)),
+        )?;
+        let summed = self.fresh("records");
+        let totals = aggregate(
+            known,
+            vec![],
+            vec![
+                count(lit(1i64)).alias(&counted_persons),
+                sum(c(&n)).alias(&summed),
+            ],
+        )?;
+        project(
+            totals,
+            vec![
+                c(&counted_persons),
+                coalesce(vec![c(&summed), lit(0i64)]).alias(&counted_records),
             ],
         )
     }

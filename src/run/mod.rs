@@ -559,6 +559,11 @@ pub(crate) async fn run_stages(
     let entries = m.keep(plan::ENTRIES, entries).await?;
     lap("entries", &mut timings, planning);
     progress("attrition steps");
+    // An engine that keeps domains is DataFusion in memory, where a join with an empty side
+    // reads nothing of the other (`Planner::only_persons_without_entries_looked_up`).
+    if m.domain_keeping().is_some() {
+        planner.only_persons_without_entries_looked_up();
+    }
     let population = planned!(planner.population(entries));
     let population = m.keep(plan::POPULATION, population).await?;
     m.release(plan::ENTRIES)?;
