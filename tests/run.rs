@@ -946,22 +946,11 @@ fn analyzed_on_small_synthetic(study: &str) -> String {
 fn rare_index_records_are_found_decoding_the_concept_first() {
     let pruned = |study: &str| -> Vec<String> {
         let text = analyzed_on_small_synthetic(study);
-        let sections = sections(&text);
-        assert!(sections.iter().any(|(n, _)| *n == "index_sample"), "{text}");
-        let (_, records) = sections
-            .iter()
-            .find(|(n, _)| *n == "cohortql_index_records")
-            .expect("an index records stage");
-        records
-            .lines()
-            .filter(|l| l.contains("DataSourceExec"))
-            .map(|l| {
-                let at = l
-                    .find("pushdown_rows_pruned=")
-                    .expect("a Parquet scan's metrics");
-                l[at..].split([',', ']']).next().unwrap().to_string()
-            })
-            .collect()
+        assert!(
+            sections(&text).iter().any(|(n, _)| *n == "index_sample"),
+            "{text}"
+        );
+        scan_metric(&text, "cohortql_index_records", "", "pushdown_rows_pruned=")
     };
     let eras = pruned("studies/eunomia/acetaminophen_eras.study");
     assert_eq!(eras.len(), 1, "{eras:?}");
@@ -978,19 +967,7 @@ fn rare_index_records_are_found_decoding_the_concept_first() {
 fn attrition_reads_person_only_for_persons_with_records_and_no_entry() {
     let opened = |study: &str| -> Vec<String> {
         let text = analyzed_on_small_synthetic(study);
-        let sections = sections(&text);
-        let (_, attrition) = sections
-            .iter()
-            .find(|(n, _)| *n == "attrition")
-            .expect("an attrition stage");
-        attrition
-            .lines()
-            .filter(|l| l.contains("DataSourceExec") && l.contains("/person.parquet"))
-            .map(|l| {
-                let at = l.find("files_opened=").expect("a Parquet scan's metrics");
-                l[at..].split([',', ']']).next().unwrap().to_string()
-            })
-            .collect()
+        scan_metric(&text, "attrition", "/person.parquet", "files_opened=")
     };
     assert_eq!(
         opened("studies/eunomia/celecoxib.study"),
@@ -1000,6 +977,22 @@ fn attrition_reads_person_only_for_persons_with_records_and_no_entry() {
         opened("studies/prostate_mri_pirads.study"),
         ["files_opened=1"]
     );
+}
+
+/// One metric (`name=` its value) of each Parquet scan of a stage in `plan --analyze` output
+/// whose line contains `file` (every scan with `""`).
+fn scan_metric(text: &str, stage: &str, file: &str, metric: &str) -> Vec<String> {
+    let (_, body) = sections(text)
+        .into_iter()
+        .find(|(n, _)| *n == stage)
+        .unwrap_or_else(|| panic!("a stage {stage}: {text}"));
+    body.lines()
+        .filter(|l| l.contains("DataSourceExec") && l.contains(file))
+        .map(|l| {
+            let at = l.find(metric).expect("a Parquet scan's metrics");
+            l[at..].split([',', ']']).next().unwrap().to_string()
+        })
+        .collect()
 }
 
 /// How many times a stage's plans (in `plan` output) read a table's Parquet file.

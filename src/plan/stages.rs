@@ -803,7 +803,6 @@ impl Planner<'_> {
         // entries are joined with their persons), so `person` is read only for the records of
         // persons without an entry: usually none, and a join whose one side is empty reads
         // nothing of the other.
-        let (persons_n, records_n) = (self.fresh("persons"), self.fresh("records"));
         let entered = keep(population.clone(), &[PERSON.to_string()])?;
         let semi = |planner: &mut Self, join_type: JoinType| -> Result<LogicalPlan> {
             let (left, right) = (
@@ -817,48 +816,30 @@ impl Planner<'_> {
         let entered_persons = aggregate(
             population,
             vec![],
-            vec![self.persons_counted().alias(&persons_n)],
+            vec![self.persons_counted().alias(&counted_persons)],
         )?;
         let entered_persons = project(
             entered_persons,
-            vec![c(&persons_n), lit(0i64).alias(&records_n)],
+            vec![c(&counted_persons), lit(0i64).alias(&counted_records)],
         )?;
-        let entered_records =
-            aggregate(of_entered, vec![], vec![count(lit(1i64)).alias(&records_n)])?;
+        let entered_records = aggregate(
+            of_entered,
+            vec![],
+            vec![count(lit(1i64)).alias(&counted_records)],
+        )?;
         let entered_records = project(
             entered_records,
-            vec![lit(0i64).alias(&persons_n), c(&records_n)],
+            vec![lit(0i64).alias(&counted_persons), c(&counted_records)],
         )?;
-        // The others are counted per person, then the persons with a row in `person` kept
-        // (`IN`, which a repeated person id does not repeat) and counted.
-        let (persons, pc) = self.persons()?;
-        let n = self.fresh("records");
-        let per_person = aggregate(
-            of_others,
-            vec![c(&rec.person)],
-            vec![count(lit(1i64)).alias(&n)],
-        )?;
-        let ids = keep(persons, std::slice::from_ref(&pc.id))?;
-        let known = filter(
-            per_person,
-            datafusion::logical_expr::in_subquery(c(&rec.person), std::sync::Arc::new(ids)),
-        )?;
-        let others = aggregate(
-            known,
-            vec![],
-            vec![
-                count(lit(1i64)).alias(&persons_n),
-                sum(c(&n)).alias(&records_n),
-            ],
-        )?;
+        let others = self.records_in_person(of_others, &rec)?;
         let all = union(vec![entered_persons, entered_records, others])?;
         let total = |n: &str| coalesce(vec![cast(sum(c(n)), DataType::Int64), lit(0i64)]);
         aggregate(
             all,
             vec![],
             vec![
-                total(&persons_n).alias(&counted_persons),
-                total(&records_n).alias(&counted_records),
+                total(&counted_persons).alias(&counted_persons),
+                total(&counted_records).alias(&counted_records),
             ],
         )
     }
