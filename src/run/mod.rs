@@ -150,6 +150,16 @@ pub(crate) trait Materialiser {
     ) -> Result<Option<Vec<RecordBatch>>, String> {
         Ok(Some(self.rows(name, plan).await?.1))
     }
+    /// Runs two pipelines that read nothing of one another's results and gives both results.
+    /// An engine that can run them side by side does; the default runs `a`, then `b`.
+    async fn beside<A: std::future::Future, B: std::future::Future>(
+        &self,
+        a: A,
+        b: B,
+    ) -> (A::Output, B::Output) {
+        let a = a.await;
+        (a, b.await)
+    }
     /// Lets go of a kept stage no later plan reads, so that its rows need not stay in memory
     /// while later stages run and the outputs are written.
     fn release(&self, _name: &'static str) -> Result<(), String> {
@@ -264,6 +274,16 @@ impl Materialiser for InMemory<'_> {
         collect(self.ctx, self.analysis, name, plan)
             .await
             .map_err(engine)
+    }
+
+    /// Side by side: while one is planned, on this thread, the other's plans run on the
+    /// engine's threads.
+    async fn beside<A: std::future::Future, B: std::future::Future>(
+        &self,
+        a: A,
+        b: B,
+    ) -> (A::Output, B::Output) {
+        futures::future::join(a, b).await
     }
 
     /// Side by side: a plan's sorts, merges and final aggregates run on one core, and the
@@ -584,7 +604,49 @@ pub(crate) async fn run_stages(
         "rule_combinations",
         planned!(planner.rule_combinations(population.clone())),
     ));
-    let mut results = m.rows_of(plans).await?.into_iter().map(|(_, rows)| rows);
+    lap("population", &mut timings, planning);
+    // The reports of the population run beside follow-up, the cohort and the dataset, which
+    // read nothing of them; their time counts in the stages they ran beside.
+    let reports = m.rows_of(plans);
+    let rest = async {
+        progress("follow-up");
+        let survivors = planned!(planner.survivors(population));
+        let follow_up = planned!(planner.follow_up(survivors));
+        let follow_up = m.keep(plan::FOLLOW_UP, follow_up).await?;
+        m.release(plan::POPULATION)?;
+        let mut plans = vec![("followed", planned!(planner.followed(follow_up.clone())))];
+        if !study.arms.is_empty() {
+            plans.push((
+                "followed_by_arm",
+                planned!(planner.arm_followed(follow_up.clone())),
+            ));
+        }
+        let mut results = m.rows_of(plans).await?.into_iter().map(|(_, rows)| rows);
+        let followed = results.next().expect("a result per plan");
+        let followed_by_arm = results.next().unwrap_or_default();
+        let groups = match planned!(planner.collapse_groups(follow_up.clone())) {
+            Some(groups) => m.keep(plan::GROUPS, groups).await?,
+            None => follow_up,
+        };
+        let cohort = planned!(planner.cohort(groups));
+        let cohort = m.keep(plan::COHORT, cohort).await?;
+        m.release(plan::GROUPS)?;
+        m.release(plan::FOLLOW_UP)?;
+        lap("follow_up", &mut timings, planning);
+        progress("covariates and endpoints");
+        let plans = vec![
+            ("cohort", planned!(planner.cohort_table(cohort.clone()))),
+            ("dataset", planned!(planner.dataset(cohort))),
+        ];
+        let mut results = m.rows_of(plans).await?.into_iter();
+        let cohort = results.next().expect("the cohort");
+        let dataset = results.next().expect("the dataset");
+        Ok::<_, String>((followed, followed_by_arm, cohort, dataset))
+    };
+    let (reports, rest) = m.beside(reports, rest).await;
+    let mut results = reports?.into_iter().map(|(_, rows)| rows);
+    let (followed, followed_by_arm, (cohort_schema, cohort_rows), (dataset_schema, dataset_rows)) =
+        rest?;
     let mut next = || results.next().expect("a result per plan");
     m.release(plan::INDEX_RECORDS)?;
     let counts = text_rows(&next());
@@ -610,46 +672,13 @@ pub(crate) async fn run_stages(
     };
     let rules = next();
     let combinations = next();
-    lap("population", &mut timings, planning);
-    progress("follow-up");
-    let survivors = planned!(planner.survivors(population));
-    let follow_up = planned!(planner.follow_up(survivors));
-    let follow_up = m.keep(plan::FOLLOW_UP, follow_up).await?;
-    m.release(plan::POPULATION)?;
-    let mut plans = vec![("followed", planned!(planner.followed(follow_up.clone())))];
-    if !study.arms.is_empty() {
-        plans.push((
-            "followed_by_arm",
-            planned!(planner.arm_followed(follow_up.clone())),
-        ));
-    }
-    let mut results = m.rows_of(plans).await?.into_iter().map(|(_, rows)| rows);
-    let followed = results.next().expect("a result per plan");
     attrition.push(Attrition {
         rule: "follow-up of at least one day".to_string(),
         persons: int_at(&followed, "persons"),
         entries: int_at(&followed, "entries"),
     });
-    let followed_by_arm = results.next().unwrap_or_default();
     let attrition_by_arm = arm_rows(study, &attrition, &by_arm, &followed_by_arm);
     let (inclusion_rules, rule_combinations) = rule_counts(study, &rules, &combinations);
-    let groups = match planned!(planner.collapse_groups(follow_up.clone())) {
-        Some(groups) => m.keep(plan::GROUPS, groups).await?,
-        None => follow_up,
-    };
-    let cohort = planned!(planner.cohort(groups));
-    let cohort = m.keep(plan::COHORT, cohort).await?;
-    m.release(plan::GROUPS)?;
-    m.release(plan::FOLLOW_UP)?;
-    lap("follow_up", &mut timings, planning);
-    progress("covariates and endpoints");
-    let plans = vec![
-        ("cohort", planned!(planner.cohort_table(cohort.clone()))),
-        ("dataset", planned!(planner.dataset(cohort))),
-    ];
-    let mut results = m.rows_of(plans).await?.into_iter();
-    let (cohort_schema, cohort_rows) = results.next().expect("the cohort");
-    let (dataset_schema, dataset_rows) = results.next().expect("the dataset");
     m.release(plan::COHORT)?;
     m.release(plan::CONSENTING)?;
     for name in kept_domains {
