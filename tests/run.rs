@@ -979,6 +979,43 @@ fn attrition_reads_person_only_for_persons_with_records_and_no_entry() {
     );
 }
 
+/// The lung study looks its image features' values up in `measurement` by id: the join's
+/// probe side drops, before probing, the measurements whose id no image feature has
+/// (`KeyFilterExec`, docs/running.md), every one of them tested, and the dataset is the same
+/// as without it (the engines' tests).
+#[test]
+fn a_lookup_by_id_drops_the_rows_no_key_matches_before_probing() {
+    let text = analyzed_on_small_synthetic("studies/lung_ct_radiomics_os.study");
+    let (_, dataset) = sections(&text)
+        .into_iter()
+        .find(|(n, _)| *n == "dataset")
+        .expect("a dataset stage");
+    let metric = |line: &str, name: &str| -> f64 {
+        let at = line
+            .find(name)
+            .unwrap_or_else(|| panic!("{name} in {line}"));
+        let value = line[at + name.len()..].split([',', ']']).next().unwrap();
+        let (number, unit) = value.split_once(' ').unwrap_or((value, ""));
+        number.parse::<f64>().unwrap() * if unit == "K" { 1_000.0 } else { 1.0 }
+    };
+    let lines: Vec<&str> = dataset.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.contains("KeyFilterExec: key=measurement_id"))
+        .unwrap_or_else(|| panic!("a key filter over measurement ids: {dataset}"));
+    let filter = lines[at];
+    let scan = lines[at + 1..]
+        .iter()
+        .find(|l| l.contains("DataSourceExec") && l.contains("/measurement.parquet"))
+        .expect("the measurement scan under it");
+    assert_eq!(metric(filter, "rows_untested="), 0.0, "{filter}");
+    let (kept, read) = (metric(filter, "output_rows="), metric(scan, "output_rows="));
+    assert!(
+        kept > 0.0 && kept * 4.0 < read,
+        "{kept} of {read}: {filter}"
+    );
+}
+
 /// One metric (`name=` its value) of each Parquet scan of a stage in `plan --analyze` output
 /// whose line contains `file` (every scan with `""`).
 fn scan_metric(text: &str, stage: &str, file: &str, metric: &str) -> Vec<String> {

@@ -5,6 +5,7 @@ pub mod browse;
 pub mod domains;
 pub mod files;
 pub mod group_starts;
+pub mod key_filters;
 pub mod quality;
 pub mod query;
 pub mod schema;
@@ -177,7 +178,7 @@ pub fn cache_name(dir: &Path) -> String {
 }
 
 /// A session with cohortql's settings and, if `own_operators`, its physical rules
-/// (`group_starts`, `split_scans`, `shared_scans`).
+/// (`group_starts`, `split_scans`, `shared_scans`, `key_filters`).
 fn new_context(own_operators: bool) -> SessionContext {
     let mut state = datafusion::execution::SessionStateBuilder::new()
         .with_config(session_config())
@@ -195,6 +196,13 @@ fn new_context(own_operators: bool) -> SessionContext {
         rules.insert(at + 1, Arc::new(split_scans::SplitScans::default()));
         // After the scans are divided, so that readings of the same shares are seen as one.
         rules.insert(at + 2, Arc::new(shared_scans::SharedScans::default()));
+        // After the joins have made their dynamic filters and pushed them to their probe
+        // sides' scans, which keep them with the filter between.
+        let checks = rules
+            .iter()
+            .position(|r| r.name() == "SanityCheckPlan")
+            .unwrap_or(rules.len());
+        rules.insert(checks, Arc::new(key_filters::KeyFilters));
         state = state.with_physical_optimizer_rules(rules);
     }
     SessionContext::new_with_state(state.build())
