@@ -6,8 +6,8 @@
 //! persons) and probes it with every row of the other side (8.16 million measurements), of
 //! which few match. Hashing each and looking it up is most of the join's time.
 //! [`KeyFilters`], a physical optimizer rule of cohortql's own sessions, gives such a join a
-//! [`KeyRecorderExec`] over its build side, which records the keys it passes, and a
-//! [`KeyFilterExec`] over its probe side, which, once the build side has ended, drops the rows
+//! [`KeyExec`] over each side: over its build side (`KeyRecorderExec`) it records the keys it
+//! passes, over its probe side (`KeyFilterExec`), once the build side has ended, it drops the rows
 //! whose key is not among them: one bit tested per row, in a bitmap over the range of the
 //! keys.
 //!
@@ -95,7 +95,7 @@ fn with_key_filter(
         || join.null_equality() != NullEquality::NullEqualsNothing
         || join.on().len() != 1
         || build.output_partitioning().partition_count() != 1
-        || build.downcast_ref::<KeyRecorderExec>().is_some()
+        || build.downcast_ref::<KeyExec>().is_some()
     {
         return Ok(None);
     }
@@ -111,27 +111,22 @@ fn with_key_filter(
         array_map_above_density: config.execution.perfect_hash_join_min_key_density,
         ..Keys::default()
     });
-    let recorder = Arc::new(KeyRecorderExec {
-        input: Arc::clone(build),
-        key: Arc::clone(build_key),
-        keys: Arc::clone(&keys),
-        metrics: ExecutionPlanMetricsSet::new(),
-    });
-    let filter = Arc::new(KeyFilterExec {
-        input: Arc::clone(probe),
-        key: Arc::clone(probe_key),
-        keys,
-        metrics: ExecutionPlanMetricsSet::new(),
-    });
+    let recorder = KeyExec::new(
+        Side::Build,
+        Arc::clone(build),
+        Arc::clone(build_key),
+        Arc::clone(&keys),
+    );
+    let filter = KeyExec::new(Side::Probe, Arc::clone(probe), Arc::clone(probe_key), keys);
     #[allow(deprecated)]
-    let join = Arc::clone(node).with_new_children(vec![recorder, filter])?;
+    let join = Arc::clone(node).with_new_children(vec![Arc::new(recorder), Arc::new(filter)])?;
     Ok(Some(join))
 }
 
 /// The keys of a join's build side: recorded while it runs, then, once it has ended, the set
 /// its probe side's filter tests.
 #[derive(Debug, Default)]
-pub struct Keys {
+struct Keys {
     /// The build side's key columns, as 64-bit integers, with the least and greatest key and
     /// the number of rows (NULL keys included) so far.
     recorded: Mutex<Recorded>,
@@ -232,173 +227,82 @@ fn key_values(key: &Arc<dyn PhysicalExpr>, batch: &RecordBatch) -> Result<Arc<dy
     Ok(cast(&values, &DataType::Int64)?)
 }
 
-/// Passes the build side's rows through, recording their keys; marks the keys ended when its
-/// input ends.
+/// Which side of its join a [`KeyExec`] is on, and so what it does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// `KeyRecorderExec`: passes the build side's rows through, recording their keys, and
+    /// marks the keys ended when its input ends.
+    Build,
+    /// `KeyFilterExec`: drops the probe side's rows whose key the build side does not have,
+    /// once it has ended.
+    Probe,
+}
+
+/// One side of a join given a key filter: its input, the join's key on that side and the keys
+/// both sides share.
 #[derive(Debug)]
-pub struct KeyRecorderExec {
+pub struct KeyExec {
+    side: Side,
     input: Arc<dyn ExecutionPlan>,
     key: Arc<dyn PhysicalExpr>,
     keys: Arc<Keys>,
     metrics: ExecutionPlanMetricsSet,
 }
 
-impl DisplayAs for KeyRecorderExec {
-    fn fmt_as(&self, _: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "KeyRecorderExec: key={}", self.key)
-    }
-}
-
-impl ExecutionPlan for KeyRecorderExec {
-    fn name(&self) -> &str {
-        "KeyRecorderExec"
-    }
-
-    /// It passes every row: the input's properties are its own.
-    fn properties(&self) -> &Arc<PlanProperties> {
-        self.input.properties()
-    }
-
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        f(&self.key)
-    }
-
-    /// The same keys, which the filter beside it reads.
-    #[allow(deprecated)]
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let [input] = <[_; 1]>::try_from(children).map_err(|_| {
-            datafusion::common::DataFusionError::Internal("KeyRecorderExec has one input".into())
-        })?;
-        Ok(Arc::new(KeyRecorderExec {
+impl KeyExec {
+    fn new(
+        side: Side,
+        input: Arc<dyn ExecutionPlan>,
+        key: Arc<dyn PhysicalExpr>,
+        keys: Arc<Keys>,
+    ) -> Self {
+        KeyExec {
+            side,
             input,
-            key: Arc::clone(&self.key),
-            keys: Arc::clone(&self.keys),
+            key,
+            keys,
             metrics: ExecutionPlanMetricsSet::new(),
-        }))
+        }
     }
 
-    fn execute(
+    /// The input's rows, each batch's keys recorded, the keys ended after the last.
+    fn record(
         &self,
-        partition: usize,
-        context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
-        let schema = self.input.schema();
-        let rows = self.input.execute(partition, context)?;
-        let metrics = BaselineMetrics::new(&self.metrics, partition);
+        rows: SendableRecordBatchStream,
+        metrics: BaselineMetrics,
+    ) -> impl futures::Stream<Item = Result<RecordBatch>> + Send + 'static {
         let (key, keys) = (Arc::clone(&self.key), Arc::clone(&self.keys));
         let ending = Arc::clone(&self.keys);
-        let recorded = rows
-            .map(move |batch| {
-                let batch = batch?;
-                let timer = metrics.elapsed_compute().timer();
-                keys.record(key_values(&key, &batch)?);
-                timer.done();
-                metrics.record_output(batch.num_rows());
-                Ok(batch)
-            })
-            .map(Some)
-            .chain(futures::stream::once(async move {
-                ending.end();
-                None
-            }))
-            .filter_map(futures::future::ready);
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, recorded)))
-    }
-
-    fn metrics(&self) -> Option<MetricsSet> {
-        Some(self.metrics.clone_inner())
-    }
-}
-
-/// Drops the probe side's rows whose key the build side does not have, once it has ended.
-#[derive(Debug)]
-pub struct KeyFilterExec {
-    input: Arc<dyn ExecutionPlan>,
-    key: Arc<dyn PhysicalExpr>,
-    keys: Arc<Keys>,
-    metrics: ExecutionPlanMetricsSet,
-}
-
-impl DisplayAs for KeyFilterExec {
-    fn fmt_as(&self, _: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        write!(f, "KeyFilterExec: key={}", self.key)
-    }
-}
-
-/// A filter that has tested this many rows and kept more than half of them lets the rest
-/// through untested.
-const JUDGED_AFTER_ROWS: usize = 65_536;
-
-impl ExecutionPlan for KeyFilterExec {
-    fn name(&self) -> &str {
-        "KeyFilterExec"
-    }
-
-    /// A filter: the input's partitioning, order and equivalences hold for what it keeps.
-    fn properties(&self) -> &Arc<PlanProperties> {
-        self.input.properties()
-    }
-
-    fn maintains_input_order(&self) -> Vec<bool> {
-        vec![true]
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![&self.input]
-    }
-
-    fn apply_expressions(
-        &self,
-        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
-    ) -> Result<TreeNodeRecursion> {
-        f(&self.key)
-    }
-
-    /// The same keys, which the recorder beside it records.
-    #[allow(deprecated)]
-    fn with_new_children(
-        self: Arc<Self>,
-        children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let [input] = <[_; 1]>::try_from(children).map_err(|_| {
-            datafusion::common::DataFusionError::Internal("KeyFilterExec has one input".into())
-        })?;
-        Ok(Arc::new(KeyFilterExec {
-            input,
-            key: Arc::clone(&self.key),
-            keys: Arc::clone(&self.keys),
-            metrics: ExecutionPlanMetricsSet::new(),
+        rows.map(move |batch| {
+            let batch = batch?;
+            let timer = metrics.elapsed_compute().timer();
+            keys.record(key_values(&key, &batch)?);
+            timer.done();
+            metrics.record_output(batch.num_rows());
+            Ok(batch)
+        })
+        .map(Some)
+        .chain(futures::stream::once(async move {
+            ending.end();
+            None
         }))
+        .filter_map(futures::future::ready)
     }
 
-    fn execute(
+    /// The input's rows whose key is among the ended keys.
+    fn filter(
         &self,
+        rows: SendableRecordBatchStream,
+        metrics: BaselineMetrics,
         partition: usize,
-        context: Arc<TaskContext>,
-    ) -> Result<SendableRecordBatchStream> {
-        let schema = self.input.schema();
-        let rows = self.input.execute(partition, context)?;
-        let metrics = BaselineMetrics::new(&self.metrics, partition);
+    ) -> impl futures::Stream<Item = Result<RecordBatch>> + Send + 'static {
         let passed: Count = MetricBuilder::new(&self.metrics).counter("rows_untested", partition);
         let (key, keys) = (Arc::clone(&self.key), Arc::clone(&self.keys));
         // `None` until the first batch: a hash join asks for it only once its build side has
         // ended, and so the keys have. Should they not have, every row passes untested.
         let mut ended: Option<bool> = None;
         let (mut seen, mut kept) = (0usize, 0usize);
-        let stream = rows.map(move |batch| {
+        rows.map(move |batch| {
             let batch = batch?;
             let ended = *ended.get_or_insert_with(|| keys.ended.get().is_some());
             let judged_useless = seen >= JUDGED_AFTER_ROWS && kept * 2 > seen;
@@ -423,8 +327,80 @@ impl ExecutionPlan for KeyFilterExec {
             kept += out.num_rows();
             metrics.record_output(out.num_rows());
             Ok(out)
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+        })
+    }
+}
+
+/// A filter that has tested this many rows and kept more than half of them lets the rest
+/// through untested.
+const JUDGED_AFTER_ROWS: usize = 65_536;
+
+impl DisplayAs for KeyExec {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{}: key={}", self.name(), self.key)
+    }
+}
+
+impl ExecutionPlan for KeyExec {
+    fn name(&self) -> &str {
+        match self.side {
+            Side::Build => "KeyRecorderExec",
+            Side::Probe => "KeyFilterExec",
+        }
+    }
+
+    /// A filter, or no filter on the build side: the input's partitioning, order and
+    /// equivalences hold for what it passes.
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        f(&self.key)
+    }
+
+    /// The same keys, which the operator on the join's other side shares.
+    #[allow(deprecated)]
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let [input] = <[_; 1]>::try_from(children).map_err(|_| {
+            datafusion::common::DataFusionError::Internal(format!("{} has one input", self.name()))
+        })?;
+        let (key, keys) = (Arc::clone(&self.key), Arc::clone(&self.keys));
+        Ok(Arc::new(KeyExec::new(self.side, input, key, keys)))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let schema = self.input.schema();
+        let rows = self.input.execute(partition, context)?;
+        let metrics = BaselineMetrics::new(&self.metrics, partition);
+        Ok(match self.side {
+            Side::Build => Box::pin(RecordBatchStreamAdapter::new(
+                schema,
+                self.record(rows, metrics),
+            )),
+            Side::Probe => Box::pin(RecordBatchStreamAdapter::new(
+                schema,
+                self.filter(rows, metrics, partition),
+            )),
+        })
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -504,7 +480,10 @@ mod tests {
             rows.sort();
             let mut filters = Vec::new();
             plan.apply(|node| {
-                if node.downcast_ref::<KeyFilterExec>().is_some() {
+                if node
+                    .downcast_ref::<KeyExec>()
+                    .is_some_and(|e| e.side == Side::Probe)
+                {
                     let m = node.metrics().unwrap();
                     let untested = m.sum_by_name("rows_untested").map_or(0, |v| v.as_usize());
                     filters.push((m.output_rows().unwrap(), untested));
