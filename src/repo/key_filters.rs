@@ -201,8 +201,7 @@ impl Bitmap {
     fn allowed(keys: usize) -> u64 {
         (keys as u64)
             .saturating_mul(Self::BITS_PER_KEY)
-            .max(Self::FEW_BITS)
-            .min(Self::MAX_BITS)
+            .clamp(Self::FEW_BITS, Self::MAX_BITS)
     }
 
     fn empty(least: i64, span: u64) -> Bitmap {
