@@ -1216,9 +1216,10 @@ fn studies_give_the_same_outputs_from_parquet_files_shared_by_rows_as_from_csv()
     );
     assert!(stage_reads(&text, "dataset", "measurement") >= 1, "{text}");
     // Readings of one file that a stage's plan filters for different things share one scan: a
-    // dataset that counts biopsy grades and takes the last PSA value, two filters of
-    // `measurement` that no other stage reads (besides the image features' values, looked up
-    // by id), reads the file twice, not three times; the first reading shows the shared scan.
+    // dataset that counts biopsy grades, takes the last PSA value and looks the image
+    // features' values up by id (two filters of `measurement` that no other stage reads, and
+    // a join's key filter) reads the file once, not three times; the first reading shows the
+    // shared scan.
     // (In files of a few hundred persons, read by one partition, the filters are over a
     // repartition of the scan, which is not shared.)
     let study = dir.path().join("shared.study");
@@ -1238,7 +1239,7 @@ fn studies_give_the_same_outputs_from_parquet_files_shared_by_rows_as_from_csv()
     )
     .unwrap();
     let text = analysed(study.to_str().unwrap());
-    assert_eq!(stage_reads(&text, "dataset", "measurement"), 2, "{text}");
+    assert_eq!(stage_reads(&text, "dataset", "measurement"), 1, "{text}");
     let (_, dataset) = sections(&text)
         .into_iter()
         .find(|(n, _)| *n == "dataset")
@@ -1247,11 +1248,20 @@ fn studies_give_the_same_outputs_from_parquet_files_shared_by_rows_as_from_csv()
         .lines()
         .filter(|l| l.contains("SharedReadingExec: reading"))
         .collect();
-    assert_eq!(readings.len(), 2, "{dataset}");
-    assert!(readings[0].contains("reading 1 of 2"), "{dataset}");
+    assert_eq!(readings.len(), 3, "{dataset}");
+    assert!(readings[0].contains("reading 1 of 3"), "{dataset}");
     assert!(readings[0].contains("/measurement.parquet"), "{dataset}");
-    assert!(
-        readings[1].contains("file=measurement.parquet"),
+    for reading in &readings[1..] {
+        assert!(reading.contains("file=measurement.parquet"), "{dataset}");
+    }
+    // The lookup by id: no filter of its own, the join's keys tested as the file is read.
+    assert_eq!(
+        readings
+            .iter()
+            .filter(|r| r.contains("predicate=true, join keys tested on measurement_id"))
+            .count(),
+        1,
         "{dataset}"
     );
+    assert!(readings.iter().all(|r| !r.contains("let go")), "{dataset}");
 }

@@ -20,7 +20,7 @@
 //! it holds, or when the keys are dense enough that DataFusion's join finds them in an array
 //! (`perfect_hash_join_*`), as fast as the bitmap would.
 
-use datafusion::arrow::array::{Array, AsArray, BooleanArray};
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, PrimitiveArray};
 use datafusion::arrow::buffer::BooleanBuffer;
 use datafusion::arrow::compute::{cast, filter_record_batch};
 use datafusion::arrow::datatypes::{DataType, Int64Type};
@@ -28,13 +28,19 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{JoinType, NullEquality, Result};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::TaskContext;
+use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::metrics::{
     BaselineMetrics, Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
 };
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
@@ -111,22 +117,83 @@ fn with_key_filter(
         array_map_above_density: config.execution.perfect_hash_join_min_key_density,
         ..Keys::default()
     });
-    let recorder = KeyExec::new(
-        Side::Build,
-        Arc::clone(build),
-        Arc::clone(build_key),
-        Arc::clone(&keys),
-    );
+    // A build side already in memory (a stage kept before) gives its keys now, so that they
+    // are known before anything runs: a shared scan (`shared_scans`) that starts before this
+    // join's build side has run can test them.
+    let build: Arc<dyn ExecutionPlan> = match in_memory_keys(build, build_key)? {
+        Some(columns) => {
+            for column in columns {
+                keys.record(column);
+            }
+            keys.end();
+            Arc::clone(build)
+        }
+        None => Arc::new(KeyExec::new(
+            Side::Build,
+            Arc::clone(build),
+            Arc::clone(build_key),
+            Arc::clone(&keys),
+        )),
+    };
     let filter = KeyExec::new(Side::Probe, Arc::clone(probe), Arc::clone(probe_key), keys);
     #[allow(deprecated)]
-    let join = Arc::clone(node).with_new_children(vec![Arc::new(recorder), Arc::new(filter)])?;
+    let join = Arc::clone(node).with_new_children(vec![build, Arc::new(filter)])?;
     Ok(Some(join))
+}
+
+/// The key column of every batch of a build side that only passes on, unfiltered, the rows
+/// of a table in memory (through projections and repartitioning), as 64-bit
+/// integers; `None` for any other build side.
+fn in_memory_keys(
+    build: &Arc<dyn ExecutionPlan>,
+    key: &Arc<dyn PhysicalExpr>,
+) -> Result<Option<Vec<Arc<dyn Array>>>> {
+    let Some(mut index) = key.downcast_ref::<Column>().map(Column::index) else {
+        return Ok(None);
+    };
+    let mut node = Arc::clone(build);
+    loop {
+        let next = if let Some(projection) = node.downcast_ref::<ProjectionExec>() {
+            let Some(column) = projection.expr()[index].expr.downcast_ref::<Column>() else {
+                return Ok(None);
+            };
+            index = column.index();
+            Arc::clone(projection.input())
+        } else if node.downcast_ref::<CoalescePartitionsExec>().is_some()
+            || node.downcast_ref::<RepartitionExec>().is_some()
+        {
+            Arc::clone(node.children()[0])
+        } else {
+            break;
+        };
+        node = next;
+    }
+    let Some(memory) = node
+        .downcast_ref::<DataSourceExec>()
+        .and_then(|scan| scan.data_source().downcast_ref::<MemorySourceConfig>())
+    else {
+        return Ok(None);
+    };
+    let column = memory.projection().as_ref().map_or(index, |p| p[index]);
+    let mut columns = Vec::new();
+    for batch in memory.partitions().iter().flatten() {
+        columns.push(cast(batch.column(column), &DataType::Int64)?);
+    }
+    Ok(Some(columns))
+}
+
+/// A probe side's key filter (`KeyFilterExec`) whose key is a column of its input: that
+/// column's index and the keys it tests, for a shared scan under it to test as it reads.
+pub(crate) fn probe_key_column(node: &Arc<dyn ExecutionPlan>) -> Option<(usize, Arc<Keys>)> {
+    let filter = node.downcast_ref::<KeyExec>()?;
+    let column = filter.key.downcast_ref::<Column>()?;
+    (filter.side == Side::Probe).then(|| (column.index(), Arc::clone(&filter.keys)))
 }
 
 /// The keys of a join's build side: recorded while it runs, then, once it has ended, the set
 /// its probe side's filter tests.
 #[derive(Debug, Default)]
-struct Keys {
+pub(crate) struct Keys {
     /// The build side's key columns, as 64-bit integers, with the least and greatest key and
     /// the number of rows (NULL keys included) so far.
     recorded: Mutex<Recorded>,
@@ -149,7 +216,7 @@ struct Recorded {
 
 impl Keys {
     /// Keeps a batch's keys (the column itself, not a copy).
-    fn record(&self, keys: Arc<dyn Array>) {
+    pub(crate) fn record(&self, keys: Arc<dyn Array>) {
         use datafusion::arrow::compute::{max, min};
         let values = keys.as_primitive::<Int64Type>();
         let (least, greatest) = (min(values), max(values));
@@ -160,7 +227,28 @@ impl Keys {
         r.columns.push(keys);
     }
 
-    fn end(&self) {
+    /// Whether the keys have ended with a bitmap worth testing (`found` gives it).
+    pub(crate) fn testable(&self) -> bool {
+        matches!(self.ended.get(), Some(Some(_)))
+    }
+
+    /// Whether the build side has not ended yet.
+    pub(crate) fn pending(&self) -> bool {
+        self.ended.get().is_none()
+    }
+
+    /// Which of `values` are among the keys, once they have ended and a bitmap is worth
+    /// testing (`None` before, or without one); NULL is among none.
+    pub(crate) fn found(&self, values: &Arc<dyn Array>) -> Result<Option<BooleanArray>> {
+        let Some(Some(bitmap)) = self.ended.get() else {
+            return Ok(None);
+        };
+        let values = cast(values, &DataType::Int64)?;
+        Ok(Some(bitmap.found(values.as_primitive::<Int64Type>())))
+    }
+
+    /// Ends the keys: makes the bitmap, if one is worth testing.
+    pub(crate) fn end(&self) {
         let r = std::mem::take(&mut *self.recorded.lock().expect("not poisoned"));
         let bitmap = r.least.zip(r.greatest).and_then(|(least, greatest)| {
             let span = (greatest as i128 - least as i128 + 1) as u128;
@@ -178,6 +266,17 @@ impl Keys {
             Some(bitmap)
         });
         let _ = self.ended.set(bitmap);
+    }
+}
+
+#[cfg(test)]
+impl Keys {
+    /// Keys tested in a bitmap however dense they are (`dense`: never), not yet ended.
+    pub(crate) fn for_tests(dense: bool) -> Keys {
+        Keys {
+            array_map_above_density: if dense { 0.0 } else { 1.0 },
+            ..Keys::default()
+        }
     }
 }
 
@@ -217,6 +316,17 @@ impl Bitmap {
     fn has(&self, value: i64) -> bool {
         let at = value.wrapping_sub(self.least) as u64;
         at < self.span && self.words[(at / 64) as usize] & (1 << (at % 64)) != 0
+    }
+
+    /// Which values are in the set, NULL in none.
+    fn found(&self, values: &PrimitiveArray<Int64Type>) -> BooleanArray {
+        let raw = values.values();
+        let bits = BooleanBuffer::collect_bool(raw.len(), |i| self.has(raw[i]));
+        let bits = match values.nulls() {
+            Some(nulls) => &bits & nulls.inner(),
+            None => bits,
+        };
+        BooleanArray::new(bits, None)
     }
 }
 
@@ -313,14 +423,8 @@ impl KeyExec {
             };
             let timer = metrics.elapsed_compute().timer();
             let values = key_values(&key, &batch)?;
-            let values = values.as_primitive::<Int64Type>();
-            let raw = values.values();
-            let bits = BooleanBuffer::collect_bool(raw.len(), |i| bitmap.has(raw[i]));
-            let bits = match values.nulls() {
-                Some(nulls) => &bits & nulls.inner(),
-                None => bits,
-            };
-            let out = filter_record_batch(&batch, &BooleanArray::new(bits, None))?;
+            let found = bitmap.found(values.as_primitive::<Int64Type>());
+            let out = filter_record_batch(&batch, &found)?;
             timer.done();
             seen += batch.num_rows();
             kept += out.num_rows();

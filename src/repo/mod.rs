@@ -194,8 +194,6 @@ fn new_context(own_operators: bool) -> SessionContext {
         rules.insert(at, Arc::new(group_starts::GroupStarts));
         // After the file scans are divided among partitions (EnforceDistribution).
         rules.insert(at + 1, Arc::new(split_scans::SplitScans::default()));
-        // After the scans are divided, so that readings of the same shares are seen as one.
-        rules.insert(at + 2, Arc::new(shared_scans::SharedScans::default()));
         // After the joins have made their dynamic filters and pushed them to their probe
         // sides' scans, which keep them with the filter between.
         let checks = rules
@@ -203,6 +201,9 @@ fn new_context(own_operators: bool) -> SessionContext {
             .position(|r| r.name() == "SanityCheckPlan")
             .unwrap_or(rules.len());
         rules.insert(checks, Arc::new(key_filters::KeyFilters));
+        // After the scans are divided, so that readings of the same shares are seen as one,
+        // and after the key filters, which a shared scan tests for the readings under them.
+        rules.insert(checks + 1, Arc::new(shared_scans::SharedScans::default()));
         state = state.with_physical_optimizer_rules(rules);
     }
     SessionContext::new_with_state(state.build())

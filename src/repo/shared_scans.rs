@@ -16,8 +16,9 @@
 //! of a table). When fewer than two readings are left, or what they keep would take more than
 //! [`SharedScans::limit_bytes`], the shared scan stops and every reading runs its own.
 
-use datafusion::arrow::array::AsArray;
-use datafusion::arrow::compute::BatchCoalescer;
+use datafusion::arrow::array::{AsArray, BooleanArray};
+use datafusion::arrow::compute::kernels::boolean::and;
+use datafusion::arrow::compute::{filter_record_batch, BatchCoalescer};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::config::ConfigOptions;
@@ -31,11 +32,12 @@ use datafusion::datasource::physical_plan::{
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::Operator;
-use datafusion::physical_expr::expressions::{BinaryExpr, Column, InListExpr, Literal};
+use datafusion::physical_expr::expressions::{lit, BinaryExpr, Column, InListExpr, Literal};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
@@ -45,6 +47,8 @@ use futures::{StreamExt, TryStreamExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use super::key_filters::{self, Keys};
 
 /// The rule, with the most a shared scan keeps in memory for its readings.
 #[derive(Debug)]
@@ -70,9 +74,10 @@ impl PhysicalOptimizerRule for SharedScans {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         // The filtered readings of each file, by what they scan (file, shares, schema), in the
         // order the plan shows them.
+        let tests = key_tests(&plan)?;
         let mut groups: Vec<(String, Vec<Arc<dyn ExecutionPlan>>)> = Vec::new();
         plan.apply(|node| {
-            if let Some(key) = reading_key(node) {
+            if let Some(key) = reading_key(node, &tests) {
                 let seen = |g: &Vec<Arc<dyn ExecutionPlan>>| g.iter().any(|n| Arc::ptr_eq(n, node));
                 match groups.iter_mut().find(|(k, _)| *k == key) {
                     Some((_, g)) if !seen(g) => g.push(Arc::clone(node)),
@@ -84,7 +89,7 @@ impl PhysicalOptimizerRule for SharedScans {
         })?;
         let mut replacements: HashMap<usize, Arc<dyn ExecutionPlan>> = HashMap::new();
         for (_, readings) in groups.into_iter().filter(|(_, g)| g.len() >= 2) {
-            let Some(shared) = SharedScan::new(&readings, self.limit_bytes)? else {
+            let Some(shared) = SharedScan::new(&readings, &tests, self.limit_bytes)? else {
                 continue;
             };
             let shared = Arc::new(shared);
@@ -121,23 +126,68 @@ fn address(node: &Arc<dyn ExecutionPlan>) -> usize {
     Arc::as_ptr(node) as *const () as usize
 }
 
-/// A filter straight over a Parquet scan, as the rule sees it.
+/// A reading as the rule sees it: a filter straight over a Parquet scan, or a scan under a
+/// join's key filter, or both.
 struct Filtered<'a> {
-    filter: &'a FilterExec,
+    filter: Option<&'a FilterExec>,
+    /// Whether the filter tests a column against given values (`selective`).
+    selective: bool,
     config: &'a FileScanConfig,
     source: &'a ParquetSource,
     /// The scan's columns, as indices of the table's.
     columns: Vec<usize>,
+    /// The key filter above, if any: the column of the scan's rows it tests, and its keys.
+    key: Option<KeyTest>,
 }
 
-/// The Parquet scan under a filter, when the rule can share it: its columns plain, no limit,
-/// no order it promises, a selective filter.
-fn filtered_scan(node: &Arc<dyn ExecutionPlan>) -> Option<Filtered<'_>> {
-    let filter = node.downcast_ref::<FilterExec>()?;
-    if filter.fetch().is_some() || !selective(filter.predicate()) {
+/// A join's key filter (`key_filters`) over a reading, through projections of plain columns:
+/// the column of the reading's rows it tests, and the keys.
+type KeyTest = (usize, Arc<Keys>);
+
+/// The key filters of a plan by the node each tests the rows of, the first below it that is
+/// not a projection of plain columns (by `address`).
+fn key_tests(plan: &Arc<dyn ExecutionPlan>) -> Result<HashMap<usize, KeyTest>> {
+    let mut tests = HashMap::new();
+    plan.apply(|node| {
+        let Some((mut column, keys)) = key_filters::probe_key_column(node) else {
+            return Ok(TreeNodeRecursion::Continue);
+        };
+        let mut below = Arc::clone(node.children()[0]);
+        while let Some(projection) = below.downcast_ref::<ProjectionExec>() {
+            let Some(plain) = projection.expr()[column].expr.downcast_ref::<Column>() else {
+                return Ok(TreeNodeRecursion::Continue);
+            };
+            column = plain.index();
+            let input = Arc::clone(projection.input());
+            below = input;
+        }
+        tests.insert(address(&below), (column, keys));
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(tests)
+}
+
+/// The Parquet scan of a reading, when the rule can share it: its columns plain, no limit, no
+/// order it promises, and a selective filter over it or a key filter above (`tests`).
+fn filtered_scan<'a>(
+    node: &'a Arc<dyn ExecutionPlan>,
+    tests: &HashMap<usize, KeyTest>,
+) -> Option<Filtered<'a>> {
+    let key = tests.get(&address(node)).cloned();
+    let (filter, scan) = match node.downcast_ref::<FilterExec>() {
+        Some(filter) => (Some(filter), filter.input()),
+        None => (None, node),
+    };
+    let selective = filter.is_some_and(|f| f.fetch().is_none() && selective(f.predicate()));
+    if filter.is_some_and(|f| f.fetch().is_some()) || !selective && key.is_none() {
         return None;
     }
-    let scan = filter.input().downcast_ref::<DataSourceExec>()?;
+    // The key's column among the filter's input's, the scan's.
+    let key = key.map(|(column, keys)| match filter {
+        Some(f) => (f.projection().as_ref().map_or(column, |p| p[column]), keys),
+        None => (column, keys),
+    });
+    let scan = scan.downcast_ref::<DataSourceExec>()?;
     let (config, source) = scan.downcast_to_file_source::<ParquetSource>()?;
     let columns = FileSource::projection(source)?
         .iter()
@@ -146,9 +196,11 @@ fn filtered_scan(node: &Arc<dyn ExecutionPlan>) -> Option<Filtered<'_>> {
     let ordered = scan.properties().output_ordering().is_some();
     (!ordered && config.limit.is_none()).then_some(Filtered {
         filter,
+        selective,
         config,
         source,
         columns,
+        key,
     })
 }
 
@@ -184,8 +236,8 @@ fn selective(predicate: &Arc<dyn PhysicalExpr>) -> bool {
 /// What a filtered reading scans, as a key equal for readings that scan the same rows: the
 /// store, each partition's files with their byte ranges and row selections, the table's
 /// schema.
-fn reading_key(node: &Arc<dyn ExecutionPlan>) -> Option<String> {
-    let config = filtered_scan(node)?.config;
+fn reading_key(node: &Arc<dyn ExecutionPlan>, tests: &HashMap<usize, KeyTest>) -> Option<String> {
+    let config = filtered_scan(node, tests)?.config;
     let mut key = format!(
         "{}|{:?}|",
         config.object_store_url.as_str(),
@@ -223,14 +275,19 @@ pub struct SharedScan {
 /// shared scan's.
 #[derive(Debug)]
 struct Reading {
-    /// The filter over its own scan, run instead when the shared scan keeps too much.
+    /// The filter over its own scan (or the scan itself, for a reading under a key filter
+    /// alone), run instead when the shared scan keeps too much.
     own: Arc<dyn ExecutionPlan>,
     /// Its scan's columns, as positions in the shared scan's rows.
     columns: Vec<usize>,
-    /// Its filter's predicate (over its scan's columns) and projection.
+    /// Its filter's predicate (over its scan's columns; `true` without a filter), whether
+    /// it is selective alone, and its projection.
     predicate: Arc<dyn PhysicalExpr>,
+    selective: bool,
     projection: Option<Vec<usize>>,
     schema: SchemaRef,
+    /// The key filter above it, tested too when its keys are known as the shared scan starts.
+    key: Option<KeyTest>,
 }
 
 /// What a shared scan kept: for each reading, its rows partition by partition, or `None` when
@@ -239,10 +296,14 @@ type Kept = Vec<Option<Vec<Vec<RecordBatch>>>>;
 
 impl SharedScan {
     /// The shared scan of `readings` (filters over scans of the same rows).
-    fn new(readings: &[Arc<dyn ExecutionPlan>], limit_bytes: usize) -> Result<Option<Self>> {
+    fn new(
+        readings: &[Arc<dyn ExecutionPlan>],
+        tests: &HashMap<usize, KeyTest>,
+        limit_bytes: usize,
+    ) -> Result<Option<Self>> {
         let Some(scanned) = readings
             .iter()
-            .map(filtered_scan)
+            .map(|r| filtered_scan(r, tests))
             .collect::<Option<Vec<Filtered>>>()
         else {
             return Ok(None);
@@ -273,9 +334,15 @@ impl SharedScan {
                     .iter()
                     .map(|c| columns.binary_search(c).expect("a column of the union"))
                     .collect(),
-                predicate: Arc::clone(f.filter.predicate()),
-                projection: f.filter.projection().as_ref().map(|p| p.to_vec()),
-                schema: f.filter.schema(),
+                predicate: f
+                    .filter
+                    .map_or_else(|| lit(true), |f| Arc::clone(f.predicate())),
+                selective: f.selective,
+                projection: f
+                    .filter
+                    .and_then(|f| f.projection().as_ref().map(|p| p.to_vec())),
+                schema: f.filter.map_or_else(|| own.schema(), |f| f.schema()),
+                key: f.key,
             })
             .collect();
         Ok(Some(SharedScan {
@@ -306,22 +373,24 @@ impl SharedScan {
                 .collect(),
             limit_bytes: self.limit_bytes,
         });
+        // A reading that only a key filter makes selective, whose keys ended with no bitmap
+        // worth testing (`key_filters`), would keep every row.
+        for (reading, let_go) in self.readings.iter().zip(&tally.let_go) {
+            let untestable = |(_, keys): &KeyTest| !keys.pending() && !keys.testable();
+            if !reading.selective && reading.key.as_ref().is_none_or(untestable) {
+                let_go.store(true, Ordering::Relaxed);
+            }
+        }
+        if !tally.worth_sharing() {
+            return Ok(vec![None; self.readings.len()]);
+        }
         let mut tasks = Vec::with_capacity(partitions);
         for partition in 0..partitions {
             let mut rows = self.scan.execute(partition, Arc::clone(&context))?;
             let mut sieves: Vec<Option<Sieve>> = self
                 .readings
                 .iter()
-                .map(|r| {
-                    Some(Sieve {
-                        columns: r.columns.clone(),
-                        predicate: Arc::clone(&r.predicate),
-                        projection: r.projection.clone(),
-                        coalescer: BatchCoalescer::new(Arc::clone(&r.schema), batch_size),
-                        kept: Vec::new(),
-                        bytes: 0,
-                    })
-                })
+                .map(|r| Some(Sieve::new(r, batch_size)))
                 .collect();
             let tally = Arc::clone(&tally);
             tasks.push(SpawnedTask::spawn(async move {
@@ -337,9 +406,18 @@ impl SharedScan {
                             continue;
                         }
                         let Some(sieve) = slot else { continue };
-                        let (rows, bytes) = sieve.push(&batch)?;
+                        let before = sieve.bytes;
+                        let rows = sieve.push(&batch)?;
                         tally.kept[i].fetch_add(rows, Ordering::Relaxed);
-                        tally.bytes.fetch_add(bytes, Ordering::Relaxed);
+                        if sieve.bytes >= before {
+                            tally
+                                .bytes
+                                .fetch_add(sieve.bytes - before, Ordering::Relaxed);
+                        } else {
+                            tally
+                                .bytes
+                                .fetch_sub(before - sieve.bytes, Ordering::Relaxed);
+                        }
                     }
                     if !tally.worth_sharing() {
                         return Ok(None);
@@ -349,11 +427,7 @@ impl SharedScan {
                 let mut kept = Vec::with_capacity(sieves.len());
                 for sieve in sieves {
                     kept.push(match sieve {
-                        Some(mut sieve) => {
-                            sieve.coalescer.finish_buffered_batch()?;
-                            sieve.take_completed();
-                            sieve.kept
-                        }
+                        Some(sieve) => sieve.finish()?,
                         None => Vec::new(),
                     });
                 }
@@ -425,38 +499,123 @@ impl Tally {
 /// One reading's filter over one partition of the shared scan, and the rows it kept.
 struct Sieve {
     columns: Vec<usize>,
-    predicate: Arc<dyn PhysicalExpr>,
+    /// The filter's predicate; `None` without a filter.
+    predicate: Option<Arc<dyn PhysicalExpr>>,
+    /// The key filter above the reading, tested once its keys are known, if the reading is
+    /// not selective without it or they are known as it starts.
+    key: Option<KeyTest>,
+    /// Until the key filter's keys are known, the rows the reading's filter keeps (with its
+    /// scan's columns), tested once they are: the join whose build side gives the keys may
+    /// run beside the scan. A reading that waits keeps no rows yet; what waits counts in the
+    /// shared scan's bytes. Keys that end with no bitmap worth testing keep every row that
+    /// waited, and so the reading is let go.
+    waiting: Option<Vec<RecordBatch>>,
     projection: Option<Vec<usize>>,
     coalescer: BatchCoalescer,
     kept: Vec<RecordBatch>,
-    /// The bytes of `kept`.
+    /// The bytes of `kept` and `waiting`.
     bytes: usize,
 }
 
 impl Sieve {
-    /// Keeps the rows of a batch of the shared scan that the reading's filter keeps: how many,
-    /// and the bytes of the batches this completed.
-    fn push(&mut self, batch: &RecordBatch) -> Result<(usize, usize)> {
-        let own = batch.project(&self.columns)?;
-        let test = self.predicate.evaluate(&own)?.into_array(own.num_rows())?;
-        let own = match &self.projection {
-            Some(p) => own.project(p)?,
-            None => own,
-        };
-        let test = test.as_boolean();
-        let rows = test.true_count();
-        self.coalescer.push_batch_with_filter(own, test)?;
-        Ok((rows, self.take_completed()))
+    fn new(reading: &Reading, batch_size: usize) -> Sieve {
+        let known = reading
+            .key
+            .as_ref()
+            .is_some_and(|(_, keys)| keys.testable());
+        let pending = reading.key.as_ref().is_some_and(|(_, keys)| keys.pending());
+        let key = reading
+            .key
+            .clone()
+            .filter(|_| known || pending && !reading.selective);
+        Sieve {
+            columns: reading.columns.clone(),
+            predicate: (reading.predicate.downcast_ref::<Literal>().is_none())
+                .then(|| Arc::clone(&reading.predicate)),
+            waiting: (key.is_some() && pending).then(Vec::new),
+            key,
+            projection: reading.projection.clone(),
+            coalescer: BatchCoalescer::new(Arc::clone(&reading.schema), batch_size),
+            kept: Vec::new(),
+            bytes: 0,
+        }
     }
 
-    fn take_completed(&mut self) -> usize {
-        let mut bytes = 0;
+    /// Keeps (or holds until its keys are known) the rows of a batch of the shared scan that
+    /// the reading's filters keep: how many it kept.
+    fn push(&mut self, batch: &RecordBatch) -> Result<usize> {
+        let own = batch.project(&self.columns)?;
+        let test = match &self.predicate {
+            Some(p) => Some(p.evaluate(&own)?.into_array(own.num_rows())?),
+            None => None,
+        };
+        let test = test.as_ref().map(|t| t.as_boolean());
+        let Some(waiting) = &mut self.waiting else {
+            return self.keep(&own, test);
+        };
+        let own = match test {
+            Some(test) => filter_record_batch(&own, test)?,
+            None => own,
+        };
+        if self.key.as_ref().is_some_and(|(_, keys)| keys.pending()) {
+            self.bytes += own.get_array_memory_size();
+            waiting.push(own);
+            return Ok(0);
+        }
+        let waited = std::mem::take(waiting);
+        self.waiting = None;
+        self.bytes -= waited
+            .iter()
+            .map(RecordBatch::get_array_memory_size)
+            .sum::<usize>();
+        let mut rows = 0;
+        for held in waited.iter().chain([&own]) {
+            rows += self.keep(held, None)?;
+        }
+        Ok(rows)
+    }
+
+    /// Keeps the rows of a batch (the reading's scan's columns) that its filter's `test`
+    /// (if any) keeps and whose key the key filter has (if it can tell).
+    fn keep(&mut self, own: &RecordBatch, test: Option<&BooleanArray>) -> Result<usize> {
+        let found = match &self.key {
+            Some((column, keys)) => keys.found(own.column(*column))?,
+            None => None,
+        };
+        let keep = match (test, found) {
+            (Some(test), Some(found)) => and(test, &found)?,
+            (Some(test), None) => test.clone(),
+            (None, Some(found)) => found,
+            (None, None) => BooleanArray::from(vec![true; own.num_rows()]),
+        };
+        let own = match &self.projection {
+            Some(p) => own.project(p)?,
+            None => own.clone(),
+        };
+        let rows = keep.true_count();
+        self.coalescer.push_batch_with_filter(own, &keep)?;
+        self.take_completed();
+        Ok(rows)
+    }
+
+    fn take_completed(&mut self) {
         while let Some(done) = self.coalescer.next_completed_batch() {
-            bytes += done.get_array_memory_size();
+            self.bytes += done.get_array_memory_size();
             self.kept.push(done);
         }
-        self.bytes += bytes;
-        bytes
+    }
+
+    /// What it kept, once the scan has ended. Rows still waiting for keys never known are
+    /// all kept: the key filter above tests them, as it would those of the reading's own scan.
+    fn finish(mut self) -> Result<Vec<RecordBatch>> {
+        if let Some(waited) = self.waiting.take() {
+            for held in &waited {
+                self.keep(held, None)?;
+            }
+        }
+        self.coalescer.finish_buffered_batch()?;
+        self.take_completed();
+        Ok(self.kept)
     }
 }
 
@@ -477,9 +636,13 @@ impl SharedReadingExec {
     /// The reading's own scan, when it ran it instead of taking its rows from the shared one.
     fn own_scan(&self) -> Option<&Arc<dyn ExecutionPlan>> {
         let kept = self.shared.kept.get()?;
+        let own = &self.reading().own;
         kept[self.index]
             .is_none()
-            .then(|| self.reading().own.children().first().copied())
+            .then(|| match own.downcast_ref::<DataSourceExec>() {
+                Some(_) => Some(own),
+                None => own.children().first().copied(),
+            })
             .flatten()
     }
 }
@@ -531,6 +694,14 @@ impl SharedReadingExec {
             self.shared.readings.len(),
             reading.predicate
         )?;
+        if let Some((column, _)) = &reading.key {
+            let schema = reading
+                .own
+                .children()
+                .first()
+                .map_or_else(|| reading.own.schema(), |scan| scan.schema());
+            write!(f, ", join keys tested on {}", schema.field(*column).name())?;
+        }
         if self.index == 0 {
             write!(f, ", scan=")?;
             match self.shared.scan.downcast_ref::<DataSourceExec>() {
@@ -805,6 +976,174 @@ mod tests {
         // Without cohortql's rules, the same rows.
         let (plain, none) = run(super::super::new_context(false), &path);
         assert_eq!((plain, none), (expected(), vec![]));
+    }
+
+    /// The rows of `QUERY_KEYED` over the file and `b`, and the plan's shared readings: what
+    /// each shows and whether it kept its rows from the shared scan.
+    fn run_keyed(ctx: SessionContext, path: &Path, b: &Path) -> (Vec<i64>, Vec<(String, bool)>) {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let options = ParquetReadOptions::default();
+            ctx.register_parquet("t", path.to_str().unwrap(), options.clone())
+                .await
+                .unwrap();
+            ctx.register_parquet("b_file", b.to_str().unwrap(), options)
+                .await
+                .unwrap();
+            // `b` in memory too: a stage kept before, whose keys are known when planning.
+            let kept = ctx.table("b_file").await.unwrap().collect().await.unwrap();
+            let table =
+                datafusion::datasource::MemTable::try_new(kept[0].schema(), vec![kept]).unwrap();
+            ctx.register_table("b", Arc::new(table)).unwrap();
+            let plan = ctx.sql(QUERY_KEYED).await.unwrap();
+            let plan = plan.create_physical_plan().await.unwrap();
+            let batches = collect(Arc::clone(&plan), ctx.task_ctx()).await.unwrap();
+            let mut rows = Vec::new();
+            for b in &batches {
+                for c in 0..b.num_columns() {
+                    rows.push(b.column(c).as_primitive::<Int64Type>().value(0));
+                }
+            }
+            let mut readings = Vec::new();
+            plan.apply(|node| {
+                if let Some(r) = node.downcast_ref::<SharedReadingExec>() {
+                    let kept = r.shared.kept.get().expect("the shared scan ran");
+                    let shown = displayable(node.as_ref()).one_line().to_string();
+                    readings.push((shown, kept[r.index].is_some()));
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+            .unwrap();
+            (rows, readings)
+        })
+    }
+
+    /// Three readings of the file: one by a concept test, two that look rows up by value in
+    /// `b`, kept in memory or read from a file.
+    const QUERY_KEYED: &str = "SELECT \
+        (SELECT count(*) FROM t WHERE k = 2) AS two, \
+        (SELECT sum(t.k) FROM b JOIN t ON b.id = t.v) AS by_kept_keys, \
+        (SELECT sum(t.k) FROM b_file JOIN t ON b_file.id = t.v) AS by_read_keys";
+
+    /// `b`'s keys: 400 values of `v`, and 100 that no row has (within a span of values the
+    /// key filter's bitmap covers).
+    fn write_keys(path: &Path) {
+        let ids: Vec<i64> = (0..400)
+            .filter_map(|i| value(i * 499))
+            .chain((0..100).map(|i| 1_000_003 + i))
+            .collect();
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let batch =
+            RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from(ids))])
+                .unwrap();
+        let file = std::fs::File::create(path).unwrap();
+        let mut writer = ArrowWriter::try_new(file, schema, None).unwrap();
+        writer.write(&batch).unwrap();
+        writer.close().unwrap();
+    }
+
+    /// What `QUERY_KEYED` should give, counted here.
+    fn expected_keyed() -> Vec<i64> {
+        let keys: std::collections::HashSet<i64> =
+            (0..400).filter_map(|i| value(i * 499)).collect();
+        let looked_up: i64 = (0..ROWS)
+            .filter(|i| value(*i).is_some_and(|v| keys.contains(&v)))
+            .map(kind)
+            .sum();
+        let two = (0..ROWS).filter(|i| kind(*i) == 2).count() as i64;
+        vec![two, looked_up, looked_up]
+    }
+
+    #[test]
+    fn readings_under_a_joins_key_filter_share_the_scan_and_keep_only_the_rows_it_finds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, keys) = (dir.path().join("t.parquet"), dir.path().join("b.parquet"));
+        write(&path);
+        write_keys(&keys);
+        let (rows, readings) = run_keyed(session(SharedScans::default().limit_bytes), &path, &keys);
+        assert_eq!(rows, expected_keyed());
+        // The lookup by the keys in memory is shared whichever reading starts the scan (its
+        // keys are known when planning); the one by keys read from a file is shared too, its
+        // rows waiting for the keys if the scan starts before they are known.
+        assert_eq!(readings.len(), 3, "{readings:?}");
+        assert!(readings.iter().all(|(_, shared)| *shared), "{readings:?}");
+        let keyed: Vec<_> = readings
+            .iter()
+            .filter(|(shown, _)| shown.contains("predicate=true, join keys tested on v"))
+            .collect();
+        assert_eq!(keyed.len(), 2, "{readings:?}");
+        // Without cohortql's rules, the same rows.
+        let (plain, none) = run_keyed(super::super::new_context(false), &path, &keys);
+        assert_eq!((plain, none), (expected_keyed(), vec![]));
+        // With a limit that the rows kept or waiting for keys soon pass, the same rows.
+        let (rows, _) = run_keyed(session(1), &path, &keys);
+        assert_eq!(rows, expected_keyed());
+    }
+
+    /// A reading of `k` and `v` under a key filter on `v`, and batches of its rows: `k` and
+    /// `v` both `from` to `from + 99`.
+    fn keyed_reading(keys: &Arc<Keys>) -> (Reading, impl Fn(i64) -> RecordBatch) {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("v", DataType::Int64, true),
+        ]));
+        let reading = Reading {
+            own: Arc::new(datafusion::physical_plan::empty::EmptyExec::new(
+                Arc::clone(&schema),
+            )),
+            columns: vec![0, 1],
+            predicate: lit(true),
+            selective: false,
+            projection: None,
+            schema: Arc::clone(&schema),
+            key: Some((1, Arc::clone(keys))),
+        };
+        let batch = move |from: i64| {
+            let values = || Arc::new(Int64Array::from_iter_values(from..from + 100));
+            RecordBatch::try_new(Arc::clone(&schema), vec![values(), values()]).unwrap()
+        };
+        (reading, batch)
+    }
+
+    #[test]
+    fn rows_that_wait_for_their_keys_are_tested_once_the_keys_are_known() {
+        let keys = Arc::new(Keys::for_tests(false));
+        let (reading, batch) = keyed_reading(&keys);
+        let mut sieve = Sieve::new(&reading, 8192);
+        assert_eq!(
+            sieve.push(&batch(0)).unwrap(),
+            0,
+            "keys not known: it waits"
+        );
+        assert!(sieve.bytes > 0, "what waits counts");
+        keys.record(Arc::new(Int64Array::from(vec![5, 150, 199, 1_000])));
+        keys.end();
+        // 5 of the batch that waited, 150 and 199 of this one.
+        assert_eq!(sieve.push(&batch(100)).unwrap(), 3);
+        assert_eq!(sieve.push(&batch(200)).unwrap(), 0);
+        let kept = sieve.finish().unwrap();
+        let v: Vec<i64> = kept
+            .iter()
+            .flat_map(|b| b.column(1).as_primitive::<Int64Type>().values().to_vec())
+            .collect();
+        assert_eq!(v, [5, 150, 199]);
+        // Keys that end with no bitmap worth testing: every row that waited is kept (the
+        // shared scan then lets the reading go).
+        let dense = Arc::new(Keys::for_tests(true));
+        let (reading, batch) = keyed_reading(&dense);
+        let mut sieve = Sieve::new(&reading, 8192);
+        assert_eq!(sieve.push(&batch(0)).unwrap(), 0);
+        dense.record(Arc::new(Int64Array::from_iter_values(0..300)));
+        dense.end();
+        assert_eq!(sieve.push(&batch(100)).unwrap(), 200);
+        // A reading that a filter of its own makes selective does not wait: its rows are kept
+        // as the filter keeps them, the key filter above testing them later.
+        let pending = Arc::new(Keys::for_tests(false));
+        let (mut reading, batch) = keyed_reading(&pending);
+        reading.selective = true;
+        let mut sieve = Sieve::new(&reading, 8192);
+        assert_eq!(sieve.push(&batch(0)).unwrap(), 100);
+        assert!(sieve.waiting.is_none());
     }
 
     #[test]
