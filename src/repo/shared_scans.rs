@@ -13,8 +13,12 @@
 //! than one row in [`OWN_SCAN_SHARE`] is let go early and runs its own scan when its turn
 //! comes, as it would have without the rule (the readings of a plan run one after another, so
 //! the rows of the later ones wait in memory: worth it for a concept's records, not for most
-//! of a table). When fewer than two readings are left, or what they keep would take more than
-//! [`SharedScans::limit_bytes`], the shared scan stops and every reading runs its own.
+//! of a table). A scan under a join's key filter (`key_filters`) is a reading too, which keeps
+//! the rows whose key the join's build side has; until those keys are known, its rows wait.
+//! When what the readings keep and hold would take more than [`SharedScans::limit_bytes`],
+//! those whose rows wait are let go, and if that is not enough the shared scan stops and every
+//! reading runs its own. A shared scan starts for two readings or more; one left alone goes on
+//! taking its rows from it.
 
 use datafusion::arrow::array::{AsArray, BooleanArray};
 use datafusion::arrow::compute::kernels::boolean::and;
@@ -286,7 +290,7 @@ struct Reading {
     selective: bool,
     projection: Option<Vec<usize>>,
     schema: SchemaRef,
-    /// The key filter above it, tested too when its keys are known as the shared scan starts.
+    /// The key filter above it, whose keys the shared scan tests once they are known.
     key: Option<KeyTest>,
 }
 
@@ -356,15 +360,17 @@ impl SharedScan {
     /// Scans the file once, each partition on a task of its own, keeping each reading's rows.
     /// A reading that keeps more than one row in [`OWN_SCAN_SHARE`] of those scanned (once
     /// [`JUDGED_AFTER`] rows are) is let go: it will scan on its own, since keeping its rows
-    /// until it runs costs more memory than decoding them again saves. When fewer than two
-    /// readings are left, or what they keep takes more than the limit, every reading scans
-    /// on its own.
+    /// until it runs costs more memory than decoding them again saves. When what they keep
+    /// takes more than the limit, the readings whose rows wait for their keys are let go; if
+    /// it still does, every reading scans on its own. A reading left alone goes on reading
+    /// from the shared scan, where it is.
     async fn read(&self, context: Arc<TaskContext>) -> Result<Kept> {
         let partitions = self.scan.output_partitioning().partition_count();
         let batch_size = context.session_config().batch_size();
         let tally = Arc::new(Tally {
             scanned: AtomicUsize::new(0),
-            bytes: AtomicUsize::new(0),
+            bytes: self.readings.iter().map(|_| AtomicUsize::new(0)).collect(),
+            waiting: self.readings.iter().map(|_| AtomicUsize::new(0)).collect(),
             kept: self.readings.iter().map(|_| AtomicUsize::new(0)).collect(),
             let_go: self
                 .readings
@@ -381,7 +387,7 @@ impl SharedScan {
                 let_go.store(true, Ordering::Relaxed);
             }
         }
-        if !tally.worth_sharing() {
+        if !tally.worth_sharing(2) {
             return Ok(vec![None; self.readings.len()]);
         }
         let mut tasks = Vec::with_capacity(partitions);
@@ -401,25 +407,19 @@ impl SharedScan {
                         if tally.let_go[i].load(Ordering::Relaxed) {
                             // What it kept is no longer wanted.
                             if let Some(sieve) = slot.take() {
-                                tally.bytes.fetch_sub(sieve.bytes, Ordering::Relaxed);
+                                tally.bytes[i].fetch_sub(sieve.bytes, Ordering::Relaxed);
+                                tally.waiting[i].fetch_sub(sieve.held, Ordering::Relaxed);
                             }
                             continue;
                         }
                         let Some(sieve) = slot else { continue };
-                        let before = sieve.bytes;
+                        let (bytes, held) = (sieve.bytes, sieve.held);
                         let rows = sieve.push(&batch)?;
                         tally.kept[i].fetch_add(rows, Ordering::Relaxed);
-                        if sieve.bytes >= before {
-                            tally
-                                .bytes
-                                .fetch_add(sieve.bytes - before, Ordering::Relaxed);
-                        } else {
-                            tally
-                                .bytes
-                                .fetch_sub(before - sieve.bytes, Ordering::Relaxed);
-                        }
+                        change(&tally.bytes[i], bytes, sieve.bytes);
+                        change(&tally.waiting[i], held, sieve.held);
                     }
-                    if !tally.worth_sharing() {
+                    if !tally.worth_sharing(1) {
                         return Ok(None);
                     }
                 }
@@ -469,16 +469,19 @@ pub const JUDGED_AFTER: usize = 65_536;
 /// it has let go.
 struct Tally {
     scanned: AtomicUsize,
-    bytes: AtomicUsize,
+    /// Each reading's bytes, kept and waiting for keys, and those waiting.
+    bytes: Vec<AtomicUsize>,
+    waiting: Vec<AtomicUsize>,
     kept: Vec<AtomicUsize>,
     let_go: Vec<AtomicBool>,
     limit_bytes: usize,
 }
 
 impl Tally {
-    /// Lets go of the readings that keep too large a share of the rows; whether at least two
-    /// are left and what they keep is within the limit.
-    fn worth_sharing(&self) -> bool {
+    /// Lets go of the readings that keep too large a share of the rows, and, when what the
+    /// others hold passes the limit, of those whose rows wait for keys; whether at least
+    /// `left` readings are left and what they hold is within the limit.
+    fn worth_sharing(&self, left: usize) -> bool {
         let scanned = self.scanned.load(Ordering::Relaxed);
         if scanned >= JUDGED_AFTER {
             for (kept, let_go) in self.kept.iter().zip(&self.let_go) {
@@ -487,12 +490,34 @@ impl Tally {
                 }
             }
         }
-        let left = self
+        let held = || -> usize {
+            (self.bytes.iter().zip(&self.let_go))
+                .filter(|(_, l)| !l.load(Ordering::Relaxed))
+                .map(|(b, _)| b.load(Ordering::Relaxed))
+                .sum()
+        };
+        if held() > self.limit_bytes {
+            for (waiting, let_go) in self.waiting.iter().zip(&self.let_go) {
+                if waiting.load(Ordering::Relaxed) > 0 {
+                    let_go.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        let live = self
             .let_go
             .iter()
             .filter(|l| !l.load(Ordering::Relaxed))
             .count();
-        left >= 2 && self.bytes.load(Ordering::Relaxed) <= self.limit_bytes
+        live >= left && held() <= self.limit_bytes
+    }
+}
+
+/// A reading's count of bytes in a tally, as a sieve's went from `was` to `is`.
+fn change(count: &AtomicUsize, was: usize, is: usize) {
+    if is >= was {
+        count.fetch_add(is - was, Ordering::Relaxed);
+    } else {
+        count.fetch_sub(was - is, Ordering::Relaxed);
     }
 }
 
@@ -510,6 +535,8 @@ struct Sieve {
     /// shared scan's bytes. Keys that end with no bitmap worth testing keep every row that
     /// waited, and so the reading is let go.
     waiting: Option<Vec<RecordBatch>>,
+    /// The bytes of `waiting`.
+    held: usize,
     projection: Option<Vec<usize>>,
     coalescer: BatchCoalescer,
     kept: Vec<RecordBatch>,
@@ -533,6 +560,7 @@ impl Sieve {
             predicate: (reading.predicate.downcast_ref::<Literal>().is_none())
                 .then(|| Arc::clone(&reading.predicate)),
             waiting: (key.is_some() && pending).then(Vec::new),
+            held: 0,
             key,
             projection: reading.projection.clone(),
             coalescer: BatchCoalescer::new(Arc::clone(&reading.schema), batch_size),
@@ -558,16 +586,16 @@ impl Sieve {
             None => own,
         };
         if self.key.as_ref().is_some_and(|(_, keys)| keys.pending()) {
-            self.bytes += own.get_array_memory_size();
+            let bytes = own.get_array_memory_size();
+            self.bytes += bytes;
+            self.held += bytes;
             waiting.push(own);
             return Ok(0);
         }
         let waited = std::mem::take(waiting);
         self.waiting = None;
-        self.bytes -= waited
-            .iter()
-            .map(RecordBatch::get_array_memory_size)
-            .sum::<usize>();
+        self.bytes -= self.held;
+        self.held = 0;
         let mut rows = 0;
         for held in waited.iter().chain([&own]) {
             rows += self.keep(held, None)?;
@@ -1144,6 +1172,36 @@ mod tests {
         let mut sieve = Sieve::new(&reading, 8192);
         assert_eq!(sieve.push(&batch(0)).unwrap(), 100);
         assert!(sieve.waiting.is_none());
+    }
+
+    #[test]
+    fn a_reading_left_alone_takes_its_rows_from_the_shared_scan_and_waiting_rows_go_first() {
+        let tally = |bytes: [usize; 3], waiting: [usize; 3]| Tally {
+            scanned: AtomicUsize::new(JUDGED_AFTER),
+            bytes: Vec::from(bytes.map(AtomicUsize::new)),
+            waiting: Vec::from(waiting.map(AtomicUsize::new)),
+            kept: Vec::from([0, 0, JUDGED_AFTER].map(AtomicUsize::new)),
+            let_go: Vec::from([false; 3].map(AtomicBool::new)),
+            limit_bytes: 1_000,
+        };
+        let gone = |t: &Tally| {
+            t.let_go
+                .iter()
+                .map(|l| l.load(Ordering::Relaxed))
+                .collect::<Vec<_>>()
+        };
+        // The third keeps every row scanned: let go. Two left, within the limit.
+        let t = tally([100, 200, 300], [0, 0, 0]);
+        assert!(t.worth_sharing(2));
+        assert_eq!(gone(&t), [false, false, true]);
+        // The second's rows wait for keys and pass the limit: it is let go, the first goes on.
+        let t = tally([100, 2_000, 0], [0, 1_900, 0]);
+        assert!(!t.worth_sharing(2));
+        assert!(t.worth_sharing(1));
+        assert_eq!(gone(&t), [false, true, true]);
+        // What is kept, not waiting, passes the limit: every reading scans on its own.
+        let t = tally([2_000, 100, 0], [0, 100, 0]);
+        assert!(!t.worth_sharing(1));
     }
 
     #[test]
