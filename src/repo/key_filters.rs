@@ -9,7 +9,9 @@
 //! [`KeyExec`] over each side: over its build side (`KeyRecorderExec`) it records the keys it
 //! passes, over its probe side (`KeyFilterExec`), once the build side has ended, it drops the rows
 //! whose key is not among them: one bit tested per row, in a bitmap over the range of the
-//! keys.
+//! keys. A build side that only passes on a table in memory (a stage kept before) gives its
+//! keys when the rule runs, and has no recorder: they are known before anything runs, for a
+//! shared scan (`shared_scans`) under the filter to test from its first row.
 //!
 //! Only where that cannot change the join's result: a join with one build table
 //! (`CollectLeft`), one integer key, NULL matching nothing, and a type whose output has no
@@ -632,6 +634,28 @@ mod tests {
             1,
         );
         same_rows("SELECT p.w FROM p WHERE p.id IN (SELECT id FROM b)", 1);
+    }
+
+    #[test]
+    fn a_build_side_in_memory_gives_its_keys_when_the_join_is_planned() {
+        let ctx = super::super::new_context(true);
+        register(&ctx);
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let plan = runtime.block_on(async {
+            let sql = "SELECT b.val, p.w FROM b JOIN p ON b.id = p.id";
+            let frame = ctx.sql(sql).await.unwrap();
+            frame.create_physical_plan().await.unwrap()
+        });
+        let mut sides = Vec::new();
+        plan.apply(|node| {
+            if let Some(e) = node.downcast_ref::<KeyExec>() {
+                sides.push((e.side, e.keys.testable()));
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .unwrap();
+        // No recorder; the filter's 50 keys known before the plan runs.
+        assert_eq!(sides, [(Side::Probe, true)]);
     }
 
     #[test]
