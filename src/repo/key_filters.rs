@@ -150,26 +150,12 @@ fn in_memory_keys(
     build: &Arc<dyn ExecutionPlan>,
     key: &Arc<dyn PhysicalExpr>,
 ) -> Result<Option<Vec<Arc<dyn Array>>>> {
-    let Some(mut index) = key.downcast_ref::<Column>().map(Column::index) else {
+    let Some(column) = key.downcast_ref::<Column>() else {
         return Ok(None);
     };
-    let mut node = Arc::clone(build);
-    loop {
-        let next = if let Some(projection) = node.downcast_ref::<ProjectionExec>() {
-            let Some(column) = projection.expr()[index].expr.downcast_ref::<Column>() else {
-                return Ok(None);
-            };
-            index = column.index();
-            Arc::clone(projection.input())
-        } else if node.downcast_ref::<CoalescePartitionsExec>().is_some()
-            || node.downcast_ref::<RepartitionExec>().is_some()
-        {
-            Arc::clone(node.children()[0])
-        } else {
-            break;
-        };
-        node = next;
-    }
+    let Some((node, index)) = column_below(build, column.index(), true) else {
+        return Ok(None);
+    };
     let Some(memory) = node
         .downcast_ref::<DataSourceExec>()
         .and_then(|scan| scan.data_source().downcast_ref::<MemorySourceConfig>())
@@ -182,6 +168,34 @@ fn in_memory_keys(
         columns.push(cast(batch.column(column), &DataType::Int64)?);
     }
     Ok(Some(columns))
+}
+
+/// Where a column of a plan's rows comes from: the first node below that is not a projection
+/// of plain columns (nor, `through_partitioning`, a repartition or a merge of partitions),
+/// and the column's index in its rows; `None` if a projection computes the column.
+pub(crate) fn column_below(
+    plan: &Arc<dyn ExecutionPlan>,
+    mut index: usize,
+    through_partitioning: bool,
+) -> Option<(Arc<dyn ExecutionPlan>, usize)> {
+    let mut node = Arc::clone(plan);
+    loop {
+        let next = if let Some(projection) = node.downcast_ref::<ProjectionExec>() {
+            index = projection.expr()[index]
+                .expr
+                .downcast_ref::<Column>()?
+                .index();
+            Arc::clone(projection.input())
+        } else if through_partitioning
+            && (node.downcast_ref::<CoalescePartitionsExec>().is_some()
+                || node.downcast_ref::<RepartitionExec>().is_some())
+        {
+            Arc::clone(node.children()[0])
+        } else {
+            return Some((node, index));
+        };
+        node = next;
+    }
 }
 
 /// A probe side's key filter (`KeyFilterExec`) whose key is a column of its input: that
@@ -208,6 +222,17 @@ pub(crate) struct Keys {
     ended: OnceLock<Option<Bitmap>>,
 }
 
+/// Where a join's keys stand for a filter that would test them ([`Keys::state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeysState {
+    /// The build side has not ended.
+    Pending,
+    /// Ended, with a bitmap that `Keys::found` tests.
+    Testable,
+    /// Ended with no bitmap worth testing: every row passes.
+    Untestable,
+}
+
 #[derive(Debug, Default)]
 struct Recorded {
     columns: Vec<Arc<dyn Array>>,
@@ -229,14 +254,13 @@ impl Keys {
         r.columns.push(keys);
     }
 
-    /// Whether the keys have ended with a bitmap worth testing (`found` gives it).
-    pub(crate) fn testable(&self) -> bool {
-        matches!(self.ended.get(), Some(Some(_)))
-    }
-
-    /// Whether the build side has not ended yet.
-    pub(crate) fn pending(&self) -> bool {
-        self.ended.get().is_none()
+    /// Where the keys stand: not ended, or ended with or without a bitmap to test.
+    pub(crate) fn state(&self) -> KeysState {
+        match self.ended.get() {
+            None => KeysState::Pending,
+            Some(Some(_)) => KeysState::Testable,
+            Some(None) => KeysState::Untestable,
+        }
     }
 
     /// Which of `values` are among the keys, once they have ended and a bitmap is worth
@@ -649,7 +673,7 @@ mod tests {
         let mut sides = Vec::new();
         plan.apply(|node| {
             if let Some(e) = node.downcast_ref::<KeyExec>() {
-                sides.push((e.side, e.keys.testable()));
+                sides.push((e.side, e.keys.state() == KeysState::Testable));
             }
             Ok(TreeNodeRecursion::Continue)
         })

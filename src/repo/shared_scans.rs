@@ -36,12 +36,11 @@ use datafusion::datasource::physical_plan::{
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::Operator;
-use datafusion::physical_expr::expressions::{lit, BinaryExpr, Column, InListExpr, Literal};
+use datafusion::physical_expr::expressions::{BinaryExpr, Column, InListExpr, Literal};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
-use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
@@ -52,7 +51,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::key_filters::{self, Keys};
+use super::key_filters::{self, Keys, KeysState};
 
 /// The rule, with the most a shared scan keeps in memory for its readings.
 #[derive(Debug)]
@@ -153,19 +152,13 @@ type KeyTest = (usize, Arc<Keys>);
 fn key_tests(plan: &Arc<dyn ExecutionPlan>) -> Result<HashMap<usize, KeyTest>> {
     let mut tests = HashMap::new();
     plan.apply(|node| {
-        let Some((mut column, keys)) = key_filters::probe_key_column(node) else {
-            return Ok(TreeNodeRecursion::Continue);
-        };
-        let mut below = Arc::clone(node.children()[0]);
-        while let Some(projection) = below.downcast_ref::<ProjectionExec>() {
-            let Some(plain) = projection.expr()[column].expr.downcast_ref::<Column>() else {
-                return Ok(TreeNodeRecursion::Continue);
-            };
-            column = plain.index();
-            let input = Arc::clone(projection.input());
-            below = input;
+        if let Some((column, keys)) = key_filters::probe_key_column(node) {
+            if let Some((below, column)) =
+                key_filters::column_below(node.children()[0], column, false)
+            {
+                tests.insert(address(&below), (column, keys));
+            }
         }
-        tests.insert(address(&below), (column, keys));
         Ok(TreeNodeRecursion::Continue)
     })?;
     Ok(tests)
@@ -182,8 +175,11 @@ fn filtered_scan<'a>(
         Some(filter) => (Some(filter), filter.input()),
         None => (None, node),
     };
-    let selective = filter.is_some_and(|f| f.fetch().is_none() && selective(f.predicate()));
-    if filter.is_some_and(|f| f.fetch().is_some()) || !selective && key.is_none() {
+    if filter.is_some_and(|f| f.fetch().is_some()) {
+        return None;
+    }
+    let selective = filter.is_some_and(|f| selective(f.predicate()));
+    if !selective && key.is_none() {
         return None;
     }
     // The key's column among the filter's input's, the scan's.
@@ -284,9 +280,9 @@ struct Reading {
     own: Arc<dyn ExecutionPlan>,
     /// Its scan's columns, as positions in the shared scan's rows.
     columns: Vec<usize>,
-    /// Its filter's predicate (over its scan's columns; `true` without a filter), whether
+    /// Its filter's predicate (over its scan's columns; `None` without a filter), whether
     /// it is selective alone, and its projection.
-    predicate: Arc<dyn PhysicalExpr>,
+    predicate: Option<Arc<dyn PhysicalExpr>>,
     selective: bool,
     projection: Option<Vec<usize>>,
     schema: SchemaRef,
@@ -338,9 +334,7 @@ impl SharedScan {
                     .iter()
                     .map(|c| columns.binary_search(c).expect("a column of the union"))
                     .collect(),
-                predicate: f
-                    .filter
-                    .map_or_else(|| lit(true), |f| Arc::clone(f.predicate())),
+                predicate: f.filter.map(|f| Arc::clone(f.predicate())),
                 selective: f.selective,
                 projection: f
                     .filter
@@ -382,7 +376,7 @@ impl SharedScan {
         // A reading that only a key filter makes selective, whose keys ended with no bitmap
         // worth testing (`key_filters`), would keep every row.
         for (reading, let_go) in self.readings.iter().zip(&tally.let_go) {
-            let untestable = |(_, keys): &KeyTest| !keys.pending() && !keys.testable();
+            let untestable = |(_, keys): &KeyTest| keys.state() == KeysState::Untestable;
             if !reading.selective && reading.key.as_ref().is_none_or(untestable) {
                 let_go.store(true, Ordering::Relaxed);
             }
@@ -546,19 +540,15 @@ struct Sieve {
 
 impl Sieve {
     fn new(reading: &Reading, batch_size: usize) -> Sieve {
-        let known = reading
-            .key
-            .as_ref()
-            .is_some_and(|(_, keys)| keys.testable());
-        let pending = reading.key.as_ref().is_some_and(|(_, keys)| keys.pending());
+        let state = reading.key.as_ref().map(|(_, keys)| keys.state());
+        let pending = state == Some(KeysState::Pending);
         let key = reading
             .key
             .clone()
-            .filter(|_| known || pending && !reading.selective);
+            .filter(|_| state == Some(KeysState::Testable) || pending && !reading.selective);
         Sieve {
             columns: reading.columns.clone(),
-            predicate: (reading.predicate.downcast_ref::<Literal>().is_none())
-                .then(|| Arc::clone(&reading.predicate)),
+            predicate: reading.predicate.clone(),
             waiting: (key.is_some() && pending).then(Vec::new),
             held: 0,
             key,
@@ -585,7 +575,11 @@ impl Sieve {
             Some(test) => filter_record_batch(&own, test)?,
             None => own,
         };
-        if self.key.as_ref().is_some_and(|(_, keys)| keys.pending()) {
+        if self
+            .key
+            .as_ref()
+            .is_some_and(|(_, keys)| keys.state() == KeysState::Pending)
+        {
             let bytes = own.get_array_memory_size();
             self.bytes += bytes;
             self.held += bytes;
@@ -720,7 +714,10 @@ impl SharedReadingExec {
             "SharedReadingExec: reading {} of {} of one scan, predicate={}",
             self.index + 1,
             self.shared.readings.len(),
-            reading.predicate
+            reading
+                .predicate
+                .as_ref()
+                .map_or_else(|| "true".to_string(), ToString::to_string)
         )?;
         if let Some((column, _)) = &reading.key {
             let schema = reading
@@ -772,7 +769,10 @@ impl ExecutionPlan for SharedReadingExec {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        f(&self.reading().predicate)
+        match &self.reading().predicate {
+            Some(predicate) => f(predicate),
+            None => Ok(TreeNodeRecursion::Continue),
+        }
     }
 
     #[allow(deprecated)]
@@ -954,7 +954,8 @@ mod tests {
                         shown.contains("let go to its own scan="),
                         "{shown}"
                     );
-                    readings.push((r.reading().predicate.to_string(), shared));
+                    let predicate = r.reading().predicate.as_ref().expect("a filter");
+                    readings.push((predicate.to_string(), shared));
                 }
                 Ok(TreeNodeRecursion::Continue)
             })
@@ -1120,7 +1121,7 @@ mod tests {
                 Arc::clone(&schema),
             )),
             columns: vec![0, 1],
-            predicate: lit(true),
+            predicate: None,
             selective: false,
             projection: None,
             schema: Arc::clone(&schema),
