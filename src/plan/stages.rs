@@ -698,36 +698,59 @@ impl Planner<'_> {
     /// OHDSI Circe's inclusion-rule report, per combination: the steps each qualifying entry
     /// passes on its own, as a text of `1` (passes) and `0` per step in order, with the
     /// persons and entries of each combination, sorted by it. No rows without steps.
-    pub fn rule_combinations(&self, population: LogicalPlan) -> Result<LogicalPlan> {
+    pub fn rule_combinations(&mut self, population: LogicalPlan) -> Result<LogicalPlan> {
         let steps = self.study.steps.len();
-        let passes: Vec<Expr> = (0..steps)
-            .map(|i| {
-                when(c(&step_column(i)).eq(lit(true)), lit("1"))
-                    .otherwise(lit("0"))
-                    .expect("a CASE with one branch")
+        // Entries are grouped by whether they pass each step, and each group's pattern is
+        // written after: a text per group, not per entry (at 1,000,000 persons the Circe
+        // cohort's 185,700 patterns took 13 ms to write).
+        // With no step, one constant flag to group by, so that the empty input has no group
+        // rather than one total (the rows are all dropped below).
+        let passed: Vec<String> = (0..steps.max(1)).map(|_| self.fresh("passes")).collect();
+        let flags: Vec<Expr> = passed
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let flag = if steps == 0 {
+                    lit(false)
+                } else {
+                    when(c(&step_column(i)).eq(lit(true)), lit(true))
+                        .otherwise(lit(false))
+                        .expect("a CASE with one branch")
+                };
+                flag.alias(name)
             })
             .collect();
-        let combination = match passes.len() {
-            0 => lit(""),
-            1 => passes[0].clone(),
-            _ => datafusion::functions::string::expr_fn::concat(passes),
-        };
-        let combined = project(
-            population,
-            vec![c(PERSON), combination.alias("combination")],
-        )?;
-        let combined = if steps == 0 {
-            filter(combined, lit(false))?
+        let mut columns = vec![c(PERSON)];
+        columns.extend(flags);
+        let flagged = project(population, columns)?;
+        let flagged = if steps == 0 {
+            filter(flagged, lit(false))?
         } else {
-            combined
+            flagged
         };
-        let plan = aggregate(
-            combined,
-            vec![c("combination")],
+        let counted = aggregate(
+            flagged,
+            passed.iter().map(|n| c(n)).collect(),
             vec![
                 self.persons_counted().alias("persons"),
                 count(lit(1i64)).alias("entries"),
             ],
+        )?;
+        let digits: Vec<Expr> = passed
+            .iter()
+            .map(|n| {
+                when(c(n), lit("1"))
+                    .otherwise(lit("0"))
+                    .expect("a CASE with one branch")
+            })
+            .collect();
+        let combination = match digits.len() {
+            1 => digits[0].clone(),
+            _ => datafusion::functions::string::expr_fn::concat(digits),
+        };
+        let plan = project(
+            counted,
+            vec![combination.alias("combination"), c("persons"), c("entries")],
         )?;
         LogicalPlanBuilder::new_from_arc(super::sub(plan)?)
             .sort(vec![c("combination").sort(true, false)])?
@@ -922,7 +945,7 @@ impl Planner<'_> {
             vec![c(PERIOD_END)]
         };
         for exit in &fu.exits {
-            ends.push(match exit {
+            let end = match exit {
                 Exit::ObservationEnd => c(PERIOD_END),
                 Exit::Date(d) => date_lit(*d),
                 Exit::Offset {
@@ -947,7 +970,12 @@ impl Planner<'_> {
                     let era_end = self.exposure_era_end(&mut ctx, concepts, *gap)?;
                     days_add(coalesce(vec![era_end, c(INDEX_DATE)]), lit(*extra))
                 }
-            });
+            };
+            // `until end of observation` names the bound observation already sets: the least
+            // of one column with itself would be computed for every entry.
+            if !ends.contains(&end) {
+                ends.push(end);
+            }
         }
         let mut start = start;
         let mut end = match ends.len() {
