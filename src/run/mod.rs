@@ -242,7 +242,8 @@ impl Materialiser for InMemory<'_> {
     }
 
     /// In a session whose Parquet scans evaluate their filters as they decode
-    /// (`pushdown_filters`, the cheapest filter first).
+    /// (`pushdown_filters`; the cheapest filter first, as every table is registered with
+    /// `reorder_filters`, `repo::session_config`).
     async fn keep_rare(
         &self,
         name: &'static str,
@@ -252,7 +253,6 @@ impl Materialiser for InMemory<'_> {
             .ctx
             .copied_config()
             .set_bool("datafusion.execution.parquet.pushdown_filters", true)
-            .set_bool("datafusion.execution.parquet.reorder_filters", true)
             // The session shares this one's catalogs: a default catalog made anew would replace
             // the one holding the repository's tables and the kept stages.
             .with_create_default_catalog_and_schema(false);
