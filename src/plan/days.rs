@@ -122,7 +122,9 @@ impl ScalarUDFImpl for DaysAdd {
             },
             _ => {
                 let days = days.to_array(args.number_rows)?;
-                let days = days.as_primitive::<Int64Type>();
+                let Some(days) = days.as_primitive_opt::<Int64Type>() else {
+                    return exec_err!("expected a number of days, found {}", days.data_type());
+                };
                 try_binary(&dates(date, args.number_rows)?, days, shifted).map_err(execution)?
             }
         };
