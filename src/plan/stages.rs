@@ -702,9 +702,9 @@ impl Planner<'_> {
         let steps = self.study.steps.len();
         // Entries are grouped by whether they pass each step, and each group's pattern is
         // written after: a text per group, not per entry (at 1,000,000 persons the Circe
-        // cohort's 185,700 patterns took 13 ms to write).
-        // With no step, one constant flag to group by, so that the empty input has no group
-        // rather than one total (the rows are all dropped below).
+        // cohort's 185,700 patterns took 13 ms to write). With no step there is one constant
+        // flag to group by, so that the empty input has no group rather than one total (its
+        // rows are all dropped below).
         let passed: Vec<String> = (0..steps.max(1)).map(|_| self.fresh("passes")).collect();
         let flags: Vec<Expr> = passed
             .iter()
