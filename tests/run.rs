@@ -928,13 +928,30 @@ fn analyzed_on_small_synthetic(study: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let repo = small_synthetic(dir.path(), &cache);
+    analyzed(study, &repo, &cache)
+}
+
+/// `plan --analyze` of a study on a repository, which must succeed.
+fn analyzed(study: &str, repo: &Path, cache: &Path) -> String {
     let o = cohortql(
         &["plan", study, "--repo", repo.to_str().unwrap(), "--analyze"],
-        &cache,
+        cache,
     );
     let text = all_text(&o);
     assert!(o.status.success(), "{text}");
     text
+}
+
+/// A metric's value as `plan --analyze` shows it (`4.84 K`, `10.29 M`, `446`), as a number.
+fn shown_number(value: &str) -> f64 {
+    let (number, unit) = value.split_once(' ').unwrap_or((value, ""));
+    let scale = match unit {
+        "" => 1.0,
+        "K" => 1e3,
+        "M" => 1e6,
+        other => panic!("a number in {other} in {value}"),
+    };
+    number.parse::<f64>().unwrap() * scale
 }
 
 /// Index records rare in their table are found decoding the concept column first: the eras
@@ -948,13 +965,8 @@ fn rare_index_records_are_found_decoding_the_concept_first() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let repo = small_synthetic(dir.path(), &cache);
-    let analyzed = |study: &str| -> String {
-        let o = cohortql(
-            &["plan", study, "--repo", repo.to_str().unwrap(), "--analyze"],
-            &cache,
-        );
-        let text = all_text(&o);
-        assert!(o.status.success(), "{text}");
+    let plan_of = |study: &str| -> String {
+        let text = analyzed(study, &repo, &cache);
         assert!(
             sections(&text).iter().any(|(n, _)| *n == "index_sample"),
             "{text}"
@@ -964,26 +976,17 @@ fn rare_index_records_are_found_decoding_the_concept_first() {
     let metric = |text: &str, name: &str| -> Vec<String> {
         scan_metric(text, "cohortql_index_records", "", name)
     };
-    let eras = analyzed("studies/eunomia/acetaminophen_eras.study");
+    let eras = plan_of("studies/eunomia/acetaminophen_eras.study");
     let pruned = metric(&eras, "pushdown_rows_pruned=");
     assert_eq!(pruned.len(), 1, "{pruned:?}");
     assert_ne!(pruned[0], "pushdown_rows_pruned=0", "{pruned:?}");
-    let read = metric(&eras, "bytes_scanned=");
-    let read = read[0]["bytes_scanned=".len()..].to_string();
-    let (number, unit) = read.split_once(' ').unwrap_or((&read, ""));
-    let scale = match unit {
-        "" => 1.0,
-        "K" => 1e3,
-        "M" => 1e6,
-        other => panic!("a size in {other}"),
-    };
-    let read = number.parse::<f64>().unwrap() * scale;
+    let read = shown_number(&metric(&eras, "bytes_scanned=")[0]["bytes_scanned=".len()..]);
     let concept = column_bytes(&repo.join("drug_exposure.parquet"), "drug_concept_id");
     assert!(
         read <= concept as f64,
         "{read} bytes read, the concept column is {concept}"
     );
-    let celecoxib = analyzed("studies/eunomia/celecoxib.study");
+    let celecoxib = plan_of("studies/eunomia/celecoxib.study");
     assert_eq!(
         metric(&celecoxib, "pushdown_rows_pruned="),
         ["pushdown_rows_pruned=0"]
@@ -1039,9 +1042,7 @@ fn a_lookup_by_id_drops_the_rows_no_key_matches_before_probing() {
         let at = line
             .find(name)
             .unwrap_or_else(|| panic!("{name} in {line}"));
-        let value = line[at + name.len()..].split([',', ']']).next().unwrap();
-        let (number, unit) = value.split_once(' ').unwrap_or((value, ""));
-        number.parse::<f64>().unwrap() * if unit == "K" { 1_000.0 } else { 1.0 }
+        shown_number(line[at + name.len()..].split([',', ']']).next().unwrap())
     };
     let lines: Vec<&str> = dataset.lines().collect();
     let at = lines

@@ -290,6 +290,16 @@ struct Reading {
     key: Option<KeyTest>,
 }
 
+impl Reading {
+    /// Its own Parquet scan: the scan under its filter, or `own` itself without one.
+    fn scan(&self) -> &Arc<dyn ExecutionPlan> {
+        match self.own.downcast_ref::<FilterExec>() {
+            Some(filter) => filter.input(),
+            None => &self.own,
+        }
+    }
+}
+
 /// What a shared scan kept: for each reading, its rows partition by partition, or `None` when
 /// it scans on its own.
 type Kept = Vec<Option<Vec<Vec<RecordBatch>>>>;
@@ -605,17 +615,25 @@ impl Sieve {
             None => None,
         };
         let keep = match (test, found) {
-            (Some(test), Some(found)) => and(test, &found)?,
-            (Some(test), None) => test.clone(),
-            (None, Some(found)) => found,
-            (None, None) => BooleanArray::from(vec![true; own.num_rows()]),
+            (Some(test), Some(found)) => Some(and(test, &found)?),
+            (Some(test), None) => Some(test.clone()),
+            (None, found) => found,
         };
         let own = match &self.projection {
             Some(p) => own.project(p)?,
             None => own.clone(),
         };
-        let rows = keep.true_count();
-        self.coalescer.push_batch_with_filter(own, &keep)?;
+        let rows = match keep {
+            Some(keep) => {
+                self.coalescer.push_batch_with_filter(own, &keep)?;
+                keep.true_count()
+            }
+            None => {
+                let rows = own.num_rows();
+                self.coalescer.push_batch(own)?;
+                rows
+            }
+        };
         self.take_completed();
         Ok(rows)
     }
@@ -658,14 +676,7 @@ impl SharedReadingExec {
     /// The reading's own scan, when it ran it instead of taking its rows from the shared one.
     fn own_scan(&self) -> Option<&Arc<dyn ExecutionPlan>> {
         let kept = self.shared.kept.get()?;
-        let own = &self.reading().own;
-        kept[self.index]
-            .is_none()
-            .then(|| match own.downcast_ref::<DataSourceExec>() {
-                Some(_) => Some(own),
-                None => own.children().first().copied(),
-            })
-            .flatten()
+        kept[self.index].is_none().then(|| self.reading().scan())
     }
 }
 
@@ -720,11 +731,7 @@ impl SharedReadingExec {
                 .map_or_else(|| "true".to_string(), ToString::to_string)
         )?;
         if let Some((column, _)) = &reading.key {
-            let schema = reading
-                .own
-                .children()
-                .first()
-                .map_or_else(|| reading.own.schema(), |scan| scan.schema());
+            let schema = reading.scan().schema();
             write!(f, ", join keys tested on {}", schema.field(*column).name())?;
         }
         if self.index == 0 {
