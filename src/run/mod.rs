@@ -114,7 +114,7 @@ fn register(
 }
 
 /// Where `EXPLAIN ANALYZE` output of each executed plan goes, when asked for.
-type Analysis = std::sync::Mutex<Option<Vec<(String, String)>>>;
+type Analysis = Arc<std::sync::Mutex<Option<Vec<(String, String)>>>>;
 
 /// The seam between the stage pipeline and an engine: how each stage's result is kept for the
 /// next stage, and how a result is read back. The pipeline (`run_stages`) is written once;
@@ -286,14 +286,32 @@ impl Materialiser for InMemory<'_> {
         futures::future::join(a, b).await
     }
 
-    /// Side by side: a plan's sorts, merges and final aggregates run on one core, and the
-    /// other plans keep the rest busy.
+    /// Side by side, each plan a task of its own, planned and run on the engine's threads: a
+    /// plan's sorts, merges and final aggregates run on one core, and the other plans keep the
+    /// rest busy. Planned on this thread, they waited for one another and for the plans this
+    /// thread makes meanwhile (`beside`): DataFusion's optimising and physical planning is
+    /// a fifth to a third of a run at 100,000 persons (docs/performance.md). A plan that
+    /// fails ends the others (a `JoinSet` aborts its tasks when dropped).
     async fn rows_of(
         &self,
         plans: Vec<(&'static str, LogicalPlan)>,
     ) -> Result<Vec<(SchemaRef, Vec<RecordBatch>)>, String> {
-        futures::future::try_join_all(plans.into_iter().map(|(name, plan)| self.rows(name, plan)))
-            .await
+        let mut tasks = tokio::task::JoinSet::new();
+        let count = plans.len();
+        for (i, (name, plan)) in plans.into_iter().enumerate() {
+            let slot = analysis_slot(self.analysis, name);
+            let (ctx, analysis) = (self.ctx.clone(), Arc::clone(self.analysis));
+            tasks.spawn(async move { (i, collect_in(&ctx, &analysis, slot, plan).await) });
+        }
+        let mut all: Vec<Option<(SchemaRef, Vec<RecordBatch>)>> = vec![None; count];
+        while let Some(done) = tasks.join_next().await {
+            let (i, rows) = done.map_err(|e| format!("a query stopped: {e}"))?;
+            all[i] = Some(rows.map_err(engine)?);
+        }
+        Ok(all
+            .into_iter()
+            .map(|rows| rows.expect("every task ended"))
+            .collect())
     }
 }
 
@@ -338,12 +356,26 @@ async fn collect(
     name: &str,
     plan: LogicalPlan,
 ) -> DfResult<(SchemaRef, Vec<RecordBatch>)> {
-    // A plan's place in the analysis is where it started: plans run side by side end in any
-    // order.
-    let slot = analysis.lock().expect("not poisoned").as_mut().map(|a| {
+    let slot = analysis_slot(analysis, name);
+    collect_in(ctx, analysis, slot, plan).await
+}
+
+/// A plan's place in the analysis, if there is one: where it was started, as plans run side by
+/// side end in any order.
+fn analysis_slot(analysis: &Analysis, name: &str) -> Option<usize> {
+    analysis.lock().expect("not poisoned").as_mut().map(|a| {
         a.push((name.to_string(), String::new()));
         a.len() - 1
-    });
+    })
+}
+
+/// Runs `plan`, writing it with its metrics at `slot` of the analysis if there is one.
+async fn collect_in(
+    ctx: &SessionContext,
+    analysis: &Analysis,
+    slot: Option<usize>,
+    plan: LogicalPlan,
+) -> DfResult<(SchemaRef, Vec<RecordBatch>)> {
     if let Some(slot) = slot {
         let explained = ctx
             .execute_logical_plan(plan.clone())
@@ -434,7 +466,7 @@ pub async fn execute_keeping(
     keeping: Keeping,
     progress: &dyn Fn(&str),
 ) -> Result<Execution, String> {
-    in_memory(study, ctx, &Analysis::new(None), keeping, progress).await
+    in_memory(study, ctx, &Analysis::default(), keeping, progress).await
 }
 
 /// What the repository's data are known to satisfy (see `DataFacts`), checked before the
@@ -455,11 +487,12 @@ pub async fn execute_analysed(
     ctx: &SessionContext,
     progress: &dyn Fn(&str),
 ) -> Result<(Execution, Vec<(String, String)>), String> {
-    let analysis = Analysis::new(Some(Vec::new()));
+    let analysis = Analysis::new(std::sync::Mutex::new(Some(Vec::new())));
     let run = in_memory(study, ctx, &analysis, Keeping::Sampled, progress).await?;
     let stages = analysis
-        .into_inner()
+        .lock()
         .expect("not poisoned")
+        .take()
         .unwrap_or_default();
     Ok((run, stages))
 }
@@ -888,4 +921,81 @@ pub async fn sql_script(
         }
     }
     Ok(script)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::logical_expr::{lit, LogicalPlanBuilder};
+    use datafusion::scalar::ScalarValue;
+
+    /// One row of one column, `v`, computed from `value`.
+    fn one(value: datafusion::logical_expr::Expr) -> LogicalPlan {
+        LogicalPlanBuilder::empty(true)
+            .project(vec![value.alias("v")])
+            .unwrap()
+            .build()
+            .unwrap()
+    }
+
+    fn first_value(batches: &[RecordBatch]) -> i64 {
+        batches[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("an Int64 column")
+            .value(0)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn plans_side_by_side_give_their_rows_in_order_and_are_analysed_in_order() {
+        let ctx = SessionContext::new();
+        let analysis = Analysis::new(std::sync::Mutex::new(Some(Vec::new())));
+        let m = InMemory {
+            ctx: &ctx,
+            analysis: &analysis,
+            keeping: Keeping::Sampled,
+        };
+        let names = ["first", "second", "third", "fourth"];
+        let plans = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (*name, one(lit(i as i64 * 10))))
+            .collect();
+        let rows = m.rows_of(plans).await.unwrap();
+        let values: Vec<i64> = rows.iter().map(|(_, b)| first_value(b)).collect();
+        assert_eq!(values, vec![0, 10, 20, 30]);
+        let analysed: Vec<String> = analysis
+            .lock()
+            .unwrap()
+            .take()
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(analysed, names);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plan_that_fails_beside_others_fails_them_all_with_its_message() {
+        let ctx = SessionContext::new();
+        let analysis = Analysis::default();
+        let m = InMemory {
+            ctx: &ctx,
+            analysis: &analysis,
+            keeping: Keeping::Sampled,
+        };
+        let last_day = lit(ScalarValue::Date32(Some(i32::MAX)));
+        let plans = vec![
+            ("fine", one(lit(1i64))),
+            (
+                "too_late",
+                one(crate::plan::days::days_add(last_day, lit(1i64))),
+            ),
+            ("also_fine", one(lit(2i64))),
+        ];
+        let error = m.rows_of(plans).await.unwrap_err();
+        assert!(error.contains("out of range"), "{error}");
+    }
 }
