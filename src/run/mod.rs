@@ -286,32 +286,41 @@ impl Materialiser for InMemory<'_> {
         futures::future::join(a, b).await
     }
 
-    /// Side by side, each plan a task of its own, planned and run on the engine's threads: a
-    /// plan's sorts, merges and final aggregates run on one core, and the other plans keep the
-    /// rest busy. Planned on this thread, they waited for one another and for the plans this
-    /// thread makes meanwhile (`beside`): DataFusion's optimising and physical planning is
-    /// a fifth to a third of a run at 100,000 persons (docs/performance.md). A plan that
-    /// fails ends the others (a `JoinSet` aborts its tasks when dropped).
+    /// Side by side: a plan's sorts, merges and final aggregates run on one core, and the
+    /// other plans keep the rest busy. Each plan is optimised and planned physically on a
+    /// thread of its own, beside this one, rather than one after another on this thread,
+    /// where they also waited for the plans this thread makes meanwhile (`beside`):
+    /// DataFusion's planning is a fifth to a third of a run at 100,000 persons
+    /// (docs/performance.md). Not in the engine's worker threads, which the running plans'
+    /// tasks need: planning is CPU work of milliseconds that would hold them up. A plan that
+    /// fails ends the others: their futures are dropped, and with them their streams.
     async fn rows_of(
         &self,
         plans: Vec<(&'static str, LogicalPlan)>,
     ) -> Result<Vec<(SchemaRef, Vec<RecordBatch>)>, String> {
-        let mut tasks = tokio::task::JoinSet::new();
-        let count = plans.len();
-        for (i, (name, plan)) in plans.into_iter().enumerate() {
+        let handle = tokio::runtime::Handle::current();
+        let runs = plans.into_iter().map(|(name, plan)| {
             let slot = analysis_slot(self.analysis, name);
-            let (ctx, analysis) = (self.ctx.clone(), Arc::clone(self.analysis));
-            tasks.spawn(async move { (i, collect_in(&ctx, &analysis, slot, plan).await) });
-        }
-        let mut all: Vec<Option<(SchemaRef, Vec<RecordBatch>)>> = vec![None; count];
-        while let Some(done) = tasks.join_next().await {
-            let (i, rows) = done.map_err(|e| format!("a query stopped: {e}"))?;
-            all[i] = Some(rows.map_err(engine)?);
-        }
-        Ok(all
-            .into_iter()
-            .map(|rows| rows.expect("every task ended"))
-            .collect())
+            let (ctx, handle) = (self.ctx.clone(), handle.clone());
+            async move {
+                if slot.is_some() {
+                    return collect_in(&ctx, self.analysis, slot, plan)
+                        .await
+                        .map_err(engine);
+                }
+                let (schema, physical, task) =
+                    tokio::task::spawn_blocking(move || handle.block_on(physical_plan(&ctx, plan)))
+                        .await
+                        .map_err(|e| format!("a query stopped: {e}"))?
+                        .map_err(engine)?;
+                let batches = datafusion::physical_plan::collect(physical, task)
+                    .await
+                    .map_err(engine)?;
+                let schema = batches.first().map_or(schema, |b| b.schema());
+                Ok((schema, batches))
+            }
+        });
+        futures::future::try_join_all(runs).await
     }
 }
 
@@ -393,6 +402,21 @@ async fn collect_in(
     let batches = frame.collect().await?;
     let schema = batches.first().map_or(schema, |b| b.schema());
     Ok((schema, batches))
+}
+
+/// `plan` optimised and planned physically, with its schema and the context it runs in.
+async fn physical_plan(
+    ctx: &SessionContext,
+    plan: LogicalPlan,
+) -> DfResult<(
+    SchemaRef,
+    Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    Arc<datafusion::execution::TaskContext>,
+)> {
+    let frame = ctx.execute_logical_plan(plan).await?;
+    let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
+    let task = Arc::new(frame.task_ctx());
+    Ok((schema, frame.create_physical_plan().await?, task))
 }
 
 /// Every row of a result, each column's value as text (`None` for NULL), by column name.
@@ -951,18 +975,23 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn plans_side_by_side_give_their_rows_in_order_and_are_analysed_in_order() {
         let ctx = SessionContext::new();
-        let analysis = Analysis::new(std::sync::Mutex::new(Some(Vec::new())));
+        let analysis = Analysis::default();
         let m = InMemory {
             ctx: &ctx,
             analysis: &analysis,
             keeping: Keeping::Sampled,
         };
         let names = ["first", "second", "third", "fourth"];
-        let plans = names
+        let plans: Vec<_> = names
             .iter()
             .enumerate()
             .map(|(i, name)| (*name, one(lit(i as i64 * 10))))
             .collect();
+        let rows = m.rows_of(plans.clone()).await.unwrap();
+        let values: Vec<i64> = rows.iter().map(|(_, b)| first_value(b)).collect();
+        assert_eq!(values, vec![0, 10, 20, 30]);
+        // Analysed: each plan run as EXPLAIN ANALYZE shows it, in the order given.
+        *analysis.lock().unwrap() = Some(Vec::new());
         let rows = m.rows_of(plans).await.unwrap();
         let values: Vec<i64> = rows.iter().map(|(_, b)| first_value(b)).collect();
         assert_eq!(values, vec![0, 10, 20, 30]);
