@@ -528,9 +528,9 @@ fn the_vocabulary_and_the_consenting_persons_are_read_once_per_run() {
             );
         }
     }
-    // The consent records, then the `pcr_at_surgery` endpoint's: nothing else reads them but
-    // the sample that finds them too many of the observations to keep for both
-    // (`plan::kept`; 65,536 rows at most).
+    // The consent records (found beside the domains kept, and started first), then the
+    // `pcr_at_surgery` endpoint's: nothing else reads them but the sample that finds them too
+    // many of the observations to keep for both (`plan::kept`; 65,536 rows at most).
     let observations: Vec<&str> = sections
         .iter()
         .filter(|(_, body)| parquet_reads(body, "observation") > 0)
@@ -538,7 +538,7 @@ fn the_vocabulary_and_the_consenting_persons_are_read_once_per_run() {
         .collect();
     assert_eq!(
         observations,
-        ["kept_sample", "cohortql_consenting", "dataset"],
+        ["cohortql_consenting", "kept_sample", "dataset"],
         "{text}"
     );
     assert!(sections

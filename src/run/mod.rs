@@ -587,33 +587,46 @@ pub(crate) async fn run_stages(
     }
     lap("concepts", &mut timings, planning);
     progress("index events");
+    // Consenting persons found once and kept, not once per criterion: from the tables, beside
+    // the domains kept below, whose plans read nothing of them (the consent rule applies to
+    // the records as they are read from a kept domain, not as they are kept).
+    let consenting = planned!(planner.consenting());
+    let consenting = async {
+        match consenting {
+            Some(plan) => m.keep(plan::CONSENTING, plan).await.map(Some),
+            None => Ok(None),
+        }
+    };
     // A domain several stages read by concept sets alone is read once, its records of those
     // sets kept, when a sample of its rows says they are few.
-    let mut kept_domains = Vec::new();
-    if let Some(keeping) = m.domain_keeping() {
-        let every = keeping == Keeping::Every;
-        let samples = planned!(planner.kept_domain_samples(every));
-        let domains: Vec<_> = samples.iter().map(|(d, _)| *d).collect();
-        let plans = samples
-            .into_iter()
-            .map(|(_, plan)| ("kept_sample", plan))
-            .collect();
-        let counts = m.rows_of(plans).await?;
-        for (domain, (_, rows)) in domains.into_iter().zip(counts) {
-            if !every && !Planner::sample_keeps(int_at(&rows, "seen"), int_at(&rows, "kept")) {
-                continue;
-            }
-            let name = plan::kept::kept_name(domain);
-            let plan = planned!(planner.kept_domain(domain));
-            if let Some(kept) = m.keep_at_most(name, plan, plan::kept::KEPT_ROWS).await? {
-                planner.use_kept_domain(domain, kept);
-                kept_domains.push(name);
+    let kept = async {
+        let mut kept_domains = Vec::new();
+        if let Some(keeping) = m.domain_keeping() {
+            let every = keeping == Keeping::Every;
+            let samples = planned!(planner.kept_domain_samples(every));
+            let domains: Vec<_> = samples.iter().map(|(d, _)| *d).collect();
+            let plans = samples
+                .into_iter()
+                .map(|(_, plan)| ("kept_sample", plan))
+                .collect();
+            let counts = m.rows_of(plans).await?;
+            for (domain, (_, rows)) in domains.into_iter().zip(counts) {
+                if !every && !Planner::sample_keeps(int_at(&rows, "seen"), int_at(&rows, "kept")) {
+                    continue;
+                }
+                let name = plan::kept::kept_name(domain);
+                let plan = planned!(planner.kept_domain(domain));
+                if let Some(kept) = m.keep_at_most(name, plan, plan::kept::KEPT_ROWS).await? {
+                    planner.use_kept_domain(domain, kept);
+                    kept_domains.push(name);
+                }
             }
         }
-    }
-    // Consenting persons found once and kept, not once per criterion.
-    if let Some(consenting) = planned!(planner.consenting()) {
-        let kept = m.keep(plan::CONSENTING, consenting).await?;
+        Ok::<_, String>(kept_domains)
+    };
+    let (consenting, kept_domains) = m.beside(consenting, kept).await;
+    let kept_domains = kept_domains?;
+    if let Some(kept) = consenting? {
         planner.use_consenting(kept);
     }
     // Index records rare in their table (the eras study's: none) are found decoding the
