@@ -114,7 +114,7 @@ fn register(
 }
 
 /// Where `EXPLAIN ANALYZE` output of each executed plan goes, when asked for.
-type Analysis = Arc<std::sync::Mutex<Option<Vec<(String, String)>>>>;
+type Analysis = std::sync::Mutex<Option<Vec<(String, String)>>>;
 
 /// The seam between the stage pipeline and an engine: how each stage's result is kept for the
 /// next stage, and how a result is read back. The pipeline (`run_stages`) is written once;
@@ -308,16 +308,12 @@ impl Materialiser for InMemory<'_> {
                         .await
                         .map_err(engine);
                 }
-                let (schema, physical, task) =
+                let planned =
                     tokio::task::spawn_blocking(move || handle.block_on(physical_plan(&ctx, plan)))
                         .await
                         .map_err(|e| format!("a query stopped: {e}"))?
                         .map_err(engine)?;
-                let batches = datafusion::physical_plan::collect(physical, task)
-                    .await
-                    .map_err(engine)?;
-                let schema = batches.first().map_or(schema, |b| b.schema());
-                Ok((schema, batches))
+                run_planned(planned).await.map_err(engine)
             }
         });
         futures::future::try_join_all(runs).await
@@ -397,26 +393,29 @@ async fn collect_in(
             a[slot].1 = text;
         }
     }
-    let frame = ctx.execute_logical_plan(plan).await?;
-    let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-    let batches = frame.collect().await?;
-    let schema = batches.first().map_or(schema, |b| b.schema());
-    Ok((schema, batches))
+    run_planned(physical_plan(ctx, plan).await?).await
 }
 
-/// `plan` optimised and planned physically, with its schema and the context it runs in.
-async fn physical_plan(
-    ctx: &SessionContext,
-    plan: LogicalPlan,
-) -> DfResult<(
+/// A plan optimised and planned physically: its schema, its physical plan and the context it
+/// runs in.
+type Planned = (
     SchemaRef,
     Arc<dyn datafusion::physical_plan::ExecutionPlan>,
     Arc<datafusion::execution::TaskContext>,
-)> {
+);
+
+async fn physical_plan(ctx: &SessionContext, plan: LogicalPlan) -> DfResult<Planned> {
     let frame = ctx.execute_logical_plan(plan).await?;
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
     let task = Arc::new(frame.task_ctx());
     Ok((schema, frame.create_physical_plan().await?, task))
+}
+
+/// Runs a planned plan: its batches, with their schema (the plan's without any).
+async fn run_planned((schema, physical, task): Planned) -> DfResult<(SchemaRef, Vec<RecordBatch>)> {
+    let batches = datafusion::physical_plan::collect(physical, task).await?;
+    let schema = batches.first().map_or(schema, |b| b.schema());
+    Ok((schema, batches))
 }
 
 /// Every row of a result, each column's value as text (`None` for NULL), by column name.
@@ -490,7 +489,7 @@ pub async fn execute_keeping(
     keeping: Keeping,
     progress: &dyn Fn(&str),
 ) -> Result<Execution, String> {
-    in_memory(study, ctx, &Analysis::default(), keeping, progress).await
+    in_memory(study, ctx, &Analysis::new(None), keeping, progress).await
 }
 
 /// What the repository's data are known to satisfy (see `DataFacts`), checked before the
@@ -511,12 +510,11 @@ pub async fn execute_analysed(
     ctx: &SessionContext,
     progress: &dyn Fn(&str),
 ) -> Result<(Execution, Vec<(String, String)>), String> {
-    let analysis = Analysis::new(std::sync::Mutex::new(Some(Vec::new())));
+    let analysis = Analysis::new(Some(Vec::new()));
     let run = in_memory(study, ctx, &analysis, Keeping::Sampled, progress).await?;
     let stages = analysis
-        .lock()
+        .into_inner()
         .expect("not poisoned")
-        .take()
         .unwrap_or_default();
     Ok((run, stages))
 }
@@ -976,6 +974,14 @@ mod tests {
             .unwrap()
     }
 
+    fn in_memory_engine<'a>(ctx: &'a SessionContext, analysis: &'a Analysis) -> InMemory<'a> {
+        InMemory {
+            ctx,
+            analysis,
+            keeping: Keeping::Sampled,
+        }
+    }
+
     fn first_value(batches: &[RecordBatch]) -> i64 {
         batches[0]
             .column(0)
@@ -987,13 +993,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn plans_side_by_side_give_their_rows_in_order_and_are_analysed_in_order() {
-        let ctx = SessionContext::new();
-        let analysis = Analysis::default();
-        let m = InMemory {
-            ctx: &ctx,
-            analysis: &analysis,
-            keeping: Keeping::Sampled,
-        };
+        let (ctx, analysis) = (SessionContext::new(), Analysis::new(None));
+        let m = in_memory_engine(&ctx, &analysis);
         let names = ["first", "second", "third", "fourth"];
         let plans: Vec<_> = names
             .iter()
@@ -1021,13 +1022,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_plan_that_fails_beside_others_fails_them_all_with_its_message() {
-        let ctx = SessionContext::new();
-        let analysis = Analysis::default();
-        let m = InMemory {
-            ctx: &ctx,
-            analysis: &analysis,
-            keeping: Keeping::Sampled,
-        };
+        let (ctx, analysis) = (SessionContext::new(), Analysis::new(None));
+        let m = in_memory_engine(&ctx, &analysis);
         let last_day = lit(ScalarValue::Date32(Some(i32::MAX)));
         let plans = vec![
             ("fine", one(lit(1i64))),
