@@ -104,6 +104,24 @@ fn qualified(table: &str, column: &str) -> Expr {
     Expr::Column(Column::new(Some(table), column))
 }
 
+/// A column of `plan` as type `t`: cast only where the plan holds it as another type. A cast
+/// to a column's own type stays in DataFusion's plans, and between the filters and the
+/// scan it hides the column: the concept filter reached the scan as `CAST(drug_concept_id AS
+/// Int64) = 1118084` after the optimizer's first pass, and as the column compared with a
+/// value only after its second.
+fn as_type(plan: &LogicalPlan, table: &str, column: &str, t: DataType) -> Expr {
+    let e = qualified(table, column);
+    let same = plan
+        .schema()
+        .field_with_qualified_name(&table.into(), column)
+        .is_ok_and(|f| f.data_type() == &t);
+    if same {
+        e
+    } else {
+        cast(e, t)
+    }
+}
+
 fn null(t: DataType) -> Expr {
     cast(lit(ScalarValue::Null), t)
 }
@@ -231,6 +249,7 @@ impl Planner<'_> {
                 None,
             )?;
         }
+        let joined = builder.build()?;
         let exprs: Vec<Expr> = Field::ALL
             .into_iter()
             .map(|field| {
@@ -241,7 +260,7 @@ impl Planner<'_> {
                         .is_none_or(|k| k.iter().any(|n| n == col.column))
                 };
                 let e = match source.column(field).filter(|c| wanted(field) && present(c)) {
-                    Some(col) => cast(qualified(col.table, col.column), t),
+                    Some(col) => as_type(&joined, col.table, col.column, t),
                     None => null(t),
                 };
                 // A record without an id (deaths, or rows OMOP forbids) is record 0: ties
@@ -254,7 +273,7 @@ impl Planner<'_> {
                 e.alias(rec.of(field).as_str())
             })
             .collect();
-        let plan = project(builder.build()?, exprs)?;
+        let plan = project(joined, exprs)?;
         // Records without a person or a start date cannot be placed in time: no criterion sees them.
         let plan = filter(
             plan,
@@ -274,15 +293,16 @@ impl Planner<'_> {
             month: self.fresh("month_of_birth"),
             day: self.fresh("day_of_birth"),
         };
-        let p = |n: &str| qualified("person", n);
+        let person = self.table("person");
+        let p = |n: &str| as_type(&person, "person", n, DataType::Int64);
         let plan = project(
-            self.table("person"),
+            person.clone(),
             vec![
-                cast(p("person_id"), DataType::Int64).alias(&cols.id),
-                cast(p("gender_concept_id"), DataType::Int64).alias(&cols.gender),
-                cast(p("year_of_birth"), DataType::Int64).alias(&cols.year),
-                cast(p("month_of_birth"), DataType::Int64).alias(&cols.month),
-                cast(p("day_of_birth"), DataType::Int64).alias(&cols.day),
+                p("person_id").alias(&cols.id),
+                p("gender_concept_id").alias(&cols.gender),
+                p("year_of_birth").alias(&cols.year),
+                p("month_of_birth").alias(&cols.month),
+                p("day_of_birth").alias(&cols.day),
             ],
         )?;
         let plan = filter(plan, c(&cols.id).is_not_null())?;
@@ -342,17 +362,19 @@ impl Planner<'_> {
             end: self.fresh("period_end"),
         };
         let source = domains::records(Domain::ObservationPeriod);
-        let o = |f: Field| {
-            let col = source
+        let periods = self.table(source.table);
+        let col = |f: Field| {
+            source
                 .column(f)
-                .expect("observation periods have this field");
-            qualified(col.table, col.column)
+                .expect("observation periods have this field")
         };
+        let o = |f: Field| qualified(col(f).table, col(f).column);
+        let int = |f: Field| as_type(&periods, col(f).table, col(f).column, DataType::Int64);
         let plan = project(
-            self.table(source.table),
+            periods.clone(),
             vec![
-                cast(o(Field::Person), DataType::Int64).alias(&cols.person),
-                cast(o(Field::Id), DataType::Int64).alias(&cols.id),
+                int(Field::Person).alias(&cols.person),
+                int(Field::Id).alias(&cols.id),
                 o(Field::Start).alias(&cols.start),
                 o(Field::End).alias(&cols.end),
             ],
