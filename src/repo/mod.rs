@@ -217,9 +217,9 @@ fn session_config() -> SessionConfig {
         .with_information_schema(false)
         // One pass of the logical optimizer: a study's plans come out of it as they come out
         // of three, but for the order of a comparison's sides and the names of common
-        // subexpressions (a test holds every study's scans and joins to that), and the second
-        // and third passes were a third of the planning of a run at 100,000 persons, spent
-        // on the thread each next stage waits on (docs/performance.md).
+        // subexpressions (`tests/run.rs` holds every study's scans and joins to that), and
+        // the passes after it ran on the thread each next stage waits on: a run at 100,000
+        // persons took a tenth less without them (docs/performance.md).
         .set_usize("datafusion.optimizer.max_passes", OPTIMIZER_PASSES)
         // A file of 64 KiB or more is divided among the partitions of a scan (DataFusion's
         // floor is 1 MiB): at 100,000 persons `person`, `drug_era` and the imaging tables
@@ -285,7 +285,7 @@ fn session_config() -> SessionConfig {
 }
 
 /// The passes of DataFusion's logical optimizer over each plan (see `session_config`).
-pub(crate) const OPTIMIZER_PASSES: usize = 1;
+const OPTIMIZER_PASSES: usize = 1;
 
 /// The smallest file, in bytes, a scan divides among its partitions (see `session_config`).
 const DIVIDED_FILE_MIN_BYTES: usize = 64 << 10;
