@@ -617,6 +617,20 @@ fn small_synthetic(dir: &Path, cache: &Path) -> PathBuf {
     repo
 }
 
+/// Runs `work` with a session over `small_synthetic`'s repository, as `run` opens it.
+fn in_small_synthetic_session<F: std::future::Future<Output = ()>>(
+    work: impl FnOnce(datafusion::prelude::SessionContext) -> F,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = small_synthetic(dir.path(), &dir.path().join("cache"));
+    let repo = cohortql::repo::Repository::open(&repo).unwrap();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async { work(repo.session().await.unwrap()).await });
+}
+
 /// How many times a plan's text (`plan --analyze`) reads a table's Parquet file.
 fn parquet_reads(plan: &str, table: &str) -> usize {
     plan.lines()
@@ -638,18 +652,10 @@ fn sections(text: &str) -> Vec<(&str, &str)> {
 /// (where, held, they would keep millions of rows in memory while the outputs are written).
 #[test]
 fn a_run_leaves_no_stage_in_the_session() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = small_synthetic(dir.path(), &dir.path().join("cache"));
     let text =
         std::fs::read_to_string(root().join("studies/breast_neoadjuvant_pcr.study")).unwrap();
     let study = cohortql::compile::compile_text(text).study.unwrap();
-    let repo = cohortql::repo::Repository::open(&repo).unwrap();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let ctx = repo.session().await.unwrap();
+    in_small_synthetic_session(|ctx| async move {
         let run = cohortql::run::execute(&study, &ctx, &|_| {}).await.unwrap();
         assert!(run.persons() > 0);
         let left: Vec<String> = ctx
@@ -1326,9 +1332,6 @@ fn one_optimizer_pass_plans_every_study_as_three_do() {
 fn one_pass_as_three() {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     use datafusion::logical_expr::LogicalPlan;
-    let dir = tempfile::tempdir().unwrap();
-    let repo = small_synthetic(dir.path(), &dir.path().join("cache"));
-    let repo = cohortql::repo::Repository::open(&repo).unwrap();
     // What decides the work a plan does, in an order that does not depend on the plan's.
     let signature = |plan: &LogicalPlan| -> Vec<String> {
         let mut parts = Vec::new();
@@ -1372,12 +1375,7 @@ fn one_pass_as_three() {
         parts.sort();
         parts
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let ctx = repo.session().await.unwrap();
+    in_small_synthetic_session(|ctx| async move {
         assert_eq!(ctx.copied_config().options().optimizer.max_passes, 1);
         let config = ctx
             .copied_config()
