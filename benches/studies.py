@@ -7,6 +7,10 @@ For each study it measures, each in a fresh process, the repetition with the bes
               every stage's plans (run.json's timings are disjoint and add up to it)
   duckdb-gen  the study as `cohortql sql --dialect duckdb` writes it, run by DuckDB
   duckdb-hand the study written by hand as SQL (benches/sql/<study>.sql), where there is one
+  df-hand     the same query run by DataFusion (the Python package of the DataFusion release
+              cohortql is built on), where it is written for DataFusion too
+              (benches/sql/<study>.datafusion.sql): the engine's own time for the one query an
+              analyst would write, with none of cohortql's stages, reports or planning
   scan        the scan floor: DuckDB reading every value of the columns the study reads (the
               Parquet scans of `cohortql plan`)
 and prints ratios of cohortql's query time (planning and every stage, from run.json) to each:
@@ -54,6 +58,21 @@ else:
 print(time.perf_counter() - started, rows)
 """
 
+# The same boundary as DuckDB's: a fresh process, the tables registered before the clock
+# starts, the first query's result materialised in memory (Arrow record batches).
+DATAFUSION_RUNNER = r"""
+import datafusion, sys, time, os
+repo, script_path = sys.argv[1], sys.argv[2]
+ctx = datafusion.SessionContext(datafusion.SessionConfig().with_target_partitions(2))
+for f in sorted(os.listdir(repo)):
+    if f.endswith(".parquet"):
+        ctx.register_parquet(f[:-8], os.path.join(repo, f))
+body = "\n".join(l for l in open(script_path).read().splitlines() if not l.startswith("--")).strip()
+started = time.perf_counter()
+rows = sum(b.num_rows for b in ctx.sql(body).collect())
+print(time.perf_counter() - started, rows)
+"""
+
 
 def timed(cmd, cwd=None):
     """Runs cmd under GNU time; returns (wall seconds, peak MiB, stdout)."""
@@ -96,8 +115,11 @@ def main():
     work = tempfile.mkdtemp()
     runner = os.path.join(work, "runner.py")
     open(runner, "w").write(DUCKDB_RUNNER)
+    df_runner = os.path.join(work, "df_runner.py")
+    open(df_runner, "w").write(DATAFUSION_RUNNER)
     header = f"{'study':<26} {'persons':>8} {'wall s':>7} {'query s':>7} {'MiB':>6} {'check+plan ms':>13} " \
-             f"{'duckdb-gen s':>12} {'ratio':>6} {'duckdb-hand s':>13} {'ratio':>6} {'scan s':>7} {'ratio':>6}"
+             f"{'duckdb-gen s':>12} {'ratio':>6} {'duckdb-hand s':>13} {'ratio':>6} {'df-hand s':>9} {'ratio':>6} " \
+             f"{'scan s':>7} {'ratio':>6}"
     print(header)
     for study in a.studies:
         name = os.path.splitext(os.path.basename(study))[0]
@@ -123,6 +145,13 @@ def main():
             hand_s, hand_rows = (float(x) for x in hand[2].split())
             if int(hand_rows) != persons and "cohort_definition_id" not in open(hand_path).read():
                 print(f"  note: hand SQL gives {int(hand_rows)} rows, cohortql {persons}")
+        df_path = os.path.join(os.path.dirname(__file__), "sql", name + ".datafusion.sql")
+        df_s = None
+        if os.path.exists(df_path):
+            df = best(a.repeat, lambda: timed([a.python, df_runner, a.repo, df_path]))
+            df_s, df_rows = (float(x) for x in df[2].split())
+            if hand_s is not None and int(df_rows) != int(hand_rows):
+                print(f"  note: DataFusion's hand SQL gives {int(df_rows)} rows, DuckDB's {int(hand_rows)}")
         columns = scanned_columns(a.bin, study, a.repo)
         scan_sql = os.path.join(work, name + "-scan.sql")
         # hash() makes DuckDB read every value (a count could be answered from Parquet metadata).
@@ -134,7 +163,8 @@ def main():
         fmt = lambda x: "-" if x is None else f"{x:.2f}"
         ratio = lambda x: "-" if not x else f"{query / x:.2f}"
         print(f"{name:<26} {persons:>8} {wall:>7.2f} {query:>7.2f} {mib:>6.0f} {front:>13.1f} "
-              f"{gen_s:>12.2f} {ratio(gen_s):>6} {fmt(hand_s):>13} {ratio(hand_s):>6} {scan_s:>7.2f} {ratio(scan_s):>6}")
+              f"{gen_s:>12.2f} {ratio(gen_s):>6} {fmt(hand_s):>13} {ratio(hand_s):>6} {fmt(df_s):>9} {ratio(df_s):>6} "
+              f"{scan_s:>7.2f} {ratio(scan_s):>6}")
         sys.stdout.flush()
 
 

@@ -1,0 +1,15 @@
+-- benches/sql/celecoxib_age40_male.sql for DataFusion: the same query, with DataFusion's name
+-- for the year of a date (date_part). The engine cohortql compiles to, given the one query an
+-- analyst would write: what it costs with no stages, no reports and no planning of cohortql's.
+SELECT 1 AS cohort_definition_id, person_id AS subject_id, start AS cohort_start_date, op_end AS cohort_end_date
+FROM (
+  SELECT e.person_id, e.drug_era_start_date AS start, o.observation_period_end_date AS op_end,
+         row_number() OVER (PARTITION BY e.person_id ORDER BY e.drug_era_start_date, e.drug_era_id) AS n
+  FROM drug_era e
+  JOIN observation_period o ON o.person_id = e.person_id
+   AND e.drug_era_start_date BETWEEN o.observation_period_start_date AND o.observation_period_end_date
+  WHERE e.drug_concept_id = 1118084
+) f
+JOIN person p USING (person_id)
+WHERE n = 1 AND date_part('year', start) - p.year_of_birth > 40 AND p.gender_concept_id = 8507
+ORDER BY subject_id
