@@ -8,8 +8,8 @@ For each study it measures, each in a fresh process, the repetition with the bes
   duckdb-gen  the study as `cohortql sql --dialect duckdb` writes it, run by DuckDB
   duckdb-hand the study written by hand as SQL (benches/sql/<study>.sql), where there is one
   df-hand     the same query run by DataFusion (the Python package of the DataFusion release
-              cohortql is built on), where it is written for DataFusion too
-              (benches/sql/<study>.datafusion.sql): the engine's own time for the one query an
+              cohortql is built on), where the file says it is written for both engines (a
+              line `-- also run by DataFusion`): the engine's own time for the one query an
               analyst would write, with none of cohortql's stages, reports or planning
   scan        the scan floor: DuckDB reading every value of the columns the study reads (the
               Parquet scans of `cohortql plan`)
@@ -57,6 +57,9 @@ else:
     rows = query(body, 0)
 print(time.perf_counter() - started, rows)
 """
+
+# The line of a hand-written query that says DataFusion plans it as DuckDB does.
+DATAFUSION_TOO = "-- also run by DataFusion"
 
 # The same boundary as DuckDB's: a fresh process, the tables registered before the clock
 # starts, the first query's result materialised in memory (Arrow record batches).
@@ -145,12 +148,11 @@ def main():
             hand_s, hand_rows = (float(x) for x in hand[2].split())
             if int(hand_rows) != persons and "cohort_definition_id" not in open(hand_path).read():
                 print(f"  note: hand SQL gives {int(hand_rows)} rows, cohortql {persons}")
-        df_path = os.path.join(os.path.dirname(__file__), "sql", name + ".datafusion.sql")
         df_s = None
-        if os.path.exists(df_path):
-            df = best(a.repeat, lambda: timed([a.python, df_runner, a.repo, df_path]))
+        if hand_s is not None and any(l.startswith(DATAFUSION_TOO) for l in open(hand_path)):
+            df = best(a.repeat, lambda: timed([a.python, df_runner, a.repo, hand_path]))
             df_s, df_rows = (float(x) for x in df[2].split())
-            if hand_s is not None and int(df_rows) != int(hand_rows):
+            if int(df_rows) != int(hand_rows):
                 print(f"  note: DataFusion's hand SQL gives {int(df_rows)} rows, DuckDB's {int(hand_rows)}")
         columns = scanned_columns(a.bin, study, a.repo)
         scan_sql = os.path.join(work, name + "-scan.sql")

@@ -24,7 +24,7 @@ if [ ! -x "$bench/venv/bin/python" ]; then
   "$bench/venv/bin/pip" install --quiet "duckdb>=1.1,<3"
 fi
 # DataFusion's Python package of the release line cohortql is built on (Cargo.toml): the engine
-# alone running a hand-written query, beside DuckDB (benches/sql/*.datafusion.sql).
+# alone running a hand-written query, beside DuckDB (benches/sql/*.sql, where it says so).
 if ! "$bench/venv/bin/python" -c 'import datafusion' 2> /dev/null; then
   "$bench/venv/bin/pip" install --quiet "datafusion==55.*"
 fi

@@ -1,4 +1,5 @@
 -- studies/eunomia/celecoxib_age40_male.study written by hand for DuckDB.
+-- also run by DataFusion: SQL both engines read alike (date_part, not DuckDB's year()).
 SELECT 1 AS cohort_definition_id, person_id AS subject_id, start AS cohort_start_date, op_end AS cohort_end_date
 FROM (
   SELECT e.person_id, e.drug_era_start_date AS start, o.observation_period_end_date AS op_end,
@@ -9,5 +10,5 @@ FROM (
   WHERE e.drug_concept_id = 1118084
 ) f
 JOIN person p USING (person_id)
-WHERE n = 1 AND year(start) - p.year_of_birth > 40 AND p.gender_concept_id = 8507
+WHERE n = 1 AND date_part('year', start) - p.year_of_birth > 40 AND p.gender_concept_id = 8507
 ORDER BY subject_id
